@@ -1,0 +1,1 @@
+//! koshka-bench (placeholder).

@@ -1,0 +1,1 @@
+//! koshka-messages (placeholder).

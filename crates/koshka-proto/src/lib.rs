@@ -1,0 +1,1 @@
+//! koshka-proto (placeholder).

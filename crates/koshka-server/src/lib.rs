@@ -1,0 +1,1 @@
+//! koshka-server (placeholder).
