@@ -1,1 +1,24 @@
-//! koshka-proto (placeholder).
+//! The memcached text protocol and meta commands, as bytes in and bytes out.
+//!
+//! # Layout
+//! * [`request`] — [`parse`] turns the front of a read buffer into one [`Command`] borrowing
+//!   from the buffer (no allocation), or says it needs more bytes, or describes a bad request
+//!   precisely enough for the caller to reply and stay in sync with the stream;
+//! * [`meta`] — the flag tokens of `mg`/`ms`/`md`/`ma`;
+//! * [`reply`] — small functions that append replies to an output buffer;
+//! * [`encode`] — turns a [`Command`] back into request bytes (clients, tests).
+//!
+//! This crate does no I/O and knows nothing of engines or storage: whether a key is "plain" or
+//! "compiled" is only a length limit handed in through [`ParseConfig`].
+
+pub mod encode;
+pub mod meta;
+pub mod reply;
+pub mod request;
+
+pub use meta::MetaFlags;
+pub use request::{parse, BadRequest, Command, Keys, ParseConfig, Parsed, StoreMode};
+
+/// The version string reported by `version` and `stats`: memcached-compatible major/minor so
+/// clients take their modern code paths, then koshka's own version.
+pub const VERSION: &str = concat!("1.6.21-koshka-", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,104 @@
+//! Reply composition: small functions that append one reply to an output buffer.
+//!
+//! The server accumulates every reply of one read batch in one buffer and writes it with a
+//! single system call, so these functions only append and never allocate beyond buffer growth.
+
+/// `STORED\r\n`
+pub const STORED: &[u8] = b"STORED\r\n";
+/// `NOT_STORED\r\n`
+pub const NOT_STORED: &[u8] = b"NOT_STORED\r\n";
+/// `EXISTS\r\n`
+pub const EXISTS: &[u8] = b"EXISTS\r\n";
+/// `NOT_FOUND\r\n`
+pub const NOT_FOUND: &[u8] = b"NOT_FOUND\r\n";
+/// `DELETED\r\n`
+pub const DELETED: &[u8] = b"DELETED\r\n";
+/// `TOUCHED\r\n`
+pub const TOUCHED: &[u8] = b"TOUCHED\r\n";
+/// `END\r\n`
+pub const END: &[u8] = b"END\r\n";
+/// `OK\r\n`
+pub const OK: &[u8] = b"OK\r\n";
+/// `ERROR\r\n`
+pub const ERROR: &[u8] = b"ERROR\r\n";
+/// `MN\r\n` (meta no-op)
+pub const MN: &[u8] = b"MN\r\n";
+/// `EN\r\n` (meta miss)
+pub const EN: &[u8] = b"EN\r\n";
+
+/// Appends a decimal number.
+pub fn number(out: &mut Vec<u8>, n: u64) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(n).as_bytes());
+}
+
+/// Appends a signed decimal number.
+pub fn signed(out: &mut Vec<u8>, n: i64) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(n).as_bytes());
+}
+
+/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`.
+pub fn value(out: &mut Vec<u8>, key: &[u8], flags: u32, data: &[u8], cas: Option<u64>) {
+    value_header(out, key, flags, data.len(), cas);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends only the `VALUE …\r\n` line; the caller appends the data and `\r\n`.
+pub fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: Option<u64>) {
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key);
+    out.push(b' ');
+    number(out, u64::from(flags));
+    out.push(b' ');
+    number(out, len as u64);
+    if let Some(cas) = cas {
+        out.push(b' ');
+        number(out, cas);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `<n>\r\n` (incr/decr reply).
+pub fn arith(out: &mut Vec<u8>, n: u64) {
+    number(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `STAT <name> <value>\r\n`.
+pub fn stat(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(b"STAT ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `CLIENT_ERROR <reason>\r\n`.
+pub fn client_error(out: &mut Vec<u8>, reason: &str) {
+    out.extend_from_slice(b"CLIENT_ERROR ");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `SERVER_ERROR <reason>\r\n`.
+pub fn server_error(out: &mut Vec<u8>, reason: &str) {
+    out.extend_from_slice(b"SERVER_ERROR ");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_lines() {
+        let mut out = Vec::new();
+        value(&mut out, b"k", 5, b"hi", None);
+        value(&mut out, b"k", 0, b"", Some(7));
+        arith(&mut out, 42);
+        assert_eq!(out, b"VALUE k 5 2\r\nhi\r\nVALUE k 0 0 7\r\n\r\n42\r\n");
+    }
+}
