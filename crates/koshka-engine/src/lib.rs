@@ -89,7 +89,10 @@ impl Error {
 
     /// Shorthand for a [`Error::Corrupt`] record error.
     pub fn corrupt_record(reason: impl Into<String>) -> Self {
-        Self::Corrupt { what: "record", reason: reason.into() }
+        Self::Corrupt {
+            what: "record",
+            reason: reason.into(),
+        }
     }
 }
 
@@ -125,7 +128,10 @@ impl Journal for MemoryJournal {
     fn append(&self, _record_type: u16, payload: &[u8]) -> Result<Appended> {
         let len = payload.len() as u64 + 16;
         let pos = self.pos.fetch_add(len, Ordering::Relaxed) + len;
-        Ok(Appended { pos, time: unix_now() })
+        Ok(Appended {
+            pos,
+            time: unix_now(),
+        })
     }
 }
 
@@ -133,7 +139,9 @@ impl Journal for MemoryJournal {
 /// take their time from [`Appended::time`].
 #[must_use]
 pub fn unix_now() -> u32 {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
@@ -159,7 +167,10 @@ impl Value {
     /// A value with flags 0.
     #[must_use]
     pub fn text(data: impl Into<Vec<u8>>) -> Self {
-        Self { flags: 0, data: data.into() }
+        Self {
+            flags: 0,
+            data: data.into(),
+        }
     }
 }
 
@@ -212,7 +223,10 @@ impl Session {
     /// The entry stored under `name`, if any.
     #[must_use]
     pub fn temp(&self, name: &[u8]) -> Option<&[u8]> {
-        self.temp.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.temp
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -303,7 +317,9 @@ pub trait Engine: Send + Sync + 'static {
         journal: &dyn Journal,
     ) -> Result<Option<u64>> {
         let _ = (key, delta, session, journal);
-        Err(Error::NotSupported { engine: self.name() })
+        Err(Error::NotSupported {
+            engine: self.name(),
+        })
     }
 
     /// Applies one record read back from the log (replay, replication). Must skip records
@@ -340,18 +356,27 @@ mod tests {
         let shard = ShardSpec { index: 1, count: 4 };
         assert!(shard.check(5).is_ok());
         assert!(shard.check(-5).is_ok());
-        assert!(matches!(shard.check(6), Err(Error::WrongShard { expected: 2, .. })));
+        assert!(matches!(
+            shard.check(6),
+            Err(Error::WrongShard { expected: 2, .. })
+        ));
     }
 
     #[test]
     fn session_temp_is_bounded() {
         let mut session = Session::default();
         for i in 0..(SESSION_TEMP_ENTRIES_MAX + 3) {
-            session.put_temp(format!("t{i}").as_bytes(), vec![1]).unwrap();
+            session
+                .put_temp(format!("t{i}").as_bytes(), vec![1])
+                .unwrap();
         }
         assert!(session.temp(b"t0").is_none());
-        assert!(session.temp(format!("t{}", SESSION_TEMP_ENTRIES_MAX + 2).as_bytes()).is_some());
-        assert!(session.put_temp(b"big", vec![0; SESSION_TEMP_BYTES_MAX + 1]).is_err());
+        assert!(session
+            .temp(format!("t{}", SESSION_TEMP_ENTRIES_MAX + 2).as_bytes())
+            .is_some());
+        assert!(session
+            .put_temp(b"big", vec![0; SESSION_TEMP_BYTES_MAX + 1])
+            .is_err());
     }
 
     #[test]

@@ -1,1 +1,873 @@
-//! koshka-kv (placeholder).
+//! The `kv` engine: memcached semantics (flags, expiry, cas, append/prepend, incr/decr, touch,
+//! delayed flush), persistent through the binlog, or a pure LRU cache.
+//!
+//! # Layout
+//! * [`item`] — one allocation per item (header + key + value);
+//! * [`record`] — the binlog records;
+//! * this file — [`Kv`]: partitions, the command methods the server calls, [`Engine`] impl
+//!   (replay, snapshots, stats).
+//!
+//! State lives in [`PARTITIONS`] partitions, each a hash table behind its own mutex, chosen by
+//! CRC32C of the key so the mapping never changes between versions (snapshots record a log
+//! position per partition; see `koshka-engine`). Every mutation runs entirely under its
+//! partition's lock: decide, append the record, apply, so log order equals apply order.
+//!
+//! This crate does not parse the protocol or talk to sockets.
+
+pub mod item;
+pub mod record;
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use hashbrown::HashTable;
+use koshka_engine::{
+    unix_now, ApplyCtx, Engine, Error, Journal, Result, Session, Stat, StoreOutcome, Value,
+};
+use parking_lot::{Mutex, MutexGuard};
+
+pub use item::{Item, ItemMeta};
+use record::Record;
+
+/// Number of partitions. A power of two ≥ 64 so two worker threads rarely meet on one lock;
+/// part of the snapshot format (changing it changes the record → partition mapping).
+pub const PARTITIONS: usize = 256;
+
+/// Most items a prefix scan (`get prefix*`) returns; the scan stops there.
+pub const PREFIX_SCAN_ITEMS_MAX: usize = 10_000;
+
+/// Default memory limit for item data (1 GiB).
+pub const MEMORY_LIMIT_DEFAULT: usize = 1024 * 1024 * 1024;
+
+/// Snapshot body magic ("KVS1").
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS1";
+
+/// Whether a full kv refuses writes or evicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse writes past the memory limit with `SERVER_ERROR out of memory`.
+    Persistent,
+    /// Evict least-recently-used items (CLOCK approximation) past the memory limit.
+    Cache,
+}
+
+/// Configuration of a kv engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvConfig {
+    /// Full behaviour.
+    pub mode: Mode,
+    /// Memory limit for items, in bytes.
+    pub memory_limit: usize,
+    /// Largest value.
+    pub value_size_max: usize,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Persistent,
+            memory_limit: MEMORY_LIMIT_DEFAULT,
+            value_size_max: koshka_limits::VALUE_SIZE_DEFAULT,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Partition {
+    table: HashTable<Item>,
+    /// Log position of the last record applied here.
+    pos: u64,
+    cas_counter: u64,
+    bytes: usize,
+    /// Eviction clock (cache mode): hashes in insertion order.
+    clock: VecDeque<u64>,
+}
+
+/// The result of a mutation: what to answer, and the log position to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written<T> {
+    /// The answer.
+    pub outcome: T,
+    /// Log position the acknowledgement must wait for (0 = nothing was logged).
+    pub pos: u64,
+}
+
+impl<T> Written<T> {
+    fn nothing(outcome: T) -> Self {
+        Self { outcome, pos: 0 }
+    }
+}
+
+/// Outcome of incr/decr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArithOutcome {
+    /// The new value (and cas).
+    Value {
+        /// New value.
+        value: u64,
+        /// New cas.
+        cas: u64,
+    },
+    /// No such item.
+    NotFound,
+    /// The item is not a decimal number.
+    NonNumeric,
+    /// The cas given to `ma C…` did not match.
+    Exists,
+}
+
+/// Outcome of a store, with the item's new cas when stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The memcached answer.
+    pub outcome: StoreOutcome,
+    /// The new cas unique (0 when not stored).
+    pub cas: u64,
+}
+
+/// Options for [`Kv::arith`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArithOptions {
+    /// Create the item with `initial` if missing, with this raw exptime (`ma N`).
+    pub vivify: Option<i64>,
+    /// Initial value for vivified items (`ma J`).
+    pub initial: u64,
+    /// Compare cas first (`ma C`).
+    pub cas: Option<u64>,
+    /// New raw exptime on success (`ma T`).
+    pub exptime: Option<i64>,
+}
+
+/// The kv engine.
+pub struct Kv {
+    partitions: Box<[Mutex<Partition>]>,
+    hasher: ahash::RandomState,
+    config: KvConfig,
+    partition_limit: usize,
+    flush_at: AtomicU32,
+    evictions: AtomicU64,
+    total_items: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Converts a memcached exptime to an absolute unix time (0 = never; in the past = expired).
+#[must_use]
+pub fn absolute_exptime(exptime: i64, now: u32) -> u32 {
+    match exptime {
+        0 => 0,
+        e if e < 0 => 1,
+        e if e <= i64::from(koshka_limits::RELATIVE_EXPIRY_SECONDS_MAX) => {
+            u32::try_from(i64::from(now) + e).unwrap_or(u32::MAX)
+        }
+        e => u32::try_from(e).unwrap_or(u32::MAX),
+    }
+}
+
+fn parse_number(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii_end();
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    koshka_proto::request::parse_u64(digits)
+}
+
+impl Kv {
+    /// A new, empty engine.
+    #[must_use]
+    pub fn new(config: KvConfig) -> Self {
+        let partitions = (0..PARTITIONS)
+            .map(|_| Mutex::new(Partition::default()))
+            .collect();
+        Self {
+            partitions,
+            hasher: ahash::RandomState::new(),
+            config,
+            partition_limit: (config.memory_limit / PARTITIONS).max(1),
+            flush_at: AtomicU32::new(0),
+            evictions: AtomicU64::new(0),
+            total_items: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &KvConfig {
+        &self.config
+    }
+
+    fn partition_of(key: &[u8]) -> usize {
+        crc32c::crc32c(key) as usize % PARTITIONS
+    }
+
+    fn lock(&self, key: &[u8]) -> (MutexGuard<'_, Partition>, u64) {
+        let guard = self.partitions[Self::partition_of(key)].lock();
+        (guard, self.hasher.hash_one(key))
+    }
+
+    fn is_live(&self, meta: &ItemMeta, now: u32) -> bool {
+        if meta.exptime != 0 && meta.exptime <= now {
+            return false;
+        }
+        let flush_at = self.flush_at.load(Ordering::Relaxed);
+        !(flush_at != 0 && flush_at <= now && meta.time < flush_at)
+    }
+
+    /// Finds a live item, removing it lazily if it expired.
+    fn find_live<'p>(
+        &self,
+        part: &'p mut Partition,
+        hash: u64,
+        key: &[u8],
+        now: u32,
+    ) -> Option<&'p mut Item> {
+        let live = self.is_live(
+            &part.table.find(hash, |item| item.key() == key)?.meta(),
+            now,
+        );
+        if live {
+            return part.table.find_mut(hash, |item| item.key() == key);
+        }
+        let entry = part.table.find_entry(hash, |item| item.key() == key).ok()?;
+        let (item, _) = entry.remove();
+        part.bytes -= item.footprint();
+        self.expired.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Reads an item under its partition lock: `f` receives the live item, or `None`.
+    /// In cache mode a hit marks the item recently used.
+    pub fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Item>) -> R) -> R {
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        let cache = self.config.mode == Mode::Cache;
+        match self.find_live(&mut part, hash, key, now) {
+            Some(item) => {
+                if cache {
+                    item.touch_referenced();
+                }
+                f(Some(item))
+            }
+            None => f(None),
+        }
+    }
+
+    /// Appends `record` to the journal and applies it to `part` (whose lock the caller holds).
+    fn log_apply(
+        &self,
+        part: &mut Partition,
+        hash: u64,
+        record: &Record<'_>,
+        journal: &dyn Journal,
+    ) -> Result<u64> {
+        let appended = SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            record.encode(&mut buf);
+            journal.append(record.record_type(), &buf)
+        })?;
+        self.apply_to(part, hash, record, appended.time, true);
+        part.pos = appended.pos;
+        Ok(appended.pos)
+    }
+
+    /// Applies one keyed record to a partition. `live` enables eviction bookkeeping.
+    fn apply_to(
+        &self,
+        part: &mut Partition,
+        hash: u64,
+        record: &Record<'_>,
+        time: u32,
+        live: bool,
+    ) {
+        match *record {
+            Record::Set {
+                key,
+                flags,
+                exptime,
+                value,
+            } => {
+                let meta = ItemMeta {
+                    flags,
+                    exptime,
+                    cas: 0,
+                    time,
+                };
+                self.insert(part, hash, Item::new(key, &[value], meta), live);
+            }
+            Record::Delete { key } => {
+                if let Ok(entry) = part.table.find_entry(hash, |item| item.key() == key) {
+                    let (item, _) = entry.remove();
+                    part.bytes -= item.footprint();
+                }
+            }
+            Record::Concat { key, data, append } => {
+                let Some(old) = part.table.find(hash, |item| item.key() == key) else {
+                    return;
+                };
+                let meta = old.meta();
+                let value = old.value();
+                let parts: [&[u8]; 2] = if append { [value, data] } else { [data, value] };
+                let item = Item::new(key, &parts, meta);
+                self.insert(part, hash, item, live);
+            }
+            Record::Touch { key, exptime } => {
+                if let Some(item) = part.table.find_mut(hash, |item| item.key() == key) {
+                    item.set_exptime(exptime);
+                }
+            }
+            Record::Number { key, value } => {
+                let Some(old) = part.table.find(hash, |item| item.key() == key) else {
+                    return;
+                };
+                let mut digits = itoa::Buffer::new();
+                let item = Item::new(key, &[digits.format(value).as_bytes()], old.meta());
+                self.insert(part, hash, item, live);
+            }
+            Record::Flush { .. } => unreachable!("flush is applied across partitions"),
+        }
+    }
+
+    /// Inserts or replaces an item, giving it the next cas unique.
+    fn insert(&self, part: &mut Partition, hash: u64, mut item: Item, live: bool) {
+        part.cas_counter += 1;
+        let time = item.meta().time;
+        item.set_version(part.cas_counter, time);
+        part.bytes += item.footprint();
+        let key_hasher = |i: &Item| self.hasher.hash_one(i.key());
+        match part.table.find_entry(hash, |old| old.key() == item.key()) {
+            Ok(mut entry) => {
+                let old = std::mem::replace(entry.get_mut(), item);
+                part.bytes -= old.footprint();
+            }
+            Err(_) => {
+                part.table.insert_unique(hash, item, key_hasher);
+                if live && self.config.mode == Mode::Cache {
+                    part.clock.push_back(hash);
+                }
+            }
+        }
+        self.total_items.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes room for `needed` more bytes in a partition: evicts (cache mode) or refuses.
+    fn reserve(&self, part: &mut Partition, needed: usize) -> Result<()> {
+        if part.bytes + needed <= self.partition_limit {
+            return Ok(());
+        }
+        if self.config.mode == Mode::Persistent {
+            return Err(Error::OutOfMemory);
+        }
+        // CLOCK: each queued hash gets a second chance if its item was referenced.
+        let mut budget = part.clock.len() * 2 + 2;
+        while part.bytes + needed > self.partition_limit && budget > 0 {
+            budget -= 1;
+            let Some(hash) = part.clock.pop_front() else {
+                break;
+            };
+            let hasher = &self.hasher;
+            let Ok(mut entry) = part
+                .table
+                .find_entry(hash, |item| hasher.hash_one(item.key()) == hash)
+            else {
+                continue; // Stale: the item was deleted or replaced.
+            };
+            if entry.get_mut().take_referenced() {
+                part.clock.push_back(hash);
+                continue;
+            }
+            let (item, _) = entry.remove();
+            part.bytes -= item.footprint();
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        if part.bytes + needed > self.partition_limit {
+            return Err(Error::OutOfMemory);
+        }
+        Ok(())
+    }
+
+    fn check_value_size(&self, len: usize) -> Result<()> {
+        if len > self.config.value_size_max {
+            return Err(Error::Server("object too large for cache".into()));
+        }
+        Ok(())
+    }
+
+    /// Runs a store command (`set`, `add`, `replace`, `append`, `prepend`, `cas`).
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`], [`Error::Journal`], or a too-large appended value.
+    #[expect(clippy::too_many_arguments)]
+    pub fn store(
+        &self,
+        mode: koshka_proto::StoreMode,
+        key: &[u8],
+        flags: u32,
+        exptime: i64,
+        cas_unique: u64,
+        data: &[u8],
+        journal: &dyn Journal,
+    ) -> Result<Written<Stored>> {
+        use koshka_proto::StoreMode as M;
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        let existing = self.find_live(&mut part, hash, key, now).map(|item| {
+            let meta = item.meta();
+            (meta.cas, item.value().len())
+        });
+        let refuse = |outcome| Ok(Written::nothing(Stored { outcome, cas: 0 }));
+        let record = match (mode, existing) {
+            (M::Add, Some(_)) | (M::Replace | M::Append | M::Prepend, None) => {
+                return refuse(StoreOutcome::NotStored)
+            }
+            (M::Cas, None) => return refuse(StoreOutcome::NotFound),
+            (M::Cas, Some((cas, _))) if cas != cas_unique => return refuse(StoreOutcome::Exists),
+            (M::Append | M::Prepend, Some((_, len))) => {
+                self.check_value_size(len + data.len())?;
+                Record::Concat {
+                    key,
+                    data,
+                    append: mode == M::Append,
+                }
+            }
+            _ => {
+                let exptime = absolute_exptime(exptime, now);
+                Record::Set {
+                    key,
+                    flags,
+                    exptime,
+                    value: data,
+                }
+            }
+        };
+        self.reserve(
+            &mut part,
+            item::ITEM_HEADER_SIZE + key.len() + data.len() + 24,
+        )?;
+        let pos = self.log_apply(&mut part, hash, &record, journal)?;
+        let cas = part.cas_counter;
+        Ok(Written {
+            outcome: Stored {
+                outcome: StoreOutcome::Stored,
+                cas,
+            },
+            pos,
+        })
+    }
+
+    /// Deletes an item; `cas` (meta `md C…`) must match if given.
+    /// Returns `Some(true)` deleted, `Some(false)` not found, `None` cas mismatch.
+    ///
+    /// # Errors
+    /// [`Error::Journal`].
+    pub fn delete(
+        &self,
+        key: &[u8],
+        cas: Option<u64>,
+        journal: &dyn Journal,
+    ) -> Result<Written<Option<bool>>> {
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        let Some(item) = self.find_live(&mut part, hash, key, now) else {
+            return Ok(Written::nothing(Some(false)));
+        };
+        if cas.is_some_and(|cas| cas != item.meta().cas) {
+            return Ok(Written::nothing(None));
+        }
+        let pos = self.log_apply(&mut part, hash, &Record::Delete { key }, journal)?;
+        Ok(Written {
+            outcome: Some(true),
+            pos,
+        })
+    }
+
+    /// Changes an item's expiry. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`Error::Journal`].
+    pub fn touch(&self, key: &[u8], exptime: i64, journal: &dyn Journal) -> Result<Written<bool>> {
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        if self.find_live(&mut part, hash, key, now).is_none() {
+            return Ok(Written::nothing(false));
+        }
+        let record = Record::Touch {
+            key,
+            exptime: absolute_exptime(exptime, now),
+        };
+        let pos = self.log_apply(&mut part, hash, &record, journal)?;
+        Ok(Written { outcome: true, pos })
+    }
+
+    /// Touches then reads (`gat`, `mg T…`): `f` receives the live item after the touch.
+    ///
+    /// # Errors
+    /// [`Error::Journal`].
+    pub fn touch_read<R>(
+        &self,
+        key: &[u8],
+        exptime: i64,
+        journal: &dyn Journal,
+        f: impl FnOnce(Option<&Item>) -> R,
+    ) -> Result<Written<R>> {
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        if self.find_live(&mut part, hash, key, now).is_none() {
+            return Ok(Written::nothing(f(None)));
+        }
+        let record = Record::Touch {
+            key,
+            exptime: absolute_exptime(exptime, now),
+        };
+        let pos = self.log_apply(&mut part, hash, &record, journal)?;
+        let item = part.table.find(hash, |item| item.key() == key);
+        Ok(Written {
+            outcome: f(item),
+            pos,
+        })
+    }
+
+    /// incr/decr: incr wraps at 2^64, decr floors at 0, as memcached.
+    ///
+    /// # Errors
+    /// [`Error::Journal`], [`Error::OutOfMemory`].
+    pub fn arith(
+        &self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        options: ArithOptions,
+        journal: &dyn Journal,
+    ) -> Result<Written<ArithOutcome>> {
+        let now = unix_now();
+        let (mut part, hash) = self.lock(key);
+        let current = self.find_live(&mut part, hash, key, now).map(|item| {
+            let meta = item.meta();
+            (meta.cas, parse_number(item.value()))
+        });
+        let (cas, value) = match current {
+            None => {
+                let Some(vivify) = options.vivify else {
+                    return Ok(Written::nothing(ArithOutcome::NotFound));
+                };
+                let mut digits = itoa::Buffer::new();
+                let text = digits.format(options.initial).as_bytes().to_vec();
+                let exptime = absolute_exptime(vivify, now);
+                let record = Record::Set {
+                    key,
+                    flags: 0,
+                    exptime,
+                    value: &text,
+                };
+                self.reserve(
+                    &mut part,
+                    item::ITEM_HEADER_SIZE + key.len() + text.len() + 24,
+                )?;
+                let pos = self.log_apply(&mut part, hash, &record, journal)?;
+                let cas = part.cas_counter;
+                return Ok(Written {
+                    outcome: ArithOutcome::Value {
+                        value: options.initial,
+                        cas,
+                    },
+                    pos,
+                });
+            }
+            Some((_, None)) => return Ok(Written::nothing(ArithOutcome::NonNumeric)),
+            Some((cas, Some(value))) => (cas, value),
+        };
+        if options.cas.is_some_and(|expected| expected != cas) {
+            return Ok(Written::nothing(ArithOutcome::Exists));
+        }
+        let value = if incr {
+            value.wrapping_add(delta)
+        } else {
+            value.saturating_sub(delta)
+        };
+        let mut pos = self.log_apply(&mut part, hash, &Record::Number { key, value }, journal)?;
+        if let Some(exptime) = options.exptime {
+            let record = Record::Touch {
+                key,
+                exptime: absolute_exptime(exptime, now),
+            };
+            pos = self.log_apply(&mut part, hash, &record, journal)?;
+        }
+        let cas = part.cas_counter;
+        Ok(Written {
+            outcome: ArithOutcome::Value { value, cas },
+            pos,
+        })
+    }
+
+    /// `flush_all [delay]`: now (`delay <= 0`) empties every partition; later invalidates
+    /// every item last updated before the deadline, once the deadline passes.
+    ///
+    /// # Errors
+    /// [`Error::Journal`].
+    pub fn flush_all(&self, delay: i64, journal: &dyn Journal) -> Result<u64> {
+        if delay > 0 {
+            let at = absolute_exptime(delay, unix_now());
+            let mut payload = Vec::new();
+            Record::Flush { at }.encode(&mut payload);
+            let appended = journal.append(record::FLUSH, &payload)?;
+            self.flush_at.store(at, Ordering::Relaxed);
+            return Ok(appended.pos);
+        }
+        // Lock every partition in index order so the single record is ordered against every
+        // partition's other records.
+        let mut guards: Vec<_> = self.partitions.iter().map(|p| p.lock()).collect();
+        let mut payload = Vec::new();
+        Record::Flush { at: 0 }.encode(&mut payload);
+        let appended = journal.append(record::FLUSH, &payload)?;
+        for part in &mut guards {
+            Self::clear(part);
+            part.pos = appended.pos;
+        }
+        Ok(appended.pos)
+    }
+
+    fn clear(part: &mut Partition) {
+        part.table.clear();
+        part.clock.clear();
+        part.bytes = 0;
+    }
+
+    /// Collects up to [`PREFIX_SCAN_ITEMS_MAX`] live items whose key starts with `prefix`, as
+    /// `(key, flags, value)`, sorted by key.
+    #[must_use]
+    pub fn prefix_scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, u32, Vec<u8>)> {
+        let now = unix_now();
+        let mut found = Vec::new();
+        for part in &*self.partitions {
+            let part = part.lock();
+            for item in &part.table {
+                if found.len() == PREFIX_SCAN_ITEMS_MAX {
+                    break;
+                }
+                let meta = item.meta();
+                if item.key().starts_with(prefix) && self.is_live(&meta, now) {
+                    found.push((item.key().to_vec(), meta.flags, item.value().to_vec()));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Number of live-or-not-yet-reclaimed items and their bytes.
+    #[must_use]
+    pub fn usage(&self) -> (u64, u64) {
+        self.partitions.iter().fold((0, 0), |(items, bytes), part| {
+            let part = part.lock();
+            (items + part.table.len() as u64, bytes + part.bytes as u64)
+        })
+    }
+
+    fn replay(&self, record: &Record<'_>, ctx: ApplyCtx) {
+        if let Record::Flush { at } = *record {
+            if at != 0 {
+                self.flush_at.store(at, Ordering::Relaxed);
+                return;
+            }
+            for part in &*self.partitions {
+                let mut part = part.lock();
+                if part.pos < ctx.pos {
+                    Self::clear(&mut part);
+                    part.pos = ctx.pos;
+                }
+            }
+            return;
+        }
+        let Some(key) = record.key() else { return };
+        let (mut part, hash) = self.lock(key);
+        if part.pos >= ctx.pos {
+            return; // Already contained in this partition's snapshot image.
+        }
+        self.apply_to(&mut part, hash, record, ctx.time, false);
+        part.pos = ctx.pos;
+    }
+}
+
+impl Engine for Kv {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn get(&self, key: &[u8], _session: &mut Session) -> Result<Option<Value>> {
+        Ok(self.read(key, |item| {
+            item.map(|item| Value {
+                flags: item.meta().flags,
+                data: item.value().to_vec(),
+            })
+        }))
+    }
+
+    fn set(
+        &self,
+        key: &[u8],
+        flags: u32,
+        value: &[u8],
+        _session: &mut Session,
+        journal: &dyn Journal,
+    ) -> Result<StoreOutcome> {
+        let mode = koshka_proto::StoreMode::Set;
+        Ok(self
+            .store(mode, key, flags, 0, 0, value, journal)?
+            .outcome
+            .outcome)
+    }
+
+    fn delete(&self, key: &[u8], _session: &mut Session, journal: &dyn Journal) -> Result<bool> {
+        Ok(Kv::delete(self, key, None, journal)?.outcome == Some(true))
+    }
+
+    fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        _session: &mut Session,
+        journal: &dyn Journal,
+    ) -> Result<Option<u64>> {
+        let options = ArithOptions::default();
+        match self
+            .arith(key, delta >= 0, delta.unsigned_abs(), options, journal)?
+            .outcome
+        {
+            ArithOutcome::Value { value, .. } => Ok(Some(value)),
+            ArithOutcome::NotFound | ArithOutcome::Exists => Ok(None),
+            ArithOutcome::NonNumeric => Err(Error::client(
+                "cannot increment or decrement non-numeric value",
+            )),
+        }
+    }
+
+    fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
+        let record = Record::decode(record_type, payload)?;
+        self.replay(&record, ctx);
+        Ok(())
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&(PARTITIONS as u32).to_le_bytes())?;
+        out.write_all(&self.flush_at.load(Ordering::Relaxed).to_le_bytes())?;
+        let mut buf = Vec::new();
+        for part in &*self.partitions {
+            buf.clear();
+            {
+                // Copy one partition under its lock; write it to disk without the lock.
+                let part = part.lock();
+                buf.extend_from_slice(&part.pos.to_le_bytes());
+                buf.extend_from_slice(&part.cas_counter.to_le_bytes());
+                buf.extend_from_slice(&(part.table.len() as u64).to_le_bytes());
+                for item in &part.table {
+                    let raw = item.raw();
+                    buf.extend_from_slice(&u32::try_from(raw.len()).unwrap_or(0).to_le_bytes());
+                    buf.extend_from_slice(raw);
+                }
+            }
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
+    fn load_snapshot(&self, input: &mut dyn Read) -> Result<()> {
+        let corrupt = |reason: &str| Error::Corrupt {
+            what: "kv snapshot",
+            reason: reason.into(),
+        };
+        let mut magic = [0; 4];
+        input.read_exact(&mut magic)?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        if read_u32(input)? as usize != PARTITIONS {
+            return Err(corrupt("partition count differs"));
+        }
+        self.flush_at.store(read_u32(input)?, Ordering::Relaxed);
+        for (index, part) in self.partitions.iter().enumerate() {
+            let mut part = part.lock();
+            part.pos = read_u64(input)?;
+            part.cas_counter = read_u64(input)?;
+            let count = read_u64(input)?;
+            for _ in 0..count {
+                let len = read_u32(input)? as usize;
+                if len > koshka_limits::VALUE_SIZE_MAX + 1024 {
+                    return Err(corrupt("item too large"));
+                }
+                let mut raw = vec![0; len];
+                input.read_exact(&mut raw)?;
+                let item = Item::from_raw(raw.into_boxed_slice())
+                    .ok_or_else(|| corrupt("bad item layout"))?;
+                if Self::partition_of(item.key()) != index {
+                    return Err(corrupt("item in the wrong partition"));
+                }
+                let hash = self.hasher.hash_one(item.key());
+                part.bytes += item.footprint();
+                let hasher = &self.hasher;
+                part.table
+                    .insert_unique(hash, item, |i| hasher.hash_one(i.key()));
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let (items, bytes) = self.usage();
+        vec![
+            ("curr_items".into(), items.to_string()),
+            ("bytes".into(), bytes.to_string()),
+            (
+                "total_items".into(),
+                self.total_items.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "evictions".into(),
+                self.evictions.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "expired_unfetched".into(),
+                self.expired.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "limit_maxbytes".into(),
+                self.config.memory_limit.to_string(),
+            ),
+            ("kv_partitions".into(), PARTITIONS.to_string()),
+            (
+                "kv_mode".into(),
+                match self.config.mode {
+                    Mode::Persistent => "persistent".into(),
+                    Mode::Cache => "cache".into(),
+                },
+            ),
+        ]
+    }
+}
+
+fn read_u32(input: &mut dyn Read) -> Result<u32> {
+    let mut b = [0; 4];
+    input.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(input: &mut dyn Read) -> Result<u64> {
+    let mut b = [0; 8];
+    input.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests;

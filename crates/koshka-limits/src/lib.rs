@@ -134,10 +134,26 @@ impl Limits {
     /// The first tunable that exceeds its ceiling or is zero.
     pub fn validate(&self) -> Result<(), LimitError> {
         let checks: [(&'static str, u64, u64); 4] = [
-            ("value_size_max", self.value_size_max as u64, VALUE_SIZE_MAX as u64),
-            ("connections_max", self.connections_max as u64, CONNECTIONS_MAX as u64),
-            ("output_buffer_max", self.output_buffer_max as u64, OUTPUT_BUFFER_MAX as u64),
-            ("binlog_segment_size", self.binlog_segment_size, BINLOG_SEGMENT_SIZE_MAX),
+            (
+                "value_size_max",
+                self.value_size_max as u64,
+                VALUE_SIZE_MAX as u64,
+            ),
+            (
+                "connections_max",
+                self.connections_max as u64,
+                CONNECTIONS_MAX as u64,
+            ),
+            (
+                "output_buffer_max",
+                self.output_buffer_max as u64,
+                OUTPUT_BUFFER_MAX as u64,
+            ),
+            (
+                "binlog_segment_size",
+                self.binlog_segment_size,
+                BINLOG_SEGMENT_SIZE_MAX,
+            ),
         ];
         for (name, value, max) in checks {
             if value > max || value == 0 {

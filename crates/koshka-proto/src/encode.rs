@@ -1,8 +1,8 @@
 //! Requests back to bytes: the inverse of [`crate::parse`], used by clients and by the
 //! round-trip property tests.
 
-use crate::request::{Command, StoreMode};
 use crate::reply::{number, signed};
+use crate::request::{Command, StoreMode};
 
 impl Command<'_> {
     /// Appends the request bytes of this command to `out`. Meta keys are written raw, so a
@@ -25,7 +25,15 @@ impl Command<'_> {
                     out.extend_from_slice(key);
                 }
             }
-            Command::Store { mode, key, flags, exptime, cas_unique, data, noreply } => {
+            Command::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                cas_unique,
+                data,
+                noreply,
+            } => {
                 out.extend_from_slice(mode.word().as_bytes());
                 out.push(b' ');
                 out.extend_from_slice(key);
@@ -47,13 +55,22 @@ impl Command<'_> {
                 word_key(out, b"delete", key);
                 noreply_suffix(out, *noreply);
             }
-            Command::Arith { key, incr, delta, noreply } => {
+            Command::Arith {
+                key,
+                incr,
+                delta,
+                noreply,
+            } => {
                 word_key(out, if *incr { b"incr" } else { b"decr" }, key);
                 out.push(b' ');
                 number(out, *delta);
                 noreply_suffix(out, *noreply);
             }
-            Command::Touch { key, exptime, noreply } => {
+            Command::Touch {
+                key,
+                exptime,
+                noreply,
+            } => {
                 word_key(out, b"touch", key);
                 out.push(b' ');
                 signed(out, *exptime);

@@ -31,7 +31,10 @@ impl<'a> MetaFlags<'a> {
 
     /// Iterates the flags as `(letter, token)` in request order.
     pub fn iter(&self) -> impl Iterator<Item = (u8, &'a [u8])> + 'a {
-        self.raw.split(|b| *b == b' ').filter(|t| !t.is_empty()).map(|t| (t[0], &t[1..]))
+        self.raw
+            .split(|b| *b == b' ')
+            .filter(|t| !t.is_empty())
+            .map(|t| (t[0], &t[1..]))
     }
 
     /// Whether flag `letter` is present.
@@ -54,7 +57,11 @@ impl<'a> MetaFlags<'a> {
     pub fn number<T: std::str::FromStr>(&self, letter: u8) -> Result<Option<T>, ()> {
         match self.token(letter) {
             None => Ok(None),
-            Some(t) => std::str::from_utf8(t).ok().and_then(|s| s.parse().ok()).map(Some).ok_or(()),
+            Some(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Some)
+                .ok_or(()),
         }
     }
 
@@ -98,10 +105,21 @@ mod tests {
     fn iterates_in_order() {
         let f = MetaFlags::new(b"v  c T30 O12");
         let all: Vec<_> = f.iter().collect();
-        assert_eq!(all, vec![(b'v', &b""[..]), (b'c', &b""[..]), (b'T', &b"30"[..]), (b'O', &b"12"[..])]);
+        assert_eq!(
+            all,
+            vec![
+                (b'v', &b""[..]),
+                (b'c', &b""[..]),
+                (b'T', &b"30"[..]),
+                (b'O', &b"12"[..])
+            ]
+        );
         assert_eq!(f.number::<i64>(b'T'), Ok(Some(30)));
         assert_eq!(f.number::<i64>(b'F'), Ok(None));
         assert!(f.validate(MG_FLAGS).is_ok());
-        assert_eq!(MetaFlags::new(b"zz").validate(MG_FLAGS), Err("invalid flag"));
+        assert_eq!(
+            MetaFlags::new(b"zz").validate(MG_FLAGS),
+            Err("invalid flag")
+        );
     }
 }

@@ -238,9 +238,7 @@ impl BadRequest {
     pub fn reply(&self) -> Cow<'static, [u8]> {
         match self {
             Self::UnknownCommand => Cow::Borrowed(b"ERROR\r\n"),
-            Self::Client(reason) => {
-                Cow::Owned(format!("CLIENT_ERROR {reason}\r\n").into_bytes())
-            }
+            Self::Client(reason) => Cow::Owned(format!("CLIENT_ERROR {reason}\r\n").into_bytes()),
             Self::TooLarge => Cow::Borrowed(b"SERVER_ERROR object too large for cache\r\n"),
             Self::LineTooLong => Cow::Borrowed(b"CLIENT_ERROR line too long\r\n"),
         }
@@ -283,11 +281,19 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
     let scan = &buf[..buf.len().min(config.line_len_max + 2)];
     let Some(nl) = memchr::memchr(b'\n', scan) else {
         if buf.len() > config.line_len_max {
-            return Parsed::Bad { error: BadRequest::LineTooLong, consumed: buf.len(), swallow: 0 };
+            return Parsed::Bad {
+                error: BadRequest::LineTooLong,
+                consumed: buf.len(),
+                swallow: 0,
+            };
         }
         return Parsed::Incomplete;
     };
-    let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     let line = &buf[..line_end];
     let after = nl + 1;
     let bad = |reason: &'static str| Parsed::Bad {
@@ -322,12 +328,23 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
 fn simple<'a>(word: &[u8], rest: &'a [u8], after: usize, config: &ParseConfig) -> Parsed<'a> {
     let mut tokens: [&[u8]; TOKENS_MAX] = [&[]; TOKENS_MAX];
     let Some(n) = tokenize(rest, &mut tokens) else {
-        return Parsed::Bad { error: BadRequest::Client(BAD_FORMAT), consumed: after, swallow: 0 };
+        return Parsed::Bad {
+            error: BadRequest::Client(BAD_FORMAT),
+            consumed: after,
+            swallow: 0,
+        };
     };
     let tokens = &tokens[..n];
     match simple_command(word, tokens, rest, config) {
-        Ok(command) => Parsed::Done { command, consumed: after },
-        Err(error) => Parsed::Bad { error, consumed: after, swallow: 0 },
+        Ok(command) => Parsed::Done {
+            command,
+            consumed: after,
+        },
+        Err(error) => Parsed::Bad {
+            error,
+            consumed: after,
+            swallow: 0,
+        },
     }
 }
 
@@ -367,29 +384,48 @@ fn simple_command<'a>(
             let delta = tokens.get(1).ok_or(BadRequest::UnknownCommand)?;
             let delta =
                 parse_u64(delta).ok_or(BadRequest::Client("invalid numeric delta argument"))?;
-            Ok(Command::Arith { key, incr: word == b"incr", delta, noreply: noreply_at(2)? })
+            Ok(Command::Arith {
+                key,
+                incr: word == b"incr",
+                delta,
+                noreply: noreply_at(2)?,
+            })
         }
         b"touch" => {
             let key = key_at(0)?;
             let exptime = tokens.get(1).ok_or(BadRequest::UnknownCommand)?;
-            let exptime = parse_i64(exptime).ok_or(BadRequest::Client("invalid exptime argument"))?;
-            Ok(Command::Touch { key, exptime, noreply: noreply_at(2)? })
+            let exptime =
+                parse_i64(exptime).ok_or(BadRequest::Client("invalid exptime argument"))?;
+            Ok(Command::Touch {
+                key,
+                exptime,
+                noreply: noreply_at(2)?,
+            })
         }
         b"flush_all" => {
             let (delay, next) = match tokens.first() {
                 Some(t) if *t != b"noreply" => (parse_i64(t).ok_or(fmt)?, 1),
                 _ => (0, 0),
             };
-            Ok(Command::FlushAll { delay, noreply: noreply_at(next)? })
+            Ok(Command::FlushAll {
+                delay,
+                noreply: noreply_at(next)?,
+            })
         }
         b"stats" => Ok(Command::Stats { group: trim(rest) }),
-        b"version" if tokens.is_empty() => Ok(Command::Version),
-        b"quit" if tokens.is_empty() => Ok(Command::Quit),
-        b"verbosity" => {
-            let level = tokens.first().ok_or(BadRequest::UnknownCommand)?;
-            parse_u64(level).ok_or(fmt)?;
-            Ok(Command::Verbosity { noreply: noreply_at(1)? })
-        }
+        b"version" => Ok(Command::Version),
+        b"quit" => Ok(Command::Quit),
+        b"verbosity" => match tokens {
+            [] => Err(BadRequest::UnknownCommand),
+            [only] if *only == b"noreply" => Ok(Command::Verbosity { noreply: true }),
+            [level] | [level, _] if tokens.len() == 1 || tokens[1] == b"noreply" => {
+                parse_u64(level).ok_or(fmt)?;
+                Ok(Command::Verbosity {
+                    noreply: tokens.len() == 2,
+                })
+            }
+            _ => Err(BadRequest::UnknownCommand),
+        },
         b"mn" => Ok(Command::MetaNoop),
         b"me" => Ok(Command::MetaDebug { key: key_at(0)? }),
         b"mg" | b"md" | b"ma" => meta_simple(word, rest, config),
@@ -458,7 +494,11 @@ fn retrieval<'a>(
         } else {
             continue;
         };
-        return Parsed::Bad { error, consumed: after, swallow: 0 };
+        return Parsed::Bad {
+            error,
+            consumed: after,
+            swallow: 0,
+        };
     }
     if count == 0 {
         return unknown(after);
@@ -468,7 +508,10 @@ fn retrieval<'a>(
         None => Command::Get { keys, cas },
         Some(exptime) => Command::Gat { exptime, keys, cas },
     };
-    Parsed::Done { command, consumed: after }
+    Parsed::Done {
+        command,
+        consumed: after,
+    }
 }
 
 fn store<'a>(
@@ -481,7 +524,11 @@ fn store<'a>(
     let mut tokens: [&[u8]; TOKENS_MAX] = [&[]; TOKENS_MAX];
     let n = tokenize(rest, &mut tokens).unwrap_or(TOKENS_MAX);
     let tokens = &tokens[..n];
-    let bad = |error| Parsed::Bad { error, consumed: after, swallow: 0 };
+    let bad = |error| Parsed::Bad {
+        error,
+        consumed: after,
+        swallow: 0,
+    };
     let fields = if mode == StoreMode::Cas { 5 } else { 4 };
     if n < fields {
         return bad(BadRequest::UnknownCommand);
@@ -495,7 +542,11 @@ fn store<'a>(
     let flags = parse_u64(tokens[1]).and_then(|f| u32::try_from(f).ok());
     let exptime = parse_i64(tokens[2]);
     let bytes = parse_u64(tokens[3]).and_then(|b| usize::try_from(b).ok());
-    let cas_unique = if mode == StoreMode::Cas { parse_u64(tokens[4]) } else { Some(0) };
+    let cas_unique = if mode == StoreMode::Cas {
+        parse_u64(tokens[4])
+    } else {
+        Some(0)
+    };
     let (Some(flags), Some(exptime), Some(bytes), Some(cas_unique)) =
         (flags, exptime, bytes, cas_unique)
     else {
@@ -506,7 +557,15 @@ fn store<'a>(
     }
     match data_block(buf, after, bytes, config) {
         DataBlock::Ok { data, consumed } => Parsed::Done {
-            command: Command::Store { mode, key, flags, exptime, cas_unique, data, noreply },
+            command: Command::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                cas_unique,
+                data,
+                noreply,
+            },
             consumed,
         },
         DataBlock::Other(parsed) => parsed,
@@ -514,7 +573,11 @@ fn store<'a>(
 }
 
 fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfig) -> Parsed<'a> {
-    let bad = |error| Parsed::Bad { error, consumed: after, swallow: 0 };
+    let bad = |error| Parsed::Bad {
+        error,
+        consumed: after,
+        swallow: 0,
+    };
     let (key, rest) = split_word(rest);
     let (len, flags) = split_word(rest);
     if key.is_empty() {
@@ -543,9 +606,10 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
         }
     };
     match data_block(buf, after, bytes, config) {
-        DataBlock::Ok { data, consumed } => {
-            Parsed::Done { command: Command::MetaSet { key, flags, data }, consumed }
-        }
+        DataBlock::Ok { data, consumed } => Parsed::Done {
+            command: Command::MetaSet { key, flags, data },
+            consumed,
+        },
         DataBlock::Other(parsed) => parsed,
     }
 }
@@ -556,7 +620,12 @@ enum DataBlock<'a> {
 }
 
 /// Locates the data block of `bytes` bytes plus `\r\n` after the command line.
-fn data_block<'a>(buf: &'a [u8], after: usize, bytes: usize, config: &ParseConfig) -> DataBlock<'a> {
+fn data_block<'a>(
+    buf: &'a [u8],
+    after: usize,
+    bytes: usize,
+    config: &ParseConfig,
+) -> DataBlock<'a> {
     if bytes > config.value_size_max {
         return DataBlock::Other(Parsed::Bad {
             error: BadRequest::TooLarge,
@@ -575,11 +644,18 @@ fn data_block<'a>(buf: &'a [u8], after: usize, bytes: usize, config: &ParseConfi
             swallow: 0,
         });
     }
-    DataBlock::Ok { data: &buf[after..end - 2], consumed: end }
+    DataBlock::Ok {
+        data: &buf[after..end - 2],
+        consumed: end,
+    }
 }
 
 fn unknown<'a>(after: usize) -> Parsed<'a> {
-    Parsed::Bad { error: BadRequest::UnknownCommand, consumed: after, swallow: 0 }
+    Parsed::Bad {
+        error: BadRequest::UnknownCommand,
+        consumed: after,
+        swallow: 0,
+    }
 }
 
 /// Splits off the first space-separated word; the rest keeps its leading spaces trimmed.
@@ -652,7 +728,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> ParseConfig {
-        ParseConfig { value_size_max: 100, ..ParseConfig::default() }
+        ParseConfig {
+            value_size_max: 100,
+            ..ParseConfig::default()
+        }
     }
 
     fn done(buf: &[u8]) -> (Command<'_>, usize) {
@@ -664,7 +743,11 @@ mod tests {
 
     fn bad(buf: &[u8]) -> (BadRequest, usize, usize) {
         match parse(buf, &cfg()) {
-            Parsed::Bad { error, consumed, swallow } => (error, consumed, swallow),
+            Parsed::Bad {
+                error,
+                consumed,
+                swallow,
+            } => (error, consumed, swallow),
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -673,8 +756,13 @@ mod tests {
     fn get_multi() {
         let (cmd, used) = done(b"get a bb  ccc\r\nrest");
         assert_eq!(used, 15);
-        let Command::Get { keys, cas: false } = cmd else { panic!("{cmd:?}") };
-        assert_eq!(keys.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"bb", b"ccc"]);
+        let Command::Get { keys, cas: false } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            keys.iter().collect::<Vec<_>>(),
+            vec![&b"a"[..], b"bb", b"ccc"]
+        );
         assert_eq!(keys.len(), 3);
     }
 
@@ -687,7 +775,13 @@ mod tests {
         assert_eq!(used, 20);
         assert!(matches!(
             cmd,
-            Command::Store { mode: StoreMode::Set, flags: 1, exptime: 2, data: b"hello", .. }
+            Command::Store {
+                mode: StoreMode::Set,
+                flags: 1,
+                exptime: 2,
+                data: b"hello",
+                ..
+            }
         ));
     }
 
@@ -699,13 +793,22 @@ mod tests {
 
     #[test]
     fn errors_keep_the_stream_in_sync() {
-        assert_eq!(bad(b"bogus\r\nget a\r\n"), (BadRequest::UnknownCommand, 7, 0));
+        assert_eq!(
+            bad(b"bogus\r\nget a\r\n"),
+            (BadRequest::UnknownCommand, 7, 0)
+        );
         assert_eq!(bad(b"get\r\n").0, BadRequest::UnknownCommand);
-        assert_eq!(bad(b"set a 0 0 2\r\nabcd\r\n"), (BadRequest::Client("bad data chunk"), 17, 0));
+        assert_eq!(
+            bad(b"set a 0 0 2\r\nabcd\r\n"),
+            (BadRequest::Client("bad data chunk"), 17, 0)
+        );
         assert_eq!(bad(b"set a 0 0 1000\r\n"), (BadRequest::TooLarge, 16, 1002));
         assert_eq!(bad(b"set a 0 0 -1\r\n").0, BadRequest::Client(BAD_FORMAT));
         assert_eq!(bad(b"set a x 0 1\r\n").0, BadRequest::Client(BAD_FORMAT));
-        assert_eq!(bad(b"incr a x\r\n").0, BadRequest::Client("invalid numeric delta argument"));
+        assert_eq!(
+            bad(b"incr a x\r\n").0,
+            BadRequest::Client("invalid numeric delta argument")
+        );
         let long_key = [b'k'; 251];
         let mut line = b"get ".to_vec();
         line.extend_from_slice(&long_key);
@@ -721,30 +824,52 @@ mod tests {
 
     #[test]
     fn too_many_keys() {
-        let config = ParseConfig { multiget_keys_max: 3, ..cfg() };
+        let config = ParseConfig {
+            multiget_keys_max: 3,
+            ..cfg()
+        };
         let parsed = parse(b"get a b c d\r\n", &config);
-        assert!(matches!(parsed, Parsed::Bad { error: BadRequest::Client("too many keys"), .. }));
+        assert!(matches!(
+            parsed,
+            Parsed::Bad {
+                error: BadRequest::Client("too many keys"),
+                ..
+            }
+        ));
     }
 
     #[test]
     fn delete_forms() {
-        assert!(matches!(done(b"delete k 0\r\n").0, Command::Delete { noreply: false, .. }));
-        assert!(matches!(done(b"delete k noreply\r\n").0, Command::Delete { noreply: true, .. }));
+        assert!(matches!(
+            done(b"delete k 0\r\n").0,
+            Command::Delete { noreply: false, .. }
+        ));
+        assert!(matches!(
+            done(b"delete k noreply\r\n").0,
+            Command::Delete { noreply: true, .. }
+        ));
         assert!(matches!(bad(b"delete k 5\r\n").0, BadRequest::Client(_)));
     }
 
     #[test]
     fn meta_commands() {
         let (cmd, _) = done(b"mg foo v c O12\r\n");
-        let Command::MetaGet { key, flags } = cmd else { panic!() };
+        let Command::MetaGet { key, flags } = cmd else {
+            panic!()
+        };
         assert_eq!(&*key, b"foo");
         assert!(flags.has(b'v'));
         let (cmd, used) = done(b"ms Zm9v 2 b T10\r\nhi\r\n");
         assert_eq!(used, 21);
-        let Command::MetaSet { key, data, .. } = cmd else { panic!() };
+        let Command::MetaSet { key, data, .. } = cmd else {
+            panic!()
+        };
         assert_eq!((&*key, data), (&b"foo"[..], &b"hi"[..]));
         assert_eq!(bad(b"mg foo zz\r\n").0, BadRequest::Client("invalid flag"));
-        assert_eq!(bad(b"ms foo 2 zz\r\nhi\r\n"), (BadRequest::Client("invalid flag"), 13, 4));
+        assert_eq!(
+            bad(b"ms foo 2 zz\r\nhi\r\n"),
+            (BadRequest::Client("invalid flag"), 13, 4)
+        );
         assert_eq!(done(b"mn\r\n").0, Command::MetaNoop);
     }
 

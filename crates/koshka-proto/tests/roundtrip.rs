@@ -9,7 +9,15 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn encoded_command() -> impl Strategy<Value = Vec<u8>> {
-    let store = (0usize..6, key(), any::<u32>(), -100i64..100_000, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..200), any::<bool>())
+    let store = (
+        0usize..6,
+        key(),
+        any::<u32>(),
+        -100i64..100_000,
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..200),
+        any::<bool>(),
+    )
         .prop_map(|(mode, key, flags, exptime, cas, data, noreply)| {
             let word = ["set", "add", "replace", "append", "prepend", "cas"][mode];
             let mut out = format!("{word} ").into_bytes();
@@ -27,7 +35,11 @@ fn encoded_command() -> impl Strategy<Value = Vec<u8>> {
             out
         });
     let get = (any::<bool>(), proptest::collection::vec(key(), 1..20)).prop_map(|(cas, keys)| {
-        let mut out = if cas { b"gets".to_vec() } else { b"get".to_vec() };
+        let mut out = if cas {
+            b"gets".to_vec()
+        } else {
+            b"get".to_vec()
+        };
         for k in keys {
             out.push(b' ');
             out.extend_from_slice(&k);
@@ -36,12 +48,19 @@ fn encoded_command() -> impl Strategy<Value = Vec<u8>> {
         out
     });
     let arith = (key(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(k, d, incr, nr)| {
-        let mut out = if incr { b"incr ".to_vec() } else { b"decr ".to_vec() };
+        let mut out = if incr {
+            b"incr ".to_vec()
+        } else {
+            b"decr ".to_vec()
+        };
         out.extend_from_slice(&k);
         out.extend_from_slice(format!(" {d}{}\r\n", if nr { " noreply" } else { "" }).as_bytes());
         out
     });
-    let meta = (key(), proptest::sample::subsequence(vec!["v", "c", "f", "k", "t", "s", "q", "O77", "T30"], 0..6))
+    let meta = (
+        key(),
+        proptest::sample::subsequence(vec!["v", "c", "f", "k", "t", "s", "q", "O77", "T30"], 0..6),
+    )
         .prop_map(|(k, flags)| {
             let mut out = b"mg ".to_vec();
             out.extend_from_slice(&k);
@@ -59,12 +78,19 @@ fn parse_all(buf: &[u8]) -> Vec<u8> {
     let config = ParseConfig::default();
     match parse(buf, &config) {
         Parsed::Done { command, consumed } => {
-            assert_eq!(consumed, buf.len(), "one command consumes exactly its bytes");
+            assert_eq!(
+                consumed,
+                buf.len(),
+                "one command consumes exactly its bytes"
+            );
             let mut again = Vec::new();
             command.encode(&mut again);
             again
         }
-        other => panic!("did not parse: {other:?} from {:?}", String::from_utf8_lossy(buf)),
+        other => panic!(
+            "did not parse: {other:?} from {:?}",
+            String::from_utf8_lossy(buf)
+        ),
     }
 }
 
@@ -109,7 +135,9 @@ fn pipelined_commands_parse_one_by_one() {
     let mut offset = 0;
     let mut words = Vec::new();
     while offset < buf.len() {
-        let Parsed::Done { command, consumed } = parse(&buf[offset..], &config) else { panic!() };
+        let Parsed::Done { command, consumed } = parse(&buf[offset..], &config) else {
+            panic!()
+        };
         words.push(match command {
             Command::Store { .. } => "store",
             Command::Get { .. } => "get",
