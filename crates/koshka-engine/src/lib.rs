@@ -59,6 +59,9 @@ pub enum Error {
         /// Engine name.
         engine: &'static str,
     },
+    /// The server cannot carry out a valid request: `SERVER_ERROR <reason>`.
+    #[error("{0}")]
+    Server(String),
     /// The engine is at its memory limit: `SERVER_ERROR out of memory`.
     #[error("out of memory")]
     OutOfMemory,
