@@ -1012,7 +1012,7 @@ impl Engine for MessagesEngine {
                 heap += mb.heap_bytes();
             }
         }
-        let per_message = if live == 0 { 0 } else { heap as u64 / live };
+        let per_message = (heap as u64).checked_div(live).unwrap_or(0);
         let name = self.flavour.name();
         vec![
             (format!("{name}_mailboxes"), mailboxes.to_string()),
