@@ -352,6 +352,10 @@ impl FriendsEngine {
         let mut fof_cache: Option<Option<bool>> = None;
         let mut fof = || {
             *fof_cache.get_or_insert_with(|| {
+                if viewer == 0 {
+                    // The anonymous viewer has no friends.
+                    return Some(false);
+                }
                 if !viewer_local {
                     return None;
                 }

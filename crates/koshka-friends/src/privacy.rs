@@ -352,4 +352,4 @@ pub fn evaluate(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
