@@ -394,6 +394,7 @@ impl MessagesEngine {
             Update::NewMessage { .. }
                 | Update::Send { .. }
                 | Update::ReadUpto { .. }
+                | Update::PeerLink { .. }
                 | Update::DeleteDialog { .. }
         );
         match self.flavour {
@@ -672,6 +673,20 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
                 value: *value,
             }
         }
+        Update::PeerLink {
+            owner,
+            lid,
+            peer_lid,
+        } => {
+            if mb.get(*lid).is_none() {
+                return Ok(None);
+            }
+            Record::PeerLink {
+                owner: *owner,
+                lid: *lid,
+                peer_lid: *peer_lid,
+            }
+        }
         Update::ReadUpto { owner, peer, lid } => {
             if !mb.peers.contains_key(peer) {
                 return Ok(None);
@@ -745,6 +760,7 @@ fn apply_single(mb: &mut Mailbox, record: &Record) {
             mb.remove(&lids);
         }
         Record::Trim { min_lid, .. } => mb.trim(*min_lid),
+        Record::PeerLink { lid, peer_lid, .. } => mb.set_peer_lid(*lid, *peer_lid),
         Record::Extra {
             lid,
             field,

@@ -281,6 +281,15 @@ pub enum Update {
         /// New text.
         text: Text,
     },
+    /// `set peer_msg_id<uid>_<lid>` = twin id: link a one-sided copy to its twin.
+    PeerLink {
+        /// Mailbox.
+        owner: i64,
+        /// Message.
+        lid: u32,
+        /// Twin id in the peer's mailbox.
+        peer_lid: u32,
+    },
     /// `delete message<uid>_<lid>` (wall: `post…`).
     Delete {
         /// Mailbox.
@@ -925,6 +934,18 @@ impl Update {
                 };
                 Self::ReadUpto { owner, peer, lid }
             }
+            b"peer_msg_id" => {
+                let (owner, lid) = owner_lid(&mut c)?;
+                let peer_lid = match u32::try_from(number(value)?) {
+                    Ok(l) if l > 0 => l,
+                    _ => return err("peer_msg_id value must be a positive local id"),
+                };
+                Self::PeerLink {
+                    owner,
+                    lid,
+                    peer_lid,
+                }
+            }
             b"message_text" | b"post_text" => {
                 let (owner, lid) = owner_lid(&mut c)?;
                 Self::Edit {
@@ -1070,6 +1091,7 @@ impl Update {
             | Self::Delete { owner, .. }
             | Self::DeleteDialog { owner, .. }
             | Self::Trim { owner, .. }
+            | Self::PeerLink { owner, .. }
             | Self::Extra { owner, .. }
             | Self::NewPost { owner, .. }
             | Self::Status { owner, .. } => (owner, None),

@@ -40,6 +40,10 @@ pub const RECORD_EXTRA: u16 = 0x4d09;
 /// `owner i64, lid u32, author i64, flags u32, orig_owner i64, orig_id u32, text`.
 pub const RECORD_REPOST: u16 = 0x4d0a;
 
+/// `PEER_LINK`: set the twin id of a one-sided copy once the other side is known
+/// (cross-shard sends). `owner i64, lid u32, peer_lid u32`.
+pub const RECORD_PEER_LINK: u16 = 0x4d0b;
+
 /// The three parts of a message text, each stored once per copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Text {
@@ -183,6 +187,15 @@ pub enum Record {
         /// Operand.
         value: i64,
     },
+    /// See [`RECORD_PEER_LINK`].
+    PeerLink {
+        /// Mailbox.
+        owner: i64,
+        /// Message.
+        lid: u32,
+        /// Twin id in the peer's mailbox.
+        peer_lid: u32,
+    },
     /// See [`RECORD_REPOST`].
     Repost {
         /// Wall the copy goes to.
@@ -218,6 +231,7 @@ impl Record {
             | Self::Delete { owner, .. }
             | Self::DeleteDialog { owner, .. }
             | Self::Trim { owner, .. }
+            | Self::PeerLink { owner, .. }
             | Self::Extra { owner, .. } => (owner, None),
         }
     }
@@ -321,6 +335,16 @@ impl Record {
                 put_i64(&mut w, *value);
                 RECORD_EXTRA
             }
+            Self::PeerLink {
+                owner,
+                lid,
+                peer_lid,
+            } => {
+                put_i64(&mut w, *owner);
+                put_u32(&mut w, *lid);
+                put_u32(&mut w, *peer_lid);
+                RECORD_PEER_LINK
+            }
             Self::Repost {
                 owner,
                 lid,
@@ -410,6 +434,11 @@ impl Record {
                     other => return Err(Error::corrupt_record(format!("extra op {other}"))),
                 },
                 value: r.i64()?,
+            },
+            RECORD_PEER_LINK => Self::PeerLink {
+                owner: r.i64()?,
+                lid: r.u32()?,
+                peer_lid: r.u32()?,
             },
             RECORD_REPOST => Self::Repost {
                 owner: r.i64()?,

@@ -520,6 +520,19 @@ impl Mailbox {
         self.garbage = 0;
     }
 
+    /// Sets the twin id of live message `lid` (mail flavour only: on walls `peer_lid` is the
+    /// parent post, which never changes).
+    pub fn set_peer_lid(&mut self, lid: u32, peer_lid: u32) {
+        if self.flavour != Flavour::Messages {
+            return;
+        }
+        if let Some(index) = self.slot(lid) {
+            if self.messages[index].alive() {
+                self.messages[index].peer_lid = peer_lid;
+            }
+        }
+    }
+
     /// Extra field `field` of message `lid` (absent = 0).
     #[must_use]
     pub fn extra(&self, lid: u32, field: u8) -> i64 {

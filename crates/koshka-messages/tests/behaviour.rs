@@ -398,3 +398,82 @@ fn concurrent_snapshot_plus_replay_is_exact() {
         .iter()
         .any(|(k, v)| k == "messages_bytes_per_message" && v != "0"));
 }
+
+/// The example session of docs/protocol/messages.md, reply for reply.
+#[test]
+fn documented_example_session() {
+    let e = mail();
+    let j = Recorder::default();
+    let mut s = Session::default();
+    let value = b"8\nHi\tHello Bob";
+    assert_eq!(value.len(), 14);
+    assert_eq!(
+        e.set(b"sendmsg1000_2002#7f3a", 0, value, &mut s, &j)
+            .unwrap(),
+        StoreOutcome::Stored
+    );
+    assert_eq!(
+        e.get(b"newmsgid1000#7f3a", &mut s).unwrap().unwrap().data,
+        b"1"
+    );
+    let message = get(&e, "message2002_1").unwrap();
+    assert_eq!(
+        message,
+        r#"{"id":1,"peer":1000,"peer_msg_id":1,"date":1700000000,"flags":9,"subject":"Hi","text":"Hello Bob"}"#
+    );
+    assert_eq!(message.len(), 102);
+    assert_eq!(get(&e, "topmsglist2002").unwrap(), "1,1,1000,1");
+    assert_eq!(get(&e, "sublist2002_131:1#-1,-20").unwrap(), "1,1");
+    assert_eq!(set(&e, &j, "readall2002_1000", ""), StoreOutcome::Stored);
+    assert_eq!(get(&e, "history2002#0").unwrap(), "2,4,1,9,6,1,1000");
+    assert_eq!(get(&e, "search(2002,10,hello)").unwrap(), "1,1");
+    client_error(
+        e.get(b"sublist2002_3:5", &mut s),
+        "supported: 0:0,128:0,130:0,130:2,131:1,131:3,136:8,192:64,194:0,160:32,144:16,128:128",
+    );
+}
+
+/// Cross-shard delivery as the proxy does it: one side per shard, then the link.
+#[test]
+fn one_sided_delivery_and_link() {
+    let sender_shard = MessagesEngine::new(Flavour::Messages, ShardSpec { index: 0, count: 2 });
+    let recipient_shard = MessagesEngine::new(Flavour::Messages, ShardSpec { index: 1, count: 2 });
+    let j = MemoryJournal::default();
+    let mut s = Session::default();
+    sender_shard
+        .set(b"newmsg2#t", 0, b"2,3\nhello", &mut s, &j)
+        .unwrap();
+    let a = sender_shard
+        .get(b"newmsgid2#t", &mut s)
+        .unwrap()
+        .unwrap()
+        .data;
+    let value = format!("1,2,{}\nhello", String::from_utf8(a).unwrap());
+    recipient_shard
+        .set(b"newmsg3#t", 0, value.as_bytes(), &mut s, &j)
+        .unwrap();
+    let b = recipient_shard
+        .get(b"newmsgid3#t", &mut s)
+        .unwrap()
+        .unwrap()
+        .data;
+    assert_eq!(
+        sender_shard
+            .set(b"peer_msg_id2_1", 0, &b, &mut s, &j)
+            .unwrap(),
+        StoreOutcome::Stored
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&sender_shard, "message2_1").unwrap()).unwrap();
+    assert_eq!(v["peer_msg_id"], 1);
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&recipient_shard, "message3_1").unwrap()).unwrap();
+    assert_eq!(
+        (v["peer_msg_id"].clone(), v["flags"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(
+        set(&sender_shard, &j, "peer_msg_id2_9", "1"),
+        StoreOutcome::NotFound
+    );
+}
