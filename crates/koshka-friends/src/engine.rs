@@ -169,9 +169,9 @@ impl FriendsEngine {
     /// Applies `record` to the locked partitions whose position is below `ctx.pos`, then
     /// moves those partitions to `ctx.pos`. The caller holds every partition the record
     /// touches.
-    fn apply_locked(&self, record: &Record, locked: &mut Locked<'_>, ctx: ApplyCtx) {
+    fn apply_locked(&self, record: &Record, locked: &mut Locked<'_>, ctx: ApplyCtx, live: bool) {
         for (_, guard, fresh) in &mut locked.guards {
-            *fresh = guard.pos < ctx.pos;
+            *fresh = live || guard.pos < ctx.pos;
         }
         let time = ctx.time;
         let mut on = |id: u32, f: &mut dyn FnMut(&mut Partition)| {
@@ -248,7 +248,7 @@ impl FriendsEngine {
         }
         for (_, guard, fresh) in &mut locked.guards {
             if *fresh {
-                guard.pos = ctx.pos;
+                guard.pos = guard.pos.max(ctx.pos);
             }
         }
     }
@@ -261,22 +261,22 @@ impl FriendsEngine {
         journal: &dyn Journal,
     ) -> Result<()> {
         let appended = journal.append(record.record_type(), &record.encode())?;
-        for (index, guard, _) in &locked.guards {
-            assert!(
-                guard.pos < appended.pos,
-                "journal position {} not past partition {index} position {}",
-                appended.pos,
-                guard.pos
-            );
-        }
-        self.apply_locked(
-            record,
-            locked,
-            ApplyCtx {
-                pos: appended.pos,
-                time: appended.time,
-            },
+        // Log positions only grow, so a live record is new to every partition it touches. A
+        // journal that restarts its positions below a loaded snapshot (a misconfigured
+        // host) must not lose the write, so the live path applies unconditionally.
+        debug_assert!(
+            locked
+                .guards
+                .iter()
+                .all(|(_, guard, _)| guard.pos < appended.pos),
+            "journal position {} not past a partition position",
+            appended.pos
         );
+        let ctx = ApplyCtx {
+            pos: appended.pos,
+            time: appended.time,
+        };
+        self.apply_locked(record, locked, ctx, true);
         Ok(())
     }
 
@@ -297,25 +297,13 @@ impl FriendsEngine {
     fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: crate::keys::Slice) -> Value {
         let locked = self.lock(&[user]);
         let all: &[Friend] = self.user(&locked, user).map_or(&[], |u| &u.friends);
-        let bit = crate::mask_bit(folder);
-        let filtered: Vec<&Friend>;
-        let list: Vec<&Friend> = if folder == 0 {
-            all.iter().collect()
+        let mut out = Vec::with_capacity(64);
+        if folder == 0 {
+            format_friends(&mut out, all, mode, slice);
         } else {
-            filtered = all.iter().filter(|f| f.mask & bit != 0).collect();
-            filtered
-        };
-        let mut out = Vec::with_capacity(8 + list.len().min(4096) * 8);
-        push_u32(&mut out, u32::try_from(list.len()).unwrap_or(u32::MAX));
-        for i in slice.indexes(list.len()) {
-            let f = list[i];
-            push_item(&mut out, f.id);
-            if mode != Mode::Ids {
-                push_item(&mut out, f.mask);
-            }
-            if mode == Mode::Full {
-                push_item(&mut out, f.date);
-            }
+            let bit = crate::mask_bit(folder);
+            let list: Vec<Friend> = all.iter().filter(|f| f.mask & bit != 0).copied().collect();
+            format_friends(&mut out, &list, mode, slice);
         }
         Value::text(out)
     }
@@ -677,6 +665,20 @@ impl FriendsEngine {
     }
 }
 
+fn format_friends(out: &mut Vec<u8>, list: &[Friend], mode: Mode, slice: crate::keys::Slice) {
+    push_u32(out, u32::try_from(list.len()).unwrap_or(u32::MAX));
+    for i in slice.indexes(list.len()) {
+        let f = &list[i];
+        push_item(out, f.id);
+        if mode != Mode::Ids {
+            push_item(out, f.mask);
+        }
+        if mode == Mode::Full {
+            push_item(out, f.date);
+        }
+    }
+}
+
 fn count_list(ids: &[u32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + ids.len() * 8);
     push_u32(&mut out, u32::try_from(ids.len()).unwrap_or(u32::MAX));
@@ -782,7 +784,7 @@ impl Engine for FriendsEngine {
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
         let record = Record::decode(record_type, payload)?;
         let mut locked = self.lock(&Self::record_users(&record));
-        self.apply_locked(&record, &mut locked, ctx);
+        self.apply_locked(&record, &mut locked, ctx, false);
         Ok(())
     }
 
