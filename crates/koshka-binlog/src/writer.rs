@@ -52,6 +52,15 @@ pub const BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// burst is shrunk back after it is written.
 pub const BUFFER_BYTES_TYPICAL: usize = 1024 * 1024;
 
+/// Longest time appended bytes wait in memory before the writer hands them to write(2) when
+/// nobody waits for them. Waiters ([`Binlog::wait_acked`]) make the writer write at once, so
+/// this bounds only the lag of unacknowledged (`noreply`) appends, and lets a stream of
+/// appends cost no syscall each.
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Buffered bytes that make the writer write without waiting for [`WRITE_INTERVAL`].
+pub const WRITE_EAGER_BYTES: usize = 256 * 1024;
+
 /// Longest time between fdatasyncs in [`Durability::EverySec`] mode while data is unsynced.
 pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -59,6 +68,7 @@ pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 
 const _: () = assert!(BUFFER_BYTES_TYPICAL * 4 <= BUFFER_BYTES_MAX);
+const _: () = assert!(WRITE_EAGER_BYTES < BUFFER_BYTES_MAX);
 const _: () = assert!(SEGMENT_SIZE_MIN > SEGMENT_HEADER_SIZE as u64);
 
 /// When an append is acknowledged and what it survives.
@@ -130,7 +140,6 @@ struct Pending {
     time: u32,
     seg_start: u64,
     rotations: Vec<Rotation>,
-    writer_idle: bool,
     closing: bool,
 }
 
@@ -145,6 +154,10 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     space: Condvar,
+    /// Highest position some waiter needs written; the writer writes at once below it.
+    flush_to: AtomicU64,
+    /// The writer is parked on `wake` (set and cleared under the `pending` mutex).
+    writer_parked: AtomicBool,
     written: AtomicU64,
     durable: AtomicU64,
     fsyncs: AtomicU64,
@@ -239,11 +252,12 @@ impl Binlog {
                 time: end.time,
                 seg_start,
                 rotations: Vec::new(),
-                writer_idle: false,
                 closing: false,
             }),
             wake: Condvar::new(),
             space: Condvar::new(),
+            flush_to: AtomicU64::new(0),
+            writer_parked: AtomicBool::new(false),
             written: AtomicU64::new(end.pos),
             durable: AtomicU64::new(end.pos),
             fsyncs: AtomicU64::new(0),
@@ -337,6 +351,7 @@ impl Binlog {
         if acked(&self.shared) >= pos {
             return Ok(());
         }
+        request_flush(&self.shared, pos);
         let mut rx = self.shared.acked_tx.subscribe();
         loop {
             if *rx.borrow_and_update() >= pos {
@@ -356,6 +371,10 @@ impl Binlog {
     /// # Errors
     /// As [`Binlog::wait_acked`].
     pub fn wait_acked_blocking(&self, pos: u64) -> koshka_engine::Result<()> {
+        if acked(&self.shared) >= pos {
+            return Ok(());
+        }
+        request_flush(&self.shared, pos);
         wait_until(&self.shared, pos, || acked(&self.shared))
     }
 
@@ -365,6 +384,7 @@ impl Binlog {
     /// [`Error::Poisoned`] or the fsync failure.
     pub fn sync(&self) -> Result<u64> {
         let target = self.shared.pending.lock().end;
+        request_flush(&self.shared, target);
         wait_until(&self.shared, target, || self.written())
             .map_err(|e| Error::Poisoned(e.to_string()))?;
         sync_once(&self.shared)?;
@@ -380,7 +400,10 @@ impl Binlog {
             let mut p = self.shared.pending.lock();
             p.closing = true;
         }
-        self.shared.wake.notify_all();
+        {
+            let _p = self.shared.pending.lock();
+            self.shared.wake.notify_all();
+        }
         self.shared.space.notify_all();
         *self.shared.stop_lock.lock() = true;
         self.shared.stop.notify_all();
@@ -478,12 +501,23 @@ impl Journal for Binlog {
             pos: p.end,
             time: p.time,
         };
-        let wake = std::mem::take(&mut p.writer_idle);
+        let eager = p.buf.len() >= WRITE_EAGER_BYTES;
         drop(p);
-        if wake {
+        if eager && shared.writer_parked.load(Ordering::SeqCst) {
             shared.wake.notify_one();
         }
         Ok(appended)
+    }
+}
+
+/// Asks the writer to write up to `pos` now. Lost-wakeup free: the writer re-checks
+/// `flush_to` after setting `writer_parked` under the mutex, and this side notifies under the
+/// same mutex.
+fn request_flush(shared: &Shared, pos: u64) {
+    shared.flush_to.fetch_max(pos, Ordering::SeqCst);
+    if shared.writer_parked.load(Ordering::SeqCst) {
+        let _p = shared.pending.lock();
+        shared.wake.notify_one();
     }
 }
 
@@ -603,11 +637,36 @@ fn writer_loop(shared: &Shared) {
     loop {
         let (batch_start, batch_end, closing) = {
             let mut p = shared.pending.lock();
-            while p.buf.is_empty() && p.rotations.is_empty() && !p.closing {
-                p.writer_idle = true;
-                shared.wake.wait(&mut p);
+            let mut deadline: Option<Instant> = None;
+            loop {
+                let has_data = !p.buf.is_empty() || !p.rotations.is_empty();
+                if p.closing
+                    || (has_data
+                        && (p.buf.len() >= WRITE_EAGER_BYTES
+                            || shared.flush_to.load(Ordering::SeqCst)
+                                > shared.written.load(Ordering::Acquire)
+                            || deadline.is_some_and(|d| Instant::now() >= d)))
+                {
+                    break;
+                }
+                if has_data && deadline.is_none() {
+                    deadline = Some(Instant::now() + WRITE_INTERVAL);
+                }
+                shared.writer_parked.store(true, Ordering::SeqCst);
+                // Re-check after announcing the park: a waiter that missed the flag has
+                // already raised `flush_to`.
+                let flush_due =
+                    shared.flush_to.load(Ordering::SeqCst) > shared.written.load(Ordering::Acquire);
+                if !(flush_due && has_data) {
+                    match deadline {
+                        Some(d) => {
+                            shared.wake.wait_until(&mut p, d);
+                        }
+                        None => shared.wake.wait(&mut p),
+                    }
+                }
+                shared.writer_parked.store(false, Ordering::SeqCst);
             }
-            p.writer_idle = false;
             std::mem::swap(&mut p.buf, &mut spare);
             std::mem::swap(&mut p.rotations, &mut rotations);
             (p.end - spare.len() as u64, p.end, p.closing)
