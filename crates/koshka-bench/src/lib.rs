@@ -1,1 +1,273 @@
-//! koshka-bench (placeholder).
+//! `koshka bench`: a closed-loop load generator for memcached-protocol servers (koshka and
+//! the real memcached), with HDR latency percentiles and a record of the machine and commit.
+//!
+//! Each of `--connections` connections sends a batch of `--pipeline` requests in one write,
+//! reads every reply, and repeats (closed loop). A request's latency is the time from its
+//! batch's write to the read that completed its reply. Requests are built from prebuilt
+//! templates and replies are framed by scanning, so the hot path does not allocate.
+//!
+//! # Layout
+//!
+//! * [`BenchArgs`] — the CLI (`clap::Args`, embedded by the `koshka` binary as `koshka bench`).
+//! * [`run`] — connect, optionally preload, warm up, measure, return a [`Report`].
+//! * `keys` — key distributions (uniform, zipf) and fixed-size key formatting.
+//! * `kv` — the `kv` workload over the memcached text protocol.
+//! * `report` — the [`Report`], printed human-readable or as JSON.
+//!
+//! # Extension points
+//!
+//! [`Workload`] and [`Protocol`] name the workload and the wire protocol. Today only
+//! `kv` over memcached exists; the social workloads (`messages`, `friends`) and their
+//! Redis-modelled equivalents (`--protocol redis`) are added as new variants with their own
+//! module beside `kv`, dispatched in [`run`].
+//!
+//! # What it is not
+//!
+//! Not an open-loop (fixed-rate) generator and not a correctness checker: replies are framed
+//! and counted, not verified. Use the compat suites for correctness.
+
+mod keys;
+mod kv;
+mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpStream;
+
+pub use crate::keys::Distribution;
+pub use crate::report::{Latency, Machine, Report};
+
+/// The operations a run issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Plain key-value: `get` (or `--multiget`-key gets) and `set` in `--get-ratio` proportion.
+    Kv,
+}
+
+/// The wire protocol spoken to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The memcached text protocol (koshka, memcached).
+    Memcache,
+}
+
+/// Options of `koshka bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:11211")]
+    pub server: String,
+    /// Concurrent connections (each closed-loop).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Requests per connection per batch (pipeline depth).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Key space size: keys are drawn from 0..KEYS.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Key length in bytes (`key:` + zero-padded index).
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    /// Value length in bytes for sets.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Fraction of requests that are gets (the rest are sets), 0.0..=1.0.
+    #[arg(long, default_value_t = 0.9)]
+    pub get_ratio: f64,
+    /// Keys per get request (1 = single-key get).
+    #[arg(long, default_value_t = 1)]
+    pub multiget: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Key distribution.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
+    /// Zipf exponent (theta), in (0, 1).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_exponent: f64,
+    /// Set every key once before the run, so gets hit.
+    #[arg(long)]
+    pub preload: bool,
+    /// Workload to run.
+    #[arg(long, value_enum, default_value_t = Workload::Kv)]
+    pub workload: Workload,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Memcache)]
+    pub protocol: Protocol,
+    /// Client runtime worker threads (0 = number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Random seed (each connection derives its own).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
+        anyhow::ensure!(self.pipeline > 0, "--pipeline must be at least 1");
+        anyhow::ensure!(self.multiget > 0, "--multiget must be at least 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.get_ratio),
+            "--get-ratio must be in 0..=1"
+        );
+        anyhow::ensure!(self.duration > 0.0, "--duration must be positive");
+        anyhow::ensure!(self.warmup >= 0.0, "--warmup must not be negative");
+        anyhow::ensure!(
+            self.value_size <= 1 << 20,
+            "--value-size is limited to 1 MiB"
+        );
+        Ok(())
+    }
+}
+
+/// Runs the benchmark described by `args` and returns its report. Builds its own tokio
+/// runtime, so call it from synchronous code (not from inside a runtime).
+///
+/// # Errors
+///
+/// Invalid arguments, an unreachable server, or a server that breaks the protocol or stops
+/// answering (10 s) mid-run.
+pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    args.validate()?;
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        args.threads
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(run_async(args, threads))
+}
+
+/// Runs the benchmark and prints its report (JSON with `--json`).
+///
+/// # Errors
+///
+/// As [`run`].
+pub fn run_and_print(args: BenchArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let report = run(args)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+async fn connect(server: &str) -> anyhow::Result<TcpStream> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+        .await
+        .with_context(|| format!("connecting to {server} timed out"))?
+        .with_context(|| format!("cannot connect to {server}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn run_async(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
+    let Workload::Kv = args.workload;
+    let Protocol::Memcache = args.protocol;
+    let server_version = {
+        let mut client = koshka_client::Client::connect(args.server.as_str())
+            .await
+            .with_context(|| format!("cannot connect to {}", args.server))?;
+        client
+            .version()
+            .await
+            .context("the server did not answer version")?
+    };
+    let chooser = keys::KeyChooser::new(args.distribution, args.keys, args.zipf_exponent)?;
+    let format = keys::KeyFormat::new(args.key_size, args.keys)?;
+    let plan = Arc::new(kv::Plan::new(
+        chooser,
+        format,
+        args.value_size,
+        args.get_ratio,
+        args.multiget,
+        args.pipeline,
+    ));
+    let preload_s = if args.preload {
+        Some(preload(&args, &plan).await?)
+    } else {
+        None
+    };
+
+    let mut streams = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        streams.push(connect(&args.server).await?);
+    }
+    let start = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let window = kv::Window {
+        start,
+        end: start + Duration::from_secs_f64(args.duration),
+    };
+    let mut tasks = Vec::with_capacity(args.connections);
+    for (index, stream) in streams.into_iter().enumerate() {
+        let seed = args
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(index as u64);
+        tasks.push(tokio::spawn(kv::drive(
+            stream,
+            Arc::clone(&plan),
+            window,
+            seed,
+        )));
+    }
+    let mut total = kv::Counters::new()?;
+    for task in tasks {
+        let counters = task.await.context("a connection task panicked")??;
+        total.merge(&counters)?;
+    }
+    Ok(Report::new(
+        &args,
+        threads,
+        server_version,
+        preload_s,
+        &total,
+    ))
+}
+
+/// Sets every key once over up to 16 connections; returns the seconds it took.
+async fn preload(args: &BenchArgs, plan: &Arc<kv::Plan>) -> anyhow::Result<f64> {
+    const PRELOAD_CONNECTIONS_MAX: u64 = 16;
+    let started = Instant::now();
+    let connections = (args.connections as u64).clamp(1, PRELOAD_CONNECTIONS_MAX);
+    let per_connection = args.keys.div_ceil(connections);
+    let mut tasks = Vec::new();
+    for index in 0..connections {
+        let first = index * per_connection;
+        let last = (first + per_connection).min(args.keys);
+        if first >= last {
+            continue;
+        }
+        let stream = connect(&args.server).await?;
+        tasks.push(tokio::spawn(kv::preload(
+            stream,
+            Arc::clone(plan),
+            first..last,
+        )));
+    }
+    let mut errors = 0;
+    for task in tasks {
+        errors += task.await.context("a preload task panicked")??;
+    }
+    anyhow::ensure!(errors == 0, "{errors} sets failed during preload");
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,1 +1,113 @@
-//! koshka-friends (placeholder).
+//! koshka-friends: friend lists, folders, friend requests and privacy rules, reached through
+//! memcached keys in VK's friend-engine idioms.
+//!
+//! Per user the engine keeps friends (id, folder mask, date added) in a sorted vector,
+//! incoming friend requests, and privacy rules per privacy key in VK's rule language. It
+//! answers privacy checks (`viewer~owner:key1,key2`) including friends of friends, common
+//! friends by sorted merge, and common friend counts against inline or temp lists.
+//!
+//! Users are split into [`PARTITIONS`] partitions by id, each behind its own lock and
+//! remembering the log position of the last record applied to it, so snapshots are written
+//! one partition at a time (see `koshka_engine`'s fuzzy snapshot contract).
+//!
+//! # Layout
+//! * [`keys`] — the key grammar as typed enums with parse functions;
+//! * [`ops`] — binlog records (type numbers, encode, decode);
+//! * [`state`] — partitions and per-user sorted vectors;
+//! * [`privacy`] — rule parsing, canonical form, evaluation;
+//! * [`snapshot`] — partition-at-a-time snapshot encoding;
+//! * [`engine`] — [`FriendsEngine`], the [`koshka_engine::Engine`] implementation.
+//!
+//! This crate does no networking, no routing between shards (the proxy does: see
+//! `docs/protocol/friends.md`) and never reads the wall clock on the write path.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod engine;
+pub mod keys;
+pub mod ops;
+pub mod privacy;
+mod reply;
+pub mod snapshot;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use engine::FriendsEngine;
+
+/// Most friends one user may have (VK's `MAX_FRIENDS`). Adding one more friend (on either side
+/// of a two-sided add) fails with `CLIENT_ERROR`; updates of existing friends still work.
+pub const FRIENDS_PER_USER_MAX: usize = 10_000;
+
+/// Most pending friend requests one user may hold. A new request beyond it fails with
+/// `CLIENT_ERROR`; replacing an existing request still works. Same bound as friends, since
+/// every accepted request becomes a friend.
+pub const FRIEND_REQUESTS_PER_USER_MAX: usize = 10_000;
+
+/// Highest folder number; folders are bits 1..=30 of a mask, bit 0 is "all friends" and bit 31
+/// is never used (VK's layout). Larger folder numbers fail with `CLIENT_ERROR`.
+pub const FOLDER_MAX: u8 = 30;
+
+/// The implicit "all friends" folder bit, set in every stored mask.
+pub const ALL_FRIENDS_BIT: u32 = 1;
+
+/// Every bit a mask may carry: bits 0..=30.
+pub const MASK_BITS: u32 = (1 << (FOLDER_MAX as u32 + 1)) - 1;
+
+/// Largest user id: VK ids are positive 32-bit signed integers. Zero, negative and larger ids
+/// fail with `CLIENT_ERROR`.
+pub const USER_ID_MAX: u32 = i32::MAX as u32;
+
+/// Longest privacy key in bytes (`album17`, `priv_phone`); longer keys fail with
+/// `CLIENT_ERROR`. Fits the one-byte length in records and snapshots.
+pub const PRIVACY_KEY_LEN_MAX: usize = 64;
+
+/// Most privacy keys one user may hold; a new key beyond it fails with `CLIENT_ERROR`.
+/// VK uses a few dozen per user (profile fields, albums, notes).
+pub const PRIVACY_KEYS_PER_USER_MAX: usize = 4096;
+
+/// Most rules in one rule string, before canonicalisation; more fail with `CLIENT_ERROR`.
+/// Bounds the quadratic canonicaliser and the per-check evaluation cost.
+pub const PRIVACY_RULES_MAX: usize = 256;
+
+/// Longest rule string in bytes (256 rules of `+2147483647` fit); longer fails with
+/// `CLIENT_ERROR` before parsing.
+pub const PRIVACY_RULES_TEXT_LEN_MAX: usize = PRIVACY_RULES_MAX * 12;
+
+/// Most privacy keys in one batch check `viewer~owner:k1,k2,…`; more fail with
+/// `CLIENT_ERROR`. The reply is one byte per key.
+pub const PRIVACY_CHECK_KEYS_MAX: usize = 256;
+
+/// Most ids in one id list (bulk folder set, inline lists, temp lists), as VK's ≤ 10 000 temp
+/// lists; longer lists fail with `CLIENT_ERROR`.
+pub const USER_LIST_MAX: usize = 10_000;
+
+/// Longest temp list tag (`set temp<tag>`); longer fails with `CLIENT_ERROR`.
+pub const TEMP_TAG_LEN_MAX: usize = 32;
+
+/// Number of partitions, each behind its own lock. 64 keeps lock contention low on a few
+/// dozen cores and makes one partition's snapshot image about 1/64 of the state.
+pub const PARTITIONS: usize = 64;
+
+const _: () = assert!(PARTITIONS >= 64);
+const _: () = assert!(FOLDER_MAX <= 30, "bit 31 of masks must stay free");
+const _: () = assert!(
+    PRIVACY_KEY_LEN_MAX <= u8::MAX as usize,
+    "one-byte key length"
+);
+const _: () = assert!(
+    PRIVACY_RULES_MAX <= u16::MAX as usize,
+    "two-byte rule count"
+);
+const _: () = assert!(
+    FRIENDS_PER_USER_MAX <= USER_LIST_MAX,
+    "a folder can hold every friend"
+);
+const _: () = assert!(PRIVACY_CHECK_KEYS_MAX <= 4096);
+
+/// The mask bit of `folder` (0 = all friends).
+#[must_use]
+pub const fn mask_bit(folder: u8) -> u32 {
+    1 << folder
+}

@@ -1,1 +1,200 @@
-//! koshka-messages (placeholder).
+//! koshka-messages: per-user mailboxes of texts (private messages) and, in the `wall` flavour,
+//! wall posts, replies, reposts and statuses — the Rust re-creation of VK's text-engine.
+//!
+//! A mailbox holds messages addressed by a dense per-mailbox local id that is never reused.
+//! Every update is validated, encoded as one binlog record ([`ops`]), appended to the
+//! [`Journal`], and applied with the same code path replay uses, so memory after a restart
+//! equals memory before it. The grammar of the memcached keys lives in [`keys`] and is
+//! documented for clients in `docs/protocol/messages.md`.
+//!
+//! # Layout
+//! * [`keys`] — the typed key grammar: [`keys::Query`] (gets) and [`keys::Update`] (sets,
+//!   deletes, incr/decr) with their parse functions;
+//! * [`ops`] — binlog record types and their little-endian encodings;
+//! * [`state`] — partitions, mailboxes, compact message storage, sublists, dialogs, history;
+//! * [`search`] — the per-mailbox inverted index (stem → sorted local ids) and tokeniser;
+//! * [`snapshot`] — the per-partition snapshot format.
+//!
+//! # What this crate is not
+//! It does no networking, knows nothing of other shards (a send whose recipient lives elsewhere
+//! is the proxy's job, done with two one-sided `newmsg` records), and keeps no on-disk index:
+//! all state is in memory and is rebuilt from a snapshot plus the binlog tail.
+
+pub mod keys;
+pub mod ops;
+pub mod search;
+pub mod snapshot;
+pub mod state;
+
+mod engine;
+
+pub use engine::MessagesEngine;
+
+/// Which kind of texts an engine instance stores; chosen once per instance and recorded in
+/// its snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// Private messages: inbox/outbox copies linked to each other.
+    Messages,
+    /// Wall posts, replies, reposts and statuses.
+    Wall,
+}
+
+impl Flavour {
+    /// The engine name reported by [`koshka_engine::Engine::name`].
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Wall => "wall",
+        }
+    }
+
+    /// The byte recorded in snapshots.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Messages => 1,
+            Self::Wall => 2,
+        }
+    }
+
+    /// The predefined sublists (`and:xor` pairs) maintained for this flavour.
+    #[must_use]
+    pub fn sublists(self) -> &'static [(u32, u32)] {
+        match self {
+            Self::Messages => MESSAGE_SUBLISTS,
+            Self::Wall => WALL_SUBLISTS,
+        }
+    }
+}
+
+/// Message flags (mail flavour), as in VK's text-engine.
+pub mod flags {
+    /// Incoming message not yet read.
+    pub const UNREAD: u32 = 1;
+    /// The mailbox owner sent this message (outbox copy).
+    pub const OUTBOX: u32 = 2;
+    /// The owner replied to this message.
+    pub const REPLIED: u32 = 4;
+    /// Marked important.
+    pub const IMPORTANT: u32 = 8;
+    /// Part of a chat.
+    pub const CHAT: u32 = 16;
+    /// Sent by a friend.
+    pub const FRIENDS: u32 = 32;
+    /// Classified as spam.
+    pub const SPAM: u32 = 64;
+    /// Deleted by the owner (kept, but hidden from conversations, dialogs and search).
+    pub const DELETED: u32 = 128;
+    /// Checked by the spam filter.
+    pub const FIXED: u32 = 256;
+    /// Has media.
+    pub const MEDIA: u32 = 512;
+    /// Has attachments.
+    pub const ATTACH: u32 = 1024;
+
+    /// Wall flavour: a reply to another post of the same wall (its parent is `peer_msg_id`).
+    pub const WALL_REPLY: u32 = 1;
+    /// Wall flavour: a repost (copy of another wall post, linked to the original).
+    pub const WALL_COPY: u32 = 2;
+    /// Wall flavour: visible to friends only.
+    pub const WALL_FRIENDS_ONLY: u32 = 4;
+    /// Wall flavour: a status (the newest non-deleted one is the user's current status).
+    pub const WALL_STATUS: u32 = 8;
+    /// Wall flavour: this post was reposted by someone.
+    pub const WALL_COPIED: u32 = 256;
+
+    /// Flags a client may set: the low 16 bits. The high bits are reserved for the engine.
+    pub const USER_MASK: u32 = 0xFFFF;
+}
+
+/// Predefined sublists of the mail flavour, `(and, xor)`: a message belongs to a sublist when
+/// `(flags ^ xor) & and == 0`. Asking for any other pair is a client error.
+pub const MESSAGE_SUBLISTS: &[(u32, u32)] = &[
+    (0, 0),     // everything, deleted included
+    (128, 0),   // not deleted
+    (130, 0),   // inbox
+    (130, 2),   // outbox
+    (131, 1),   // unread inbox
+    (131, 3),   // outbox not yet read by the peer
+    (136, 8),   // important
+    (192, 64),  // spam
+    (194, 0),   // inbox without spam
+    (160, 32),  // from friends
+    (144, 16),  // chats
+    (128, 128), // deleted
+];
+
+/// Predefined sublists of the wall flavour, `(and, xor)`.
+pub const WALL_SUBLISTS: &[(u32, u32)] = &[
+    (0, 0),     // everything, deleted included
+    (128, 0),   // not deleted
+    (129, 0),   // top-level posts
+    (129, 1),   // replies
+    (130, 2),   // reposts
+    (133, 0),   // public top-level posts (not friends-only)
+    (132, 4),   // friends-only posts
+    (136, 8),   // statuses
+    (128, 128), // deleted
+];
+
+/// Most predefined sublists per flavour (VK's limit; one sorted id vector each per mailbox).
+pub const SUBLISTS_MAX: usize = 16;
+const _: () = assert!(MESSAGE_SUBLISTS.len() <= SUBLISTS_MAX);
+const _: () = assert!(WALL_SUBLISTS.len() <= SUBLISTS_MAX);
+
+/// Number of partitions (each behind its own lock, each with its own snapshot position).
+/// 64 keeps lock contention low on the machines we run while keeping snapshot framing small.
+pub const PARTITIONS: usize = 64;
+
+/// Most messages a mailbox may ever allocate (local ids are dense and never reused, so this
+/// bounds the id space too). A send into a full mailbox answers `CLIENT_ERROR`.
+pub const MESSAGES_PER_MAILBOX_MAX: u32 = 1_000_000;
+
+/// Most bytes of one message's text (kludges + subject + body). Larger sends and edits answer
+/// `CLIENT_ERROR` before anything is logged.
+pub const MESSAGE_TEXT_BYTES_MAX: usize = 64 * 1024;
+
+/// Most bytes of a subject. Larger ones answer `CLIENT_ERROR`.
+pub const SUBJECT_BYTES_MAX: usize = 1024;
+
+/// Most bytes of a message's kludges (`\x01name value\t` prefixes). Larger ones answer
+/// `CLIENT_ERROR`.
+pub const KLUDGES_BYTES_MAX: usize = 4096;
+
+/// Most live text bytes of one mailbox (texts are kept in one arena with `u32` offsets). A
+/// send that would pass it answers `CLIENT_ERROR`.
+pub const MAILBOX_TEXT_BYTES_MAX: usize = 1 << 30;
+
+/// Most items one page read returns; longer slices are truncated to this many items.
+pub const PAGE_SIZE_MAX: usize = 1000;
+
+/// Items a page read returns when the key has no `#from,to` slice (the newest ones).
+pub const PAGE_SIZE_DEFAULT: usize = 100;
+const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
+
+/// Most results one search returns; a larger requested limit answers `CLIENT_ERROR`.
+pub const SEARCH_RESULTS_MAX: usize = 1000;
+
+/// Most words in a search query; more answer `CLIENT_ERROR`.
+pub const SEARCH_WORDS_MAX: usize = 16;
+
+/// Longest indexed word in bytes; longer tokens are not indexed (and are ignored in queries).
+pub const WORD_BYTES_MAX: usize = 64;
+
+/// Events kept per mailbox in the history ring; a cursor older than the ring answers
+/// `resync,<timestamp>`.
+pub const HISTORY_EVENTS_MAX: usize = 256;
+
+/// Most events one `history` read returns.
+pub const HISTORY_READ_MAX: usize = HISTORY_EVENTS_MAX;
+
+/// Number of integer extra fields per message (`extra<uid>_<lid>:<k>`, `k < EXTRA_FIELDS`).
+pub const EXTRA_FIELDS: u8 = 8;
+
+/// Most bytes of a compiled key this engine parses; longer keys answer `CLIENT_ERROR`.
+pub const KEY_BYTES_MAX: usize = 4096;
+
+/// Most bytes of a session tag in `newmsg<uid>#<tag>`.
+pub const TAG_BYTES_MAX: usize = 64;

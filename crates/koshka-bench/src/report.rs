@@ -1,0 +1,224 @@
+//! The benchmark report: throughput, hit ratio, latency percentiles, machine and commit.
+
+use std::fmt;
+
+use crate::kv::Counters;
+use crate::{BenchArgs, Distribution, Protocol, Workload};
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The machine the client ran on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    /// Logical CPUs available to the process.
+    pub nproc: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: String,
+}
+
+impl Machine {
+    /// Detects the current machine.
+    pub fn detect() -> Machine {
+        let nproc = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        Machine { nproc, cpu_model }
+    }
+}
+
+/// The git commit of the working directory (`$KOSHKA_GIT_COMMIT` overrides), or `unknown`.
+fn git_commit() -> String {
+    if let Ok(commit) = std::env::var("KOSHKA_GIT_COMMIT") {
+        return commit;
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|commit| commit.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Everything one run measured, and under which settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Workload run.
+    pub workload: Workload,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+    /// Server address.
+    pub server: String,
+    /// The server's `version` reply.
+    pub server_version: String,
+    /// Connections.
+    pub connections: usize,
+    /// Pipeline depth.
+    pub pipeline: usize,
+    /// Keys per get.
+    pub multiget: usize,
+    /// Key space size.
+    pub keys: u64,
+    /// Key length.
+    pub key_size: usize,
+    /// Value length.
+    pub value_size: usize,
+    /// Fraction of gets.
+    pub get_ratio: f64,
+    /// Key distribution.
+    pub distribution: Distribution,
+    /// Client worker threads.
+    pub threads: usize,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// Warm-up seconds.
+    pub warmup_s: f64,
+    /// Seconds spent preloading, if `--preload`.
+    pub preload_s: Option<f64>,
+    /// Requests answered in the measured window (a multi-get is one request).
+    pub ops: u64,
+    /// Requests per second.
+    pub ops_per_sec: f64,
+    /// Keys per second (get keys + sets).
+    pub keys_per_sec: f64,
+    /// Get requests.
+    pub gets: u64,
+    /// Set requests.
+    pub sets: u64,
+    /// Keys found by gets.
+    pub get_hits: u64,
+    /// Keys missed by gets.
+    pub get_misses: u64,
+    /// Error or unexpected replies.
+    pub errors: u64,
+    /// Request latency.
+    pub latency_us: Latency,
+    /// The client machine.
+    pub machine: Machine,
+    /// The commit the bench was built from (working directory's HEAD).
+    pub git_commit: String,
+}
+
+impl Report {
+    pub(crate) fn new(
+        args: &BenchArgs,
+        threads: usize,
+        server_version: String,
+        preload_s: Option<f64>,
+        counters: &Counters,
+    ) -> Report {
+        let histogram = &counters.latency_ns;
+        let micros = |nanos: u64| nanos as f64 / 1000.0;
+        let ops = counters.gets + counters.sets;
+        Report {
+            workload: args.workload,
+            protocol: args.protocol,
+            server: args.server.clone(),
+            server_version,
+            connections: args.connections,
+            pipeline: args.pipeline,
+            multiget: args.multiget,
+            keys: args.keys,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            get_ratio: args.get_ratio,
+            distribution: args.distribution,
+            threads,
+            duration_s: args.duration,
+            warmup_s: args.warmup,
+            preload_s,
+            ops,
+            ops_per_sec: ops as f64 / args.duration,
+            keys_per_sec: (counters.get_keys + counters.sets) as f64 / args.duration,
+            gets: counters.gets,
+            sets: counters.sets,
+            get_hits: counters.hits,
+            get_misses: counters.get_keys - counters.hits.min(counters.get_keys),
+            errors: counters.errors,
+            latency_us: Latency {
+                p50: micros(histogram.value_at_quantile(0.50)),
+                p99: micros(histogram.value_at_quantile(0.99)),
+                p999: micros(histogram.value_at_quantile(0.999)),
+                max: micros(histogram.max()),
+                mean: histogram.mean() / 1000.0,
+            },
+            machine: Machine::detect(),
+            git_commit: git_commit(),
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "koshka bench: {:?} over {:?} against {} ({})",
+            self.workload, self.protocol, self.server, self.server_version
+        )?;
+        writeln!(
+            f,
+            "  {} connections x pipeline {}, {} keys ({} B keys, {} B values, {:?}), \
+             get ratio {}, multiget {}, {} threads",
+            self.connections,
+            self.pipeline,
+            self.keys,
+            self.key_size,
+            self.value_size,
+            self.distribution,
+            self.get_ratio,
+            self.multiget,
+            self.threads
+        )?;
+        if let Some(preload_s) = self.preload_s {
+            writeln!(f, "  preload: {preload_s:.2} s")?;
+        }
+        writeln!(
+            f,
+            "  duration {:.1} s (after {:.1} s warm-up)",
+            self.duration_s, self.warmup_s
+        )?;
+        writeln!(
+            f,
+            "  ops/s:     {:.0}  (keys/s {:.0}; {} ops)",
+            self.ops_per_sec, self.keys_per_sec, self.ops
+        )?;
+        writeln!(
+            f,
+            "  gets {} (hits {}, misses {}), sets {}, errors {}",
+            self.gets, self.get_hits, self.get_misses, self.sets, self.errors
+        )?;
+        let latency = &self.latency_us;
+        writeln!(
+            f,
+            "  latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+            latency.p50, latency.p99, latency.p999, latency.max, latency.mean
+        )?;
+        writeln!(
+            f,
+            "  machine: {} x {}; commit {}",
+            self.machine.nproc, self.machine.cpu_model, self.git_commit
+        )
+    }
+}

@@ -1,0 +1,181 @@
+//! A tiny partitioned engine for host tests: a map of counters, partitioned by key, honouring
+//! the per-partition position skip rule of fuzzy snapshots.
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use koshka_engine::{ApplyCtx, Engine, Error, Journal, Result, Session, Stat, StoreOutcome, Value};
+use parking_lot::Mutex;
+
+pub const PARTITIONS: usize = 8;
+pub const REC_ADD: u16 = 1;
+
+#[derive(Default)]
+struct Partition {
+    pos: u64,
+    map: BTreeMap<u64, (i64, u32)>,
+}
+
+#[derive(Default)]
+pub struct CounterEngine {
+    parts: [Mutex<Partition>; PARTITIONS],
+}
+
+fn encode(key: u64, delta: i64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&key.to_le_bytes());
+    b[8..].copy_from_slice(&delta.to_le_bytes());
+    b
+}
+
+impl CounterEngine {
+    /// The live write path: lock the partition, append, apply with the appended position.
+    pub fn add(&self, key: u64, delta: i64, journal: &dyn Journal) -> Result<u64> {
+        let mut part = self.parts[(key % PARTITIONS as u64) as usize].lock();
+        let rec = encode(key, delta);
+        let appended = journal.append(REC_ADD, &rec)?;
+        Self::apply_locked(
+            &mut part,
+            key,
+            delta,
+            ApplyCtx {
+                pos: appended.pos,
+                time: appended.time,
+            },
+        );
+        Ok(appended.pos)
+    }
+
+    fn apply_locked(part: &mut Partition, key: u64, delta: i64, ctx: ApplyCtx) {
+        if ctx.pos <= part.pos {
+            return;
+        }
+        let e = part.map.entry(key).or_insert((0, 0));
+        e.0 += delta;
+        e.1 = ctx.time;
+        part.pos = ctx.pos;
+    }
+
+    pub fn state(&self) -> BTreeMap<u64, i64> {
+        let mut out = BTreeMap::new();
+        for p in &self.parts {
+            for (k, (v, _)) in &p.lock().map {
+                out.insert(*k, *v);
+            }
+        }
+        out
+    }
+
+    pub fn times(&self) -> BTreeMap<u64, u32> {
+        let mut out = BTreeMap::new();
+        for p in &self.parts {
+            for (k, (_, t)) in &p.lock().map {
+                out.insert(*k, *t);
+            }
+        }
+        out
+    }
+}
+
+impl Engine for CounterEngine {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn get(&self, _key: &[u8], _session: &mut Session) -> Result<Option<Value>> {
+        Err(Error::NotSupported { engine: "counter" })
+    }
+
+    fn set(
+        &self,
+        _key: &[u8],
+        _flags: u32,
+        _value: &[u8],
+        _session: &mut Session,
+        _journal: &dyn Journal,
+    ) -> Result<StoreOutcome> {
+        Err(Error::NotSupported { engine: "counter" })
+    }
+
+    fn delete(&self, _key: &[u8], _session: &mut Session, _journal: &dyn Journal) -> Result<bool> {
+        Err(Error::NotSupported { engine: "counter" })
+    }
+
+    fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
+        if record_type != REC_ADD || payload.len() != 16 {
+            return Err(Error::corrupt_record(format!(
+                "type {record_type} len {}",
+                payload.len()
+            )));
+        }
+        let key = u64::from_le_bytes(payload[..8].try_into().unwrap());
+        let delta = i64::from_le_bytes(payload[8..].try_into().unwrap());
+        let mut part = self.parts[(key % PARTITIONS as u64) as usize].lock();
+        Self::apply_locked(&mut part, key, delta, ctx);
+        Ok(())
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        for p in &self.parts {
+            let part = p.lock();
+            out.write_all(&part.pos.to_le_bytes())?;
+            out.write_all(&(part.map.len() as u64).to_le_bytes())?;
+            for (k, (v, t)) in &part.map {
+                out.write_all(&k.to_le_bytes())?;
+                out.write_all(&v.to_le_bytes())?;
+                out.write_all(&t.to_le_bytes())?;
+            }
+            drop(part);
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    fn load_snapshot(&self, input: &mut dyn Read) -> Result<()> {
+        fn u64_of(input: &mut dyn Read) -> Result<u64> {
+            let mut b = [0u8; 8];
+            input.read_exact(&mut b)?;
+            Ok(u64::from_le_bytes(b))
+        }
+        for p in &self.parts {
+            let mut part = p.lock();
+            part.pos = u64_of(input)?;
+            let n = u64_of(input)?;
+            for _ in 0..n {
+                let k = u64_of(input)?;
+                let v = u64_of(input)? as i64;
+                let mut t = [0u8; 4];
+                input.read_exact(&mut t)?;
+                part.map.insert(k, (v, u32::from_le_bytes(t)));
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        Vec::new()
+    }
+}
+
+/// Copies every regular file of `from` into a fresh temp dir.
+pub fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let p = dir.path().to_path_buf();
+    (dir, p)
+}
+
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,885 @@
+//! [`FriendsEngine`]: the [`Engine`] implementation tying keys, records, state and privacy.
+//!
+//! Write path: parse the key, check the shard and input, lock every partition the record
+//! touches (in index order), check limits against the locked state, append ONE record, apply
+//! it through the same code as replay, unlock. Read path: lock the owner's partition (and the
+//! second user's, in index order, for two-user queries) and format the reply.
+
+use parking_lot::{Mutex, MutexGuard};
+
+use koshka_engine::{
+    ApplyCtx, Engine, Error, Journal, Result, Session, ShardSpec, Stat, StoreOutcome, Value,
+};
+
+use crate::keys::{parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey};
+use crate::ops::Record;
+use crate::privacy::{canonicalize, evaluate, parse_rules, render, Viewer};
+use crate::reply::{push_item, push_u32};
+use crate::state::{intersect, intersect_ids, Census, Friend, Partition, User};
+use crate::{
+    snapshot, FRIENDS_PER_USER_MAX, FRIEND_REQUESTS_PER_USER_MAX, MASK_BITS, PARTITIONS,
+    PRIVACY_KEYS_PER_USER_MAX,
+};
+
+/// The friends engine. Construct with [`FriendsEngine::new`] and host as `Arc<dyn Engine>`.
+#[derive(Debug)]
+pub struct FriendsEngine {
+    shard: ShardSpec,
+    partitions: Box<[Mutex<Partition>]>,
+}
+
+/// Locked partitions, sorted by index, with the "apply this record here" flag per partition.
+struct Locked<'a> {
+    guards: Vec<(usize, MutexGuard<'a, Partition>, bool)>,
+}
+
+impl Locked<'_> {
+    fn slot(&self, index: usize) -> Option<usize> {
+        self.guards
+            .binary_search_by_key(&index, |(i, _, _)| *i)
+            .ok()
+    }
+
+    fn partition(&self, index: usize) -> Option<&Partition> {
+        self.slot(index).map(|s| &*self.guards[s].1)
+    }
+
+    /// The partition if the record being applied is new to it.
+    fn fresh(&mut self, index: usize) -> Option<&mut Partition> {
+        let slot = self.slot(index)?;
+        let (_, guard, fresh) = &mut self.guards[slot];
+        fresh.then_some(&mut **guard)
+    }
+}
+
+fn temp_name(tag: &str) -> Vec<u8> {
+    let mut name = b"temp".to_vec();
+    name.extend_from_slice(tag.as_bytes());
+    name
+}
+
+/// Parses a folder mask value (`0..=2^31-1`, bits 0..=30).
+fn parse_mask(value: &[u8]) -> Result<u32> {
+    let text = value.trim_ascii();
+    let ok = !text.is_empty() && text.len() <= 10 && text.iter().all(u8::is_ascii_digit);
+    let n = if ok {
+        text.iter()
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'))
+    } else {
+        return Err(Error::client(format!(
+            "mask must be a decimal number, got {:?}",
+            String::from_utf8_lossy(text)
+        )));
+    };
+    if n > u64::from(MASK_BITS) {
+        return Err(Error::client(format!("mask {n} has bits above folder 30")));
+    }
+    // NOTE: n <= MASK_BITS.
+    #[expect(clippy::cast_possible_truncation)]
+    Ok(n as u32)
+}
+
+fn not_self(user: u32, other: u32, what: &str) -> Result<()> {
+    if user == other {
+        return Err(Error::client(format!(
+            "user {user} cannot {what} themselves"
+        )));
+    }
+    Ok(())
+}
+
+impl FriendsEngine {
+    /// An empty engine holding shard `shard`.
+    #[must_use]
+    pub fn new(shard: ShardSpec) -> Self {
+        let partitions = (0..PARTITIONS)
+            .map(|_| Mutex::new(Partition::default()))
+            .collect();
+        Self { shard, partitions }
+    }
+
+    /// The partition of user `id`. Ids on one shard share `id mod count`, so dividing by the
+    /// shard count first spreads them over every partition.
+    #[must_use]
+    pub fn partition_of(&self, id: u32) -> usize {
+        ((id / self.shard.count.max(1)) as usize) % PARTITIONS
+    }
+
+    fn is_local(&self, id: u32) -> bool {
+        self.shard.check(i64::from(id)).is_ok()
+    }
+
+    fn check_owner(&self, id: u32) -> Result<()> {
+        self.shard.check(i64::from(id))
+    }
+
+    /// Locks the partitions of `ids` in index order.
+    fn lock(&self, ids: &[u32]) -> Locked<'_> {
+        let mut indexes: Vec<usize> = ids.iter().map(|&id| self.partition_of(id)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let guards = indexes
+            .into_iter()
+            .map(|i| (i, self.partitions[i].lock(), false))
+            .collect();
+        Locked { guards }
+    }
+
+    fn lock_all(&self) -> Locked<'_> {
+        let guards = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.lock(), false))
+            .collect();
+        Locked { guards }
+    }
+
+    fn user<'l>(&self, locked: &'l Locked<'_>, id: u32) -> Option<&'l User> {
+        locked
+            .partition(self.partition_of(id))
+            .and_then(|p| p.user(id))
+    }
+
+    /// The users a record touches, or `None` for "lock everything".
+    fn record_users(record: &Record) -> Vec<u32> {
+        match record {
+            Record::FriendAddPair { user, friend, .. } | Record::FriendDelPair { user, friend } => {
+                vec![*user, *friend]
+            }
+            Record::UserDel { user, mirrored } => {
+                let mut ids = mirrored.clone();
+                ids.push(*user);
+                ids
+            }
+            Record::FriendSetHalf { user, .. }
+            | Record::FriendOr { user, .. }
+            | Record::FriendAndNot { user, .. }
+            | Record::FriendDelHalf { user, .. }
+            | Record::FolderSet { user, .. }
+            | Record::FolderDel { user, .. }
+            | Record::RequestSet { user, .. }
+            | Record::RequestDel { user, .. }
+            | Record::RequestDelAll { user }
+            | Record::PrivacySet { user, .. }
+            | Record::PrivacyDel { user, .. } => vec![*user],
+        }
+    }
+
+    /// Applies `record` to the locked partitions whose position is below `ctx.pos`, then
+    /// moves those partitions to `ctx.pos`. The caller holds every partition the record
+    /// touches.
+    fn apply_locked(&self, record: &Record, locked: &mut Locked<'_>, ctx: ApplyCtx, live: bool) {
+        for (_, guard, fresh) in &mut locked.guards {
+            *fresh = live || guard.pos < ctx.pos;
+        }
+        let time = ctx.time;
+        let mut on = |id: u32, f: &mut dyn FnMut(&mut Partition)| {
+            if let Some(p) = locked.fresh(self.partition_of(id)) {
+                f(p);
+            }
+        };
+        match record {
+            Record::FriendAddPair { user, friend, mask } => {
+                on(*user, &mut |p| {
+                    p.with_user(*user, |u| u.set_friend(*friend, *mask, time))
+                });
+                on(*friend, &mut |p| {
+                    p.with_user(*friend, |u| u.ensure_friend(*user, time))
+                });
+            }
+            Record::FriendSetHalf { user, friend, mask } => {
+                on(*user, &mut |p| {
+                    p.with_user(*user, |u| u.set_friend(*friend, *mask, time))
+                });
+            }
+            Record::FriendOr { user, friend, bits } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.update_mask(*friend, |m| m | bits));
+            }),
+            Record::FriendAndNot { user, friend, bits } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.update_mask(*friend, |m| m & !bits));
+            }),
+            Record::FriendDelPair { user, friend } => {
+                on(*user, &mut |p| {
+                    p.with_existing(*user, |u| u.remove_friend(*friend));
+                });
+                on(*friend, &mut |p| {
+                    p.with_existing(*friend, |u| u.remove_friend(*user));
+                });
+            }
+            Record::FriendDelHalf { user, friend } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.remove_friend(*friend));
+            }),
+            Record::FolderSet { user, folder, ids } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.set_folder(*folder, ids));
+            }),
+            Record::FolderDel { user, folder } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.delete_folder(*user, *folder));
+            }),
+            Record::UserDel { user, mirrored } => {
+                on(*user, &mut |p| {
+                    p.users.remove(user);
+                });
+                for friend in mirrored {
+                    on(*friend, &mut |p| {
+                        p.with_existing(*friend, |u| u.remove_friend(*user));
+                    });
+                }
+            }
+            Record::RequestSet { user, from, mask } => {
+                on(*user, &mut |p| {
+                    p.with_user(*user, |u| u.set_request(*from, *mask, time))
+                });
+            }
+            Record::RequestDel { user, from } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.remove_request(*from));
+            }),
+            Record::RequestDelAll { user } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.requests = Vec::new());
+            }),
+            Record::PrivacySet { user, key, rules } => on(*user, &mut |p| {
+                p.with_user(*user, |u| {
+                    u.set_privacy(key, rules.clone().into_boxed_slice())
+                });
+            }),
+            Record::PrivacyDel { user, key } => on(*user, &mut |p| {
+                p.with_existing(*user, |u| u.remove_privacy(key));
+            }),
+        }
+        for (_, guard, fresh) in &mut locked.guards {
+            if *fresh {
+                guard.pos = guard.pos.max(ctx.pos);
+            }
+        }
+    }
+
+    /// Appends `record` and applies it; the caller holds its partitions.
+    fn commit(
+        &self,
+        locked: &mut Locked<'_>,
+        record: &Record,
+        journal: &dyn Journal,
+    ) -> Result<()> {
+        let appended = journal.append(record.record_type(), &record.encode())?;
+        // Log positions only grow, so a live record is new to every partition it touches. A
+        // journal that restarts its positions below a loaded snapshot (a misconfigured
+        // host) must not lose the write, so the live path applies unconditionally.
+        debug_assert!(
+            locked
+                .guards
+                .iter()
+                .all(|(_, guard, _)| guard.pos < appended.pos),
+            "journal position {} not past a partition position",
+            appended.pos
+        );
+        let ctx = ApplyCtx {
+            pos: appended.pos,
+            time: appended.time,
+        };
+        self.apply_locked(record, locked, ctx, true);
+        Ok(())
+    }
+
+    fn resolve_list(list: ListRef, session: &Session) -> Result<Vec<u32>> {
+        match list {
+            ListRef::Inline(ids) => Ok(ids),
+            ListRef::Temp(tag) => match session.temp(&temp_name(&tag)) {
+                Some(bytes) => parse_id_list(bytes),
+                None => Err(Error::client(format!(
+                    "no temp list {tag:?} on this connection"
+                ))),
+            },
+        }
+    }
+
+    // ----- reads -----
+
+    fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: crate::keys::Slice) -> Value {
+        let locked = self.lock(&[user]);
+        let all: &[Friend] = self.user(&locked, user).map_or(&[], |u| &u.friends);
+        let mut out = Vec::with_capacity(64);
+        if folder == 0 {
+            format_friends(&mut out, all, mode, slice);
+        } else {
+            let bit = crate::mask_bit(folder);
+            let list: Vec<Friend> = all.iter().filter(|f| f.mask & bit != 0).copied().collect();
+            format_friends(&mut out, &list, mode, slice);
+        }
+        Value::text(out)
+    }
+
+    fn get_recent(items: Vec<(u32, u32, u32)>, slice: crate::keys::Slice) -> Value {
+        let mut items = items;
+        // Newest first; equal dates put the larger id first so the order is total.
+        items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
+        let mut out = Vec::new();
+        push_u32(&mut out, u32::try_from(items.len()).unwrap_or(u32::MAX));
+        for i in slice.indexes(items.len()) {
+            let (id, mask, date) = items[i];
+            push_item(&mut out, id);
+            push_item(&mut out, mask);
+            push_item(&mut out, date);
+        }
+        Value::text(out)
+    }
+
+    fn check_privacy(&self, viewer: u32, owner: u32, keys: &[String]) -> Option<Value> {
+        let viewer_local = viewer != 0 && viewer != owner && self.is_local(viewer);
+        let locked = if viewer_local {
+            self.lock(&[owner, viewer])
+        } else {
+            self.lock(&[owner])
+        };
+        let owner_data = self.user(&locked, owner);
+        let viewer_data = if viewer_local {
+            self.user(&locked, viewer)
+        } else {
+            None
+        };
+        let mask = owner_data.map_or(0, |u| u.mask_of(viewer));
+        let mut fof_cache: Option<Option<bool>> = None;
+        let mut fof = || {
+            *fof_cache.get_or_insert_with(|| {
+                if viewer == 0 {
+                    // The anonymous viewer has no friends.
+                    return Some(false);
+                }
+                if !viewer_local {
+                    return None;
+                }
+                let (Some(o), Some(v)) = (owner_data, viewer_data) else {
+                    return Some(false);
+                };
+                let mut any = false;
+                intersect(&o.friends, &v.friends, |_| any = true);
+                Some(any)
+            })
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let rules = owner_data.and_then(|u| u.privacy(key));
+            let answer = match rules {
+                Some(rules) => {
+                    evaluate(rules, owner, Viewer { id: viewer, mask }, &mut fof).as_char()
+                }
+                None if viewer == owner => b'3',
+                None => b'?',
+            };
+            out.push(answer);
+        }
+        if keys.len() == 1 && out[0] == b'?' {
+            return None;
+        }
+        Some(Value::text(out))
+    }
+
+    fn common_counts(&self, user: u32, others: &[u32]) -> Value {
+        let mut out = Vec::new();
+        push_u32(&mut out, u32::try_from(others.len()).unwrap_or(u32::MAX));
+        for &other in others {
+            if !self.is_local(other) {
+                out.extend_from_slice(b",-1");
+                continue;
+            }
+            let locked = self.lock(&[user, other]);
+            let mut count = 0u32;
+            if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
+                intersect(&a.friends, &b.friends, |_| count += 1);
+            }
+            push_item(&mut out, count);
+        }
+        Value::text(out)
+    }
+
+    fn get_parsed(&self, key: GetKey, session: &Session) -> Result<Option<Value>> {
+        Ok(match key {
+            GetKey::Friends {
+                user,
+                folder,
+                mode,
+                slice,
+            } => {
+                self.check_owner(user)?;
+                Some(self.get_friends(user, folder, mode, slice))
+            }
+            GetKey::FriendCount { user, folder } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                let bit = crate::mask_bit(folder);
+                let n = self.user(&locked, user).map_or(0, |u| {
+                    u.friends.iter().filter(|f| f.mask & bit != 0).count()
+                });
+                Some(Value::text(n.to_string()))
+            }
+            GetKey::RecentFriends { user, slice } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                let items = self.user(&locked, user).map_or_else(Vec::new, |u| {
+                    u.friends.iter().map(|f| (f.id, f.mask, f.date)).collect()
+                });
+                drop(locked);
+                Some(Self::get_recent(items, slice))
+            }
+            GetKey::Requests { user, slice } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                let items = self.user(&locked, user).map_or_else(Vec::new, |u| {
+                    u.requests
+                        .iter()
+                        .map(|r| (r.from, r.mask, r.date))
+                        .collect()
+                });
+                drop(locked);
+                Some(Self::get_recent(items, slice))
+            }
+            GetKey::Friend { user, friend } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                self.user(&locked, user)
+                    .and_then(|u| u.friend(friend))
+                    .map(|f| Value::text(f.mask.to_string()))
+            }
+            GetKey::Request { user, from } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                self.user(&locked, user).and_then(|u| {
+                    let i = u.requests.binary_search_by_key(&from, |r| r.from).ok()?;
+                    Some(Value::text(u.requests[i].mask.to_string()))
+                })
+            }
+            GetKey::Privacy { user, key } => {
+                self.check_owner(user)?;
+                let locked = self.lock(&[user]);
+                self.user(&locked, user)
+                    .and_then(|u| u.privacy(&key))
+                    .map(|rules| Value::text(render(rules)))
+            }
+            GetKey::Check {
+                viewer,
+                owner,
+                keys,
+            } => {
+                self.check_owner(owner)?;
+                self.check_privacy(viewer, owner, &keys)
+            }
+            GetKey::CommonFriends { user, other } => {
+                self.check_owner(user)?;
+                self.check_owner(other)?;
+                let locked = self.lock(&[user, other]);
+                let mut ids = Vec::new();
+                if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
+                    intersect(&a.friends, &b.friends, |id| ids.push(id));
+                }
+                drop(locked);
+                Some(Value::text(count_list(&ids)))
+            }
+            GetKey::FriendsAmong { user, list } => {
+                self.check_owner(user)?;
+                let mut candidates = Self::resolve_list(list, session)?;
+                candidates.sort_unstable();
+                candidates.dedup();
+                let locked = self.lock(&[user]);
+                let mut ids = Vec::new();
+                if let Some(a) = self.user(&locked, user) {
+                    intersect_ids(&a.friends, &candidates, |id| ids.push(id));
+                }
+                drop(locked);
+                Some(Value::text(count_list(&ids)))
+            }
+            GetKey::CommonCounts { user, list } => {
+                self.check_owner(user)?;
+                let others = Self::resolve_list(list, session)?;
+                Some(self.common_counts(user, &others))
+            }
+        })
+    }
+
+    // ----- writes -----
+
+    fn set_friend(
+        &self,
+        user: u32,
+        friend: u32,
+        half: bool,
+        value: &[u8],
+        journal: &dyn Journal,
+    ) -> Result<()> {
+        not_self(user, friend, "befriend")?;
+        let mask = parse_mask(value)?;
+        let pair = !half && self.is_local(friend);
+        let mut locked = if pair {
+            self.lock(&[user, friend])
+        } else {
+            self.lock(&[user])
+        };
+        let full = |id: u32, other: u32| {
+            self.user(&locked, id).is_some_and(|u| {
+                u.friend(other).is_none() && u.friends.len() >= FRIENDS_PER_USER_MAX
+            })
+        };
+        for (id, other) in
+            [(user, friend), (friend, user)]
+                .into_iter()
+                .take(if pair { 2 } else { 1 })
+        {
+            if full(id, other) {
+                return Err(Error::client(format!(
+                    "user {id} already has {FRIENDS_PER_USER_MAX} friends"
+                )));
+            }
+        }
+        let record = if pair {
+            Record::FriendAddPair { user, friend, mask }
+        } else {
+            Record::FriendSetHalf { user, friend, mask }
+        };
+        self.commit(&mut locked, &record, journal)
+    }
+
+    fn set_request(&self, user: u32, from: u32, value: &[u8], journal: &dyn Journal) -> Result<()> {
+        not_self(user, from, "send a friend request to")?;
+        let mask = parse_mask(value)?;
+        let mut locked = self.lock(&[user]);
+        let full = self.user(&locked, user).is_some_and(|u| {
+            u.requests.binary_search_by_key(&from, |r| r.from).is_err()
+                && u.requests.len() >= FRIEND_REQUESTS_PER_USER_MAX
+        });
+        if full {
+            return Err(Error::client(format!(
+                "user {user} already has {FRIEND_REQUESTS_PER_USER_MAX} friend requests"
+            )));
+        }
+        self.commit(
+            &mut locked,
+            &Record::RequestSet { user, from, mask },
+            journal,
+        )
+    }
+
+    fn set_privacy(
+        &self,
+        user: u32,
+        key: String,
+        value: &[u8],
+        journal: &dyn Journal,
+    ) -> Result<()> {
+        let rules = canonicalize(&parse_rules(value.trim_ascii())?, user);
+        let mut locked = self.lock(&[user]);
+        let full = self.user(&locked, user).is_some_and(|u| {
+            u.privacy(&key).is_none() && u.privacy.len() >= PRIVACY_KEYS_PER_USER_MAX
+        });
+        if full {
+            return Err(Error::client(format!(
+                "user {user} already has {PRIVACY_KEYS_PER_USER_MAX} privacy keys"
+            )));
+        }
+        self.commit(
+            &mut locked,
+            &Record::PrivacySet { user, key, rules },
+            journal,
+        )
+    }
+
+    fn delete_parsed(&self, key: DeleteKey, journal: &dyn Journal) -> Result<bool> {
+        let (user, record) = match key {
+            DeleteKey::Friend { user, friend, half } => {
+                self.check_owner(user)?;
+                not_self(user, friend, "unfriend")?;
+                let pair = !half && self.is_local(friend);
+                let mut locked = if pair {
+                    self.lock(&[user, friend])
+                } else {
+                    self.lock(&[user])
+                };
+                let has =
+                    |a: u32, b: u32| self.user(&locked, a).is_some_and(|u| u.friend(b).is_some());
+                let found = has(user, friend) || (pair && has(friend, user));
+                if !found {
+                    return Ok(false);
+                }
+                let record = if pair {
+                    Record::FriendDelPair { user, friend }
+                } else {
+                    Record::FriendDelHalf { user, friend }
+                };
+                self.commit(&mut locked, &record, journal)?;
+                return Ok(true);
+            }
+            DeleteKey::User { user } => {
+                self.check_owner(user)?;
+                let mut locked = self.lock_all();
+                let Some(data) = self.user(&locked, user) else {
+                    return Ok(false);
+                };
+                let mirrored: Vec<u32> = data
+                    .friends
+                    .iter()
+                    .map(|f| f.id)
+                    .filter(|&f| self.is_local(f))
+                    .filter(|&f| {
+                        self.user(&locked, f)
+                            .is_some_and(|u| u.friend(user).is_some())
+                    })
+                    .collect();
+                self.commit(&mut locked, &Record::UserDel { user, mirrored }, journal)?;
+                return Ok(true);
+            }
+            DeleteKey::Folder { user, folder } => (user, Record::FolderDel { user, folder }),
+            DeleteKey::Request { user, from } => (user, Record::RequestDel { user, from }),
+            DeleteKey::Requests { user } => (user, Record::RequestDelAll { user }),
+            DeleteKey::Privacy { user, key } => (user, Record::PrivacyDel { user, key }),
+        };
+        self.check_owner(user)?;
+        let mut locked = self.lock(&[user]);
+        let found = self.user(&locked, user).is_some_and(|u| match &record {
+            Record::FolderDel { folder, .. } => {
+                let bit = crate::mask_bit(*folder);
+                u.friends.iter().any(|f| f.mask & bit != 0)
+                    || u.privacy.iter().any(|e| {
+                        e.rules
+                            .iter()
+                            .any(|r| r.target == crate::privacy::Target::Folder(*folder))
+                    })
+            }
+            Record::RequestDel { from, .. } => {
+                u.requests.binary_search_by_key(from, |r| r.from).is_ok()
+            }
+            Record::RequestDelAll { .. } => !u.requests.is_empty(),
+            Record::PrivacyDel { key, .. } => u.privacy(key).is_some(),
+            _ => false,
+        });
+        if found {
+            self.commit(&mut locked, &record, journal)?;
+        }
+        Ok(found)
+    }
+
+    /// Counts of the whole image.
+    #[must_use]
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for partition in self.partitions.iter() {
+            census.add(&partition.lock());
+        }
+        census
+    }
+}
+
+fn format_friends(out: &mut Vec<u8>, list: &[Friend], mode: Mode, slice: crate::keys::Slice) {
+    push_u32(out, u32::try_from(list.len()).unwrap_or(u32::MAX));
+    for i in slice.indexes(list.len()) {
+        let f = &list[i];
+        push_item(out, f.id);
+        if mode != Mode::Ids {
+            push_item(out, f.mask);
+        }
+        if mode == Mode::Full {
+            push_item(out, f.date);
+        }
+    }
+}
+
+fn count_list(ids: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + ids.len() * 8);
+    push_u32(&mut out, u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for &id in ids {
+        push_item(&mut out, id);
+    }
+    out
+}
+
+impl Engine for FriendsEngine {
+    fn name(&self) -> &'static str {
+        "friends"
+    }
+
+    fn get(&self, key: &[u8], session: &mut Session) -> Result<Option<Value>> {
+        self.get_parsed(GetKey::parse(key)?, session)
+    }
+
+    fn set(
+        &self,
+        key: &[u8],
+        _flags: u32,
+        value: &[u8],
+        session: &mut Session,
+        journal: &dyn Journal,
+    ) -> Result<StoreOutcome> {
+        match SetKey::parse(key)? {
+            SetKey::Friend { user, friend, half } => {
+                self.check_owner(user)?;
+                self.set_friend(user, friend, half, value, journal)?;
+            }
+            SetKey::Folder { user, folder } => {
+                self.check_owner(user)?;
+                let mut ids = parse_id_list(value)?;
+                ids.sort_unstable();
+                ids.dedup();
+                let mut locked = self.lock(&[user]);
+                if self
+                    .user(&locked, user)
+                    .is_none_or(|u| u.friends.is_empty())
+                {
+                    return Ok(StoreOutcome::NotStored);
+                }
+                self.commit(
+                    &mut locked,
+                    &Record::FolderSet { user, folder, ids },
+                    journal,
+                )?;
+            }
+            SetKey::Request { user, from } => {
+                self.check_owner(user)?;
+                self.set_request(user, from, value, journal)?;
+            }
+            SetKey::Privacy { user, key } => {
+                self.check_owner(user)?;
+                self.set_privacy(user, key, value, journal)?;
+            }
+            SetKey::Temp { tag } => {
+                parse_id_list(value)?;
+                session.put_temp(&temp_name(&tag), value.to_vec())?;
+            }
+        }
+        Ok(StoreOutcome::Stored)
+    }
+
+    fn delete(&self, key: &[u8], _session: &mut Session, journal: &dyn Journal) -> Result<bool> {
+        self.delete_parsed(DeleteKey::parse(key)?, journal)
+    }
+
+    fn incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        _session: &mut Session,
+        journal: &dyn Journal,
+    ) -> Result<Option<u64>> {
+        let (user, friend) = parse_incr_key(key)?;
+        self.check_owner(user)?;
+        not_self(user, friend, "befriend")?;
+        let bits = u32::try_from(delta.unsigned_abs())
+            .ok()
+            .filter(|b| *b <= MASK_BITS)
+            .ok_or_else(|| Error::client(format!("mask {delta} has bits above folder 30")))?;
+        let mut locked = self.lock(&[user]);
+        if self
+            .user(&locked, user)
+            .and_then(|u| u.friend(friend))
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let record = if delta >= 0 {
+            Record::FriendOr { user, friend, bits }
+        } else {
+            Record::FriendAndNot { user, friend, bits }
+        };
+        self.commit(&mut locked, &record, journal)?;
+        Ok(self
+            .user(&locked, user)
+            .map(|u| u64::from(u.mask_of(friend))))
+    }
+
+    fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
+        let record = Record::decode(record_type, payload)?;
+        let mut locked = self.lock(&Self::record_users(&record));
+        self.apply_locked(&record, &mut locked, ctx, false);
+        Ok(())
+    }
+
+    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        out.write_all(&snapshot::header())?;
+        let mut buf = Vec::new();
+        for (index, partition) in self.partitions.iter().enumerate() {
+            snapshot::encode_partition(index, &partition.lock(), &mut buf);
+            out.write_all(&buf)?;
+        }
+        out.write_all(&snapshot::TRAILER)?;
+        Ok(())
+    }
+
+    fn load_snapshot(&self, input: &mut dyn std::io::Read) -> Result<()> {
+        let mut header = [0u8; 12];
+        input.read_exact(&mut header)?;
+        snapshot::check_header(&header)?;
+        let mut seen = [false; PARTITIONS];
+        let mut loaded = Vec::with_capacity(PARTITIONS);
+        for _ in 0..PARTITIONS {
+            let mut head = [0u8; 16];
+            input.read_exact(&mut head)?;
+            let index = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let mut pos_bytes = [0u8; 8];
+            pos_bytes.copy_from_slice(&head[4..12]);
+            let pos = u64::from_le_bytes(pos_bytes);
+            let len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
+            if index >= PARTITIONS || seen[index] {
+                return Err(Error::Corrupt {
+                    what: "snapshot",
+                    reason: format!("partition index {index} repeated or out of range"),
+                });
+            }
+            seen[index] = true;
+            let mut body = vec![0u8; len];
+            input.read_exact(&mut body)?;
+            let home = |id: u32| self.partition_of(id);
+            loaded.push((index, snapshot::decode_partition(index, pos, &body, &home)?));
+        }
+        let mut trailer = [0u8; 4];
+        input.read_exact(&mut trailer)?;
+        if trailer != snapshot::TRAILER {
+            return Err(Error::Corrupt {
+                what: "snapshot",
+                reason: "missing trailer".into(),
+            });
+        }
+        for (index, partition) in loaded {
+            *self.partitions[index].lock() = partition;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let census = self.census();
+        let per_edge = if census.edges == 0 {
+            0.0
+        } else {
+            // NOTE: a ratio for display; precision loss is irrelevant.
+            #[expect(clippy::cast_precision_loss)]
+            let ratio = census.memory_bytes as f64 / census.edges as f64;
+            ratio
+        };
+        vec![
+            ("friends_users".into(), census.users.to_string()),
+            ("friends_edges".into(), census.edges.to_string()),
+            ("friends_requests".into(), census.requests.to_string()),
+            (
+                "friends_privacy_keys".into(),
+                census.privacy_keys.to_string(),
+            ),
+            (
+                "friends_memory_bytes".into(),
+                census.memory_bytes.to_string(),
+            ),
+            ("friends_bytes_per_edge".into(), format!("{per_edge:.1}")),
+            ("friends_partitions".into(), PARTITIONS.to_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn image(engine: &FriendsEngine) -> Vec<(u32, User)> {
+    let mut users: Vec<(u32, User)> = engine
+        .partitions
+        .iter()
+        .flat_map(|p| {
+            p.lock()
+                .users
+                .iter()
+                .map(|(id, u)| (*id, u.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    users.sort_by_key(|(id, _)| *id);
+    users
+}

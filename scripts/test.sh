@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# THE test command of koshka. Works on a fresh Debian 12 machine as root.
+#
+#   scripts/test.sh
+#
+# 1. Installs what the tests need if missing: apt packages (memcached, libmemcached-tools for
+#    memccapable/memcaslap, php-cli + php-memcached, redis-server, fortunes, fortunes-ru,
+#    python3-pip), then the Python clients pymemcache and redis.
+# 2. cargo fmt --check; cargo clippy --workspace --all-targets -- -D warnings;
+#    cargo test --workspace --release (release, so crash and compat tests run fast).
+# 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`.
+# Ends with one line `N passed, N failed` (cargo tests + compat checks + failed steps) and
+# exits non-zero if anything failed. Uses the repository's own target/ directory.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+unset CARGO_TARGET_DIR
+export CARGO_TERM_COLOR=never
+
+APT_PACKAGES=(memcached libmemcached-tools php-cli php-memcached redis-server fortunes fortunes-ru
+    python3-pip)
+PIP_PACKAGES=(pymemcache redis)
+
+install_dependencies() {
+    local missing=() package
+    for package in "${APT_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$package")
+        fi
+    done
+    if ((${#missing[@]} > 0)); then
+        echo "== installing apt packages: ${missing[*]}"
+        local sudo=""
+        if ((EUID != 0)); then sudo="sudo"; fi
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${APT_PACKAGES[@]}"
+    fi
+    if ! python3 -c 'import pymemcache, redis' 2>/dev/null; then
+        echo "== installing python packages: ${PIP_PACKAGES[*]}"
+        python3 -m pip install -q "${PIP_PACKAGES[@]}" ||
+            python3 -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
+    fi
+}
+
+install_dependencies
+
+logdir=$(mktemp -d /tmp/koshka-test.XXXXXX)
+trap 'rm -rf "$logdir"' EXIT
+failed_steps=()
+
+# step NAME CMD...: runs a step, keeps going on failure, remembers the failure.
+step() {
+    local name=$1
+    shift
+    echo "== $name: $*"
+    if ! "$@"; then
+        echo "== $name FAILED" >&2
+        failed_steps+=("$name")
+    fi
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+# cargo test's own `test result:` lines go to the terminal and to a log for the summary.
+step test bash -c 'set -o pipefail; cargo test --workspace --release 2>&1 | tee "$1"' _ \
+    "$logdir/cargo-test.log"
+step compat bash -c 'set -o pipefail; scripts/compat.sh 2>&1 | tee "$1"' _ "$logdir/compat.log"
+
+# Sum cargo's `test result: ok. N passed; M failed; …` lines and compat's final line.
+read -r cargo_passed cargo_failed < <(awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) {
+        if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
+    END { print p + 0, f + 0 }' "$logdir/cargo-test.log" 2>/dev/null || echo "0 0")
+compat_line=$(grep -Eo '^compat: [0-9]+ passed, [0-9]+ failed' "$logdir/compat.log" 2>/dev/null |
+    tail -1 || true)
+compat_passed=0
+compat_failed=0
+if [[ -n $compat_line ]]; then
+    compat_passed=$(sed -E 's/^compat: ([0-9]+) passed.*/\1/' <<<"$compat_line")
+    compat_failed=$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$compat_line")
+fi
+
+passed=$((cargo_passed + compat_passed))
+failed=$((cargo_failed + compat_failed))
+# A failed step with no failed test counted (fmt, clippy, a build error) still counts once.
+for name in "${failed_steps[@]}"; do
+    case $name in
+        test) ((cargo_failed > 0)) || failed=$((failed + 1)) ;;
+        compat) ((compat_failed > 0)) || failed=$((failed + 1)) ;;
+        *) failed=$((failed + 1)) ;;
+    esac
+done
+echo "== summary: cargo tests $cargo_passed passed, $cargo_failed failed;" \
+    "compat $compat_passed passed, $compat_failed failed;" \
+    "failed steps: ${failed_steps[*]:-none}"
+echo "$passed passed, $failed failed"
+if ((${#failed_steps[@]} > 0)); then
+    exit 1
+fi
