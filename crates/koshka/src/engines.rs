@@ -1,21 +1,25 @@
-//! The engine registry: the one place that maps an engine name to its constructor, its key
-//! length limit and its default port offset. Adding an engine = one crate + one arm here.
+//! The engine registry: the one place that maps an engine name to its constructor and its key
+//! length limit. Adding an engine = one crate + one arm here + its name in [`KNOWN`].
 
 use std::sync::Arc;
 
 use koshka_engine::ShardSpec;
 use koshka_kv::{Kv, KvConfig, Mode};
+use koshka_messages::{Flavour, MessagesEngine};
 use koshka_server::config::{Config, KvMode};
 use koshka_server::Hosted;
 
-/// Builds the engine called `name`, or says why not.
+/// Engines this build knows, in default port order.
+pub const KNOWN: &[&str] = &["kv", "messages", "wall", "friends"];
+
+/// Builds the engine called `name` with the longest key its port accepts.
 pub fn build(name: &str, config: &Config) -> anyhow::Result<(Hosted, usize)> {
     let shard = ShardSpec {
         index: config.engines.shard_index,
         count: config.engines.shard_count,
     };
-    let _ = shard;
-    match name {
+    let compiled = koshka_limits::COMPILED_KEY_LEN_MAX;
+    Ok(match name {
         "kv" => {
             let kv_config = KvConfig {
                 mode: match config.storage.kv_mode {
@@ -25,14 +29,23 @@ pub fn build(name: &str, config: &Config) -> anyhow::Result<(Hosted, usize)> {
                 memory_limit: usize::try_from(config.storage.memory_limit.0)?,
                 value_size_max: usize::try_from(config.server.value_size_max.0)?,
             };
-            Ok((
+            (
                 Hosted::Kv(Arc::new(Kv::new(kv_config))),
                 koshka_limits::KEY_LEN_MAX,
-            ))
+            )
         }
-        other => anyhow::bail!("unknown or not yet available engine {other:?}"),
-    }
+        "messages" => (
+            Hosted::Compiled(Arc::new(MessagesEngine::new(Flavour::Messages, shard))),
+            compiled,
+        ),
+        "wall" => (
+            Hosted::Compiled(Arc::new(MessagesEngine::new(Flavour::Wall, shard))),
+            compiled,
+        ),
+        "friends" => (
+            Hosted::Compiled(Arc::new(koshka_friends::FriendsEngine::new(shard))),
+            compiled,
+        ),
+        other => anyhow::bail!("unknown engine {other:?} (known: {})", KNOWN.join(", ")),
+    })
 }
-
-/// Engines this build knows.
-pub const KNOWN: &[&str] = &["kv"];

@@ -5,6 +5,7 @@
 //! * `engines.rs` — the engine registry.
 
 mod engines;
+mod persist;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use koshka_server::config::{Config, Durability, KvMode, Size};
-use koshka_server::{EngineSlot, NoPersistence, Node, Persistence};
+use koshka_server::{EngineSlot, Node, Persistence};
 
 /// koshka: VK-style in-memory engines behind the memcached protocol.
 #[derive(Debug, Parser)]
@@ -150,6 +151,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("creating {}", config.storage.data_dir.display()))?;
     let mut slots = Vec::new();
     for (offset, name) in enabled.iter().enumerate() {
         let (hosted, key_len_max) = engines::build(name, &config)?;
@@ -158,7 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             listen.port() + u16::try_from(offset)?
         };
-        let persistence: Arc<dyn Persistence> = Arc::new(NoPersistence::default());
+        let persistence = open_persistence(name, &hosted, &config)?;
         slots.push(Arc::new(EngineSlot {
             name: name.clone(),
             listen: SocketAddr::new(listen.ip(), port),
@@ -167,8 +170,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key_len_max,
         }));
     }
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .with_context(|| format!("creating {}", config.storage.data_dir.display()))?;
     let node = Arc::new(Node::new(config, slots));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = std::thread::Builder::new()
@@ -197,4 +198,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens (recovers) the binlog host of one engine: newest snapshot + replay of the log tail.
+fn open_persistence(
+    name: &str,
+    hosted: &koshka_server::Hosted,
+    config: &Config,
+) -> anyhow::Result<Arc<dyn Persistence>> {
+    let engine: Arc<dyn koshka_engine::Engine> = match hosted {
+        koshka_server::Hosted::Kv(kv) => kv.clone(),
+        koshka_server::Hosted::Compiled(engine) => engine.clone(),
+    };
+    let cache = name == "kv" && config.storage.kv_mode == KvMode::Cache;
+    let durability = match (config.storage.durability, cache) {
+        (_, true) | (Durability::None, _) => koshka_binlog::Durability::None,
+        (Durability::Always, _) => koshka_binlog::Durability::Always,
+        (Durability::Everysec, _) => koshka_binlog::Durability::EverySec,
+    };
+    let dir = config.storage.data_dir.join(name);
+    let mut persist = koshka_binlog::PersistConfig::new(&dir, name, &config.limits());
+    persist.shard = koshka_engine::ShardSpec {
+        index: config.engines.shard_index,
+        count: config.engines.shard_count,
+    };
+    persist.durability = durability;
+    persist.snapshot_on_shutdown = config.storage.snapshot_on_shutdown;
+    persist.repair = config.storage.repair;
+    let started = std::time::Instant::now();
+    let host = koshka_binlog::Host::open(engine, persist)
+        .with_context(|| format!("opening the {name} binlog in {}", dir.display()))?;
+    tracing::info!(
+        "{name}: ready in {:.2}s ({durability:?})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Arc::new(persist::HostPersistence(host)))
 }
