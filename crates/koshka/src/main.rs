@@ -28,6 +28,35 @@ struct Cli {
 enum Command {
     /// Run a node: every configured engine on its own loopback port.
     Serve(ServeArgs),
+    /// Drive memcached-protocol load at a server and report throughput and latency.
+    Bench(koshka_bench::BenchArgs),
+    /// Inspect binlogs and snapshots.
+    Binlog {
+        #[command(subcommand)]
+        command: BinlogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BinlogCommand {
+    /// Check every segment and snapshot in DIR (an engine's data directory); exit 1 on damage.
+    Verify {
+        /// Engine data directory, e.g. koshka-data/kv.
+        dir: PathBuf,
+    },
+    /// Summarise segments, positions, record counts and snapshots in DIR.
+    Stat {
+        /// Engine data directory.
+        dir: PathBuf,
+    },
+    /// Print every record from a position on, one line each.
+    Dump {
+        /// Engine data directory.
+        dir: PathBuf,
+        /// First position to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +113,28 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => koshka_bench::run_and_print(args),
+        Command::Binlog { command } => binlog(command),
     }
+}
+
+fn binlog(command: BinlogCommand) -> anyhow::Result<()> {
+    match command {
+        BinlogCommand::Verify { dir } => {
+            let report = koshka_binlog::verify(&dir)?;
+            print!("{report}");
+            if !report.is_ok() {
+                anyhow::bail!("{} is damaged", dir.display());
+            }
+        }
+        BinlogCommand::Stat { dir } => print!("{}", koshka_binlog::stat(&dir)?),
+        BinlogCommand::Dump { dir, from } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            koshka_binlog::dump(&dir, from, &mut out)?;
+        }
+    }
+    Ok(())
 }
 
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
