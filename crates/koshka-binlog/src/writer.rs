@@ -501,7 +501,10 @@ impl Journal for Binlog {
             pos: p.end,
             time: p.time,
         };
-        let eager = p.buf.len() >= WRITE_EAGER_BYTES;
+        // Wake the writer once, when the buffer crosses the eager threshold.
+        let eager = p.buf.len() >= WRITE_EAGER_BYTES
+            && p.buf.len() - (len as usize + if needs_time { TIME_RECORD_SIZE } else { 0 })
+                < WRITE_EAGER_BYTES;
         drop(p);
         if eager && shared.writer_parked.load(Ordering::SeqCst) {
             shared.wake.notify_one();
