@@ -227,6 +227,13 @@ impl Binlog {
         if cfg.durability == Durability::None {
             return Err(Error::Config("a Binlog cannot have durability none".into()));
         }
+        if cfg.segment_size > koshka_limits::BINLOG_SEGMENT_SIZE_MAX {
+            return Err(Error::Config(format!(
+                "segment size {} exceeds the ceiling {}",
+                cfg.segment_size,
+                koshka_limits::BINLOG_SEGMENT_SIZE_MAX
+            )));
+        }
         if cfg.segment_size < SEGMENT_SIZE_MIN {
             return Err(Error::Config(format!(
                 "segment size {} is below the minimum {SEGMENT_SIZE_MIN}",
