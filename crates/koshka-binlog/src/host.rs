@@ -187,6 +187,21 @@ impl Host {
             },
             config.progress.then_some(label.as_str()),
         )?;
+        if let Some(cut) = &outcome.cut {
+            eprintln!(
+                "koshka {}: binlog {} in {} at offset {} (log position {}): {}; truncated there",
+                config.engine,
+                if cut.corrupt {
+                    "corruption (repair)"
+                } else {
+                    "torn tail"
+                },
+                cut.path.display(),
+                cut.offset,
+                cut.pos,
+                cut.reason
+            );
+        }
         let binlog = Binlog::open_at(
             BinlogConfig {
                 dir: config.dir.clone(),

@@ -227,6 +227,13 @@ impl Binlog {
         if cfg.durability == Durability::None {
             return Err(Error::Config("a Binlog cannot have durability none".into()));
         }
+        if cfg.segment_size > koshka_limits::BINLOG_SEGMENT_SIZE_MAX {
+            return Err(Error::Config(format!(
+                "segment size {} exceeds the ceiling {}",
+                cfg.segment_size,
+                koshka_limits::BINLOG_SEGMENT_SIZE_MAX
+            )));
+        }
         if cfg.segment_size < SEGMENT_SIZE_MIN {
             return Err(Error::Config(format!(
                 "segment size {} is below the minimum {SEGMENT_SIZE_MIN}",
@@ -501,7 +508,10 @@ impl Journal for Binlog {
             pos: p.end,
             time: p.time,
         };
-        let eager = p.buf.len() >= WRITE_EAGER_BYTES;
+        // Wake the writer once, when the buffer crosses the eager threshold.
+        let eager = p.buf.len() >= WRITE_EAGER_BYTES
+            && p.buf.len() - (len as usize + if needs_time { TIME_RECORD_SIZE } else { 0 })
+                < WRITE_EAGER_BYTES;
         drop(p);
         if eager && shared.writer_parked.load(Ordering::SeqCst) {
             shared.wake.notify_one();

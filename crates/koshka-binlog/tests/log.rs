@@ -457,3 +457,31 @@ fn failed_write_poisons_the_log() {
     assert!(log.wait_acked_blocking(a.pos).is_err());
     assert!(matches!(log.close(), Err(Error::Poisoned(_))));
 }
+
+#[test]
+fn tail_mode_follows_a_growing_log_across_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Binlog::open(cfg(dir.path(), Durability::EverySec, 4096)).unwrap();
+    let opts = ReadOptions {
+        mode: koshka_binlog::ReadMode::Tail,
+        ..Default::default()
+    };
+    let mut reader = Reader::open(dir.path(), "kv", opts).unwrap();
+    let mut seen = Vec::new();
+    for round in 0..20 {
+        let mut last = 0;
+        for i in 0..30 {
+            last = log.append(2, &payload(round * 30 + i)).unwrap().pos;
+        }
+        log.wait_acked_blocking(last).unwrap();
+        while let Some(r) = reader.next_record().unwrap() {
+            if r.record_type != RECORD_TYPE_TIME {
+                seen.push((r.payload.to_vec(), r.pos));
+            }
+        }
+        assert_eq!(reader.pos(), last, "round {round}");
+    }
+    assert_eq!(seen.len(), 600);
+    assert!(segments(dir.path()).len() > 5);
+    log.close().unwrap();
+}

@@ -328,15 +328,17 @@ impl Census {
 /// Intersects two id-sorted friend lists, calling `f` for each common id.
 pub fn intersect(a: &[Friend], b: &[Friend], mut f: impl FnMut(u32)) {
     let (mut i, mut j) = (0, 0);
-    // Branch-light merge: both cursors advance by comparison results, so random ids do not
-    // cost a misprediction per step.
     while i < a.len() && j < b.len() {
         let (x, y) = (a[i].id, b[j].id);
-        if x == y {
-            f(x);
+        match x.cmp(&y) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                f(x);
+                i += 1;
+                j += 1;
+            }
         }
-        i += usize::from(x <= y);
-        j += usize::from(y <= x);
     }
 }
 

@@ -842,3 +842,45 @@ fn friend_limit_is_enforced_on_both_sides() {
         crate::FRIENDS_PER_USER_MAX.to_string()
     );
 }
+
+/// The example session of `docs/protocol/friends.md`, step by step.
+#[test]
+fn documented_example_session() {
+    let journal = RecordingJournal::default();
+    journal.time.store(1_700_000_000, Ordering::Relaxed);
+    let engine = FriendsEngine::new(ShardSpec::default());
+    let mut s = Session::default();
+    assert_eq!(
+        set(&engine, &journal, "friend10_20", "6"),
+        StoreOutcome::Stored
+    );
+    assert_eq!(get(&engine, "friend10_20").unwrap(), "7");
+    assert_eq!(get(&engine, "friend20_10").unwrap(), "1");
+    set(&engine, &journal, "friend10_30", "0");
+    assert_eq!(
+        engine.incr(b"friend10_30", 8, &mut s, &journal).unwrap(),
+        Some(9)
+    );
+    assert_eq!(get(&engine, "friends_masks10").unwrap(), "2,20,7,30,9");
+    assert_eq!(get(&engine, "friends10_3").unwrap(), "1,30");
+    set(&engine, &journal, "privacy10_album17", "-1+2*3/4*0/G*A");
+    assert_eq!(get(&engine, "privacy10_album17").unwrap(), "-1*3+2/4*0/G*A");
+    set(&engine, &journal, "privacy10_priv_phone", "*2");
+    assert_eq!(
+        get(&engine, "30~10:album17,priv_phone,note5").unwrap(),
+        "30?"
+    );
+    set(&engine, &journal, "friend40_20", "0");
+    assert_eq!(get(&engine, "40~10:album17").unwrap(), "0");
+    engine.set(b"temp7", 0, b"20,30", &mut s, &journal).unwrap();
+    let v = engine.get(b"common_friends40:-7", &mut s).unwrap().unwrap();
+    assert_eq!(v.data, b"1,20");
+    assert_eq!(get(&engine, "common_friends_num10:40,30").unwrap(), "2,1,0");
+    set(&engine, &journal, "friendreq10_50", "4");
+    assert_eq!(get(&engine, "requests10").unwrap(), "1,50,5,1700000000");
+    assert!(delete(&engine, &journal, "friend_cat10_2"));
+    assert_eq!(get(&engine, "friend10_20").unwrap(), "3");
+    assert_eq!(get(&engine, "privacy10_priv_phone").unwrap(), "");
+    let err = engine.set(b"friend10_10", 0, b"0", &mut s, &journal);
+    assert!(matches!(err, Err(Error::Client(ref m)) if m == "user 10 cannot befriend themselves"));
+}
