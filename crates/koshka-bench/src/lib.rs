@@ -16,28 +16,37 @@
 //!
 //! # Extension points
 //!
-//! [`Workload`] and [`Protocol`] name the workload and the wire protocol. Today only
-//! `kv` over memcached exists; the social workloads (`messages`, `friends`) and their
-//! Redis-modelled equivalents (`--protocol redis`) are added as new variants with their own
-//! module beside `kv`, dispatched in [`run`].
+//! [`Workload`] and [`Protocol`] name the workload and the wire protocol: `kv` over
+//! memcached, and the social workloads `messages` and `friends`, either over koshka's
+//! compiled keys (`--protocol memcache`) or modelled the idiomatic Redis 7 way
+//! (`--protocol redis`, RESP). The social workloads share `social` (multi-step logical
+//! operations, closed loop, preload, per-operation histograms); `messages` and `friends`
+//! hold the data generators and the operations on both protocols (tables in their module
+//! docs); `wire` encodes requests and frames replies; `text` loads the fortunes.
 //!
 //! # What it is not
 //!
 //! Not an open-loop (fixed-rate) generator and not a correctness checker: replies are framed
 //! and counted, not verified. Use the compat suites for correctness.
 
+mod friends;
 mod keys;
 mod kv;
+mod messages;
 mod report;
+mod social;
+mod text;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::keys::Distribution;
-pub use crate::report::{Latency, Machine, Report};
+pub use crate::report::{Latency, Machine, OpReport, Report, SocialReport};
 
 /// The operations a run issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -45,14 +54,21 @@ pub use crate::report::{Latency, Machine, Report};
 pub enum Workload {
     /// Plain key-value: `get` (or `--multiget`-key gets) and `set` in `--get-ratio` proportion.
     Kv,
+    /// Mailboxes: send, open dialogs, read a conversation page, mark read, search.
+    Messages,
+    /// Friend graph: list pages, common friends, adds/removes, batch privacy checks.
+    Friends,
 }
 
 /// The wire protocol spoken to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// The memcached text protocol (koshka, memcached).
+    /// The memcached text protocol (koshka, memcached); koshka's compiled keys for the social
+    /// workloads.
     Memcache,
+    /// RESP (Redis 7), the social workloads modelled the idiomatic Redis way.
+    Redis,
 }
 
 /// Options of `koshka bench`.
@@ -112,6 +128,44 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Social workloads: exit after the preload phase (for memory measurements).
+    #[arg(long)]
+    pub preload_only: bool,
+    /// Social workloads: operation mix, `name=weight,…` (messages: send, dialogs,
+    /// conversation, read, search, bigsearch; friends: page, common, common1k, add, remove,
+    /// privacy). Default: a realistic mix per workload.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Social workloads: user ids 1..=USERS (activity is Zipf over them, `--zipf-exponent`).
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// messages: messages sent by the preload phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// messages: text length in bytes (fortunes cut at a UTF-8 boundary).
+    #[arg(long, default_value_t = 100)]
+    pub text_size: usize,
+    /// messages: correspondents per user.
+    #[arg(long, default_value_t = 20)]
+    pub dialog_peers: u64,
+    /// messages: size of the one big mailbox (user USERS+1) that `bigsearch` searches.
+    #[arg(long, default_value_t = 10_000)]
+    pub big_mailbox: u64,
+    /// friends: friendships drawn by the preload phase (duplicates dropped).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub edges: u64,
+    /// friends: Zipf exponent of the degree distribution, in (0, 1).
+    #[arg(long, default_value_t = 0.6)]
+    pub degree_exponent: f64,
+    /// friends: pairs of users given BIG_DEGREE friends each (`common1k`).
+    #[arg(long, default_value_t = 8)]
+    pub big_pairs: u64,
+    /// friends: friends of each user of a big pair.
+    #[arg(long, default_value_t = 1000)]
+    pub big_degree: u64,
+    /// friends: the hottest users that store 20 privacy rules each.
+    #[arg(long, default_value_t = 1000)]
+    pub privacy_users: u64,
 }
 
 impl BenchArgs {
@@ -181,8 +235,185 @@ async fn connect(server: &str) -> anyhow::Result<TcpStream> {
 }
 
 async fn run_async(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
-    let Workload::Kv = args.workload;
-    let Protocol::Memcache = args.protocol;
+    match args.workload {
+        Workload::Kv => {
+            anyhow::ensure!(
+                args.protocol == Protocol::Memcache,
+                "the kv workload speaks the memcached protocol only"
+            );
+            run_kv(args, threads).await
+        }
+        Workload::Messages | Workload::Friends => run_social(args, threads).await,
+    }
+}
+
+/// The server's version: memcached `version`, or `redis_version` from Redis `INFO server`.
+async fn server_version(args: &BenchArgs) -> anyhow::Result<String> {
+    if args.protocol == Protocol::Memcache {
+        let mut client = koshka_client::Client::connect(args.server.as_str())
+            .await
+            .with_context(|| format!("cannot connect to {}", args.server))?;
+        return client
+            .version()
+            .await
+            .context("the server did not answer version");
+    }
+    let mut stream = connect(&args.server).await?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .await?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while wire::frame(&reply, wire::Frame::Resp)?.is_none() {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .context("no INFO reply within 10 s")??;
+        anyhow::ensure!(read > 0, "the server closed the connection");
+        reply.extend_from_slice(&chunk[..read]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let version = text
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .context("no redis_version in INFO server (is this Redis?)")?;
+    Ok(format!("redis {}", version.trim()))
+}
+
+/// Runs a social workload: build the plan, optionally preload, then drive the mix.
+async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    let version = server_version(&args).await?;
+    let chooser = keys::KeyChooser::new(args.distribution, args.users, args.zipf_exponent)?;
+    match args.workload {
+        Workload::Messages => {
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(messages::DEFAULT_MIX),
+                messages::KINDS,
+            )?;
+            let plan = Arc::new(messages::Messages::new(messages::MessagesConfig {
+                protocol: args.protocol,
+                users: args.users,
+                messages: args.messages,
+                big_mailbox: args.big_mailbox,
+                circle: args.dialog_peers,
+                text_size: args.text_size,
+                chooser,
+                weights,
+                seed: args.seed,
+            }));
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "messages".into(),
+                data_items: args.messages + args.big_mailbox,
+                mix: args.mix.clone().unwrap_or(messages::DEFAULT_MIX.into()),
+                detail: format!(
+                    "{} B texts from {}; big mailbox user {} ({} messages)",
+                    args.text_size,
+                    plan.text_source(),
+                    args.users + 1,
+                    args.big_mailbox
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+        _ => {
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(friends::DEFAULT_MIX),
+                friends::KINDS,
+            )?;
+            let plan = Arc::new(friends::Friends::new(friends::FriendsConfig {
+                protocol: args.protocol,
+                users: args.users,
+                edges: args.edges,
+                degree_exponent: args.degree_exponent,
+                big_pairs: args.big_pairs,
+                big_degree: args.big_degree,
+                privacy_users: args.privacy_users,
+                chooser,
+                weights,
+                seed: args.seed,
+            })?);
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "edges".into(),
+                data_items: plan.edge_count(),
+                mix: args.mix.clone().unwrap_or(friends::DEFAULT_MIX.into()),
+                detail: format!(
+                    "degree exponent {}, max degree {}; {} pairs with {} friends; {} users with \
+                     {} privacy rules",
+                    args.degree_exponent,
+                    plan.max_degree(),
+                    args.big_pairs,
+                    args.big_degree,
+                    args.privacy_users,
+                    20
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+    }
+}
+
+async fn drive_social<W: social::Social>(
+    args: BenchArgs,
+    threads: usize,
+    version: String,
+    plan: Arc<W>,
+    mut info: SocialReport,
+) -> anyhow::Result<Report> {
+    let mut preload_s = None;
+    if args.preload || args.preload_only {
+        let (seconds, items) = social::preload(&args.server, &plan, args.connections).await?;
+        preload_s = Some(seconds);
+        info.preload_items = Some(items);
+    }
+    let mut total = social::SocialCounters::new(plan.kinds().len())?;
+    if !args.preload_only {
+        let mut streams = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            streams.push(connect(&args.server).await?);
+        }
+        let start = Instant::now() + Duration::from_secs_f64(args.warmup);
+        let window = social::Window {
+            start,
+            end: start + Duration::from_secs_f64(args.duration),
+        };
+        let mut tasks = Vec::with_capacity(args.connections);
+        for (index, stream) in streams.into_iter().enumerate() {
+            let seed = args
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(index as u64);
+            tasks.push(tokio::spawn(social::drive(
+                stream,
+                Arc::clone(&plan),
+                window,
+                seed,
+                index,
+                args.pipeline,
+            )));
+        }
+        for task in tasks {
+            let counters = task.await.context("a connection task panicked")??;
+            total.merge(&counters)?;
+        }
+    }
+    Ok(Report::social(
+        &args,
+        threads,
+        version,
+        preload_s,
+        &total,
+        plan.kinds(),
+        info,
+    ))
+}
+
+async fn run_kv(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
     let server_version = {
         let mut client = koshka_client::Client::connect(args.server.as_str())
             .await

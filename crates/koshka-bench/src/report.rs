@@ -2,8 +2,58 @@
 
 use std::fmt;
 
+use hdrhistogram::Histogram;
+
 use crate::kv::Counters;
+use crate::social::SocialCounters;
 use crate::{BenchArgs, Distribution, Protocol, Workload};
+
+impl Latency {
+    fn from_histogram(histogram: &Histogram<u64>) -> Latency {
+        let micros = |nanos: u64| nanos as f64 / 1000.0;
+        Latency {
+            p50: micros(histogram.value_at_quantile(0.50)),
+            p99: micros(histogram.value_at_quantile(0.99)),
+            p999: micros(histogram.value_at_quantile(0.999)),
+            max: micros(histogram.max()),
+            mean: histogram.mean() / 1000.0,
+        }
+    }
+}
+
+/// One operation kind of a social workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpReport {
+    /// Kind name (`send`, `search`, `privacy`, …).
+    pub name: String,
+    /// Completed operations in the measured window.
+    pub ops: u64,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Operations with an error reply.
+    pub errors: u64,
+    /// Latency of the whole logical operation (all its round trips).
+    pub latency_us: Latency,
+}
+
+/// What a social workload loaded and ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SocialReport {
+    /// User ids 1..=users.
+    pub users: u64,
+    /// What the data items are: `messages` or `edges`.
+    pub data_kind: String,
+    /// Messages sent or distinct friendships written by the preload phase.
+    pub data_items: u64,
+    /// The operation mix.
+    pub mix: String,
+    /// Data set details (text source, degrees).
+    pub detail: String,
+    /// Preload items written (data items plus auxiliary ones), if preloaded.
+    pub preload_items: Option<u64>,
+    /// Per-operation results.
+    pub ops_by_kind: Vec<OpReport>,
+}
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -119,6 +169,9 @@ pub struct Report {
     pub machine: Machine,
     /// The commit the bench was built from (working directory's HEAD).
     pub git_commit: String,
+    /// Social workloads: data set and per-operation results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub social: Option<SocialReport>,
 }
 
 impl Report {
@@ -130,7 +183,6 @@ impl Report {
         counters: &Counters,
     ) -> Report {
         let histogram = &counters.latency_ns;
-        let micros = |nanos: u64| nanos as f64 / 1000.0;
         let ops = counters.gets + counters.sets;
         Report {
             workload: args.workload,
@@ -157,21 +209,152 @@ impl Report {
             get_hits: counters.hits,
             get_misses: counters.get_keys - counters.hits.min(counters.get_keys),
             errors: counters.errors,
-            latency_us: Latency {
-                p50: micros(histogram.value_at_quantile(0.50)),
-                p99: micros(histogram.value_at_quantile(0.99)),
-                p999: micros(histogram.value_at_quantile(0.999)),
-                max: micros(histogram.max()),
-                mean: histogram.mean() / 1000.0,
-            },
+            latency_us: Latency::from_histogram(histogram),
             machine: Machine::detect(),
             git_commit: git_commit(),
+            social: None,
         }
+    }
+
+    /// The report of a social workload (`ops` counts logical operations).
+    pub(crate) fn social(
+        args: &BenchArgs,
+        threads: usize,
+        server_version: String,
+        preload_s: Option<f64>,
+        counters: &SocialCounters,
+        kinds: &[&str],
+        mut social: SocialReport,
+    ) -> Report {
+        let duration = if args.preload_only {
+            0.0
+        } else {
+            args.duration
+        };
+        let per_sec = |ops: u64| {
+            if duration > 0.0 {
+                ops as f64 / duration
+            } else {
+                0.0
+            }
+        };
+        social.ops_by_kind = kinds
+            .iter()
+            .zip(&counters.kinds)
+            .filter(|(_, kind)| kind.ops > 0)
+            .map(|(name, kind)| OpReport {
+                name: (*name).to_owned(),
+                ops: kind.ops,
+                ops_per_sec: per_sec(kind.ops),
+                errors: kind.errors,
+                latency_us: Latency::from_histogram(&kind.latency_ns),
+            })
+            .collect();
+        let ops = counters.total.ops;
+        Report {
+            workload: args.workload,
+            protocol: args.protocol,
+            server: args.server.clone(),
+            server_version,
+            connections: args.connections,
+            pipeline: args.pipeline,
+            multiget: 1,
+            keys: args.users,
+            key_size: 0,
+            value_size: if args.workload == Workload::Messages {
+                args.text_size
+            } else {
+                0
+            },
+            get_ratio: 0.0,
+            distribution: args.distribution,
+            threads,
+            duration_s: duration,
+            warmup_s: args.warmup,
+            preload_s,
+            ops,
+            ops_per_sec: per_sec(ops),
+            keys_per_sec: per_sec(ops),
+            gets: 0,
+            sets: 0,
+            get_hits: 0,
+            get_misses: 0,
+            errors: counters.total.errors,
+            latency_us: Latency::from_histogram(&counters.total.latency_ns),
+            machine: Machine::detect(),
+            git_commit: git_commit(),
+            social: Some(social),
+        }
+    }
+}
+
+impl Report {
+    fn fmt_social(&self, f: &mut fmt::Formatter<'_>, social: &SocialReport) -> fmt::Result {
+        writeln!(
+            f,
+            "koshka bench: {:?} over {:?} against {} ({})",
+            self.workload, self.protocol, self.server, self.server_version
+        )?;
+        writeln!(
+            f,
+            "  {} users, {} {}; {}",
+            social.users, social.data_items, social.data_kind, social.detail
+        )?;
+        writeln!(
+            f,
+            "  {} connections x pipeline {}, {} threads, mix {}",
+            self.connections, self.pipeline, self.threads, social.mix
+        )?;
+        if let (Some(preload_s), Some(items)) = (self.preload_s, social.preload_items) {
+            writeln!(
+                f,
+                "  preload: {items} items in {preload_s:.2} s ({:.0}/s)",
+                items as f64 / preload_s.max(1e-9)
+            )?;
+        }
+        if self.duration_s > 0.0 {
+            writeln!(
+                f,
+                "  duration {:.1} s (after {:.1} s warm-up)",
+                self.duration_s, self.warmup_s
+            )?;
+            writeln!(
+                f,
+                "  ops/s:     {:.0}  ({} logical operations, {} errors)",
+                self.ops_per_sec, self.ops, self.errors
+            )?;
+            let latency = &self.latency_us;
+            writeln!(
+                f,
+                "  latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+                latency.p50, latency.p99, latency.p999, latency.max, latency.mean
+            )?;
+            for op in &social.ops_by_kind {
+                writeln!(
+                    f,
+                    "    {:<13} {:>9.0} ops/s  p50 {:>8.1}  p99 {:>8.1}  p99.9 {:>8.1} us  errors {}",
+                    op.name,
+                    op.ops_per_sec,
+                    op.latency_us.p50,
+                    op.latency_us.p99,
+                    op.latency_us.p999,
+                    op.errors
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "  machine: {} x {}; commit {}",
+            self.machine.nproc, self.machine.cpu_model, self.git_commit
+        )
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(social) = &self.social {
+            return self.fmt_social(f, social);
+        }
         writeln!(
             f,
             "koshka bench: {:?} over {:?} against {} ({})",
