@@ -167,6 +167,9 @@ struct Shared {
     progress_lock: Mutex<()>,
     progress: Condvar,
     sync_target: Mutex<SyncTarget>,
+    /// The buffer being written, and the lock that orders writes: whoever holds it (the
+    /// writer thread, or a waiter writing inline) swaps `pending.buf` out and writes it.
+    spare: Mutex<Vec<u8>>,
     stop_lock: Mutex<bool>,
     stop: Condvar,
 }
@@ -278,6 +281,7 @@ impl Binlog {
                 path,
                 written: end.pos,
             }),
+            spare: Mutex::new(Vec::with_capacity(BUFFER_BYTES_TYPICAL)),
             stop_lock: Mutex::new(false),
             stop: Condvar::new(),
             cfg,
@@ -356,6 +360,9 @@ impl Binlog {
     /// [`koshka_engine::Error::Journal`] if the log is poisoned before `pos` is acknowledged.
     pub async fn wait_acked(&self, pos: u64) -> koshka_engine::Result<()> {
         if acked(&self.shared) >= pos {
+            return Ok(());
+        }
+        if write_inline(&self.shared, pos) && acked(&self.shared) >= pos {
             return Ok(());
         }
         request_flush(&self.shared, pos);
@@ -641,43 +648,16 @@ fn syncer_loop(shared: &Shared) {
 }
 
 fn writer_loop(shared: &Shared) {
-    let mut spare: Vec<u8> = Vec::with_capacity(BUFFER_BYTES_TYPICAL);
     let mut rotations: Vec<Rotation> = Vec::new();
     let mut file = Arc::clone(&shared.sync_target.lock().file);
     loop {
+        wait_for_work(shared);
+        // Lock order: spare, then pending. A waiter may have written inline meanwhile, in
+        // which case the buffer is empty and there is nothing to do.
+        let mut spare = shared.spare.lock();
         let (batch_start, batch_end, closing) = {
             let mut p = shared.pending.lock();
-            let mut deadline: Option<Instant> = None;
-            loop {
-                let has_data = !p.buf.is_empty() || !p.rotations.is_empty();
-                if p.closing
-                    || (has_data
-                        && (p.buf.len() >= WRITE_EAGER_BYTES
-                            || shared.flush_to.load(Ordering::SeqCst)
-                                > shared.written.load(Ordering::Acquire)
-                            || deadline.is_some_and(|d| Instant::now() >= d)))
-                {
-                    break;
-                }
-                if has_data && deadline.is_none() {
-                    deadline = Some(Instant::now() + WRITE_INTERVAL);
-                }
-                shared.writer_parked.store(true, Ordering::SeqCst);
-                // Re-check after announcing the park: a waiter that missed the flag has
-                // already raised `flush_to`.
-                let flush_due =
-                    shared.flush_to.load(Ordering::SeqCst) > shared.written.load(Ordering::Acquire);
-                if !(flush_due && has_data) {
-                    match deadline {
-                        Some(d) => {
-                            shared.wake.wait_until(&mut p, d);
-                        }
-                        None => shared.wake.wait(&mut p),
-                    }
-                }
-                shared.writer_parked.store(false, Ordering::SeqCst);
-            }
-            std::mem::swap(&mut p.buf, &mut spare);
+            std::mem::swap(&mut p.buf, &mut *spare);
             std::mem::swap(&mut p.rotations, &mut rotations);
             (p.end - spare.len() as u64, p.end, p.closing)
         };
@@ -685,22 +665,25 @@ fn writer_loop(shared: &Shared) {
         if shared.poisoned.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = write_batch(
-            shared,
-            &mut file,
-            &spare,
-            &rotations,
-            batch_start,
-            batch_end,
-        ) {
-            poison(shared, format!("write failed: {e}"));
-            return;
+        if !spare.is_empty() || !rotations.is_empty() {
+            if let Err(e) = write_batch(
+                shared,
+                &mut file,
+                &spare,
+                &rotations,
+                batch_start,
+                batch_end,
+            ) {
+                poison(shared, format!("write failed: {e}"));
+                return;
+            }
         }
         spare.clear();
         rotations.clear();
         if spare.capacity() > 4 * BUFFER_BYTES_TYPICAL {
             spare.shrink_to(BUFFER_BYTES_TYPICAL);
         }
+        drop(spare);
         if shared.cfg.durability == Durability::Always || closing {
             if sync_once(shared).is_err() {
                 return;
@@ -710,6 +693,84 @@ fn writer_loop(shared: &Shared) {
         }
         if closing {
             return;
+        }
+    }
+}
+
+/// Parks the writer until there is something to write: a waiter, a full buffer, the write
+/// interval, or closing.
+fn wait_for_work(shared: &Shared) {
+    let mut p = shared.pending.lock();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let has_data = !p.buf.is_empty() || !p.rotations.is_empty();
+        if p.closing
+            || (has_data
+                && (p.buf.len() >= WRITE_EAGER_BYTES
+                    || shared.flush_to.load(Ordering::SeqCst)
+                        > shared.written.load(Ordering::Acquire)
+                    || deadline.is_some_and(|d| Instant::now() >= d)))
+        {
+            return;
+        }
+        if has_data && deadline.is_none() {
+            deadline = Some(Instant::now() + WRITE_INTERVAL);
+        }
+        shared.writer_parked.store(true, Ordering::SeqCst);
+        // Re-check after announcing the park: a waiter that missed the flag has already
+        // raised `flush_to`.
+        let flush_due =
+            shared.flush_to.load(Ordering::SeqCst) > shared.written.load(Ordering::Acquire);
+        if !(flush_due && has_data) {
+            match deadline {
+                Some(d) => {
+                    shared.wake.wait_until(&mut p, d);
+                }
+                None => shared.wake.wait(&mut p),
+            }
+        }
+        shared.writer_parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// EverySec fast path: a waiter writes the pending buffer itself with one write(2) instead of
+/// handing it to the writer thread and waiting to be woken (two context switches per batch).
+/// Gives up (returns false) when another write is in progress, a rotation is pending, or the
+/// mode needs an fsync; the caller then falls back to the writer thread.
+fn write_inline(shared: &Shared, pos: u64) -> bool {
+    if shared.cfg.durability != Durability::EverySec || shared.poisoned.load(Ordering::Acquire) {
+        return false;
+    }
+    let Some(mut spare) = shared.spare.try_lock() else {
+        return false;
+    };
+    if shared.written.load(Ordering::Acquire) >= pos {
+        return true;
+    }
+    let (start, end) = {
+        let mut p = shared.pending.lock();
+        if !p.rotations.is_empty() || p.closing || !spare.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut p.buf, &mut *spare);
+        (p.end - spare.len() as u64, p.end)
+    };
+    shared.space.notify_all();
+    let mut file = Arc::clone(&shared.sync_target.lock().file);
+    let result = write_batch(shared, &mut file, &spare, &[], start, end);
+    spare.clear();
+    if spare.capacity() > 4 * BUFFER_BYTES_TYPICAL {
+        spare.shrink_to(BUFFER_BYTES_TYPICAL);
+    }
+    drop(spare);
+    match result {
+        Ok(()) => {
+            publish(shared);
+            true
+        }
+        Err(e) => {
+            poison(shared, format!("write failed: {e}"));
+            false
         }
     }
 }
