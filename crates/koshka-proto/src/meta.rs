@@ -89,13 +89,13 @@ impl<'a> MetaFlags<'a> {
 }
 
 /// Flags `mg` accepts.
-pub const MG_FLAGS: &[u8] = b"bcfhklOqstvTNRuEx";
+pub const MG_FLAGS: &[u8] = b"bcfhklOqstvT";
 /// Flags `ms` accepts.
-pub const MS_FLAGS: &[u8] = b"bcCEFIkOqsSTM";
+pub const MS_FLAGS: &[u8] = b"bcCFkOqTM";
 /// Flags `md` accepts.
-pub const MD_FLAGS: &[u8] = b"bCEIkOqTx";
+pub const MD_FLAGS: &[u8] = b"bCkOq";
 /// Flags `ma` accepts.
-pub const MA_FLAGS: &[u8] = b"bCENJDTMOqtckv";
+pub const MA_FLAGS: &[u8] = b"bCNJDTMOqtckv";
 
 #[cfg(test)]
 mod tests {
