@@ -278,14 +278,17 @@ const BAD_FORMAT: &str = "bad command line format";
 /// Parses one request from the front of `buf`.
 #[must_use]
 pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
-    let scan = &buf[..buf.len().min(config.line_len_max + 2)];
+    // A line is at most `line_len_max` bytes of content plus "\r\n".
+    let window = config.line_len_max.saturating_add(2);
+    let scan = &buf[..buf.len().min(window)];
+    let too_long = Parsed::Bad {
+        error: BadRequest::LineTooLong,
+        consumed: buf.len(),
+        swallow: 0,
+    };
     let Some(nl) = memchr::memchr(b'\n', scan) else {
-        if buf.len() > config.line_len_max {
-            return Parsed::Bad {
-                error: BadRequest::LineTooLong,
-                consumed: buf.len(),
-                swallow: 0,
-            };
+        if buf.len() >= window {
+            return too_long;
         }
         return Parsed::Incomplete;
     };
@@ -294,6 +297,9 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
     } else {
         nl
     };
+    if line_end > config.line_len_max {
+        return too_long;
+    }
     let line = &buf[..line_end];
     let after = nl + 1;
     let bad = |reason: &'static str| Parsed::Bad {
@@ -630,7 +636,7 @@ fn data_block<'a>(
         return DataBlock::Other(Parsed::Bad {
             error: BadRequest::TooLarge,
             consumed: after,
-            swallow: bytes + 2,
+            swallow: bytes.saturating_add(2),
         });
     }
     let end = after + bytes + 2;
@@ -818,8 +824,26 @@ mod tests {
 
     #[test]
     fn line_too_long() {
-        let buf = vec![b'a'; cfg().line_len_max + 1];
-        assert_eq!(bad(&buf).0, BadRequest::LineTooLong);
+        let max = cfg().line_len_max;
+        // No newline within the window: too long once the window is full, incomplete before.
+        assert_eq!(bad(&vec![b'a'; max + 2]).0, BadRequest::LineTooLong);
+        assert_eq!(parse(&vec![b'a'; max + 1], &cfg()), Parsed::Incomplete);
+        // Content of exactly the limit is accepted, one byte more is refused, whether the
+        // line ends in "\r\n" or a bare "\n".
+        let mut at_limit = b"stats ".to_vec();
+        at_limit.resize(max, b'a');
+        at_limit.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&at_limit, &cfg()), Parsed::Done { .. }));
+        let mut over = b"stats ".to_vec();
+        over.resize(max + 1, b'a');
+        over.push(b'\n');
+        assert_eq!(bad(&over).0, BadRequest::LineTooLong);
+    }
+
+    #[test]
+    fn absurd_length_is_refused_without_overflow() {
+        let (error, _, swallow) = bad(b"set a 0 0 18446744073709551615\r\n");
+        assert_eq!((error, swallow), (BadRequest::TooLarge, usize::MAX));
     }
 
     #[test]
