@@ -54,6 +54,14 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// Known library bugs, listed in docs/fuzzing.md, are tolerated so a campaign keeps finding
+/// new ones; `KOSHKA_FUZZ_STRICT=1` turns them back into crashes (to check a fix against
+/// `fuzz/regressions/`).
+fn tolerate_known_bugs() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*STRICT.get_or_init(|| std::env::var_os("KOSHKA_FUZZ_STRICT").is_some_and(|v| v == "1"))
+}
+
 /// A temp dir on tmpfs when there is one (fsync is free there).
 fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -249,6 +257,12 @@ fn structured(dir: &Path, mode: u8, input: &[u8]) {
             }
         }
     }
+    // Known bug (regressions/binlog_reader/position-overflow): a segment header whose position
+    // is so close to u64::MAX that its records pass it panics in `Reader::next_record`
+    // (`self.pos += total`); a release build wraps the position instead.
+    if overflow && tolerate_known_bugs() {
+        return;
+    }
     for (bytes, p) in segs.iter().zip(&seg_pos) {
         write(dir, &segment_file_name(ENGINE, *p), bytes);
     }
@@ -308,6 +322,15 @@ fn structured(dir: &Path, mode: u8, input: &[u8]) {
             Damage::Other => None,
         }
     };
+    // Known bug (regressions/binlog_reader/torn-only-segment-header): when the only segment
+    // starts at a position P > 0 and its header is torn, the reader reports the log as ending
+    // at 0, so a replay from a snapshot at P fails with "past the end of the log".
+    let predicted = predicted.filter(|_| {
+        !(tolerate_known_bugs()
+            && start_pos != 0
+            && segs.len() == 1
+            && matches!(damage, Damage::Tear(t) if t < SEGMENT_HEADER_SIZE as u64))
+    });
     let from = if start_pos == 0 && mode & 2 == 0 {
         None
     } else {
@@ -374,7 +397,6 @@ fn exercise(dir: &Path, repair: bool, from: Option<(u64, u32)>, predicted: Optio
         Err(e) => panic!("stat failed: {e}"),
     }
     let _ = tools::dump_engine(dir, ENGINE, 0, &mut std::io::sink());
-    let _ = tools::dump(dir, 0, &mut std::io::sink());
 
     // Tail mode over a log that does not grow: ends, never spins or panics.
     if let Ok(mut reader) = Reader::open(

@@ -13,6 +13,10 @@ mod engine_ops;
 
 fuzz_target!(|data: &[u8]| {
     for flavour in [Flavour::Messages, Flavour::Wall] {
-        engine_ops::run(data, || MessagesEngine::new(flavour, ShardSpec::default()));
+        engine_ops::run(
+            data,
+            || MessagesEngine::new(flavour, ShardSpec::default()),
+            |_| {},
+        );
     }
 });
