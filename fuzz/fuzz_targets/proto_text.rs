@@ -53,14 +53,12 @@ fn run(data: &[u8], config: &ParseConfig) {
         if buf.is_empty() {
             return;
         }
-        if tolerate_known_bugs() && hits_swallow_overflow(buf) {
-            return;
-        }
         match parse(buf, config) {
             Parsed::Incomplete => {
+                // Without a newline, at most line_len_max bytes of content and a "\r" may wait.
                 assert!(
-                    buf.len() <= config.line_len_max || memchr_nl(buf).is_some(),
-                    "Incomplete on {} bytes without a newline, above line_len_max {}",
+                    buf.len() <= config.line_len_max + 1 || memchr_nl(buf).is_some(),
+                    "Incomplete on {} bytes without a newline, line_len_max {}",
                     buf.len(),
                     config.line_len_max
                 );
@@ -100,32 +98,6 @@ fn run(data: &[u8], config: &ParseConfig) {
             }
         }
     }
-}
-
-/// Known library bugs, listed in docs/fuzzing.md, are tolerated so a campaign keeps finding
-/// new ones; `KOSHKA_FUZZ_STRICT=1` turns them back into crashes (to check a fix against
-/// `fuzz/regressions/`).
-fn tolerate_known_bugs() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*STRICT.get_or_init(|| std::env::var_os("KOSHKA_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
-/// Known bug (regressions/proto_text/swallow-overflow): a store or `ms` line whose byte
-/// count is `usize::MAX - 1` or more panics in `data_block` (`bytes + 2` overflows; a release
-/// build wraps and swallows 0 or 1 bytes instead of refusing the block).
-fn hits_swallow_overflow(buf: &[u8]) -> bool {
-    let line = &buf[..memchr_nl(buf).unwrap_or(buf.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let tokens: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).collect();
-    let at = match tokens.first().copied() {
-        Some(b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas") => 4,
-        Some(b"ms") => 2,
-        _ => return false,
-    };
-    tokens
-        .get(at)
-        .and_then(|t| koshka_proto::request::parse_u64(t))
-        .is_some_and(|n| n >= u64::MAX - 1)
 }
 
 fn memchr_nl(buf: &[u8]) -> Option<usize> {
@@ -224,12 +196,6 @@ fn check_round_trip(command: &Command<'_>, config: &ParseConfig) {
     }
     let mut encoded = Vec::new();
     command.encode(&mut encoded);
-    let line_len = encoded.iter().position(|&b| b == b'\n').unwrap_or(encoded.len()) - 1;
-    if line_len > config.line_len_max && tolerate_known_bugs() {
-        // Known bug (regressions/proto_text/line-len-bare-newline): a line ending in a bare
-        // "\n" may be line_len_max + 1 bytes long, its "\r\n" form may not.
-        return;
-    }
     match parse(&encoded, config) {
         Parsed::Done {
             command: again,
@@ -271,14 +237,6 @@ fn check_no_lookahead(exact: &[u8], command: &Command<'_>, config: &ParseConfig)
     let short = &exact[..exact.len() - 1];
     match parse(short, config) {
         Parsed::Incomplete => {}
-        Parsed::Bad {
-            error: BadRequest::LineTooLong,
-            ..
-        } if short.len() == config.line_len_max + 1 && tolerate_known_bugs() => {
-            // Known bug (regressions/proto_text/line-len-split-*): a line that is accepted
-            // whole (line_len_max bytes + "\r\n", or line_len_max + 1 bytes + "\n") is
-            // refused as too long when its last byte has not arrived yet.
-        }
         other => panic!(
             "{command:?} cut one byte short ({:?}) parsed as {other:?}, not Incomplete",
             String::from_utf8_lossy(short)
