@@ -10,6 +10,7 @@
 //!
 //! Invariants: `load_snapshot` answers `Ok` or `Err` and never panics (nor allocates without
 //! bound: the item length is checked before the buffer is made); an undamaged snapshot loads;
+//! a loaded engine holds every key once;
 //! an engine that loaded a snapshot keeps working (gets, incr, append, delete do not panic),
 //! and its own snapshot loads into a fresh engine.
 
@@ -71,6 +72,14 @@ fn structured(input: &[u8]) {
     }
 }
 
+/// Known library bugs, listed in docs/fuzzing.md, are tolerated so a campaign keeps finding
+/// new ones; `KOSHKA_FUZZ_STRICT=1` turns them back into crashes (to check a fix against
+/// `fuzz/regressions/`).
+fn tolerate_known_bugs() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*STRICT.get_or_init(|| std::env::var_os("KOSHKA_FUZZ_STRICT").is_some_and(|v| v == "1"))
+}
+
 /// Loads `body`; `expect_items`: the snapshot is undamaged and holds this many items.
 fn load_and_use(body: &[u8], expect_items: Option<u64>) {
     let kv = Kv::new(KvConfig::default());
@@ -87,12 +96,17 @@ fn load_and_use(body: &[u8], expect_items: Option<u64>) {
     // The loaded engine keeps working.
     let journal = MemoryJournal::default();
     let mut session = Session::default();
-    let keys: Vec<Vec<u8>> = kv
-        .prefix_scan(b"")
-        .into_iter()
-        .take(8)
-        .map(|(k, _, _)| k)
-        .collect();
+    let mut keys: Vec<Vec<u8>> = kv.prefix_scan(b"").into_iter().map(|(k, _, _)| k).collect();
+    let listed = keys.len();
+    keys.sort();
+    keys.dedup();
+    // Known bug (regressions/kv_snapshot/duplicate-key): `load_snapshot` inserts with
+    // `insert_unique` and never checks for a key already loaded, so a snapshot holding a key
+    // twice loads both copies; `delete` then removes one and the other comes back.
+    if !tolerate_known_bugs() {
+        assert_eq!(keys.len(), listed, "a loaded snapshot holds a key twice");
+    }
+    keys.truncate(8);
     for key in &keys {
         let _ = kv.get(key, &mut session);
         let _ = kv.arith(key, true, 1, ArithOptions::default(), &journal);
