@@ -1,12 +1,13 @@
 //! One stored item: a single heap allocation holding a fixed header, the key and the value.
 //!
 //! ```text
-//!  0        4        8                16       20   21   22       24
-//! +--------+--------+----------------+--------+----+----+--------+---------+-----------+
-//! |exptime | flags  | cas            | time   |klen|bits| unused | key     | value     |
-//! |u32 LE  | u32 LE | u64 LE         | u32 LE | u8 | u8 |        | klen B  | rest      |
-//! +--------+--------+----------------+--------+----+----+--------+---------+-----------+
+//!  0        4        8            14       18   19   20
+//! +--------+--------+------------+--------+----+----+---------+-----------+
+//! |exptime | flags  | cas        | time   |klen|bits| key     | value     |
+//! |u32 LE  | u32 LE | u48 LE     | u32 LE | u8 | u8 | klen B  | rest      |
+//! +--------+--------+------------+--------+----+----+---------+-----------+
 //! ```
+//! * `cas` — 48 bits: a per-partition counter (2^48 updates per partition before it wraps);
 //! * `exptime` — absolute unix seconds, 0 = never expires;
 //! * `time` — log time of the last update (delayed `flush_all` compares it);
 //! * `bits` — bit 0: referenced since the eviction clock last passed (cache mode).
@@ -15,7 +16,13 @@
 //! is recomputed from the key when the table grows instead of being stored.
 
 /// Bytes of the fixed header in front of the key.
-pub const ITEM_HEADER_SIZE: usize = 24;
+pub const ITEM_HEADER_SIZE: usize = 20;
+
+/// Largest cas unique an item can hold (48 bits).
+pub const CAS_MAX: u64 = (1 << 48) - 1;
+
+const KEY_LEN_AT: usize = 18;
+const BITS_AT: usize = 19;
 
 const REFERENCED: u8 = 1;
 
@@ -51,12 +58,12 @@ impl Item {
         let mut bytes = Vec::with_capacity(ITEM_HEADER_SIZE + key.len() + value_len);
         bytes.extend_from_slice(&meta.exptime.to_le_bytes());
         bytes.extend_from_slice(&meta.flags.to_le_bytes());
-        bytes.extend_from_slice(&meta.cas.to_le_bytes());
+        bytes.extend_from_slice(&(meta.cas & CAS_MAX).to_le_bytes()[..6]);
         bytes.extend_from_slice(&meta.time.to_le_bytes());
         #[expect(clippy::cast_possible_truncation)]
         // NOTE: asserted above that the key length fits a u8.
         bytes.push(key.len() as u8);
-        bytes.extend_from_slice(&[0, 0, 0]);
+        bytes.push(0);
         bytes.extend_from_slice(key);
         for part in parts {
             bytes.extend_from_slice(part);
@@ -67,7 +74,8 @@ impl Item {
     /// Rebuilds an item from its raw bytes (snapshot load), checking the layout.
     #[must_use]
     pub fn from_raw(bytes: Box<[u8]>) -> Option<Self> {
-        if bytes.len() < ITEM_HEADER_SIZE || bytes.len() < ITEM_HEADER_SIZE + usize::from(bytes[20])
+        if bytes.len() < ITEM_HEADER_SIZE
+            || bytes.len() < ITEM_HEADER_SIZE + usize::from(bytes[KEY_LEN_AT])
         {
             return None;
         }
@@ -89,13 +97,13 @@ impl Item {
     /// The key.
     #[must_use]
     pub fn key(&self) -> &[u8] {
-        &self.0[ITEM_HEADER_SIZE..ITEM_HEADER_SIZE + usize::from(self.0[20])]
+        &self.0[ITEM_HEADER_SIZE..ITEM_HEADER_SIZE + usize::from(self.0[KEY_LEN_AT])]
     }
 
     /// The value.
     #[must_use]
     pub fn value(&self) -> &[u8] {
-        &self.0[ITEM_HEADER_SIZE + usize::from(self.0[20])..]
+        &self.0[ITEM_HEADER_SIZE + usize::from(self.0[KEY_LEN_AT])..]
     }
 
     fn u32_at(&self, at: usize) -> u32 {
@@ -108,12 +116,12 @@ impl Item {
     #[must_use]
     pub fn meta(&self) -> ItemMeta {
         let mut cas = [0; 8];
-        cas.copy_from_slice(&self.0[8..16]);
+        cas[..6].copy_from_slice(&self.0[8..14]);
         ItemMeta {
             exptime: self.u32_at(0),
             flags: self.u32_at(4),
             cas: u64::from_le_bytes(cas),
-            time: self.u32_at(16),
+            time: self.u32_at(14),
         }
     }
 
@@ -124,19 +132,19 @@ impl Item {
 
     /// Sets the cas unique and the update time.
     pub fn set_version(&mut self, cas: u64, time: u32) {
-        self.0[8..16].copy_from_slice(&cas.to_le_bytes());
-        self.0[16..20].copy_from_slice(&time.to_le_bytes());
+        self.0[8..14].copy_from_slice(&(cas & CAS_MAX).to_le_bytes()[..6]);
+        self.0[14..18].copy_from_slice(&time.to_le_bytes());
     }
 
     /// Marks the item as recently used (cache mode).
     pub fn touch_referenced(&mut self) {
-        self.0[21] |= REFERENCED;
+        self.0[BITS_AT] |= REFERENCED;
     }
 
     /// Clears the referenced bit, returning whether it was set.
     pub fn take_referenced(&mut self) -> bool {
-        let was = self.0[21] & REFERENCED != 0;
-        self.0[21] &= !REFERENCED;
+        let was = self.0[BITS_AT] & REFERENCED != 0;
+        self.0[BITS_AT] &= !REFERENCED;
         was
     }
 }

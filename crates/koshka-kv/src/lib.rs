@@ -457,7 +457,7 @@ impl Kv {
             item::ITEM_HEADER_SIZE + key.len() + data.len() + 24,
         )?;
         let pos = self.log_apply(&mut part, hash, &record, journal)?;
-        let cas = part.cas_counter;
+        let cas = part.cas_counter & item::CAS_MAX;
         Ok(Written {
             outcome: Stored {
                 outcome: StoreOutcome::Stored,
@@ -576,7 +576,7 @@ impl Kv {
                     item::ITEM_HEADER_SIZE + key.len() + text.len() + 24,
                 )?;
                 let pos = self.log_apply(&mut part, hash, &record, journal)?;
-                let cas = part.cas_counter;
+                let cas = part.cas_counter & item::CAS_MAX;
                 return Ok(Written {
                     outcome: ArithOutcome::Value {
                         value: options.initial,
@@ -604,7 +604,7 @@ impl Kv {
             };
             pos = self.log_apply(&mut part, hash, &record, journal)?;
         }
-        let cas = part.cas_counter;
+        let cas = part.cas_counter & item::CAS_MAX;
         Ok(Written {
             outcome: ArithOutcome::Value { value, cas },
             pos,
