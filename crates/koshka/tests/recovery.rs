@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crashkit::{
-    binlog_tool, copy_dir, file_name, files, flip_bit, records, seed, snapshot_and_wait,
-    truncate, Model, RecordAt, Server, ServerOpts, Workload, Writers, RECORD_HEADER,
-    RECORD_TYPE_TIME, WORKLOAD_ENGINES,
+    binlog_tool, copy_dir, file_name, files, flip_bit, records, seed, snapshot_and_wait, truncate,
+    Model, RecordAt, Server, ServerOpts, Workload, Writers, RECORD_HEADER, RECORD_TYPE_TIME,
+    WORKLOAD_ENGINES,
 };
 
 /// 16 KiB segments, no automatic snapshots: many segments, replay reads all of them.
@@ -101,7 +101,8 @@ fn torn_tail_is_cut_at_every_offset_with_a_warning() {
             let server = Server::must_start(&kv_opts(&data, ""));
             let stderr = server.stderr();
             assert!(
-                stderr.contains(&file_name(&seg)) && stderr.contains(&format!("offset {}", rec.offset)),
+                stderr.contains(&file_name(&seg))
+                    && stderr.contains(&format!("offset {}", rec.offset)),
                 "cut record {j} at +{cut}: no warning naming {} and offset {}:\n{stderr}",
                 seg.display(),
                 rec.offset
@@ -178,10 +179,17 @@ fn bit_flip_mid_log_stops_start_up_and_repair_truncates_there() {
             "{label}: repair must say where it truncated:\n{stderr}"
         );
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), rec.offset);
-        let later: Vec<_> = segs.iter().filter(|s| file_name(s) > file_name(target)).collect();
+        let later: Vec<_> = segs
+            .iter()
+            .filter(|s| file_name(s) > file_name(target))
+            .collect();
         for s in &later {
             let aside = kv_dir.join(format!("{}.orphaned", file_name(s)));
-            assert!(aside.exists(), "{label}: {} not moved aside", aside.display());
+            assert!(
+                aside.exists(),
+                "{label}: {} not moved aside",
+                aside.display()
+            );
         }
         assert_keys(&server, "key", idx, n);
         write_keys(&server, "after", 0..5);
@@ -243,7 +251,10 @@ fn corrupt_newest_snapshot_falls_back_to_the_previous_one() {
     );
     assert_eq!(stat(&server, "snapshot_loaded_pos"), older.to_string());
     let long_replay: u64 = stat(&server, "replay_bytes").parse().unwrap();
-    assert!(long_replay > short_replay, "{long_replay} <= {short_replay}");
+    assert!(
+        long_replay > short_replay,
+        "{long_replay} <= {short_replay}"
+    );
     for p in ["a", "b", "c"] {
         assert_keys(&server, p, 200, 200);
     }
@@ -287,7 +298,11 @@ fn missing_middle_segment_is_an_error_never_skipped() {
     let mut repair = kv_opts(&base, MANY_SEGMENTS);
     repair.repair = true;
     let failed = Server::must_fail(&repair);
-    assert!(failed.stderr.contains(&file_name(next)), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains(&file_name(next)),
+        "{}",
+        failed.stderr
+    );
     let (ok, report) = binlog_tool(&["verify"], &base.join("kv"));
     assert!(!ok, "verify passed a log with a gap:\n{report}");
     // Nothing was moved or truncated.
@@ -303,7 +318,13 @@ fn snapshots_under_load_restore_exactly_the_acknowledged_state() {
     let server = Server::must_start(&opts);
     let mut model = Model::default();
     model.ensure_counters(&server);
-    let writers = Writers::start(&server, Workload::default(), seed, 0, Duration::from_secs(60));
+    let writers = Writers::start(
+        &server,
+        Workload::default(),
+        seed,
+        0,
+        Duration::from_secs(60),
+    );
     let mut admin: Vec<_> = WORKLOAD_ENGINES.iter().map(|e| server.connect(e)).collect();
     for _ in 0..4 {
         for c in &mut admin {
@@ -316,10 +337,17 @@ fn snapshots_under_load_restore_exactly_the_acknowledged_state() {
         assert_eq!(log.ended, "stopped");
         model.absorb(log);
     }
-    assert!(model.acked_ops > 100, "too little load: {}", model.acked_ops);
+    assert!(
+        model.acked_ops > 100,
+        "too little load: {}",
+        model.acked_ops
+    );
     let _ = server.kill9();
     for engine in WORKLOAD_ENGINES {
-        assert!(files(&data.join(engine), engine, "snap").len() >= 4, "{engine}");
+        assert!(
+            files(&data.join(engine), engine, "snap").len() >= 4,
+            "{engine}"
+        );
     }
     let server = Server::must_start(&opts);
     let bad = model.verify_and_resolve(&server);
@@ -328,7 +356,11 @@ fn snapshots_under_load_restore_exactly_the_acknowledged_state() {
         let stats = server.connect(engine).stats("").unwrap();
         assert_ne!(stats["snapshot_loaded_pos"], "-1", "{engine}: {stats:?}");
     }
-    println!("snapshots under load: {} acked ops; {}", model.acked_ops, model.summary());
+    println!(
+        "snapshots under load: {} acked ops; {}",
+        model.acked_ops,
+        model.summary()
+    );
 }
 
 #[test]

@@ -31,9 +31,11 @@ pub const RECORD_HEADER: u64 = 16;
 pub const RECORD_TYPE_TIME: u16 = 0xFF01;
 
 /// Small sizes so rotation and background snapshots happen many times a second.
-pub const SMALL_STORAGE: &str = "[storage]\nsegment_size = \"64KiB\"\nsnapshot_log_bytes = \"256KiB\"\n";
+pub const SMALL_STORAGE: &str =
+    "[storage]\nsegment_size = \"64KiB\"\nsnapshot_log_bytes = \"256KiB\"\n";
 /// Tiny sizes (the smallest segment the writer accepts is 4 KiB).
-pub const TINY_STORAGE: &str = "[storage]\nsegment_size = \"16KiB\"\nsnapshot_log_bytes = \"64KiB\"\n";
+pub const TINY_STORAGE: &str =
+    "[storage]\nsegment_size = \"16KiB\"\nsnapshot_log_bytes = \"64KiB\"\n";
 
 /// The seed of a randomised test: `KOSHKA_SEED` if set, else fresh. Printed so a failure can
 /// be rerun.
@@ -526,7 +528,9 @@ pub fn set_bytes(key: &str, value: &[u8]) -> Vec<u8> {
 /// Requests a snapshot of the engine behind `client` and waits (bounded) until
 /// `snapshots_written` grows. Returns the new count.
 pub fn snapshot_and_wait(client: &mut Client) -> u64 {
-    let before: u64 = client.stats("").unwrap()["snapshots_written"].parse().unwrap();
+    let before: u64 = client.stats("").unwrap()["snapshots_written"]
+        .parse()
+        .unwrap();
     let reply = client.stats("snapshot").unwrap();
     assert_eq!(
         reply.get("snapshot").map(String::as_str),
@@ -535,7 +539,9 @@ pub fn snapshot_and_wait(client: &mut Client) -> u64 {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now: u64 = client.stats("").unwrap()["snapshots_written"].parse().unwrap();
+        let now: u64 = client.stats("").unwrap()["snapshots_written"]
+            .parse()
+            .unwrap();
         if now > before {
             return now;
         }
@@ -568,9 +574,9 @@ pub fn files(dir: &Path, engine: &str, ext: &str) -> Vec<PathBuf> {
             rd.filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with(&prefix) && n.ends_with(&suffix)
-                    })
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
                 })
                 .collect()
         })
@@ -751,6 +757,9 @@ pub fn parse_msg(json: &str) -> Option<Msg> {
     })
 }
 
+/// An acknowledged send: sender, recipient, and the local ids in both mailboxes when known.
+pub type SentMsg = (u32, u32, Option<(u64, u64)>);
+
 /// Model of every acknowledged write, plus the writes whose fate is unknown.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -765,7 +774,7 @@ pub struct Model {
     /// counter → in-flight incrs.
     pub counter_maybe: BTreeMap<String, u64>,
     /// Acknowledged sends by text (every text is unique).
-    pub msgs: BTreeMap<String, (u32, u32, Option<(u64, u64)>)>,
+    pub msgs: BTreeMap<String, SentMsg>,
     /// In-flight sends by text.
     pub msgs_maybe: BTreeMap<String, (u32, u32)>,
     /// Mailboxes in use.
@@ -959,7 +968,10 @@ impl Model {
         // Every stored message was sent by us and both copies exist and link each other.
         let mut by_text: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
         for ((uid, lid), m) in &found {
-            by_text.entry(m.text.clone()).or_default().push((*uid, *lid));
+            by_text
+                .entry(m.text.clone())
+                .or_default()
+                .push((*uid, *lid));
             match found.get(&(m.peer, m.peer_msg_id)) {
                 Some(p) if p.text == m.text && p.peer == *uid && p.peer_msg_id == *lid => {}
                 other => bad.push(format!(
@@ -972,7 +984,10 @@ impl Model {
         }
         for (text, copies) in &by_text {
             if copies.len() != 2 {
-                bad.push(format!("text {text} stored {} times: {copies:?}", copies.len()));
+                bad.push(format!(
+                    "text {text} stored {} times: {copies:?}",
+                    copies.len()
+                ));
             }
         }
         // Every acknowledged send is there with its exact text, at the acknowledged ids.
@@ -1105,14 +1120,21 @@ impl Writers {
     /// rounds on the same data. Every writer runs until its connection breaks, `stop` is
     /// called, or `max` elapses.
     #[must_use]
-    pub fn start(server: &Server, workload: Workload, seed: u64, round: usize, max: Duration) -> Self {
+    pub fn start(
+        server: &Server,
+        workload: Workload,
+        seed: u64,
+        round: usize,
+        max: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         let deadline = Instant::now() + max;
         let mut n = 0u64;
         let mut spawn = |kind: &'static str, w: usize, port: u16| {
             n += 1;
-            let rng = StdRng::seed_from_u64(seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let rng =
+                StdRng::seed_from_u64(seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             let stop = Arc::clone(&stop);
             let pad = workload.pad_max;
             handles.push(
@@ -1243,8 +1265,13 @@ impl WriterCtx {
             text: text.clone(),
             lids: None,
         });
-        let mut req = set_bytes(&format!("sendmsg{from}_{to}#{tag}"), format!("0\n{text}").as_bytes());
-        req.extend_from_slice(format!("get newmsgid{from}#{tag}\r\nget newmsgid{to}#{tag}\r\n").as_bytes());
+        let mut req = set_bytes(
+            &format!("sendmsg{from}_{to}#{tag}"),
+            format!("0\n{text}").as_bytes(),
+        );
+        req.extend_from_slice(
+            format!("get newmsgid{from}#{tag}\r\nget newmsgid{to}#{tag}\r\n").as_bytes(),
+        );
         c.send(&req)?;
         let r = c.line()?;
         if r != "STORED" {
@@ -1305,7 +1332,10 @@ pub fn snapshot_requester(
 ) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut clients: Vec<Client> = ports.iter().filter_map(|p| Client::connect(*p).ok()).collect();
+        let mut clients: Vec<Client> = ports
+            .iter()
+            .filter_map(|p| Client::connect(*p).ok())
+            .collect();
         let mut n = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && !clients.is_empty() {
