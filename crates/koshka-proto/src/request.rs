@@ -410,7 +410,10 @@ fn simple_command<'a>(
         }
         b"flush_all" => {
             let (delay, next) = match tokens.first() {
-                Some(t) if *t != b"noreply" => (parse_i64(t).ok_or(fmt)?, 1),
+                Some(t) if *t != b"noreply" => (
+                    parse_i64(t).ok_or(BadRequest::Client("invalid exptime argument"))?,
+                    1,
+                ),
                 _ => (0, 0),
             };
             Ok(Command::FlushAll {
@@ -539,10 +542,11 @@ fn store<'a>(
     if n < fields {
         return bad(BadRequest::UnknownCommand);
     }
+    // As memcached: one trailing token is `noreply` or ignored; more are an unknown command.
     let noreply = match &tokens[fields..] {
         [] => false,
-        [t] if *t == b"noreply" => true,
-        _ => return bad(BadRequest::Client(BAD_FORMAT)),
+        [t] => *t == b"noreply",
+        _ => return bad(BadRequest::UnknownCommand),
     };
     let key = tokens[0];
     let flags = parse_u64(tokens[1]).and_then(|f| u32::try_from(f).ok());
