@@ -342,16 +342,18 @@ fn meta_return_flags(out: &mut Vec<u8>, flags: &MetaFlags<'_>, key: &[u8], item:
             (b'k', _) => {
                 out.extend_from_slice(b" k");
                 if flags.has(b'b') {
+                    // As memcached's META_KEY: the base64 key is followed by ` b` at once,
+                    // wherever `b` stood in the request.
                     out.extend_from_slice(
                         base64::engine::general_purpose::STANDARD
                             .encode(key)
                             .as_bytes(),
                     );
+                    out.extend_from_slice(b" b");
                 } else {
                     out.extend_from_slice(key);
                 }
             }
-            (b'b', _) if flags.has(b'k') => out.extend_from_slice(b" b"),
             (b'c', Some(item)) => {
                 out.extend_from_slice(b" c");
                 reply::number(out, item.meta().cas);
