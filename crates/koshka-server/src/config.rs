@@ -7,6 +7,7 @@
 //! max_connections = 4096
 //! output_buffer = "16MiB"
 //! value_size_max = "1MiB"
+//! write_stall_timeout_ms = 30000 # drop a client whose reply buffer stays full this long
 //!
 //! [storage]
 //! data_dir = "./koshka-data"
@@ -172,6 +173,9 @@ pub struct ServerSection {
     pub output_buffer: Size,
     /// Largest value.
     pub value_size_max: Size,
+    /// How long a connection may stall with a full reply buffer before it is dropped, in
+    /// milliseconds.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -182,6 +186,7 @@ impl Default for ServerSection {
             max_connections: koshka_limits::CONNECTIONS_DEFAULT,
             output_buffer: Size(koshka_limits::OUTPUT_BUFFER_DEFAULT as u64),
             value_size_max: Size(koshka_limits::VALUE_SIZE_DEFAULT as u64),
+            write_stall_timeout_ms: crate::WRITE_STALL_TIMEOUT_MS,
         }
     }
 }
@@ -303,6 +308,11 @@ impl Config {
                 "engines.shard_index {} must be below engines.shard_count {}",
                 self.engines.shard_index, self.engines.shard_count
             )));
+        }
+        if self.server.write_stall_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "server.write_stall_timeout_ms must be positive".into(),
+            ));
         }
         if self.engines.enabled.is_empty() {
             return Err(ConfigError::Invalid("engines.enabled is empty".into()));

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::exec::{self, Flow};
 use crate::stats::{bump, Counters};
-use crate::{EngineSlot, Node, WRITE_STALL_TIMEOUT_MS};
+use crate::{EngineSlot, Node};
 
 /// Initial read buffer size; it grows up to one command line plus one value.
 const READ_BUFFER_INITIAL: usize = 16 * 1024;
@@ -28,6 +28,8 @@ pub(crate) struct Connection<'a> {
     counters: &'a Counters,
     parse_config: ParseConfig,
     output_max: usize,
+    /// How long one write may wait for the client to read before the connection is dropped.
+    write_stall: Duration,
     read: Vec<u8>,
     out: Vec<u8>,
     swallow: usize,
@@ -51,6 +53,7 @@ pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, cou
         counters,
         parse_config,
         output_max: limits.output_buffer_max,
+        write_stall: Duration::from_millis(node.config.server.write_stall_timeout_ms),
         read: Vec::with_capacity(READ_BUFFER_INITIAL),
         out: Vec::with_capacity(READ_BUFFER_INITIAL),
         swallow: 0,
@@ -152,6 +155,7 @@ impl Connection<'_> {
                                     &mut self.out,
                                     &mut self.ack_pos,
                                     self.output_max,
+                                    self.write_stall,
                                 )
                                 .await?;
                             }
@@ -183,6 +187,7 @@ impl Connection<'_> {
             &mut self.out,
             &mut self.ack_pos,
             self.output_max,
+            self.write_stall,
         )
         .await
     }
@@ -196,6 +201,7 @@ async fn write_out(
     out: &mut Vec<u8>,
     ack_pos: &mut u64,
     output_max: usize,
+    write_stall: Duration,
 ) -> Result<(), End> {
     if *ack_pos > 0 {
         let persistence = &slot.persistence;
@@ -211,8 +217,7 @@ async fn write_out(
     if out.is_empty() {
         return Ok(());
     }
-    let timeout = Duration::from_millis(WRITE_STALL_TIMEOUT_MS);
-    match tokio::time::timeout(timeout, stream.write_all(out)).await {
+    match tokio::time::timeout(write_stall, stream.write_all(out)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(End::Failed),
         Err(_) => {

@@ -36,7 +36,8 @@ use koshka_engine::{Engine, Journal, MemoryJournal, Stat};
 pub use config::Config;
 pub use net::run;
 
-/// How long a connection may stall with a full reply buffer before it is dropped.
+/// Default for how long a connection may stall with a full reply buffer before it is dropped
+/// (`[server] write_stall_timeout_ms`).
 pub const WRITE_STALL_TIMEOUT_MS: u64 = 30_000;
 
 /// The acknowledgement side of an engine's log.
