@@ -17,7 +17,7 @@
 //! | `conversation` | `get peermsglist<u>_<p>#-1,-20`, then one multi-get of those messages | `ZREVRANGE u:<u>:d:<p> 0 19`, then 20 `HGETALL m:<id>` pipelined |
 //! | `read` | `set readall<u>_<p>` | `HGET u:<u>:uc <p>` + `ZREVRANGE u:<u>:d:<p> 0 0`, then (if unread) `MULTI` HSET counter 0, HINCRBY total, HSET read-up-to `EXEC` |
 //! | `search` | `get search(<u>,20,<w1>+<w2>)` | `SINTER u:<u>:w:<w1> u:<u>:w:<w2>` (per-user inverted index in sets) |
-//! | `bigsearch` | as `search`, in the `--big-mailbox` mailbox | as `search` |
+//! | `bigsearch` | as `search`, in the `--big-mailbox` mailbox, two words of one of its own messages (so at least one hit) | as `search` |
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -256,9 +256,17 @@ impl Messages {
         Step::new(Frame::McLine, 1)
     }
 
-    /// Appends a search of two co-occurring words in `owner`'s mailbox.
+    /// Appends a search of two co-occurring words in `owner`'s mailbox: words of a random
+    /// text, or (big mailbox) of a text that mailbox holds, so the query has hits.
     fn search(&self, out: &mut Vec<u8>, owner: u64, rng: &mut SmallRng) -> Step {
-        let (text, first, second) = self.pool.query(rng);
+        let held = if owner == self.big_user() && self.big_mailbox > 0 {
+            let item = self.messages + rng.gen_range(0..self.big_mailbox);
+            let (_, _, text) = self.preload_message(item);
+            self.pool.query_in(text, rng)
+        } else {
+            None
+        };
+        let (text, first, second) = held.unwrap_or_else(|| self.pool.query(rng));
         let text = &self.pool.texts[text];
         match self.protocol {
             Protocol::Memcache => {

@@ -89,17 +89,29 @@ impl TextPool {
     pub(crate) fn query(&self, rng: &mut SmallRng) -> (usize, usize, usize) {
         for _ in 0..64 {
             let index = self.pick(rng);
-            let text = &self.texts[index];
-            if text.query_words.len() >= 2 {
-                let first = rng.gen_range(0..text.query_words.len());
-                let mut second = rng.gen_range(0..text.query_words.len() - 1);
-                if second >= first {
-                    second += 1;
-                }
-                return (index, text.query_words[first], text.query_words[second]);
+            if let Some(query) = self.query_in(index, rng) {
+                return query;
             }
         }
         (0, 0, 0)
+    }
+
+    /// Two distinct query words of text `index`, if it has two.
+    pub(crate) fn query_in(
+        &self,
+        index: usize,
+        rng: &mut SmallRng,
+    ) -> Option<(usize, usize, usize)> {
+        let text = &self.texts[index];
+        if text.query_words.len() < 2 {
+            return None;
+        }
+        let first = rng.gen_range(0..text.query_words.len());
+        let mut second = rng.gen_range(0..text.query_words.len() - 1);
+        if second >= first {
+            second += 1;
+        }
+        Some((index, text.query_words[first], text.query_words[second]))
     }
 }
 
