@@ -40,8 +40,8 @@ pub const PREFIX_SCAN_ITEMS_MAX: usize = 10_000;
 /// Default memory limit for item data (1 GiB).
 pub const MEMORY_LIMIT_DEFAULT: usize = 1024 * 1024 * 1024;
 
-/// Snapshot body magic ("KVS1").
-const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS1";
+/// Snapshot body magic ("KVS2").
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS2";
 
 /// Whether a full kv refuses writes or evicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,10 @@ struct Partition {
     bytes: usize,
     /// Eviction clock (cache mode): hashes in insertion order.
     clock: VecDeque<u64>,
+    /// Items with a cas at or below this were flushed by a delayed `flush_all` (0 = none).
+    flush_cas: u64,
+    /// The delayed-flush deadline already applied to this partition.
+    flush_seen: u32,
 }
 
 /// The result of a mutation: what to answer, and the log position to wait for.
@@ -218,12 +222,19 @@ impl Kv {
         (guard, self.hasher.hash_one(key))
     }
 
-    fn is_live(&self, meta: &ItemMeta, now: u32) -> bool {
-        if meta.exptime != 0 && meta.exptime <= now {
-            return false;
+    fn is_live(part: &Partition, meta: &ItemMeta, now: u32) -> bool {
+        !(meta.exptime != 0 && meta.exptime <= now) && meta.cas > part.flush_cas
+    }
+
+    /// Applies a delayed `flush_all` whose deadline has passed at `time`: every item written
+    /// to this partition so far (cas at or below the counter) becomes invalid. Called before
+    /// every access, with the log time for writes and replay, so live and replayed state agree.
+    fn due_flush(&self, part: &mut Partition, time: u32) {
+        let at = self.flush_at.load(Ordering::Relaxed);
+        if at != 0 && time >= at && part.flush_seen < at {
+            part.flush_cas = part.cas_counter & item::CAS_MAX;
+            part.flush_seen = at;
         }
-        let flush_at = self.flush_at.load(Ordering::Relaxed);
-        !(flush_at != 0 && flush_at <= now && meta.time < flush_at)
     }
 
     /// Finds a live item, removing it lazily if it expired.
@@ -234,10 +245,9 @@ impl Kv {
         key: &[u8],
         now: u32,
     ) -> Option<&'p mut Item> {
-        let live = self.is_live(
-            &part.table.find(hash, |item| item.key() == key)?.meta(),
-            now,
-        );
+        self.due_flush(part, now);
+        let meta = part.table.find(hash, |item| item.key() == key)?.meta();
+        let live = Self::is_live(part, &meta, now);
         if live {
             return part.table.find_mut(hash, |item| item.key() == key);
         }
@@ -278,20 +288,14 @@ impl Kv {
             record.encode(&mut buf);
             journal.append(record.record_type(), &buf)
         })?;
-        self.apply_to(part, hash, record, appended.time, true);
+        self.due_flush(part, appended.time);
+        self.apply_to(part, hash, record, live_mode(self.config.mode));
         part.pos = appended.pos;
         Ok(appended.pos)
     }
 
     /// Applies one keyed record to a partition. `live` enables eviction bookkeeping.
-    fn apply_to(
-        &self,
-        part: &mut Partition,
-        hash: u64,
-        record: &Record<'_>,
-        time: u32,
-        live: bool,
-    ) {
+    fn apply_to(&self, part: &mut Partition, hash: u64, record: &Record<'_>, live: bool) {
         match *record {
             Record::Set {
                 key,
@@ -303,7 +307,6 @@ impl Kv {
                     flags,
                     exptime,
                     cas: 0,
-                    time,
                 };
                 self.insert(part, hash, Item::new(key, &[value], meta), live);
             }
@@ -343,8 +346,7 @@ impl Kv {
     /// Inserts or replaces an item, giving it the next cas unique.
     fn insert(&self, part: &mut Partition, hash: u64, mut item: Item, live: bool) {
         part.cas_counter += 1;
-        let time = item.meta().time;
-        item.set_version(part.cas_counter, time);
+        item.set_cas(part.cas_counter);
         part.bytes += item.footprint();
         let key_hasher = |i: &Item| self.hasher.hash_one(i.key());
         match part.table.find_entry(hash, |old| old.key() == item.key()) {
@@ -657,7 +659,7 @@ impl Kv {
                     break;
                 }
                 let meta = item.meta();
-                if item.key().starts_with(prefix) && self.is_live(&meta, now) {
+                if item.key().starts_with(prefix) && Self::is_live(&part, &meta, now) {
                     found.push((item.key().to_vec(), meta.flags, item.value().to_vec()));
                 }
             }
@@ -695,7 +697,8 @@ impl Kv {
         if part.pos >= ctx.pos {
             return; // Already contained in this partition's snapshot image.
         }
-        self.apply_to(&mut part, hash, record, ctx.time, false);
+        self.due_flush(&mut part, ctx.time);
+        self.apply_to(&mut part, hash, record, false);
         part.pos = ctx.pos;
     }
 }
@@ -771,6 +774,8 @@ impl Engine for Kv {
                 let part = part.lock();
                 buf.extend_from_slice(&part.pos.to_le_bytes());
                 buf.extend_from_slice(&part.cas_counter.to_le_bytes());
+                buf.extend_from_slice(&part.flush_cas.to_le_bytes());
+                buf.extend_from_slice(&part.flush_seen.to_le_bytes());
                 buf.extend_from_slice(&(part.table.len() as u64).to_le_bytes());
                 for item in &part.table {
                     let raw = item.raw();
@@ -801,6 +806,8 @@ impl Engine for Kv {
             let mut part = part.lock();
             part.pos = read_u64(input)?;
             part.cas_counter = read_u64(input)?;
+            part.flush_cas = read_u64(input)?;
+            part.flush_seen = read_u32(input)?;
             let count = read_u64(input)?;
             for _ in 0..count {
                 let len = read_u32(input)? as usize;
@@ -809,8 +816,7 @@ impl Engine for Kv {
                 }
                 let mut raw = vec![0; len];
                 input.read_exact(&mut raw)?;
-                let item = Item::from_raw(raw.into_boxed_slice())
-                    .ok_or_else(|| corrupt("bad item layout"))?;
+                let item = Item::from_raw(&raw).ok_or_else(|| corrupt("bad item layout"))?;
                 if Self::partition_of(item.key()) != index {
                     return Err(corrupt("item in the wrong partition"));
                 }
@@ -855,6 +861,11 @@ impl Engine for Kv {
             ),
         ]
     }
+}
+
+/// Whether live applies maintain the eviction clock.
+fn live_mode(mode: Mode) -> bool {
+    mode == Mode::Cache
 }
 
 fn read_u32(input: &mut dyn Read) -> Result<u32> {

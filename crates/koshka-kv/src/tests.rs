@@ -258,5 +258,53 @@ proptest! {
 fn corrupt_snapshot_is_refused() {
     let kv = kv();
     assert!(kv.load_snapshot(&mut &b"XXXX"[..]).is_err());
-    assert!(kv.load_snapshot(&mut &b"KVS1\x01\x00\x00\x00"[..]).is_err());
+    assert!(kv.load_snapshot(&mut &b"KVS2\x01\x00\x00\x00"[..]).is_err());
+}
+
+#[test]
+fn delayed_flush_invalidates_items_written_before_the_deadline() {
+    // Replay with chosen log times: k1 and k2 are written before the deadline (200), k3 after.
+    let kv = kv();
+    let mut payload = Vec::new();
+    let records = [
+        (
+            Record::Set {
+                key: b"k1",
+                flags: 0,
+                exptime: 0,
+                value: b"1",
+            },
+            100,
+        ),
+        (Record::Flush { at: 200 }, 150),
+        (
+            Record::Set {
+                key: b"k2",
+                flags: 0,
+                exptime: 0,
+                value: b"2",
+            },
+            190,
+        ),
+        (
+            Record::Set {
+                key: b"k3",
+                flags: 0,
+                exptime: 0,
+                value: b"3",
+            },
+            250,
+        ),
+    ];
+    for (pos, (record, time)) in records.iter().enumerate() {
+        record.encode(&mut payload);
+        let ctx = ApplyCtx {
+            pos: pos as u64 + 1,
+            time: *time,
+        };
+        kv.apply(record.record_type(), &payload, ctx).unwrap();
+    }
+    assert_eq!(value_of(&kv, b"k1"), None);
+    assert_eq!(value_of(&kv, b"k2"), None);
+    assert_eq!(value_of(&kv, b"k3"), Some(b"3".to_vec()));
 }
