@@ -45,6 +45,18 @@ impl Ctx<'_> {
         self.out.extend_from_slice(reply_error(error).as_bytes());
     }
 
+    /// Counts a hit or a miss and answers `hit_reply` or `NOT_FOUND`.
+    fn hit_or_miss(
+        &mut self,
+        hit: bool,
+        (hits, misses): (&AtomicU64, &AtomicU64),
+        hit_reply: &[u8],
+        noreply: bool,
+    ) {
+        bump(if hit { hits } else { misses }, 1);
+        self.reply(noreply, if hit { hit_reply } else { reply::NOT_FOUND });
+    }
+
     fn reply(&mut self, noreply: bool, bytes: &[u8]) {
         if !noreply {
             self.out.extend_from_slice(bytes);
@@ -124,21 +136,12 @@ fn kv_command(ctx: &mut Ctx<'_>, kv: &Kv, command: &Command<'_>, resume: usize) 
             Ok(written) => {
                 ctx.wrote(written.pos);
                 let hit = written.outcome == Some(true);
-                bump(
-                    if hit {
-                        &ctx.counters.delete_hits
-                    } else {
-                        &ctx.counters.delete_misses
-                    },
-                    1,
-                );
-                ctx.reply(
+                let c = ctx.counters;
+                ctx.hit_or_miss(
+                    hit,
+                    (&c.delete_hits, &c.delete_misses),
+                    reply::DELETED,
                     *noreply,
-                    if hit {
-                        reply::DELETED
-                    } else {
-                        reply::NOT_FOUND
-                    },
                 );
             }
             Err(e) => ctx.error(&e),
@@ -167,23 +170,9 @@ fn kv_command(ctx: &mut Ctx<'_>, kv: &Kv, command: &Command<'_>, resume: usize) 
             match kv.touch(key, *exptime, ctx.journal()) {
                 Ok(written) => {
                     ctx.wrote(written.pos);
-                    let hit = written.outcome;
-                    bump(
-                        if hit {
-                            &ctx.counters.touch_hits
-                        } else {
-                            &ctx.counters.touch_misses
-                        },
-                        1,
-                    );
-                    ctx.reply(
-                        *noreply,
-                        if hit {
-                            reply::TOUCHED
-                        } else {
-                            reply::NOT_FOUND
-                        },
-                    );
+                    let c = ctx.counters;
+                    let hits = (&c.touch_hits, &c.touch_misses);
+                    ctx.hit_or_miss(written.outcome, hits, reply::TOUCHED, *noreply);
                 }
                 Err(e) => ctx.error(&e),
             }
