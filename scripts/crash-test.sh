@@ -24,6 +24,13 @@ if ! cargo test --release -p koshka --test crash --no-run >"$LOG_DIR/build.log" 
     echo "crash-test: build failed"
     exit 2
 fi
+# Run the built test binary directly, so both modes test the same build even if sources change.
+test_bin=$(sed -n 's/.*Executable tests\/crash.rs (\(.*\)).*/\1/p' "$LOG_DIR/build.log" | tail -n 1)
+if [[ ! -x $test_bin ]]; then
+    echo "crash-test: cannot find the test binary in $LOG_DIR/build.log"
+    exit 2
+fi
+echo "test binary: $test_bin ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 
 failed=0
 summaries=()
@@ -33,8 +40,7 @@ for mode in always everysec; do
     echo "crash test: $mode, $CYCLES cycles (log: $log)"
     mode_started=$SECONDS
     KOSHKA_CRASH_CYCLES=$CYCLES timeout $((CYCLES * 60 + 600)) \
-        cargo test --release -p koshka --test crash -- --exact "crash_$mode" --nocapture \
-        >"$log" 2>&1
+        "$test_bin" --exact "crash_$mode" --nocapture >"$log" 2>&1
     status=$?
     summary=$(grep -h '^CRASH-SUMMARY' "$log" | tail -n 1)
     seeds=$(grep -ho 'seed [0-9]* (rerun' "$log" | head -n 1)

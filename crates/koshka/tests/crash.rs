@@ -40,10 +40,12 @@ fn crash_cycles(durability: &'static str, cycles: usize) -> (u64, Vec<String>) {
     let mut dir = root.path().join("data0");
     let (mut acked_total, mut in_flight_total) = (0u64, 0u64);
     let mut failures = Vec::new();
+    let mut events = Events::default();
     for cycle in 0..cycles {
         if cycle > 0 && cycle % CYCLES_PER_DIR == 0 {
             // Last check of this directory, then a fresh one.
             let server = Server::must_start(&opts(&dir, durability, ""));
+            events.count(&server);
             failures.extend(check(&mut model, &server, &test, cycle, "final"));
             drop(server);
             acked_total += model.acked_ops;
@@ -58,6 +60,7 @@ fn crash_cycles(durability: &'static str, cycles: usize) -> (u64, Vec<String>) {
             _ => "",
         };
         let server = Server::must_start(&opts(&dir, durability, storage));
+        events.count(&server);
         failures.extend(check(&mut model, &server, &test, cycle, "restart"));
         model.ensure_counters(&server);
         let cycle_seed = rng.gen::<u64>();
@@ -106,6 +109,7 @@ fn crash_cycles(durability: &'static str, cycles: usize) -> (u64, Vec<String>) {
         );
     }
     let server = Server::must_start(&opts(&dir, durability, ""));
+    events.count(&server);
     failures.extend(check(&mut model, &server, &test, cycles, "final"));
     if durability == "none" {
         return (seed, failures);
@@ -130,7 +134,7 @@ fn crash_cycles(durability: &'static str, cycles: usize) -> (u64, Vec<String>) {
     in_flight_total += model.in_flight_ops;
     println!(
         "CRASH-SUMMARY mode={durability} cycles={cycles} seed={seed} acked_ops={acked_total} \
-         in_flight_at_kill={in_flight_total} failures={} seconds={:.1}",
+         in_flight_at_kill={in_flight_total} {events} failures={} seconds={:.1}",
         failures.len(),
         started.elapsed().as_secs_f64()
     );
@@ -146,6 +150,45 @@ fn assert_survives(durability: &'static str) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// What the restarts had to do, summed over engines and restarts (evidence that kills
+/// landed mid-record, mid-rotation and after snapshots).
+#[derive(Debug, Default)]
+struct Events {
+    restarts: u64,
+    torn_tails_cut: u64,
+    torn_segments_set_aside: u64,
+    snapshot_loads: u64,
+}
+
+impl Events {
+    fn count(&mut self, server: &Server) {
+        let stderr = server.stderr();
+        self.restarts += 1;
+        self.torn_tails_cut += count(&stderr, "binlog: truncated ");
+        self.torn_segments_set_aside += count(&stderr, "renamed unusable segment");
+        for engine in WORKLOAD_ENGINES {
+            let stats = server.connect(engine).stats("").unwrap();
+            if stats.get("snapshot_loaded_pos").is_some_and(|p| p != "-1") {
+                self.snapshot_loads += 1;
+            }
+        }
+    }
+}
+
+fn count(text: &str, needle: &str) -> u64 {
+    text.matches(needle).count() as u64
+}
+
+impl std::fmt::Display for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restarts={} torn_tails_cut={} torn_segments_set_aside={} engine_snapshot_loads={}",
+            self.restarts, self.torn_tails_cut, self.torn_segments_set_aside, self.snapshot_loads
+        )
+    }
 }
 
 fn opts(dir: &std::path::Path, durability: &'static str, storage: &str) -> ServerOpts {
