@@ -291,8 +291,11 @@ impl Reader {
                 self.time = u32::from_le_bytes(t);
             }
             let record_start = self.pos;
+            let Some(next_pos) = self.pos.checked_add(total as u64) else {
+                return Err(self.corrupt("record position overflows 64 bits"));
+            };
             self.lo += total;
-            self.pos += total as u64;
+            self.pos = next_pos;
             self.chain = chain_next(self.chain, header.crc);
             return Ok(Some(Record {
                 start: record_start,

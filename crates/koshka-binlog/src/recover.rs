@@ -84,7 +84,9 @@ pub fn replay(
     };
     let start_pos = reader.pos();
     let total = reader.segments().last().map_or(0, |s| {
-        (s.pos + s.len.saturating_sub(SEGMENT_HEADER_SIZE as u64)).saturating_sub(start_pos)
+        s.pos
+            .saturating_add(s.len.saturating_sub(SEGMENT_HEADER_SIZE as u64))
+            .saturating_sub(start_pos)
     });
     let mut records = 0u64;
     let mut last_report = started;

@@ -821,6 +821,13 @@ impl Engine for Kv {
                     return Err(corrupt("item in the wrong partition"));
                 }
                 let hash = self.hasher.hash_one(item.key());
+                if part
+                    .table
+                    .find(hash, |old| old.key() == item.key())
+                    .is_some()
+                {
+                    return Err(corrupt("a key appears twice"));
+                }
                 part.bytes += item.footprint();
                 let hasher = &self.hasher;
                 part.table

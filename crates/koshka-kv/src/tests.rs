@@ -308,3 +308,35 @@ fn delayed_flush_invalidates_items_written_before_the_deadline() {
     assert_eq!(value_of(&kv, b"k2"), None);
     assert_eq!(value_of(&kv, b"k3"), Some(b"3".to_vec()));
 }
+
+#[test]
+fn snapshot_with_a_duplicate_key_is_refused() {
+    // Found by the kv_snapshot fuzz target: a key twice used to load as two items.
+    let item = Item::new(
+        b"k",
+        &[b"v"],
+        ItemMeta {
+            flags: 0,
+            exptime: 0,
+            cas: 1,
+        },
+    );
+    let mut bytes = b"KVS2".to_vec();
+    bytes.extend_from_slice(&(PARTITIONS as u32).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    for index in 0..PARTITIONS {
+        bytes.extend_from_slice(&[0; 8 + 8 + 8 + 4]);
+        let copies: u64 = if index == Kv::partition_of(b"k") {
+            2
+        } else {
+            0
+        };
+        bytes.extend_from_slice(&copies.to_le_bytes());
+        for _ in 0..copies {
+            bytes.extend_from_slice(&(item.raw().len() as u32).to_le_bytes());
+            bytes.extend_from_slice(item.raw());
+        }
+    }
+    let err = kv().load_snapshot(&mut bytes.as_slice()).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+}
