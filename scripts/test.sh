@@ -63,7 +63,9 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 # cargo test's own `test result:` lines go to the terminal and to a log for the summary.
 step test bash -c 'set -o pipefail; cargo test --workspace --release 2>&1 | tee "$1"' _ \
     "$logdir/cargo-test.log"
-step compat bash -c 'set -o pipefail; scripts/compat.sh 2>&1 | tee "$1"' _ "$logdir/compat.log"
+# `cargo test --release` built target/release/koshka for the integration tests; reuse it.
+step compat bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/compat.sh 2>&1 |
+    tee "$1"' _ "$logdir/compat.log"
 
 # Sum cargo's `test result: ok. N passed; M failed; …` lines and compat's final line.
 read -r cargo_passed cargo_failed < <(awk '
