@@ -35,9 +35,9 @@ fn segments(dir: &Path, engine: &str) -> Vec<PathBuf> {
         .expect("read_dir")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with(&format!("{engine}.")) && n.ends_with(".bin")
-            })
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{engine}.")) && n.ends_with(".bin"))
         })
         .collect();
     out.sort();
