@@ -45,8 +45,23 @@ if [[ $target == koshka ]]; then
         echo "compat: 0 passed, 1 failed"
         exit 1
     fi
-    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$workdir/data" >"$workdir/server.log" 2>&1 &
+    # Ephemeral ports for every engine; the server prints them ("<engine> listening on").
+    "$bin" serve --listen "127.0.0.1:0" --data-dir "$workdir/data" >"$workdir/server.log" 2>&1 &
     server_pid=$!
+    engine_port() {
+        sed -nE "s/^koshka: $1 listening on 127\.0\.0\.1:([0-9]+)$/\1/p" "$workdir/server.log"
+    }
+    for ((i = 0; i < 600; i++)); do
+        [[ -n $(engine_port friends) ]] && break
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    port=$(engine_port kv)
+    if [[ -z $port ]]; then
+        echo "koshka did not report its ports" >&2
+        cat "$workdir/server.log" >&2
+        exit 1
+    fi
 else
     # shellcheck disable=SC2046
     memcached $(memcached_args "$port") -m 1024 -t 2 >"$workdir/server.log" 2>&1 &
@@ -103,6 +118,11 @@ run_counted() {
 
 run_counted pymemcache python3 tests/compat/pymemcache_test.py --port "$port"
 run_counted php-memcached php tests/compat/php_memcached_test.php "$port"
+if [[ $target == koshka ]]; then
+    run_counted engines-pymemcache python3 tests/compat/engines_pymemcache.py \
+        --port-messages "$(engine_port messages)" --port-wall "$(engine_port wall)" \
+        --port-friends "$(engine_port friends)"
+fi
 
 if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "server died during the suites" >&2
