@@ -11,7 +11,7 @@ use serde_json::{json, Map};
 use crate::flags::{WALL_COPIED, WALL_COPY, WALL_REPLY, WALL_STATUS};
 use crate::keys::{mode, Query, Slice, Update};
 use crate::ops::{ExtraOp, FlagOp, Record, Text};
-use crate::search::stems;
+use crate::search::Lexicon;
 use crate::state::{event, in_sublist, Mailbox, Message, Partition};
 use crate::{
     snapshot, Flavour, MAILBOX_TEXT_BYTES_MAX, MESSAGES_PER_MAILBOX_MAX, PAGE_SIZE_MAX, PARTITIONS,
@@ -23,6 +23,8 @@ pub struct MessagesEngine {
     flavour: Flavour,
     shard: ShardSpec,
     partitions: Box<[Mutex<Partition>]>,
+    /// Stem ids shared by every mailbox's search index.
+    lexicon: Lexicon,
 }
 
 /// The partitions an update holds, locked in index order.
@@ -55,6 +57,7 @@ impl MessagesEngine {
             flavour,
             shard,
             partitions,
+            lexicon: Lexicon::default(),
         }
     }
 
@@ -110,6 +113,8 @@ impl MessagesEngine {
         let apply_second = second_index.is_some_and(|i| locked.part(i).pos < ctx.pos);
         let flavour = self.flavour;
         let corrupt = |e: String| Error::corrupt_record(e);
+        let lexicon = &self.lexicon;
+        let terms = |text: &Text| lexicon.terms(&[&text.subject, &text.body]);
         match record {
             Record::Add {
                 owner,
@@ -120,8 +125,9 @@ impl MessagesEngine {
                 text,
             } => {
                 if apply_first {
+                    let terms = terms(text);
                     let mb = mailbox(locked.part(first_index), *owner, flavour);
-                    mb.add(*lid, *peer, *peer_lid, *flags, text, ctx.time)
+                    mb.add(*lid, *peer, *peer_lid, *flags, text, ctx.time, &terms)
                         .map_err(corrupt)?;
                 }
             }
@@ -134,14 +140,20 @@ impl MessagesEngine {
                 to_flags,
                 text,
             } => {
+                // Stemmed once for both copies.
+                let terms = if apply_first || apply_second {
+                    terms(text)
+                } else {
+                    Vec::new()
+                };
                 if apply_first {
                     let mb = mailbox(locked.part(first_index), *from, flavour);
-                    mb.add(*from_lid, *to, *to_lid, *from_flags, text, ctx.time)
+                    mb.add(*from_lid, *to, *to_lid, *from_flags, text, ctx.time, &terms)
                         .map_err(corrupt)?;
                 }
                 if let (true, Some(index)) = (apply_second, second_index) {
                     let mb = mailbox(locked.part(index), *to, flavour);
-                    mb.add(*to_lid, *from, *from_lid, *to_flags, text, ctx.time)
+                    mb.add(*to_lid, *from, *from_lid, *to_flags, text, ctx.time, &terms)
                         .map_err(corrupt)?;
                 }
             }
@@ -155,8 +167,9 @@ impl MessagesEngine {
                 text,
             } => {
                 if apply_first {
+                    let terms = terms(text);
                     let mb = mailbox(locked.part(first_index), *owner, flavour);
-                    mb.add(*lid, *author, 0, *flags, text, ctx.time)
+                    mb.add(*lid, *author, 0, *flags, text, ctx.time, &terms)
                         .map_err(corrupt)?;
                     mb.origins.insert(*lid, (*orig_owner, *orig_id));
                 }
@@ -172,7 +185,7 @@ impl MessagesEngine {
             _ => {
                 if apply_first {
                     if let Some(mb) = locked.part(first_index).mailboxes.get_mut(&first) {
-                        apply_single(mb, record);
+                        apply_single(mb, record, lexicon);
                     }
                 }
             }
@@ -520,7 +533,7 @@ impl MessagesEngine {
                     min_date: *min_date,
                     max_date: *max_date,
                 };
-                Some(search(mb, &filter, *limit, words))
+                Some(search(mb, &self.lexicon, &filter, *limit, words))
             }
             Query::Status { .. } => {
                 let index = self
@@ -728,7 +741,7 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
 }
 
 /// Applies a one-mailbox record that creates nothing.
-fn apply_single(mb: &mut Mailbox, record: &Record) {
+fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon) {
     match record {
         Record::Flags { lid, op, value, .. } => {
             let Some(old) = mb.get(*lid).map(|m| m.flags) else {
@@ -744,10 +757,10 @@ fn apply_single(mb: &mut Mailbox, record: &Record) {
         }
         Record::ReadUpto { peer, lid, .. } => mb.read_upto(*peer, *lid),
         Record::Edit { lid, text, .. } => {
-            mb.edit(*lid, text);
+            mb.edit(*lid, text, lexicon);
         }
         Record::Delete { lid, .. } => {
-            mb.remove(&[*lid]);
+            mb.remove(&[*lid], lexicon);
         }
         Record::DeleteDialog { peer, .. } => {
             let lids: Vec<u32> = mb
@@ -757,9 +770,9 @@ fn apply_single(mb: &mut Mailbox, record: &Record) {
                 .filter(|(_, m)| m.alive() && m.peer == *peer)
                 .map(|(i, _)| mb.first_lid + u32::try_from(i).unwrap_or(u32::MAX))
                 .collect();
-            mb.remove(&lids);
+            mb.remove(&lids, lexicon);
         }
-        Record::Trim { min_lid, .. } => mb.trim(*min_lid),
+        Record::Trim { min_lid, .. } => mb.trim(*min_lid, lexicon),
         Record::PeerLink { lid, peer_lid, .. } => mb.set_peer_lid(*lid, *peer_lid),
         Record::Extra {
             lid,
@@ -858,10 +871,16 @@ struct SearchFilter {
 }
 
 /// `total,lid…` newest first; deleted messages never match.
-fn search(mb: &Mailbox, filter: &SearchFilter, limit: usize, words: &[u8]) -> Vec<u8> {
-    let query = stems(words);
+fn search(
+    mb: &Mailbox,
+    lexicon: &Lexicon,
+    filter: &SearchFilter,
+    limit: usize,
+    words: &[u8],
+) -> Vec<u8> {
     let mut total = 0usize;
     let mut ids = String::new();
+    let query = lexicon.query(words).unwrap_or_default();
     mb.search.intersect(&query, |lid| {
         let Some(m) = mb.get(lid) else { return true };
         let visible = m.flags & crate::flags::DELETED == 0
@@ -1011,7 +1030,7 @@ impl Engine for MessagesEngine {
     fn load_snapshot(&self, input: &mut dyn std::io::Read) -> Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        for (index, partition) in snapshot::decode(&bytes, self.flavour)? {
+        for (index, partition) in snapshot::decode(&bytes, self.flavour, &self.lexicon)? {
             *self.partitions[index].lock() = partition;
         }
         Ok(())
@@ -1028,6 +1047,8 @@ impl Engine for MessagesEngine {
                 heap += mb.heap_bytes();
             }
         }
+        // NOTE: the stem dictionary is shared by all mailboxes; its share counts per message.
+        heap += self.lexicon.heap_bytes();
         let per_message = (heap as u64).checked_div(live).unwrap_or(0);
         let name = self.flavour.name();
         vec![

@@ -12,7 +12,8 @@
 //!   deletes, incr/decr) with their parse functions;
 //! * [`ops`] — binlog record types and their little-endian encodings;
 //! * [`state`] — partitions, mailboxes, compact message storage, sublists, dialogs, history;
-//! * [`search`] — the per-mailbox inverted index (stem → sorted local ids) and tokeniser;
+//! * [`search`] — the tokeniser, the engine-wide stem dictionary and the per-mailbox
+//!   postings (8 bytes per (message, stem));
 //! * [`snapshot`] — the per-partition snapshot format.
 //!
 //! # What this crate is not

@@ -15,6 +15,7 @@
 use koshka_engine::{Error, Result};
 
 use crate::ops::{put_i64, put_text, put_u32, Reader, Text};
+use crate::search::Lexicon;
 use crate::state::{Event, History, Mailbox, Message, Partition};
 use crate::{Flavour, HISTORY_EVENTS_MAX, PARTITIONS};
 
@@ -107,11 +108,19 @@ fn relabel(e: Error) -> Error {
 ///
 /// # Errors
 /// [`Error::Corrupt`] (what = "snapshot") for a bad magic, flavour, count or a short frame.
-pub fn decode(bytes: &[u8], flavour: Flavour) -> Result<Vec<(usize, Partition)>> {
-    decode_inner(bytes, flavour).map_err(relabel)
+pub fn decode(
+    bytes: &[u8],
+    flavour: Flavour,
+    lexicon: &Lexicon,
+) -> Result<Vec<(usize, Partition)>> {
+    decode_inner(bytes, flavour, lexicon).map_err(relabel)
 }
 
-fn decode_inner(bytes: &[u8], flavour: Flavour) -> Result<Vec<(usize, Partition)>> {
+fn decode_inner(
+    bytes: &[u8],
+    flavour: Flavour,
+    lexicon: &Lexicon,
+) -> Result<Vec<(usize, Partition)>> {
     let mut r = Reader { buf: bytes };
     if r.bytes(8)? != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic"));
@@ -141,7 +150,7 @@ fn decode_inner(bytes: &[u8], flavour: Flavour) -> Result<Vec<(usize, Partition)
         };
         for _ in 0..r.u32()? {
             let owner = r.i64()?;
-            let mb = decode_mailbox(&mut r, flavour)?;
+            let mb = decode_mailbox(&mut r, flavour, lexicon)?;
             partition.mailboxes.insert(owner, mb);
         }
         out.push((index, partition));
@@ -152,7 +161,7 @@ fn decode_inner(bytes: &[u8], flavour: Flavour) -> Result<Vec<(usize, Partition)
     Ok(out)
 }
 
-fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour) -> Result<Mailbox> {
+fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour, lexicon: &Lexicon) -> Result<Mailbox> {
     let mut mb = Mailbox::new(flavour);
     mb.first_lid = r.u32()?;
     let slots = r.u32()?;
@@ -208,7 +217,8 @@ fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour) -> Result<Mailbox> {
         });
     }
     mb.history = history;
-    mb.rebuild_indexes();
+    mb.arena.shrink_to_fit();
+    mb.rebuild_indexes(lexicon);
     Ok(mb)
 }
 

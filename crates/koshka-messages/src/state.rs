@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::flags::{DELETED, OUTBOX, UNREAD, WALL_REPLY};
 use crate::ops::Text;
-use crate::search::{stems, SearchIndex};
+use crate::search::{Lexicon, SearchIndex};
 use crate::{Flavour, HISTORY_EVENTS_MAX};
 
 /// Engine-internal flag: the slot's message was removed for good (delete, trim, dialog
@@ -238,16 +238,10 @@ impl Mailbox {
         self.arena.len() - self.garbage
     }
 
-    /// Stems of a message's subject and body.
-    fn stems_of(&self, m: &Message) -> Vec<String> {
+    /// Stem ids of a message's subject and body.
+    fn terms_of(&self, m: &Message, lexicon: &Lexicon) -> Vec<u32> {
         let (_, subject, body) = self.text(m);
-        let mut all = stems(subject);
-        for s in stems(body) {
-            if !all.contains(&s) {
-                all.push(s);
-            }
-        }
-        all
+        lexicon.terms(&[subject, body])
     }
 
     #[expect(clippy::cast_possible_truncation)]
@@ -259,15 +253,19 @@ impl Mailbox {
         m.kludges_len = text.kludges.len() as u16;
         m.subject_len = text.subject.len() as u16;
         m.body_len = text.body.len() as u32;
+        reserve_tight(&mut self.arena, text.len());
         self.arena.extend_from_slice(&text.kludges);
         self.arena.extend_from_slice(&text.subject);
         self.arena.extend_from_slice(&text.body);
     }
 
-    /// Appends message `lid`, which must be [`Mailbox::next_lid`].
+    /// Appends message `lid`, which must be [`Mailbox::next_lid`], indexed for search under
+    /// `terms` (the [`Lexicon::terms`] of its subject and body, computed once per record).
     ///
     /// # Errors
     /// A description of the mismatch when `lid` is not the next id (a corrupt log).
+    // NOTE: one argument per field of the record it applies; a struct would only rename them.
+    #[expect(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         lid: u32,
@@ -276,6 +274,7 @@ impl Mailbox {
         flags: u32,
         text: &Text,
         date: u32,
+        terms: &[u32],
     ) -> Result<(), String> {
         if lid != self.next_lid() {
             return Err(format!(
@@ -291,18 +290,13 @@ impl Mailbox {
             ..Message::default()
         };
         self.store_text(&mut m, text);
+        reserve_tight(&mut self.messages, 1);
         self.messages.push(m);
         self.live += 1;
-        self.index_message(lid, &m);
+        self.search.add(lid, terms);
+        self.reindex(lid, m.peer, m.peer_lid, REMOVED, m.flags);
         self.history.push(event::NEW, lid, i64::from(m.flags));
         Ok(())
-    }
-
-    /// Adds a fresh slot to every derived index (its id is the newest, so appends are O(1)).
-    fn index_message(&mut self, lid: u32, m: &Message) {
-        let stems = self.stems_of(m);
-        self.search.add(lid, &stems);
-        self.reindex(lid, m.peer, m.peer_lid, REMOVED, m.flags);
     }
 
     /// Moves message `lid` between derived indexes for a flags change `old → new`.
@@ -366,26 +360,59 @@ impl Mailbox {
     }
 
     /// Marks incoming messages from `peer` read up to `upto` (0 = all).
+    ///
+    /// One pass over the conversation's prefix plus one merge pass per changed sublist:
+    /// O(conversation + sublists), however many messages become read.
     pub fn read_upto(&mut self, peer: i64, upto: u32) {
-        let lids: Vec<u32> = match self.peers.get(&peer) {
-            Some(c) => c
-                .lids
-                .iter()
-                .copied()
-                .filter(|&l| upto == 0 || l <= upto)
-                .collect(),
-            None => Vec::new(),
-        };
         let mut last = 0;
-        for lid in lids {
-            if let Some(index) = self.slot(lid) {
-                let m = self.messages[index];
+        let mut changes: Vec<(u32, u32, u32)> = Vec::new();
+        let mut unread_delta = 0i64;
+        if let Some(c) = self.peers.get(&peer) {
+            let end = if upto == 0 {
+                c.lids.len()
+            } else {
+                c.lids.partition_point(|&l| l <= upto)
+            };
+            for &lid in &c.lids[..end] {
+                let Some(index) = lid
+                    .checked_sub(self.first_lid)
+                    .map(|i| i as usize)
+                    .filter(|&i| i < self.messages.len())
+                else {
+                    continue;
+                };
+                let m = &mut self.messages[index];
                 if m.flags & (UNREAD | OUTBOX) == UNREAD {
-                    let new = m.flags & !UNREAD;
-                    self.messages[index].flags = new;
-                    self.reindex(lid, m.peer, m.peer_lid, m.flags, new);
+                    let old = m.flags;
+                    m.flags &= !UNREAD;
+                    changes.push((lid, old, m.flags));
+                    unread_delta += i64::from(unread_inbox(self.flavour, m.flags))
+                        - i64::from(unread_inbox(self.flavour, old));
                 }
                 last = lid;
+            }
+        }
+        if !changes.is_empty() {
+            // NOTE: reading changes neither conversation membership (DELETED and REMOVED
+            // are untouched) nor wall replies (mail flavour only), so only the sublists and
+            // the unread counter move.
+            for (i, &(and, xor)) in self.flavour.sublists().iter().enumerate() {
+                let (mut gone, mut come) = (Vec::new(), Vec::new());
+                for &(lid, old, new) in &changes {
+                    match (in_sublist(old, and, xor), in_sublist(new, and, xor)) {
+                        (true, false) => gone.push(lid),
+                        (false, true) => come.push(lid),
+                        _ => {}
+                    }
+                }
+                if !gone.is_empty() || !come.is_empty() {
+                    sorted_merge(&mut self.sublists[i], &gone, &come);
+                }
+            }
+            if let Some(c) = self.peers.get_mut(&peer) {
+                c.unread = c
+                    .unread
+                    .saturating_add_signed(i32::try_from(unread_delta).unwrap_or_default());
             }
         }
         self.history
@@ -393,7 +420,7 @@ impl Mailbox {
     }
 
     /// Replaces the text of live message `lid`; false if there is none.
-    pub fn edit(&mut self, lid: u32, text: &Text) -> bool {
+    pub fn edit(&mut self, lid: u32, text: &Text, lexicon: &Lexicon) -> bool {
         let Some(index) = self.slot(lid) else {
             return false;
         };
@@ -401,13 +428,13 @@ impl Mailbox {
         if !m.alive() {
             return false;
         }
-        let old_stems = self.stems_of(&m);
-        self.search.remove(lid, &old_stems);
+        let old_terms = self.terms_of(&m, lexicon);
+        self.search.remove(lid, &old_terms);
         self.garbage += m.text_len();
         self.store_text(&mut m, text);
         self.messages[index] = m;
-        let stems = self.stems_of(&m);
-        self.search.add(lid, &stems);
+        let terms = self.terms_of(&m, lexicon);
+        self.search.add(lid, &terms);
         self.history.push(event::EDITED, lid, 0);
         self.maybe_compact();
         true
@@ -415,7 +442,7 @@ impl Mailbox {
 
     /// Removes the live messages among `lids` for good (ascending order not required).
     /// Returns how many were removed.
-    pub fn remove(&mut self, lids: &[u32]) -> usize {
+    pub fn remove(&mut self, lids: &[u32], lexicon: &Lexicon) -> usize {
         let mut removed = 0;
         for &lid in lids {
             let Some(index) = self.slot(lid) else {
@@ -425,9 +452,9 @@ impl Mailbox {
             if !m.alive() {
                 continue;
             }
-            let stems = self.stems_of(&m);
-            self.search.remove(lid, &stems);
             if lids.len() == 1 {
+                let terms = self.terms_of(&m, lexicon);
+                self.search.remove(lid, &terms);
                 self.reindex(lid, m.peer, m.peer_lid, m.flags, REMOVED);
             }
             self.messages[index] = Message {
@@ -450,6 +477,12 @@ impl Mailbox {
             removed += 1;
         }
         if lids.len() > 1 && removed > 0 {
+            let (messages, first) = (&self.messages, self.first_lid);
+            self.search.retain(|lid| {
+                lid.checked_sub(first)
+                    .and_then(|i| messages.get(i as usize))
+                    .is_some_and(Message::alive)
+            });
             self.rebuild_indexes_without_search();
         }
         self.maybe_compact();
@@ -457,13 +490,13 @@ impl Mailbox {
     }
 
     /// Removes every message with a local id below `min_lid` and forgets their slots.
-    pub fn trim(&mut self, min_lid: u32) {
+    pub fn trim(&mut self, min_lid: u32, lexicon: &Lexicon) {
         let min_lid = min_lid.min(self.next_lid());
         if min_lid <= self.first_lid {
             return;
         }
         let lids: Vec<u32> = (self.first_lid..min_lid).collect();
-        self.remove(&lids);
+        self.remove(&lids, lexicon);
         let drop = (min_lid - self.first_lid) as usize;
         self.messages.drain(..drop);
         self.first_lid = min_lid;
@@ -489,16 +522,16 @@ impl Mailbox {
     }
 
     /// Rebuilds every derived index, search included (after a snapshot load).
-    pub fn rebuild_indexes(&mut self) {
-        self.search = SearchIndex::default();
-        for i in 0..self.messages.len() {
-            let m = self.messages[i];
+    pub fn rebuild_indexes(&mut self, lexicon: &Lexicon) {
+        let mut postings = Vec::new();
+        for (i, m) in self.messages.iter().enumerate() {
             if m.alive() {
                 let lid = self.first_lid + u32::try_from(i).unwrap_or(u32::MAX);
-                let stems = self.stems_of(&m);
-                self.search.add(lid, &stems);
+                let terms = self.terms_of(m, lexicon);
+                postings.extend(terms.iter().map(|&t| SearchIndex::posting(t, lid)));
             }
         }
+        self.search = SearchIndex::from_postings(postings);
         self.rebuild_indexes_without_search();
     }
 
@@ -550,26 +583,76 @@ impl Mailbox {
         new
     }
 
-    /// Approximate heap bytes held by this mailbox.
+    /// Approximate heap bytes held by this mailbox, itself included: capacities, hash-table
+    /// slots, and 16 bytes of allocator overhead per allocation.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.messages.capacity() * std::mem::size_of::<Message>()
-            + self.arena.capacity()
+        const ALLOC: usize = 16;
+        let vec = |bytes: usize| if bytes == 0 { 0 } else { bytes + ALLOC };
+        std::mem::size_of::<Self>()
+            + vec(self.messages.capacity() * std::mem::size_of::<Message>())
+            + vec(self.arena.capacity())
+            + vec(self.sublists.capacity() * std::mem::size_of::<Vec<u32>>())
             + self
                 .sublists
                 .iter()
-                .map(|l| l.capacity() * 4)
+                .map(|l| vec(l.capacity() * 4))
                 .sum::<usize>()
+            + vec(self.peers.capacity() * (std::mem::size_of::<(i64, Conversation)>() + 1))
             + self
                 .peers
                 .values()
-                .map(|c| c.lids.capacity() * 4 + 48)
+                .map(|c| vec(c.lids.capacity() * 4))
                 .sum::<usize>()
             + self.dialogs.len() * 24
+            + vec(self.replies.capacity() * (std::mem::size_of::<(u32, Vec<u32>)>() + 1))
+            + self
+                .replies
+                .values()
+                .map(|l| vec(l.capacity() * 4))
+                .sum::<usize>()
             + self.extras.len() * 24
-            + self.search.postings_bytes()
-            + self.search.stems_count() * 48
+            + self.origins.len() * 24
+            + vec(self.history.events.capacity() * std::mem::size_of::<Event>())
+            + self.search.heap_bytes()
     }
+}
+
+/// Makes room for `extra` more items, growing by a quarter (at least 24 bytes) instead of
+/// doubling: append-only per-mailbox vectors then waste about 12 % on average, not 30–50 %.
+fn reserve_tight<T>(list: &mut Vec<T>, extra: usize) {
+    let need = list.len() + extra;
+    if need > list.capacity() {
+        let min = 24 / std::mem::size_of::<T>().max(1);
+        let want = need.max(list.capacity() + list.capacity() / 4).max(min);
+        list.reserve_exact(want - list.len());
+    }
+}
+
+/// Removes the ascending ids `gone` from and inserts the ascending ids `come` into the
+/// ascending `list` in one linear pass.
+fn sorted_merge(list: &mut Vec<u32>, gone: &[u32], come: &[u32]) {
+    let mut out = Vec::with_capacity(list.len() - gone.len().min(list.len()) + come.len());
+    let (mut g, mut c) = (gone.iter().peekable(), come.iter().peekable());
+    for &lid in list.iter() {
+        while let Some(&&x) = c.peek() {
+            if x >= lid {
+                break;
+            }
+            out.push(x);
+            c.next();
+        }
+        while g.next_if(|&&x| x < lid).is_some() {}
+        if g.next_if(|&&x| x == lid).is_some() {
+            continue;
+        }
+        if c.next_if(|&&x| x == lid).is_some() {
+            // already present
+        }
+        out.push(lid);
+    }
+    out.extend(c);
+    *list = out;
 }
 
 /// Inserts (`present`) or removes `lid` in an ascending vector.
@@ -578,10 +661,14 @@ fn sorted_toggle(list: &mut Vec<u32>, lid: u32, present: bool) {
         match list.last() {
             Some(&last) if last >= lid => {
                 if let Err(at) = list.binary_search(&lid) {
+                    reserve_tight(list, 1);
                     list.insert(at, lid);
                 }
             }
-            _ => list.push(lid),
+            _ => {
+                reserve_tight(list, 1);
+                list.push(lid);
+            }
         }
     } else if let Ok(at) = list.binary_search(&lid) {
         list.remove(at);
@@ -625,10 +712,11 @@ mod tests {
 
     #[test]
     fn dialogs_follow_conversations() {
+        let lex = Lexicon::default();
         let mut mb = Mailbox::new(Flavour::Messages);
-        mb.add(1, 7, 0, UNREAD, &text("a"), 1).unwrap();
-        mb.add(2, 8, 0, OUTBOX, &text("b"), 1).unwrap();
-        mb.add(3, 7, 0, UNREAD, &text("c"), 1).unwrap();
+        mb.add(1, 7, 0, UNREAD, &text("a"), 1, &[]).unwrap();
+        mb.add(2, 8, 0, OUTBOX, &text("b"), 1, &[]).unwrap();
+        mb.add(3, 7, 0, UNREAD, &text("c"), 1, &[]).unwrap();
         assert_eq!(
             mb.dialogs.iter().map(|(l, p)| (*l, *p)).collect::<Vec<_>>(),
             [(2, 8), (3, 7)]
@@ -636,14 +724,38 @@ mod tests {
         assert_eq!(mb.peers[&7].unread, 2);
         mb.read_upto(7, 1);
         assert_eq!(mb.peers[&7].unread, 1);
-        mb.remove(&[3]);
+        mb.remove(&[3], &lex);
         assert_eq!(
             mb.dialogs.iter().map(|(l, p)| (*l, *p)).collect::<Vec<_>>(),
             [(1, 7), (2, 8)]
         );
-        mb.trim(2);
+        mb.trim(2, &lex);
         assert_eq!(mb.dialogs.len(), 1);
         assert_eq!(mb.next_lid(), 4);
-        assert!(mb.add(3, 1, 0, 0, &text("x"), 1).is_err());
+        assert!(mb.add(3, 1, 0, 0, &text("x"), 1, &[]).is_err());
+    }
+
+    #[test]
+    fn read_upto_matches_a_rebuild() {
+        let mut mb = Mailbox::new(Flavour::Messages);
+        for lid in 1..=60 {
+            let (peer, flags) = match lid % 3 {
+                0 => (8, UNREAD),
+                1 => (7, UNREAD | crate::flags::IMPORTANT),
+                _ => (7, OUTBOX | UNREAD),
+            };
+            mb.add(lid, peer, 0, flags, &text("x"), 1, &[]).unwrap();
+        }
+        mb.read_upto(7, 40);
+        let (sublists, unread) = (mb.sublists.clone(), mb.peers[&7].unread);
+        mb.rebuild_indexes_without_search();
+        assert_eq!(mb.sublists, sublists);
+        assert_eq!((unread, mb.peers[&7].unread), (6, 6));
+        mb.read_upto(7, 0);
+        let sublists = mb.sublists.clone();
+        mb.rebuild_indexes_without_search();
+        assert_eq!(mb.sublists, sublists);
+        assert_eq!(mb.peers[&7].unread, 0);
+        assert_eq!(mb.peers[&8].unread, 20);
     }
 }
