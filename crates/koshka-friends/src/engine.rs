@@ -15,7 +15,7 @@ use crate::keys::{parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mod
 use crate::ops::Record;
 use crate::privacy::{canonicalize, evaluate, parse_rules, render, Viewer};
 use crate::reply::{push_item, push_u32};
-use crate::state::{intersect, intersect_ids, Census, Friend, Partition, User};
+use crate::state::{intersect, Census, Friend, Partition, UserRef};
 use crate::{
     snapshot, FRIENDS_PER_USER_MAX, FRIEND_REQUESTS_PER_USER_MAX, MASK_BITS, PARTITIONS,
     PRIVACY_KEYS_PER_USER_MAX,
@@ -135,7 +135,7 @@ impl FriendsEngine {
         Locked { guards }
     }
 
-    fn user<'l>(&self, locked: &'l Locked<'_>, id: u32) -> Option<&'l User> {
+    fn user<'l>(&self, locked: &'l Locked<'_>, id: u32) -> Option<UserRef<'l>> {
         locked
             .partition(self.partition_of(id))
             .and_then(|p| p.user(id))
@@ -181,69 +181,57 @@ impl FriendsEngine {
         };
         match record {
             Record::FriendAddPair { user, friend, mask } => {
-                on(*user, &mut |p| {
-                    p.with_user(*user, |u| u.set_friend(*friend, *mask, time))
-                });
-                on(*friend, &mut |p| {
-                    p.with_user(*friend, |u| u.ensure_friend(*user, time))
-                });
+                on(*user, &mut |p| p.set_friend(*user, *friend, *mask, time));
+                on(*friend, &mut |p| p.ensure_friend(*friend, *user, time));
             }
             Record::FriendSetHalf { user, friend, mask } => {
-                on(*user, &mut |p| {
-                    p.with_user(*user, |u| u.set_friend(*friend, *mask, time))
-                });
+                on(*user, &mut |p| p.set_friend(*user, *friend, *mask, time));
             }
             Record::FriendOr { user, friend, bits } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.update_mask(*friend, |m| m | bits));
+                p.update_mask(*user, *friend, |m| m | bits);
             }),
             Record::FriendAndNot { user, friend, bits } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.update_mask(*friend, |m| m & !bits));
+                p.update_mask(*user, *friend, |m| m & !bits);
             }),
             Record::FriendDelPair { user, friend } => {
                 on(*user, &mut |p| {
-                    p.with_existing(*user, |u| u.remove_friend(*friend));
+                    p.remove_friend(*user, *friend);
                 });
                 on(*friend, &mut |p| {
-                    p.with_existing(*friend, |u| u.remove_friend(*user));
+                    p.remove_friend(*friend, *user);
                 });
             }
             Record::FriendDelHalf { user, friend } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.remove_friend(*friend));
+                p.remove_friend(*user, *friend);
             }),
             Record::FolderSet { user, folder, ids } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.set_folder(*folder, ids));
+                p.set_folder(*user, *folder, ids);
             }),
             Record::FolderDel { user, folder } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.delete_folder(*user, *folder));
+                p.delete_folder(*user, *folder);
             }),
             Record::UserDel { user, mirrored } => {
-                on(*user, &mut |p| {
-                    p.users.remove(user);
-                });
+                on(*user, &mut |p| p.remove_user(*user));
                 for friend in mirrored {
                     on(*friend, &mut |p| {
-                        p.with_existing(*friend, |u| u.remove_friend(*user));
+                        p.remove_friend(*friend, *user);
                     });
                 }
             }
             Record::RequestSet { user, from, mask } => {
-                on(*user, &mut |p| {
-                    p.with_user(*user, |u| u.set_request(*from, *mask, time))
-                });
+                on(*user, &mut |p| p.set_request(*user, *from, *mask, time));
             }
             Record::RequestDel { user, from } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.remove_request(*from));
+                p.remove_request(*user, *from);
             }),
             Record::RequestDelAll { user } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.requests = Vec::new());
+                p.clear_requests(*user);
             }),
             Record::PrivacySet { user, key, rules } => on(*user, &mut |p| {
-                p.with_user(*user, |u| {
-                    u.set_privacy(key, rules.clone().into_boxed_slice())
-                });
+                p.set_privacy(*user, key, rules.clone().into_boxed_slice());
             }),
             Record::PrivacyDel { user, key } => on(*user, &mut |p| {
-                p.with_existing(*user, |u| u.remove_privacy(key));
+                p.remove_privacy(*user, key);
             }),
         }
         for (_, guard, fresh) in &mut locked.guards {
@@ -296,14 +284,23 @@ impl FriendsEngine {
 
     fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: crate::keys::Slice) -> Value {
         let locked = self.lock(&[user]);
-        let all: &[Friend] = self.user(&locked, user).map_or(&[], |u| &u.friends);
         let mut out = Vec::with_capacity(64);
+        let Some(u) = self.user(&locked, user) else {
+            format_friends(&mut out, 0, |_| unreachable_friend(), mode, slice);
+            return Value::text(out);
+        };
+        let all = u.friends;
         if folder == 0 {
-            format_friends(&mut out, all, mode, slice);
+            format_friends(&mut out, all.len(), |i| all.at(i), mode, slice);
         } else {
             let bit = crate::mask_bit(folder);
-            let list: Vec<Friend> = all.iter().filter(|f| f.mask & bit != 0).copied().collect();
-            format_friends(&mut out, &list, mode, slice);
+            let list: Vec<Friend> = all
+                .special_masks()
+                .iter()
+                .filter(|m| m.1 & bit != 0)
+                .filter_map(|m| all.get(m.0))
+                .collect();
+            format_friends(&mut out, list.len(), |i| list[i], mode, slice);
         }
         Value::text(out)
     }
@@ -351,19 +348,20 @@ impl FriendsEngine {
                     return Some(false);
                 };
                 let mut any = false;
-                intersect(&o.friends, &v.friends, |_| any = true);
+                intersect(o.friends.ids(), v.friends.ids(), |_| any = true);
                 Some(any)
             })
         };
         let mut out = Vec::with_capacity(keys.len());
+        let mut rules = Vec::new();
         for key in keys {
-            let rules = owner_data.and_then(|u| u.privacy(key));
-            let answer = match rules {
-                Some(rules) => {
-                    evaluate(rules, owner, Viewer { id: viewer, mask }, &mut fof).as_char()
-                }
-                None if viewer == owner => b'3',
-                None => b'?',
+            let found = owner_data.is_some_and(|u| u.privacy_into(key, &mut rules));
+            let answer = if found {
+                evaluate(&rules, owner, Viewer { id: viewer, mask }, &mut fof).as_char()
+            } else if viewer == owner {
+                b'3'
+            } else {
+                b'?'
             };
             out.push(answer);
         }
@@ -384,7 +382,7 @@ impl FriendsEngine {
             let locked = self.lock(&[user, other]);
             let mut count = 0u32;
             if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
-                intersect(&a.friends, &b.friends, |_| count += 1);
+                intersect(a.friends.ids(), b.friends.ids(), |_| count += 1);
             }
             push_item(&mut out, count);
         }
@@ -406,9 +404,9 @@ impl FriendsEngine {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 let bit = crate::mask_bit(folder);
-                let n = self.user(&locked, user).map_or(0, |u| {
-                    u.friends.iter().filter(|f| f.mask & bit != 0).count()
-                });
+                let n = self
+                    .user(&locked, user)
+                    .map_or(0, |u| u.friends.count_with(bit));
                 Some(Value::text(n.to_string()))
             }
             GetKey::RecentFriends { user, slice } => {
@@ -424,7 +422,7 @@ impl FriendsEngine {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 let items = self.user(&locked, user).map_or_else(Vec::new, |u| {
-                    u.requests
+                    u.requests()
                         .iter()
                         .map(|r| (r.from, r.mask, r.date))
                         .collect()
@@ -442,17 +440,16 @@ impl FriendsEngine {
             GetKey::Request { user, from } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
-                self.user(&locked, user).and_then(|u| {
-                    let i = u.requests.binary_search_by_key(&from, |r| r.from).ok()?;
-                    Some(Value::text(u.requests[i].mask.to_string()))
-                })
+                self.user(&locked, user)
+                    .and_then(|u| u.request(from))
+                    .map(|r| Value::text(r.mask.to_string()))
             }
             GetKey::Privacy { user, key } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 self.user(&locked, user)
                     .and_then(|u| u.privacy(&key))
-                    .map(|rules| Value::text(render(rules)))
+                    .map(|rules| Value::text(render(&rules)))
             }
             GetKey::Check {
                 viewer,
@@ -468,7 +465,7 @@ impl FriendsEngine {
                 let locked = self.lock(&[user, other]);
                 let mut ids = Vec::new();
                 if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
-                    intersect(&a.friends, &b.friends, |id| ids.push(id));
+                    intersect(a.friends.ids(), b.friends.ids(), |id| ids.push(id));
                 }
                 drop(locked);
                 Some(Value::text(count_list(&ids)))
@@ -481,7 +478,7 @@ impl FriendsEngine {
                 let locked = self.lock(&[user]);
                 let mut ids = Vec::new();
                 if let Some(a) = self.user(&locked, user) {
-                    intersect_ids(&a.friends, &candidates, |id| ids.push(id));
+                    intersect(a.friends.ids(), &candidates, |id| ids.push(id));
                 }
                 drop(locked);
                 Some(Value::text(count_list(&ids)))
@@ -541,8 +538,7 @@ impl FriendsEngine {
         let mask = parse_mask(value)?;
         let mut locked = self.lock(&[user]);
         let full = self.user(&locked, user).is_some_and(|u| {
-            u.requests.binary_search_by_key(&from, |r| r.from).is_err()
-                && u.requests.len() >= FRIEND_REQUESTS_PER_USER_MAX
+            u.request(from).is_none() && u.requests().len() >= FRIEND_REQUESTS_PER_USER_MAX
         });
         if full {
             return Err(Error::client(format!(
@@ -566,7 +562,7 @@ impl FriendsEngine {
         let rules = canonicalize(&parse_rules(value.trim_ascii())?, user);
         let mut locked = self.lock(&[user]);
         let full = self.user(&locked, user).is_some_and(|u| {
-            u.privacy(&key).is_none() && u.privacy.len() >= PRIVACY_KEYS_PER_USER_MAX
+            !u.has_privacy(&key) && u.privacy_count() >= PRIVACY_KEYS_PER_USER_MAX
         });
         if full {
             return Err(Error::client(format!(
@@ -613,8 +609,9 @@ impl FriendsEngine {
                 };
                 let mirrored: Vec<u32> = data
                     .friends
+                    .ids()
                     .iter()
-                    .map(|f| f.id)
+                    .copied()
                     .filter(|&f| self.is_local(f))
                     .filter(|&f| {
                         self.user(&locked, f)
@@ -634,18 +631,16 @@ impl FriendsEngine {
         let found = self.user(&locked, user).is_some_and(|u| match &record {
             Record::FolderDel { folder, .. } => {
                 let bit = crate::mask_bit(*folder);
-                u.friends.iter().any(|f| f.mask & bit != 0)
-                    || u.privacy.iter().any(|e| {
+                u.friends.special_masks().iter().any(|m| m.1 & bit != 0)
+                    || u.privacy_entries().iter().any(|e| {
                         e.rules
                             .iter()
                             .any(|r| r.target == crate::privacy::Target::Folder(*folder))
                     })
             }
-            Record::RequestDel { from, .. } => {
-                u.requests.binary_search_by_key(from, |r| r.from).is_ok()
-            }
-            Record::RequestDelAll { .. } => !u.requests.is_empty(),
-            Record::PrivacyDel { key, .. } => u.privacy(key).is_some(),
+            Record::RequestDel { from, .. } => u.request(*from).is_some(),
+            Record::RequestDelAll { .. } => !u.requests().is_empty(),
+            Record::PrivacyDel { key, .. } => u.has_privacy(key),
             _ => false,
         });
         if found {
@@ -665,10 +660,24 @@ impl FriendsEngine {
     }
 }
 
-fn format_friends(out: &mut Vec<u8>, list: &[Friend], mode: Mode, slice: crate::keys::Slice) {
-    push_u32(out, u32::try_from(list.len()).unwrap_or(u32::MAX));
-    for i in slice.indexes(list.len()) {
-        let f = &list[i];
+fn unreachable_friend() -> Friend {
+    Friend {
+        id: 0,
+        mask: 0,
+        date: 0,
+    }
+}
+
+fn format_friends(
+    out: &mut Vec<u8>,
+    len: usize,
+    at: impl Fn(usize) -> Friend,
+    mode: Mode,
+    slice: crate::keys::Slice,
+) {
+    push_u32(out, u32::try_from(len).unwrap_or(u32::MAX));
+    for i in slice.indexes(len) {
+        let f = at(i);
         push_item(out, f.id);
         if mode != Mode::Ids {
             push_item(out, f.mask);
@@ -868,15 +877,15 @@ impl Engine for FriendsEngine {
 }
 
 #[cfg(test)]
-pub(crate) fn image(engine: &FriendsEngine) -> Vec<(u32, User)> {
-    let mut users: Vec<(u32, User)> = engine
+pub(crate) fn image(engine: &FriendsEngine) -> Vec<(u32, crate::state::User)> {
+    let mut users: Vec<(u32, crate::state::User)> = engine
         .partitions
         .iter()
         .flat_map(|p| {
-            p.lock()
-                .users
-                .iter()
-                .map(|(id, u)| (*id, u.clone()))
+            let p = p.lock();
+            p.user_ids()
+                .into_iter()
+                .filter_map(|id| p.user(id).map(|u| (id, u.to_user())))
                 .collect::<Vec<_>>()
         })
         .collect();

@@ -88,24 +88,24 @@ pub fn encode_partition(index: usize, partition: &Partition, out: &mut Vec<u8>) 
     out.extend_from_slice(&partition.pos.to_le_bytes());
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
-    let mut ids: Vec<u32> = partition.users.keys().copied().collect();
-    ids.sort_unstable();
+    let ids = partition.user_ids();
     put_len(out, ids.len());
     for id in ids {
-        let Some(user) = partition.users.get(&id) else {
+        let Some(user) = partition.user(id) else {
             continue;
         };
         out.extend_from_slice(&id.to_le_bytes());
         put_len(out, user.friends.len());
-        for f in &user.friends {
+        for f in user.friends.iter() {
             put3(out, f.id, f.mask, f.date);
         }
-        put_len(out, user.requests.len());
-        for r in &user.requests {
+        put_len(out, user.requests().len());
+        for r in user.requests() {
             put3(out, r.from, r.mask, r.date);
         }
-        put_len(out, user.privacy.len());
-        for entry in &user.privacy {
+        let privacy = user.privacy_entries();
+        put_len(out, privacy.len());
+        for entry in &privacy {
             // NOTE: keys are at most PRIVACY_KEY_LEN_MAX bytes.
             #[expect(clippy::cast_possible_truncation)]
             out.push(entry.key.len() as u8);
@@ -155,11 +155,8 @@ pub fn decode_partition(
         other => other,
     };
     let users = r.u32().map_err(fix)? as usize;
-    let mut partition = Partition {
-        pos,
-        ..Partition::default()
-    };
-    partition.users.reserve(users.min(body.len() / 16));
+    let mut partition = Partition::default();
+    partition.pos = pos;
     let mut last = 0;
     for _ in 0..users {
         let id = r.id().map_err(fix)?;
@@ -178,7 +175,7 @@ pub fn decode_partition(
         if user.is_empty() {
             return Err(corrupt(format!("partition {index}: empty user {id}")));
         }
-        partition.users.insert(id, user);
+        partition.insert_user(id, user);
     }
     if !r.buf.is_empty() {
         return Err(corrupt(format!(
