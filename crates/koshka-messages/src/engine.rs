@@ -495,7 +495,7 @@ impl MessagesEngine {
                 position(&mb.sublists[index], *lid)
             }
             Query::PeerList { peer, slice, .. } => Some(page(
-                mb.peers.get(peer).map_or(&[][..], |c| &c.lids),
+                mb.peers.get(peer).map_or(&[][..], |c| &*c.lids),
                 *slice,
             )),
             Query::PeerListPos { peer, lid, .. } => position(&mb.peers.get(peer)?.lids, *lid),

@@ -120,6 +120,11 @@ impl History {
     fn push(&mut self, kind: u8, lid: u32, value: i64) {
         if self.events.len() == HISTORY_EVENTS_MAX {
             self.events.pop_front();
+        } else if self.events.len() == self.events.capacity() {
+            // Grow by a quarter, not double: most rings never fill.
+            let len = self.events.len();
+            let want = (len + len / 4).clamp(4, HISTORY_EVENTS_MAX);
+            self.events.reserve_exact(want.max(len + 1) - len);
         }
         self.events.push_back(Event { kind, lid, value });
         self.ts += 1;
@@ -139,11 +144,89 @@ impl History {
     }
 }
 
+/// Ascending local ids: up to four inline (zero-padded; ids are never 0), more on the heap.
+/// Most conversations of a mailbox hold one or two messages, so this saves an allocation
+/// (about 40 bytes with allocator overhead) per conversation.
+#[derive(Debug, Clone)]
+pub enum Lids {
+    /// At most four ids, then zeros.
+    Inline([u32; 4]),
+    /// Five or more ids.
+    Heap(Vec<u32>),
+}
+
+const _: () = assert!(std::mem::size_of::<Lids>() == 24);
+
+impl Default for Lids {
+    fn default() -> Self {
+        Self::Inline([0; 4])
+    }
+}
+
+impl std::ops::Deref for Lids {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        match self {
+            Self::Inline(ids) => &ids[..ids.iter().position(|&l| l == 0).unwrap_or(4)],
+            Self::Heap(ids) => ids,
+        }
+    }
+}
+
+impl Lids {
+    /// Inserts (`present`) or removes `lid`.
+    fn toggle(&mut self, lid: u32, present: bool) {
+        match self {
+            Self::Heap(ids) => {
+                sorted_toggle(ids, lid, present);
+                if ids.len() <= 2 {
+                    let mut inline = [0; 4];
+                    inline[..ids.len()].copy_from_slice(ids);
+                    *self = Self::Inline(inline);
+                }
+            }
+            Self::Inline(ids) => {
+                let len = ids.iter().position(|&l| l == 0).unwrap_or(4);
+                let at = ids[..len].partition_point(|&l| l < lid);
+                let found = at < len && ids[at] == lid;
+                match (present, found) {
+                    (true, false) if len < 4 => {
+                        ids.copy_within(at..len, at + 1);
+                        ids[at] = lid;
+                    }
+                    (true, false) => {
+                        let mut heap = Vec::with_capacity(6);
+                        heap.extend_from_slice(&ids[..at]);
+                        heap.push(lid);
+                        heap.extend_from_slice(&ids[at..]);
+                        *self = Self::Heap(heap);
+                    }
+                    (false, true) => {
+                        ids.copy_within(at + 1..len, at);
+                        ids[len - 1] = 0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Heap bytes (allocator overhead included).
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Inline(_) => 0,
+            Self::Heap(ids) => ids.capacity() * 4 + 16,
+        }
+    }
+}
+
 /// A conversation with one peer: its message ids and unread inbox count.
 #[derive(Debug, Default, Clone)]
 pub struct Conversation {
     /// Ascending local ids of non-deleted messages with this peer.
-    pub lids: Vec<u32>,
+    pub lids: Lids,
     /// Unread inbox messages among them.
     pub unread: u32,
 }
@@ -314,7 +397,7 @@ impl Mailbox {
             let conversation = self.peers.entry(peer).or_default();
             let old_last = conversation.lids.last().copied();
             if was != now {
-                sorted_toggle(&mut conversation.lids, lid, now);
+                conversation.lids.toggle(lid, now);
             }
             conversation.unread = conversation
                 .unread
@@ -602,7 +685,7 @@ impl Mailbox {
             + self
                 .peers
                 .values()
-                .map(|c| vec(c.lids.capacity() * 4))
+                .map(|c| c.lids.heap_bytes())
                 .sum::<usize>()
             + self.dialogs.len() * 24
             + vec(self.replies.capacity() * (std::mem::size_of::<(u32, Vec<u32>)>() + 1))
@@ -757,5 +840,21 @@ mod tests {
         assert_eq!(mb.sublists, sublists);
         assert_eq!(mb.peers[&7].unread, 0);
         assert_eq!(mb.peers[&8].unread, 20);
+    }
+
+    #[test]
+    fn lids_match_a_vec() {
+        let mut lids = Lids::default();
+        let mut model: Vec<u32> = Vec::new();
+        let mut seed = 3u64;
+        for _ in 0..5000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let lid = 1 + ((seed >> 33) % 9) as u32;
+            let present = !(seed >> 20).is_multiple_of(3) || model.len() > 6;
+            let present = present && model.len() < 8;
+            lids.toggle(lid, present);
+            sorted_toggle(&mut model, lid, present);
+            assert_eq!(&*lids, &model[..]);
+        }
     }
 }
