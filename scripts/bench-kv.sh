@@ -108,8 +108,8 @@ PY
     grep -Eo 'TPS: [0-9]+' "$workdir/memcaslap.out" | tail -1 | awk '{print $2}'
 }
 
-# run_bench PORT GET_RATIO PIPELINE MULTIGET: prints ops/s from koshka bench --json; for
-# multi-gets it prints keys/s, which is what memcaslap's TPS counts (one op per key).
+# run_bench PORT GET_RATIO PIPELINE MULTIGET: prints "ops/s p99_us" from koshka bench --json;
+# for multi-gets ops/s is keys/s, which is what memcaslap's TPS counts (one op per key).
 run_bench() {
     local port=$1 ratio=$2 pipeline=$3 multiget=$4
     # shellcheck disable=SC2086
@@ -119,7 +119,7 @@ run_bench() {
         --duration "$DURATION" --warmup 1 --preload --json >"$workdir/bench.json" 2>&1 || true
     local field=ops_per_sec
     ((multiget > 1)) && field=keys_per_sec
-    python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))[sys.argv[2]]))' \
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(r[sys.argv[2]]), round(r["latency_us"]["p99"]))' \
         "$workdir/bench.json" "$field" 2>/dev/null || { cat "$workdir/bench.json" >&2; echo ""; }
 }
 
@@ -150,13 +150,14 @@ for ((pair = 1; pair <= PAIRS; pair++)); do
         for server in "${order[@]}"; do
             port=$mc_port
             [[ $server == koshka ]] && port=$k_port
+            p99=-
             if [[ $tool == memcaslap ]]; then
                 ops=$(run_memcaslap "$port" "$ratio" "$multiget")
             else
-                ops=$(run_bench "$port" "$ratio" "$pipeline" "$multiget")
+                read -r ops p99 < <(run_bench "$port" "$ratio" "$pipeline" "$multiget") || true
             fi
-            echo "pair $pair $name $tool $server: ${ops:-FAILED} ops/s" >&2
-            [[ -n $ops ]] && printf '%s\t%s\t%s\t%s\n' "$name" "$tool" "$server" "$ops" >>"$results"
+            echo "pair $pair $name $tool $server: ${ops:-FAILED} ops/s p99 ${p99:--} us" >&2
+            [[ -n $ops ]] && printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$tool" "$server" "$ops" "${p99:--}" >>"$results"
         done
     done
 done
@@ -216,16 +217,19 @@ python3 - "$results" <<'PY'
 import statistics, sys
 from collections import defaultdict
 runs = defaultdict(list)
+p99s = defaultdict(list)
 order = []
 for line in open(sys.argv[1]):
-    name, tool, server, ops = line.split()
+    name, tool, server, ops, p99 = line.split()
     if (name, tool) not in order:
         order.append((name, tool))
     runs[(name, tool, server)].append(int(ops))
+    if p99 != "-":
+        p99s[(name, tool, server)].append(int(p99))
 print("ops/s = requests/s, except mget10 rows: keys/s (memcaslap counts one op per key)")
 print()
-print("| scenario | load generator | koshka ops/s (median) | memcached ops/s (median) | koshka/memcached |")
-print("|---|---|---:|---:|---:|")
+print("| scenario | load generator | koshka ops/s (median) | memcached ops/s (median) | koshka/memcached | p99 µs koshka / memcached (median) | p99 ratio |")
+print("|---|---|---:|---:|---:|---:|---:|")
 for name, tool in order:
     k = runs.get((name, tool, "koshka"))
     m = runs.get((name, tool, "memcached"))
@@ -234,7 +238,13 @@ for name, tool in order:
     ratio = f"{km / mm:.2f}x" if km and mm else "n/a"
     fmt = lambda v: f"{v:,.0f}" if v else "n/a"
     label = "memcaslap" if tool == "memcaslap" else "koshka bench"
-    print(f"| {name} | {label} | {fmt(km)} | {fmt(mm)} | {ratio} |")
+    kp = p99s.get((name, tool, "koshka"))
+    mp = p99s.get((name, tool, "memcached"))
+    kpm = statistics.median(kp) if kp else None
+    mpm = statistics.median(mp) if mp else None
+    lat = f"{kpm:,.0f} / {mpm:,.0f}" if kpm and mpm else "n/a"
+    lat_ratio = f"{kpm / mpm:.2f}x" if kpm and mpm else "n/a"
+    print(f"| {name} | {label} | {fmt(km)} | {fmt(mm)} | {ratio} | {lat} | {lat_ratio} |")
 PY
 if ((${#rss_lines[@]} > 0)); then
     echo

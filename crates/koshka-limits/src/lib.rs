@@ -13,7 +13,7 @@ pub const KEY_LEN_MAX: usize = 250;
 
 /// Longest compiled key (messages, friends, …), in bytes. Compiled keys carry id lists and
 /// search text, so they may be longer than plain keys. A longer key is refused with
-/// `CLIENT_ERROR key too long`.
+/// `CLIENT_ERROR bad command line format` (as memcached answers for a long plain key).
 pub const COMPILED_KEY_LEN_MAX: usize = 8 * 1024;
 
 /// Default largest value, in bytes (1 MiB, memcached's default item size).
