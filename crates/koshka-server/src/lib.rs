@@ -4,16 +4,17 @@
 //! # Layout
 //! * [`config`] — TOML configuration with defaults from named constants;
 //! * [`stats`] — counters declared once;
-//! * `net` — worker threads, `SO_REUSEPORT` listeners, accept loop, connection limit;
+//! * `net` — worker threads, listeners, connection placement, connection limit;
 //! * `conn` — one connection: read batch → parse → execute → one write per batch;
 //! * `exec` — commands against the `kv` engine (all of memcached) or a compiled-key engine
 //!   (`get`/`set`/`delete`/`incr`/`decr`);
 //! * [`reply_error`] — the one place engine errors become memcached reply lines.
 //!
 //! # Threads
-//! `threads` OS threads each run a single-threaded tokio runtime with its own listening socket
-//! per port (`SO_REUSEPORT`, so the kernel spreads connections). Engines are shared and
-//! internally partitioned, so the threads never contend on one global lock.
+//! `threads` OS threads each run a single-threaded tokio runtime. Worker 0 accepts on every
+//! port and places each connection on the worker with the fewest open connections, where it
+//! stays. Engines are shared and internally partitioned, so the threads never contend on one
+//! global lock.
 //!
 //! This crate knows no engine key grammar and does not open binlogs itself: it receives ready
 //! engines, each with a [`Persistence`] that owns its journal.
