@@ -1,7 +1,7 @@
 //! koshka-friends: friend lists, folders, friend requests and privacy rules, reached through
 //! memcached keys in VK's friend-engine idioms.
 //!
-//! Per user the engine keeps friends (id, folder mask, date added) in a sorted vector,
+//! Per user the engine keeps friends (id, folder mask, date added) sorted by id,
 //! incoming friend requests, and privacy rules per privacy key in VK's rule language. It
 //! answers privacy checks (`viewer~owner:key1,key2`) including friends of friends, common
 //! friends by sorted merge, and common friend counts against inline or temp lists.
@@ -13,7 +13,7 @@
 //! # Layout
 //! * [`keys`] — the key grammar as typed enums with parse functions;
 //! * [`ops`] — binlog records (type numbers, encode, decode);
-//! * [`state`] — partitions and per-user sorted vectors;
+//! * [`state`] — partitions: friend lists packed in segments, per-user side data;
 //! * [`privacy`] — rule parsing, canonical form, evaluation;
 //! * [`snapshot`] — partition-at-a-time snapshot encoding;
 //! * [`engine`] — [`FriendsEngine`], the [`koshka_engine::Engine`] implementation.

@@ -1,7 +1,8 @@
-//! In-memory image: partitions of users, friend lists packed in one arena per partition.
+//! In-memory image: partitions of users, friend lists packed in segments per partition.
 //!
-//! Friend lists dominate memory, so a partition keeps every user's list in one `Vec<u32>`
-//! arena instead of a `Vec` per user, and a small index maps a user id to its block:
+//! Friend lists dominate memory, so a partition keeps every user's list as a block in
+//! fixed-size segments instead of a `Vec` per user, and a small index maps a user id to its
+//! block:
 //!
 //! ```text
 //! index:  user id u32 -> Slot { off u32 | len u16 | cap u14 + width code u2 }   12 B + ctrl
@@ -11,13 +12,15 @@
 //!
 //! so a friend costs 4 B of id plus 1–4 B of date. Folder masks are stored only when they are
 //! not the default "all friends" mask, as sorted `(friend, mask)` pairs in the user's
-//! [`Extra`], which also holds requests and privacy rules; users that have none of those have
-//! no `Extra` at all.
+//! [`Extra`], which also holds requests and privacy rules (one packed blob per user); users
+//! that have none of those have no `Extra` at all.
 //!
-//! A list that outgrows its block moves to the arena's end with room for 1/16 more (a list at
-//! the end grows in place), leaving a hole; holes are counted and the arena is compacted (a
-//! stable slide) once they exceed 1/16 of it, so an add or remove costs O(degree) amortised.
-//! The arena itself grows by 1/16 steps, not by doubling.
+//! A list that outgrows its block moves (with 1/32 spare) into a hole of the right size
+//! left by another list, or to the tail; lists of more than `BIG_WORDS` (1024) words get a
+//! box of their own. Holes are counted and the segments are compacted in place (a stable slide) once
+//! they exceed 1/32 of them, so an add or remove costs O(degree) amortised. Segments all have
+//! one size so the allocator recycles them exactly (one growing `Vec` per partition
+//! fragmented glibc's heap by a quarter).
 //!
 //! A user with nothing left is removed from its partition, so an image is equal to another
 //! exactly when they hold the same data. Every mutation here is a pure function of its
@@ -524,13 +527,13 @@ impl<'a> UserRef<'a> {
     }
 }
 
-/// Words per arena segment (16 KiB). Every segment has this size, so a freed segment is
+/// Words per arena segment (8 KiB). Every segment has this size, so a freed segment is
 /// reused as is by the allocator; growing one big `Vec` instead leaves the heap fragmented
 /// (measured: ~5 MB of 20 MB RSS at 1 M edges).
-const SEG_WORDS: usize = 4096;
+const SEG_WORDS: usize = 2048;
 
 /// Blocks larger than this (lists of ~800+ friends) get an allocation of their own.
-const BIG_WORDS: usize = SEG_WORDS / 4;
+const BIG_WORDS: usize = SEG_WORDS / 2;
 
 /// [`Slot::off`] of a block stored in [`Lists::big`].
 const BIG: u32 = u32::MAX;
@@ -548,6 +551,10 @@ struct Lists {
     big: IdMap<Box<[u32]>>,
     /// Words of the segments in no block.
     garbage: usize,
+    /// Holes left by freed blocks, as `(words, address)`: a block of the same size (or one
+    /// word less) reuses one before the tail grows, so lists growing one friend at a time
+    /// mostly recycle each other's old blocks instead of waiting for compaction.
+    holes: std::collections::BTreeSet<(u32, u32)>,
     /// Reused buffers of [`Lists::rebuild`] (kept only while small).
     scratch: (Vec<u32>, Vec<u32>),
 }
@@ -588,8 +595,22 @@ impl Lists {
         (self.segs.len().max(1) - 1) * SEG_WORDS + self.used
     }
 
-    /// Reserves `words` (≤ [`SEG_WORDS`]) at the tail, opening a segment if needed.
+    /// Reserves `words` (≤ [`SEG_WORDS`]) in a hole of that size (or one more) if there is
+    /// one, else at the tail, opening a segment if needed.
     fn place(&mut self, words: usize) -> usize {
+        // NOTE: block sizes are at most SEG_WORDS.
+        #[expect(clippy::cast_possible_truncation)]
+        let w = words as u32;
+        if let Some(&hole) = self.holes.range((w, 0)..(w + 2, 0)).next() {
+            self.holes.remove(&hole);
+            self.garbage -= words;
+            return hole.1 as usize;
+        }
+        self.place_tail(words)
+    }
+
+    /// Reserves `words` (≤ [`SEG_WORDS`]) at the tail, opening a segment if needed.
+    fn place_tail(&mut self, words: usize) -> usize {
         if self.segs.is_empty() || self.used + words > SEG_WORDS {
             if !self.segs.is_empty() {
                 self.garbage += SEG_WORDS - self.used;
@@ -611,6 +632,9 @@ impl Lists {
             self.used -= slot.words();
         } else {
             self.garbage += slot.words();
+            // NOTE: block sizes are at most SEG_WORDS.
+            #[expect(clippy::cast_possible_truncation)]
+            self.holes.insert((slot.words() as u32, slot.off));
         }
     }
 
@@ -649,7 +673,7 @@ impl Lists {
         }
     }
 
-    /// Rewrites `user`'s list through `edit` into a new block (with 1/32 + 1 spare capacity if
+    /// Rewrites `user`'s list through `edit` into a new block (with 1/32 spare capacity if
     /// `grow`), or drops the user's list if it ends up empty.
     fn rebuild(&mut self, user: u32, edit: impl FnOnce(&mut Vec<u32>, &mut Vec<u32>), grow: bool) {
         let (mut ids, mut dates) = std::mem::take(&mut self.scratch);
@@ -665,7 +689,7 @@ impl Lists {
         if ids.is_empty() {
             self.index.remove(&user);
         } else {
-            let spare = if grow { ids.len() / 32 + 1 } else { 0 };
+            let spare = if grow { ids.len() / 32 } else { 0 };
             let slot = self.push_block(user, &ids, &dates, ids.len() + spare);
             self.index.insert(user, slot);
         }
@@ -816,6 +840,7 @@ impl Lists {
         self.segs.shrink_to_fit();
         self.used = dw;
         self.garbage = 0;
+        self.holes.clear();
     }
 
     fn memory_bytes(&self) -> usize {
@@ -828,6 +853,7 @@ impl Lists {
             )
             + table_bytes(self.index.capacity(), 12)
             + (self.scratch.0.capacity() + self.scratch.1.capacity()) * 4
+            + self.holes.len() * 16
     }
 }
 
