@@ -348,8 +348,26 @@ impl SearchIndex {
         let Some((first, rest)) = lists.split_first() else {
             return;
         };
+        // Lists of similar length are walked with a cursor each (O(sum)); much longer ones
+        // are binary-searched (O(short · log long)).
+        let mut cursors: Vec<usize> = rest.iter().map(Vec::len).collect();
         for &lid in first.iter().rev() {
-            if rest.iter().all(|l| l.binary_search(&lid).is_ok()) && !visit(lid) {
+            let mut all = true;
+            for (list, cursor) in rest.iter().zip(cursors.iter_mut()) {
+                let found = if list.len() > first.len() * 32 {
+                    list.binary_search(&lid).is_ok()
+                } else {
+                    while *cursor > 0 && list[*cursor - 1] > lid {
+                        *cursor -= 1;
+                    }
+                    *cursor > 0 && list[*cursor - 1] == lid
+                };
+                if !found {
+                    all = false;
+                    break;
+                }
+            }
+            if all && !visit(lid) {
                 return;
             }
         }
