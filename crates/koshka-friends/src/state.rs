@@ -15,8 +15,8 @@
 //! [`Extra`], which also holds requests and privacy rules (one packed blob per user); users
 //! that have none of those have no `Extra` at all.
 //!
-//! A list that outgrows its block moves (with 1/32 spare) into a hole of the right size
-//! left by another list, or to the tail; lists of more than `BIG_WORDS` (1024) words get a
+//! A list that outgrows its block moves (with 1/32 spare) into the smallest hole that fits
+//! (left by another list), or to the tail; lists of more than `BIG_WORDS` (1024) words get a
 //! box of their own. Holes are counted and the segments are compacted in place (a stable slide) once
 //! they exceed 1/32 of them, so an add or remove costs O(degree) amortised. Segments all have
 //! one size so the allocator recycles them exactly (one growing `Vec` per partition
@@ -535,6 +535,9 @@ const SEG_WORDS: usize = 2048;
 /// Blocks larger than this (lists of ~800+ friends) get an allocation of their own.
 const BIG_WORDS: usize = SEG_WORDS / 2;
 
+/// Smallest block (base, one id, one word of dates): shorter holes are left to compaction.
+const HOLE_MIN: u32 = 3;
+
 /// [`Slot::off`] of a block stored in [`Lists::big`].
 const BIG: u32 = u32::MAX;
 
@@ -551,9 +554,9 @@ struct Lists {
     big: IdMap<Box<[u32]>>,
     /// Words of the segments in no block.
     garbage: usize,
-    /// Holes left by freed blocks, as `(words, address)`: a block of the same size (or one
-    /// word less) reuses one before the tail grows, so lists growing one friend at a time
-    /// mostly recycle each other's old blocks instead of waiting for compaction.
+    /// Holes left by freed blocks, as `(words, address)`: a block takes the smallest hole
+    /// that fits before the tail grows, so lists growing one friend at a time recycle each
+    /// other's old blocks instead of waiting for compaction.
     holes: std::collections::BTreeSet<(u32, u32)>,
     /// Reused buffers of [`Lists::rebuild`] (kept only while small).
     scratch: (Vec<u32>, Vec<u32>),
@@ -595,15 +598,20 @@ impl Lists {
         (self.segs.len().max(1) - 1) * SEG_WORDS + self.used
     }
 
-    /// Reserves `words` (≤ [`SEG_WORDS`]) in a hole of that size (or one more) if there is
-    /// one, else at the tail, opening a segment if needed.
+    /// Reserves `words` (≤ [`SEG_WORDS`]) at the start of the smallest hole that fits (the
+    /// rest stays a hole if a block fits in it), else at the tail, opening a segment if
+    /// needed.
     fn place(&mut self, words: usize) -> usize {
         // NOTE: block sizes are at most SEG_WORDS.
         #[expect(clippy::cast_possible_truncation)]
         let w = words as u32;
-        if let Some(&hole) = self.holes.range((w, 0)..(w + 2, 0)).next() {
+        if let Some(&hole) = self.holes.range((w, 0)..).next() {
             self.holes.remove(&hole);
             self.garbage -= words;
+            let rest = hole.0 - w;
+            if rest >= HOLE_MIN {
+                self.holes.insert((rest, hole.1 + w));
+            }
             return hole.1 as usize;
         }
         self.place_tail(words)
@@ -613,7 +621,13 @@ impl Lists {
     fn place_tail(&mut self, words: usize) -> usize {
         if self.segs.is_empty() || self.used + words > SEG_WORDS {
             if !self.segs.is_empty() {
-                self.garbage += SEG_WORDS - self.used;
+                let rest = SEG_WORDS - self.used;
+                self.garbage += rest;
+                // NOTE: rest < SEG_WORDS and addresses fit u32 (see push_block).
+                #[expect(clippy::cast_possible_truncation)]
+                if rest as u32 >= HOLE_MIN {
+                    self.holes.insert((rest as u32, self.tail() as u32));
+                }
             }
             self.segs.push(vec![0; SEG_WORDS].into_boxed_slice());
             self.used = 0;
