@@ -223,7 +223,7 @@ impl Kv {
     }
 
     fn is_live(part: &Partition, meta: &ItemMeta, now: u32) -> bool {
-        !(meta.exptime != 0 && meta.exptime <= now) && meta.cas > part.flush_cas
+        is_live_at(meta, part.flush_cas, now)
     }
 
     /// Applies a delayed `flush_all` whose deadline has passed at `time`: every item written
@@ -246,13 +246,15 @@ impl Kv {
         now: u32,
     ) -> Option<&'p mut Item> {
         self.due_flush(part, now);
-        let meta = part.table.find(hash, |item| item.key() == key)?.meta();
-        let live = Self::is_live(part, &meta, now);
-        if live {
-            return part.table.find_mut(hash, |item| item.key() == key);
-        }
+        let flush_cas = part.flush_cas;
+        // One probe: the entry both answers and, if expired, removes.
         let entry = part.table.find_entry(hash, |item| item.key() == key).ok()?;
-        let (item, _) = entry.remove();
+        let meta = entry.get().meta();
+        if is_live_at(&meta, flush_cas, now) {
+            return Some(entry.into_mut());
+        }
+        let (item, vacant) = entry.remove();
+        drop(vacant);
         part.bytes -= item.footprint();
         self.expired.fetch_add(1, Ordering::Relaxed);
         None
@@ -874,6 +876,11 @@ impl Engine for Kv {
             ),
         ]
     }
+}
+
+/// Whether an item is visible at `now`: not expired and not older than a delayed flush.
+fn is_live_at(meta: &ItemMeta, flush_cas: u64, now: u32) -> bool {
+    !(meta.exptime != 0 && meta.exptime <= now) && meta.cas > flush_cas
 }
 
 /// Whether live applies maintain the eviction clock.
