@@ -253,8 +253,7 @@ impl Kv {
         if is_live_at(&meta, flush_cas, now) {
             return Some(entry.into_mut());
         }
-        let (item, vacant) = entry.remove();
-        drop(vacant);
+        let (item, _) = entry.remove();
         part.bytes -= item.footprint();
         self.expired.fetch_add(1, Ordering::Relaxed);
         None
