@@ -16,7 +16,7 @@
 #
 # Servers (free loopback ports, stopped by PID):
 #   memcached -l 127.0.0.1 -p PORT -U 0 -u root -t 2 -m 4096 -c 4096
-#   koshka serve --listen 127.0.0.1:PORT --data-dir TMP --threads 2 $KOSHKA_ARGS
+#   koshka serve --listen 127.0.0.1:PORT --data-dir TMP --threads 2 --engines kv $KOSHKA_ARGS
 # Load, per scenario, against each server in turn (order alternates between pairs):
 #   memcaslap -s 127.0.0.1:PORT -F CFG -c 64 -T 2 -t ${DURATION}s -X 100 [-d 10]
 #       CFG: key 32 32 1 / value 100 100 1 / cmd 0 <set share> + 1 <get share>
@@ -84,7 +84,7 @@ start_server() {
     else
         local data="$workdir/data-$port"
         # shellcheck disable=SC2086
-        "$KOSHKA_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --threads 2 \
+        "$KOSHKA_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --threads 2 --engines kv \
             $KOSHKA_ARGS >"$workdir/$kind.log" 2>&1 &
     fi
     pid=$!
