@@ -705,6 +705,19 @@ fn tokenize<'a>(s: &'a [u8], out: &mut [&'a [u8]; TOKENS_MAX]) -> Option<usize> 
     Some(n)
 }
 
+/// The key of a `set` command line (without its data block), for the caller that refused
+/// the data as too large: memcached then removes the old item, so a failed `set` never leaves
+/// a stale value readable. `None` for any other line.
+#[must_use]
+pub fn set_key(line: &[u8]) -> Option<&[u8]> {
+    let (word, rest) = split_word(line);
+    if word != b"set" {
+        return None;
+    }
+    let (key, _) = split_word(rest);
+    (!key.is_empty()).then_some(key)
+}
+
 /// Parses an unsigned decimal number; `None` on empty input, other bytes or overflow.
 #[must_use]
 pub fn parse_u64(s: &[u8]) -> Option<u64> {
@@ -899,6 +912,13 @@ mod tests {
             (BadRequest::Client("invalid flag"), 13, 4)
         );
         assert_eq!(done(b"mn\r\n").0, Command::MetaNoop);
+    }
+
+    #[test]
+    fn set_key_of_a_refused_line() {
+        assert_eq!(set_key(b"set k 0 0 99999999\r\n"), Some(&b"k"[..]));
+        assert_eq!(set_key(b"add k 0 0 9\r\n"), None);
+        assert_eq!(set_key(b"set"), None);
     }
 
     #[test]

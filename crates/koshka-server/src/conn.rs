@@ -118,6 +118,9 @@ impl Connection<'_> {
                     swallow,
                 } => {
                     bump(&self.counters.protocol_errors, 1);
+                    if error == BadRequest::TooLarge {
+                        self.drop_stale_value(start, consumed);
+                    }
                     self.out.extend_from_slice(&error.reply());
                     start += consumed;
                     self.swallow = swallow;
@@ -177,6 +180,22 @@ impl Connection<'_> {
             self.read = Vec::with_capacity(READ_BUFFER_INITIAL);
         }
         Ok(quit)
+    }
+
+    /// A `set` refused as too large removes the key's old value, as memcached does, so the
+    /// client cannot read stale data after a failed update.
+    fn drop_stale_value(&mut self, start: usize, consumed: usize) {
+        let crate::Hosted::Kv(kv) = &self.slot.hosted else {
+            return;
+        };
+        let line = &self.read[start..start + consumed];
+        let Some(key) = koshka_proto::request::set_key(line.trim_ascii_end()) else {
+            return;
+        };
+        match kv.delete(key, None, self.slot.persistence.journal()) {
+            Ok(written) => self.ack_pos = self.ack_pos.max(written.pos),
+            Err(e) => tracing::warn!("removing the stale value of a refused set: {e}"),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), End> {

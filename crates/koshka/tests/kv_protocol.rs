@@ -583,7 +583,6 @@ fn too_large_value() {
 /// connection drops `Parsed::Bad { error: TooLarge }` in `koshka-server/src/conn.rs`
 /// without touching the key).
 #[test]
-#[ignore = "koshka bug: a too-large set keeps the old value (memcached removes it)"]
 fn too_large_set_removes_the_old_value() {
     let target = Target::start();
     let mut conn = Conn::open(target.port());
