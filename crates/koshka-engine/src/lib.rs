@@ -28,8 +28,11 @@
 //!
 //! This crate does no networking and knows no key grammar.
 
+pub mod clock;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use clock::{unix_now, Clock, ManualClock, SystemClock};
 
 /// Result of engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -115,6 +118,12 @@ pub trait Journal: Send + Sync {
     /// # Errors
     /// [`Error::Journal`] if the log is poisoned or the record is too large.
     fn append(&self, record_type: u16, payload: &[u8]) -> Result<Appended>;
+
+    /// The log's "now" for reads (expiry checks), in unix seconds: never behind the time of
+    /// a record already appended, so what a write saw as expired stays expired.
+    fn now(&self) -> u32 {
+        unix_now()
+    }
 }
 
 /// A journal that keeps nothing: positions count bytes, time is the wall clock. Used with
@@ -135,15 +144,6 @@ impl Journal for MemoryJournal {
     }
 }
 
-/// The current wall-clock time in unix seconds. Only for live reads (expiry checks); updates
-/// take their time from [`Appended::time`].
-#[must_use]
-pub fn unix_now() -> u32 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    u32::try_from(secs).unwrap_or(u32::MAX)
-}
 
 /// Context of one record being applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
