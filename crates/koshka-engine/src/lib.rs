@@ -1,38 +1,51 @@
 //! The seam between the koshka server and its engines.
 //!
 //! An engine is an in-memory data structure with a fixed list of updates and queries, reached
-//! through memcached keys. Every update follows one order, owned by the engine but enforced by
-//! this contract:
+//! through memcached keys. The server parses the protocol and hands each command to the
+//! engine as a wire-free [`Request`]; the engine writes what a read found straight into the
+//! connection's output buffer through [`Reply`] and returns an [`Outcome`] for the rest.
 //!
-//! 1. validate the request (parse the key, check the shard, check limits);
-//! 2. encode the update as one record and [`Journal::append`] it, which returns the record's
-//!    log position and the log time;
-//! 3. apply the record to memory with [`Engine::apply`]'s code path, using that time, never
-//!    the wall clock, so replay is deterministic;
-//! 4. return; the server acknowledges once the journal says the position is durable enough.
+//! Every update follows one path, [`commit`] (see that module): lock the partitions it
+//! touches, validate, encode one record, [`Journal::append`] it, apply it (infallible), advance
+//! the partitions. Replay after a restart and replication use [`commit::replay`] with the same
+//! apply function, so the log and memory never disagree. Time comes from the journal, never
+//! the wall clock, so replay is deterministic.
 //!
 //! # Snapshots without fork
 //! Engines keep their state in partitions (by owner id or key hash), each remembering the log
 //! position of the last record applied to it. A snapshot serialises one partition at a time
 //! under that partition's lock, so writers elsewhere never wait and memory never doubles.
 //! The snapshot is therefore "fuzzy": each partition is exact at its own position. The host
-//! replays the log from the position at which the snapshot began, and an engine skips, per
-//! partition, every record whose position is not greater than the partition's position. See
-//! [`ApplyCtx`].
+//! replays the log from the position at which the snapshot began, and [`commit::replay`]
+//! skips, per partition, every record whose position is not greater than the partition's.
 //!
 //! # Layout
-//! * [`Engine`] — what every engine implements;
-//! * [`Journal`] — where an engine appends its records ([`MemoryJournal`] for no persistence);
+//! * [`Engine`] — what every engine implements; [`EngineSpec`] — how it registers with a node;
+//! * [`request`] — [`Request`], [`Outcome`], [`Reply`]: the vocabulary between server and engine;
+//! * [`commit`] — [`Partitions`], the one commit and replay path;
+//! * [`direct`] — [`Direct`]: owned-answer calls for tests and tools;
+//! * [`journal`] — [`Journal`], [`MemoryJournal`], [`RecordingJournal`], [`Tracking`];
+//! * [`codec`] — the little-endian record/snapshot byte codec;
+//! * [`clock`] — [`Clock`] and test clocks;
 //! * [`Session`] — per-connection scratch state (temp lists, handshake tags);
 //! * [`Error`] — engine errors, mapped to memcached replies by the server.
 //!
-//! This crate does no networking and knows no key grammar.
+//! This crate does no networking and knows neither the wire protocol nor any key grammar.
 
 pub mod clock;
-
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod codec;
+pub mod commit;
+pub mod direct;
+pub mod journal;
+pub mod request;
+pub mod spec;
 
 pub use clock::{unix_now, Clock, ManualClock, SystemClock};
+pub use commit::{LogRecord, Locked, Partitions, Positioned};
+pub use direct::{Direct, StoreOutcome, Value};
+pub use journal::{Appended, Journal, MemoryJournal, Recorded, RecordingJournal, Tracking};
+pub use request::{ArithOptions, Collect, ItemRef, Outcome, Reply, Request, StoreMode};
+pub use spec::{Built, EngineSetup, EngineSpec};
 
 /// Result of engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,52 +112,6 @@ impl Error {
     }
 }
 
-/// Where a record landed in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// Log position just past the record. Positions strictly increase; the server waits until
-    /// the journal is durable up to this position before acknowledging.
-    pub pos: u64,
-    /// The log time (unix seconds) in force for this record; apply must use it as "now".
-    pub time: u32,
-}
-
-/// The append side of an engine's binlog.
-pub trait Journal: Send + Sync {
-    /// Appends one record of an engine-defined type. The caller must hold the locks of every
-    /// partition the record touches, so the log order of records for one partition equals
-    /// their apply order.
-    ///
-    /// # Errors
-    /// [`Error::Journal`] if the log is poisoned or the record is too large.
-    fn append(&self, record_type: u16, payload: &[u8]) -> Result<Appended>;
-
-    /// The log's "now" for reads (expiry checks), in unix seconds: never behind the time of
-    /// a record already appended, so what a write saw as expired stays expired.
-    fn now(&self) -> u32 {
-        unix_now()
-    }
-}
-
-/// A journal that keeps nothing: positions count bytes, time is the wall clock. Used with
-/// durability `none` and in engine unit tests.
-#[derive(Debug, Default)]
-pub struct MemoryJournal {
-    pos: AtomicU64,
-}
-
-impl Journal for MemoryJournal {
-    fn append(&self, _record_type: u16, payload: &[u8]) -> Result<Appended> {
-        let len = payload.len() as u64 + 16;
-        let pos = self.pos.fetch_add(len, Ordering::Relaxed) + len;
-        Ok(Appended {
-            pos,
-            time: unix_now(),
-        })
-    }
-}
-
-
 /// Context of one record being applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyCtx {
@@ -152,39 +119,6 @@ pub struct ApplyCtx {
     pub pos: u64,
     /// Log time in force for the record ([`Appended::time`]).
     pub time: u32,
-}
-
-/// A value returned by a read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Value {
-    /// memcached client flags (1 = PHP-serialised, 0 = plain text/JSON).
-    pub flags: u32,
-    /// The bytes of the value.
-    pub data: Vec<u8>,
-}
-
-impl Value {
-    /// A value with flags 0.
-    #[must_use]
-    pub fn text(data: impl Into<Vec<u8>>) -> Self {
-        Self {
-            flags: 0,
-            data: data.into(),
-        }
-    }
-}
-
-/// The answer to a store command (`set`, `add`, …) as memcached spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    /// `STORED`
-    Stored,
-    /// `NOT_STORED`
-    NotStored,
-    /// `EXISTS`
-    Exists,
-    /// `NOT_FOUND`
-    NotFound,
 }
 
 /// Most entries a [`Session`] keeps; storing more evicts the oldest.
@@ -270,61 +204,52 @@ impl ShardSpec {
 /// One statistic: a name and its rendered value.
 pub type Stat = (String, String);
 
+/// What an engine needs to answer one request.
+pub struct Cx<'a> {
+    /// The connection's scratch state (temp lists, handshake tags).
+    pub session: &'a mut Session,
+    /// Where updates are appended (the server tracks the highest position it returns).
+    pub journal: &'a dyn Journal,
+    /// Where found values go.
+    pub reply: &'a mut dyn Reply,
+}
+
+impl Cx<'_> {
+    /// The log's "now" for reads ([`Journal::now`]).
+    #[must_use]
+    pub fn now(&self) -> u32 {
+        self.journal.now()
+    }
+}
+
 /// An engine hosted by a node.
 ///
-/// The generic memcached commands map onto these methods; commands an engine does not
-/// implement answer [`Error::NotSupported`]. `get` never mutates durable state; every other
-/// method that changes state appends to the journal first (see the crate docs).
+/// Requests an engine does not implement answer [`Error::NotSupported`]. `Get` never changes
+/// durable state; every update goes through [`commit::commit`] (see the crate docs).
 pub trait Engine: Send + Sync + 'static {
     /// The engine's name (`kv`, `messages`, `wall`, `friends`). Also recorded in binlog headers.
     fn name(&self) -> &'static str;
 
-    /// Answers `get <key>`: `Ok(None)` is a miss.
-    ///
-    /// # Errors
-    /// [`Error::Client`] for a malformed compiled key; [`Error::WrongShard`].
-    fn get(&self, key: &[u8], session: &mut Session) -> Result<Option<Value>>;
-
-    /// Answers `set <key> <flags> <exptime> <bytes>` and its data block.
-    ///
-    /// # Errors
-    /// As [`Engine::get`], plus [`Error::Journal`] and [`Error::OutOfMemory`].
-    fn set(
-        &self,
-        key: &[u8],
-        flags: u32,
-        value: &[u8],
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<StoreOutcome>;
-
-    /// Answers `delete <key>`: `Ok(true)` is `DELETED`, `Ok(false)` is `NOT_FOUND`.
-    ///
-    /// # Errors
-    /// As [`Engine::set`].
-    fn delete(&self, key: &[u8], session: &mut Session, journal: &dyn Journal) -> Result<bool>;
-
-    /// Answers `incr`/`decr <key> <delta>` (`delta` negative for decr): `Ok(None)` is
-    /// `NOT_FOUND`.
-    ///
-    /// # Errors
-    /// As [`Engine::set`]; the default answers [`Error::NotSupported`].
-    fn incr(
-        &self,
-        key: &[u8],
-        delta: i64,
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<Option<u64>> {
-        let _ = (key, delta, session, journal);
-        Err(Error::NotSupported {
-            engine: self.name(),
-        })
+    /// Whether the engine stores memcached items (values with flags, cas uniques and expiry),
+    /// so the whole memcached command set applies to it: `gets`, `gat`, `touch`, `add`,
+    /// `replace`, `append`, `prepend`, `cas`, `flush_all` and the meta commands. Engines of
+    /// compiled keys answer `get`, `set`, `delete`, `incr` and `decr` only; the server refuses
+    /// the rest for them with [`Error::NotSupported`].
+    fn item_model(&self) -> bool {
+        false
     }
 
-    /// Applies one record read back from the log (replay, replication). Must skip records
-    /// already contained in a partition's snapshot image (`ctx.pos` not above the partition's
-    /// position) and must be deterministic: time comes from `ctx.time` only.
+    /// Answers one request. Found values go to `cx.reply`; the rest is the [`Outcome`].
+    ///
+    /// # Errors
+    /// [`Error::Client`] for a malformed key or value, [`Error::WrongShard`],
+    /// [`Error::NotSupported`], [`Error::OutOfMemory`], [`Error::Journal`]. An error leaves the
+    /// state as it was.
+    fn execute(&self, request: &Request<'_>, cx: &mut Cx<'_>) -> Result<Outcome>;
+
+    /// Applies one record read back from the log (replay, replication) through
+    /// [`commit::replay`]: skips partitions whose image already holds it and is deterministic
+    /// (time comes from `ctx.time` only).
     ///
     /// # Errors
     /// [`Error::Corrupt`] for a record the engine cannot decode. Fatal at start-up.
@@ -377,13 +302,5 @@ mod tests {
         assert!(session
             .put_temp(b"big", vec![0; SESSION_TEMP_BYTES_MAX + 1])
             .is_err());
-    }
-
-    #[test]
-    fn memory_journal_positions_increase() {
-        let journal = MemoryJournal::default();
-        let a = journal.append(1, b"abc").unwrap();
-        let b = journal.append(1, b"").unwrap();
-        assert!(b.pos > a.pos);
     }
 }

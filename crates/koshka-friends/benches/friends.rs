@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use koshka_engine::{Engine, MemoryJournal, Session, ShardSpec};
+use koshka_engine::{Direct, Engine, MemoryJournal, Session, ShardSpec};
 use koshka_friends::FriendsEngine;
 
 /// Deterministic pseudo-random ids (xorshift), so runs are comparable.

@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use koshka_engine::MemoryJournal;
 use koshka_kv::{Kv, KvConfig};
-use koshka_proto::StoreMode;
+use koshka_engine::StoreMode;
 
 fn bench(c: &mut Criterion) {
     let kv = Kv::new(KvConfig::default());

@@ -22,10 +22,11 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
+use koshka_engine::commit::{self, Locked, Partitions, Positioned};
 use koshka_engine::{
-    unix_now, ApplyCtx, Engine, Error, Journal, Result, Session, Stat, StoreOutcome, Value,
+    ApplyCtx, Cx, Engine, Error, ItemRef, Journal, Outcome, Request, Result, Stat, StoreMode,
 };
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::MutexGuard;
 
 pub use item::{Item, ItemMeta};
 use record::Record;
@@ -37,8 +38,10 @@ pub const PARTITIONS: usize = 256;
 /// Most items a prefix scan (`get prefix*`) returns; the scan stops there.
 pub const PREFIX_SCAN_ITEMS_MAX: usize = 10_000;
 
-/// Default memory limit for item data (1 GiB).
-pub const MEMORY_LIMIT_DEFAULT: usize = 1024 * 1024 * 1024;
+/// Default memory limit for item data ([`koshka_limits::MEMORY_LIMIT_DEFAULT`]).
+// NOTE: 1 GiB fits usize on every 64-bit target koshka builds for.
+#[expect(clippy::cast_possible_truncation)]
+pub const MEMORY_LIMIT_DEFAULT: usize = koshka_limits::MEMORY_LIMIT_DEFAULT as usize;
 
 /// Snapshot body magic ("KVS2").
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS2";
@@ -90,6 +93,16 @@ struct Partition {
     stored: u64,
 }
 
+impl Positioned for Partition {
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn set_pos(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+}
+
 /// The result of a mutation: what to answer, and the log position to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written<T> {
@@ -123,6 +136,19 @@ pub enum ArithOutcome {
     Exists,
 }
 
+/// The answer to a store command as memcached spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// `STORED`
+    Stored,
+    /// `NOT_STORED`
+    NotStored,
+    /// `EXISTS`
+    Exists,
+    /// `NOT_FOUND`
+    NotFound,
+}
+
 /// Outcome of a store, with the item's new cas when stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -132,22 +158,11 @@ pub struct Stored {
     pub cas: u64,
 }
 
-/// Options for [`Kv::arith`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ArithOptions {
-    /// Create the item with `initial` if missing, with this raw exptime (`ma N`).
-    pub vivify: Option<i64>,
-    /// Initial value for vivified items (`ma J`).
-    pub initial: u64,
-    /// Compare cas first (`ma C`).
-    pub cas: Option<u64>,
-    /// New raw exptime on success (`ma T`).
-    pub exptime: Option<i64>,
-}
+pub use koshka_engine::ArithOptions;
 
 /// The kv engine.
 pub struct Kv {
-    partitions: Box<[Mutex<Partition>]>,
+    partitions: Partitions<Partition>,
     hasher: ahash::RandomState,
     config: KvConfig,
     partition_limit: usize,
@@ -164,10 +179,6 @@ impl std::fmt::Debug for Kv {
     }
 }
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Converts a memcached exptime to an absolute unix time (0 = never; in the past = expired).
 #[must_use]
 pub fn absolute_exptime(exptime: i64, now: u32) -> u32 {
@@ -181,21 +192,22 @@ pub fn absolute_exptime(exptime: i64, now: u32) -> u32 {
     }
 }
 
+/// The value as an unsigned decimal number (trailing whitespace allowed, as memcached).
 fn parse_number(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii_end();
-    if digits.is_empty() || digits.len() > 20 {
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    koshka_proto::request::parse_u64(digits)
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 impl Kv {
     /// A new, empty engine.
     #[must_use]
     pub fn new(config: KvConfig) -> Self {
-        let partitions = (0..PARTITIONS)
-            .map(|_| Mutex::new(Partition::default()))
-            .collect();
+        let partitions = Partitions::new(PARTITIONS, Partition::default);
         Self {
             partitions,
             hasher: ahash::RandomState::new(),
@@ -217,9 +229,16 @@ impl Kv {
         crc32c::crc32c(key) as usize % PARTITIONS
     }
 
+    /// Locks the partition of `key` for a read.
     fn lock(&self, key: &[u8]) -> (MutexGuard<'_, Partition>, u64) {
-        let guard = self.partitions[Self::partition_of(key)].lock();
+        let guard = self.partitions.lock(Self::partition_of(key));
         (guard, self.hasher.hash_one(key))
+    }
+
+    /// Locks the partition of `key` for an update.
+    fn lock_for_update(&self, key: &[u8]) -> (Locked<'_, Partition>, u64) {
+        let locked = self.partitions.lock_one(Self::partition_of(key));
+        (locked, self.hasher.hash_one(key))
     }
 
     fn is_live(part: &Partition, meta: &ItemMeta, now: u32) -> bool {
@@ -259,10 +278,9 @@ impl Kv {
         None
     }
 
-    /// Reads an item under its partition lock: `f` receives the live item, or `None`.
-    /// In cache mode a hit marks the item recently used.
-    pub fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Item>) -> R) -> R {
-        let now = unix_now();
+    /// Reads an item under its partition lock at log time `now`: `f` receives the live item,
+    /// or `None`. In cache mode a hit marks the item recently used.
+    pub fn read_at<R>(&self, key: &[u8], now: u32, f: impl FnOnce(Option<&Item>) -> R) -> R {
         let (mut part, hash) = self.lock(key);
         let cache = self.config.mode == Mode::Cache;
         match self.find_live(&mut part, hash, key, now) {
@@ -276,23 +294,41 @@ impl Kv {
         }
     }
 
-    /// Appends `record` to the journal and applies it to `part` (whose lock the caller holds).
+    /// Reads an item under its partition lock at the wall-clock time (tests and tools; the
+    /// server reads at log time through [`Engine::execute`]).
+    pub fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Item>) -> R) -> R {
+        self.read_at(key, koshka_engine::unix_now(), f)
+    }
+
+    /// The one commit path ([`commit::commit`]) with kv's apply function.
     fn log_apply(
         &self,
-        part: &mut Partition,
-        hash: u64,
+        locked: &mut Locked<'_, Partition>,
         record: &Record<'_>,
         journal: &dyn Journal,
     ) -> Result<u64> {
-        let appended = SCRATCH.with(|scratch| {
-            let mut buf = scratch.borrow_mut();
-            record.encode(&mut buf);
-            journal.append(record.record_type(), &buf)
-        })?;
-        self.due_flush(part, appended.time);
-        self.apply_to(part, hash, record, live_mode(self.config.mode));
-        part.pos = appended.pos;
+        let appended =
+            commit::commit(journal, locked, record, |r, l, time| self.apply_record(r, l, time))?;
         Ok(appended.pos)
+    }
+
+    /// Applies one record to the locked partitions it is new to: the apply function shared by
+    /// live updates and replay. Cannot fail.
+    fn apply_record(&self, record: &Record<'_>, locked: &mut Locked<'_, Partition>, time: u32) {
+        match *record {
+            Record::Flush { at } if at != 0 => self.flush_at.store(at, Ordering::Relaxed),
+            Record::Flush { .. } => locked.fresh_all().for_each(Self::clear),
+            _ => {
+                let Some(key) = record.key() else {
+                    unreachable!("every record but flush names a key")
+                };
+                if let Some(part) = locked.fresh(Self::partition_of(key)) {
+                    self.due_flush(part, time);
+                    let hash = self.hasher.hash_one(key);
+                    self.apply_to(part, hash, record, live_mode(self.config.mode));
+                }
+            }
+        }
     }
 
     /// Applies one keyed record to a partition. `live` enables eviction bookkeeping.
@@ -417,7 +453,7 @@ impl Kv {
     #[expect(clippy::too_many_arguments)]
     pub fn store(
         &self,
-        mode: koshka_proto::StoreMode,
+        mode: StoreMode,
         key: &[u8],
         flags: u32,
         exptime: i64,
@@ -425,10 +461,11 @@ impl Kv {
         data: &[u8],
         journal: &dyn Journal,
     ) -> Result<Written<Stored>> {
-        use koshka_proto::StoreMode as M;
-        let now = unix_now();
-        let (mut part, hash) = self.lock(key);
-        let existing = self.find_live(&mut part, hash, key, now).map(|item| {
+        use StoreMode as M;
+        let now = journal.now();
+        let (mut locked, hash) = self.lock_for_update(key);
+        let part = locked.only();
+        let existing = self.find_live(part, hash, key, now).map(|item| {
             let meta = item.meta();
             (meta.cas, item.value().len())
         });
@@ -457,12 +494,9 @@ impl Kv {
                 }
             }
         };
-        self.reserve(
-            &mut part,
-            item::ITEM_HEADER_SIZE + key.len() + data.len() + 24,
-        )?;
-        let pos = self.log_apply(&mut part, hash, &record, journal)?;
-        let cas = part.cas_counter & item::CAS_MAX;
+        self.reserve(part, item::ITEM_HEADER_SIZE + key.len() + data.len() + 24)?;
+        let pos = self.log_apply(&mut locked, &record, journal)?;
+        let cas = locked.only().cas_counter & item::CAS_MAX;
         Ok(Written {
             outcome: Stored {
                 outcome: StoreOutcome::Stored,
@@ -483,15 +517,15 @@ impl Kv {
         cas: Option<u64>,
         journal: &dyn Journal,
     ) -> Result<Written<Option<bool>>> {
-        let now = unix_now();
-        let (mut part, hash) = self.lock(key);
-        let Some(item) = self.find_live(&mut part, hash, key, now) else {
+        let now = journal.now();
+        let (mut locked, hash) = self.lock_for_update(key);
+        let Some(item) = self.find_live(locked.only(), hash, key, now) else {
             return Ok(Written::nothing(Some(false)));
         };
         if cas.is_some_and(|cas| cas != item.meta().cas) {
             return Ok(Written::nothing(None));
         }
-        let pos = self.log_apply(&mut part, hash, &Record::Delete { key }, journal)?;
+        let pos = self.log_apply(&mut locked, &Record::Delete { key }, journal)?;
         Ok(Written {
             outcome: Some(true),
             pos,
@@ -503,16 +537,16 @@ impl Kv {
     /// # Errors
     /// [`Error::Journal`].
     pub fn touch(&self, key: &[u8], exptime: i64, journal: &dyn Journal) -> Result<Written<bool>> {
-        let now = unix_now();
-        let (mut part, hash) = self.lock(key);
-        if self.find_live(&mut part, hash, key, now).is_none() {
+        let now = journal.now();
+        let (mut locked, hash) = self.lock_for_update(key);
+        if self.find_live(locked.only(), hash, key, now).is_none() {
             return Ok(Written::nothing(false));
         }
         let record = Record::Touch {
             key,
             exptime: absolute_exptime(exptime, now),
         };
-        let pos = self.log_apply(&mut part, hash, &record, journal)?;
+        let pos = self.log_apply(&mut locked, &record, journal)?;
         Ok(Written { outcome: true, pos })
     }
 
@@ -527,17 +561,17 @@ impl Kv {
         journal: &dyn Journal,
         f: impl FnOnce(Option<&Item>) -> R,
     ) -> Result<Written<R>> {
-        let now = unix_now();
-        let (mut part, hash) = self.lock(key);
-        if self.find_live(&mut part, hash, key, now).is_none() {
+        let now = journal.now();
+        let (mut locked, hash) = self.lock_for_update(key);
+        if self.find_live(locked.only(), hash, key, now).is_none() {
             return Ok(Written::nothing(f(None)));
         }
         let record = Record::Touch {
             key,
             exptime: absolute_exptime(exptime, now),
         };
-        let pos = self.log_apply(&mut part, hash, &record, journal)?;
-        let item = part.table.find(hash, |item| item.key() == key);
+        let pos = self.log_apply(&mut locked, &record, journal)?;
+        let item = locked.only().table.find(hash, |item| item.key() == key);
         Ok(Written {
             outcome: f(item),
             pos,
@@ -556,9 +590,9 @@ impl Kv {
         options: ArithOptions,
         journal: &dyn Journal,
     ) -> Result<Written<ArithOutcome>> {
-        let now = unix_now();
-        let (mut part, hash) = self.lock(key);
-        let current = self.find_live(&mut part, hash, key, now).map(|item| {
+        let now = journal.now();
+        let (mut locked, hash) = self.lock_for_update(key);
+        let current = self.find_live(locked.only(), hash, key, now).map(|item| {
             let meta = item.meta();
             (meta.cas, parse_number(item.value()))
         });
@@ -577,11 +611,11 @@ impl Kv {
                     value: &text,
                 };
                 self.reserve(
-                    &mut part,
+                    locked.only(),
                     item::ITEM_HEADER_SIZE + key.len() + text.len() + 24,
                 )?;
-                let pos = self.log_apply(&mut part, hash, &record, journal)?;
-                let cas = part.cas_counter & item::CAS_MAX;
+                let pos = self.log_apply(&mut locked, &record, journal)?;
+                let cas = locked.only().cas_counter & item::CAS_MAX;
                 return Ok(Written {
                     outcome: ArithOutcome::Value {
                         value: options.initial,
@@ -601,15 +635,15 @@ impl Kv {
         } else {
             value.saturating_sub(delta)
         };
-        let mut pos = self.log_apply(&mut part, hash, &Record::Number { key, value }, journal)?;
+        let mut pos = self.log_apply(&mut locked, &Record::Number { key, value }, journal)?;
         if let Some(exptime) = options.exptime {
             let record = Record::Touch {
                 key,
                 exptime: absolute_exptime(exptime, now),
             };
-            pos = self.log_apply(&mut part, hash, &record, journal)?;
+            pos = self.log_apply(&mut locked, &record, journal)?;
         }
-        let cas = part.cas_counter & item::CAS_MAX;
+        let cas = locked.only().cas_counter & item::CAS_MAX;
         Ok(Written {
             outcome: ArithOutcome::Value { value, cas },
             pos,
@@ -623,24 +657,15 @@ impl Kv {
     /// [`Error::Journal`].
     pub fn flush_all(&self, delay: i64, journal: &dyn Journal) -> Result<u64> {
         if delay > 0 {
-            let at = absolute_exptime(delay, unix_now());
-            let mut payload = Vec::new();
-            Record::Flush { at }.encode(&mut payload);
-            let appended = journal.append(record::FLUSH, &payload)?;
-            self.flush_at.store(at, Ordering::Relaxed);
-            return Ok(appended.pos);
+            // A deadline is engine-wide state: no partition is locked.
+            let at = absolute_exptime(delay, journal.now());
+            let mut none = self.partitions.lock_set(&[]);
+            return self.log_apply(&mut none, &Record::Flush { at }, journal);
         }
         // Lock every partition in index order so the single record is ordered against every
         // partition's other records.
-        let mut guards: Vec<_> = self.partitions.iter().map(|p| p.lock()).collect();
-        let mut payload = Vec::new();
-        Record::Flush { at: 0 }.encode(&mut payload);
-        let appended = journal.append(record::FLUSH, &payload)?;
-        for part in &mut guards {
-            Self::clear(part);
-            part.pos = appended.pos;
-        }
-        Ok(appended.pos)
+        let mut all = self.partitions.lock_all();
+        self.log_apply(&mut all, &Record::Flush { at: 0 }, journal)
     }
 
     fn clear(part: &mut Partition) {
@@ -652,10 +677,9 @@ impl Kv {
     /// Collects up to [`PREFIX_SCAN_ITEMS_MAX`] live items whose key starts with `prefix`, as
     /// `(key, flags, value)`, sorted by key.
     #[must_use]
-    pub fn prefix_scan(&self, prefix: &[u8]) -> Vec<(Vec<u8>, u32, Vec<u8>)> {
-        let now = unix_now();
+    pub fn prefix_scan(&self, prefix: &[u8], now: u32) -> Vec<(Vec<u8>, u32, Vec<u8>)> {
         let mut found = Vec::new();
-        for part in &*self.partitions {
+        for part in self.partitions.iter() {
             let part = part.lock();
             for item in &part.table {
                 if found.len() == PREFIX_SCAN_ITEMS_MAX {
@@ -681,28 +705,55 @@ impl Kv {
     }
 
     fn replay(&self, record: &Record<'_>, ctx: ApplyCtx) {
-        if let Record::Flush { at } = *record {
-            if at != 0 {
-                self.flush_at.store(at, Ordering::Relaxed);
-                return;
+        let mut locked = match (record, record.key()) {
+            (Record::Flush { at: 0 }, _) => self.partitions.lock_all(),
+            (_, Some(key)) => self.partitions.lock_one(Self::partition_of(key)),
+            (_, None) => self.partitions.lock_set(&[]),
+        };
+        commit::replay(&mut locked, record, ctx, |r, l, time| {
+            self.apply_record(r, l, time);
+        });
+    }
+
+    /// `get`: a key ending in `*` is a prefix scan, anything else one item.
+    fn get(&self, key: &[u8], cx: &mut Cx<'_>) -> Outcome {
+        let now = cx.now();
+        if key.len() > 1 && key.ends_with(b"*") {
+            let found = self.prefix_scan(&key[..key.len() - 1], now);
+            for (key, flags, value) in &found {
+                cx.reply.item(&ItemRef {
+                    key,
+                    flags: *flags,
+                    cas: 0,
+                    exptime: 0,
+                    value,
+                });
             }
-            for part in &*self.partitions {
-                let mut part = part.lock();
-                if part.pos < ctx.pos {
-                    Self::clear(&mut part);
-                    part.pos = ctx.pos;
-                }
-            }
-            return;
+            return if found.is_empty() {
+                Outcome::Miss
+            } else {
+                Outcome::Hit
+            };
         }
-        let Some(key) = record.key() else { return };
-        let (mut part, hash) = self.lock(key);
-        if part.pos >= ctx.pos {
-            return; // Already contained in this partition's snapshot image.
-        }
-        self.due_flush(&mut part, ctx.time);
-        self.apply_to(&mut part, hash, record, false);
-        part.pos = ctx.pos;
+        let reply = &mut *cx.reply;
+        self.read_at(key, now, |item| {
+            item.map_or(Outcome::Miss, |item| {
+                reply.item(&item_ref(item));
+                Outcome::Hit
+            })
+        })
+    }
+}
+
+/// An item as the engine seam hands it out.
+fn item_ref(item: &Item) -> ItemRef<'_> {
+    let meta = item.meta();
+    ItemRef {
+        key: item.key(),
+        flags: meta.flags,
+        cas: meta.cas,
+        exptime: meta.exptime,
+        value: item.value(),
     }
 }
 
@@ -711,52 +762,81 @@ impl Engine for Kv {
         "kv"
     }
 
-    fn get(&self, key: &[u8], _session: &mut Session) -> Result<Option<Value>> {
-        Ok(self.read(key, |item| {
-            item.map(|item| Value {
-                flags: item.meta().flags,
-                data: item.value().to_vec(),
-            })
-        }))
+    fn item_model(&self) -> bool {
+        true
     }
 
-    fn set(
-        &self,
-        key: &[u8],
-        flags: u32,
-        value: &[u8],
-        _session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<StoreOutcome> {
-        let mode = koshka_proto::StoreMode::Set;
-        Ok(self
-            .store(mode, key, flags, 0, 0, value, journal)?
-            .outcome
-            .outcome)
-    }
-
-    fn delete(&self, key: &[u8], _session: &mut Session, journal: &dyn Journal) -> Result<bool> {
-        Ok(Kv::delete(self, key, None, journal)?.outcome == Some(true))
-    }
-
-    fn incr(
-        &self,
-        key: &[u8],
-        delta: i64,
-        _session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<Option<u64>> {
-        let options = ArithOptions::default();
-        match self
-            .arith(key, delta >= 0, delta.unsigned_abs(), options, journal)?
-            .outcome
-        {
-            ArithOutcome::Value { value, .. } => Ok(Some(value)),
-            ArithOutcome::NotFound | ArithOutcome::Exists => Ok(None),
-            ArithOutcome::NonNumeric => Err(Error::client(
-                "cannot increment or decrement non-numeric value",
-            )),
-        }
+    fn execute(&self, request: &Request<'_>, cx: &mut Cx<'_>) -> Result<Outcome> {
+        let journal = cx.journal;
+        Ok(match *request {
+            Request::Get { key } => self.get(key, cx),
+            Request::Touch {
+                key,
+                exptime,
+                read: false,
+            } => match self.touch(key, exptime, journal)?.outcome {
+                true => Outcome::Touched,
+                false => Outcome::Miss,
+            },
+            Request::Touch { key, exptime, .. } => {
+                let reply = &mut *cx.reply;
+                let hit = self.touch_read(key, exptime, journal, |item| {
+                    item.inspect(|item| reply.item(&item_ref(item))).is_some()
+                })?;
+                if hit.outcome {
+                    Outcome::Hit
+                } else {
+                    Outcome::Miss
+                }
+            }
+            Request::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                cas,
+                data,
+            } => {
+                let stored = self.store(mode, key, flags, exptime, cas, data, journal)?;
+                match stored.outcome.outcome {
+                    StoreOutcome::Stored => Outcome::Stored {
+                        cas: stored.outcome.cas,
+                    },
+                    StoreOutcome::NotStored => Outcome::NotStored,
+                    StoreOutcome::Exists => Outcome::Exists,
+                    StoreOutcome::NotFound => Outcome::Miss,
+                }
+            }
+            Request::Delete { key, cas } => match Kv::delete(self, key, cas, journal)?.outcome {
+                Some(true) => Outcome::Deleted,
+                Some(false) => Outcome::Miss,
+                None => Outcome::Exists,
+            },
+            Request::Arith {
+                key,
+                incr,
+                delta,
+                options,
+            } => match self.arith(key, incr, delta, options, journal)?.outcome {
+                ArithOutcome::Value { value, cas } => {
+                    let exptime = self.read_at(key, journal.now(), |item| {
+                        item.map_or(0, |i| i.meta().exptime)
+                    });
+                    Outcome::Number {
+                        value,
+                        cas,
+                        exptime,
+                    }
+                }
+                ArithOutcome::NotFound => Outcome::Miss,
+                ArithOutcome::Exists => Outcome::Exists,
+                ArithOutcome::NonNumeric => Outcome::NonNumeric,
+            },
+            Request::FlushAll { delay } => {
+                self.flush_all(delay, journal)?;
+                Outcome::Done
+            }
+        })
     }
 
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
@@ -770,7 +850,7 @@ impl Engine for Kv {
         out.write_all(&(PARTITIONS as u32).to_le_bytes())?;
         out.write_all(&self.flush_at.load(Ordering::Relaxed).to_le_bytes())?;
         let mut buf = Vec::new();
-        for part in &*self.partitions {
+        for part in self.partitions.iter() {
             buf.clear();
             {
                 // Copy one partition under its lock; write it to disk without the lock.

@@ -12,7 +12,7 @@
 //! | 6    | FLUSH   | at u32 (0 = clear now, else invalidate items older)      |
 //! | 7    | NUMBER  | value u64, key (incr/decr result; flags, expiry kept)    |
 
-use koshka_engine::{Error, Result};
+use koshka_engine::{Error, LogRecord, Result};
 
 /// Record type: store a whole item.
 pub const SET: u16 = 1;
@@ -253,5 +253,15 @@ mod tests {
         }
         assert!(Record::decode(SET, b"\x01").is_err());
         assert!(Record::decode(99, b"").is_err());
+    }
+}
+
+impl LogRecord for Record<'_> {
+    fn record_type(&self) -> u16 {
+        Record::record_type(self)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        Record::encode(self, out);
     }
 }

@@ -1,7 +1,7 @@
 use std::sync::Mutex as StdMutex;
 
 use koshka_engine::{Appended, Journal, MemoryJournal};
-use koshka_proto::StoreMode as M;
+use koshka_engine::StoreMode as M;
 use proptest::prelude::*;
 
 use super::*;
@@ -18,7 +18,7 @@ impl Journal for Recording {
         let pos = records.last().map_or(0, |r| r.2.pos) + payload.len() as u64 + 8;
         let appended = Appended {
             pos,
-            time: unix_now(),
+            time: koshka_engine::unix_now(),
         };
         records.push((record_type, payload.to_vec(), appended));
         Ok(appended)
@@ -174,7 +174,7 @@ fn prefix_scan_lists_matching_keys() {
         kv.store(M::Set, key.as_bytes(), 0, 0, 0, b"v", &j).unwrap();
     }
     let keys: Vec<_> = kv
-        .prefix_scan(b"user:")
+        .prefix_scan(b"user:", koshka_engine::unix_now())
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
@@ -182,7 +182,7 @@ fn prefix_scan_lists_matching_keys() {
 }
 
 fn dump(kv: &Kv) -> Vec<(Vec<u8>, u32, Vec<u8>)> {
-    kv.prefix_scan(b"")
+    kv.prefix_scan(b"", koshka_engine::unix_now())
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,10 @@ pub const BINLOG_SEGMENT_SIZE_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Default log bytes written since the last snapshot that trigger a new one (512 MiB).
 pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 512 * 1024 * 1024;
 
+/// Default memory limit for engine data (1 GiB). At the limit, persistent kv answers
+/// `SERVER_ERROR out of memory`; cache-mode kv evicts.
+pub const MEMORY_LIMIT_DEFAULT: u64 = 1024 * 1024 * 1024;
+
 /// Most worker threads a node will start.
 pub const THREADS_MAX: usize = 256;
 

@@ -1,12 +1,10 @@
 //! [`MessagesEngine`]: the [`Engine`] implementation gluing keys, records and state.
 
-use std::fmt::Write as _;
-
+use koshka_engine::commit::{self, Locked, Partitions, Positioned};
 use koshka_engine::{
-    ApplyCtx, Engine, Error, Journal, Result, Session, ShardSpec, Stat, StoreOutcome, Value,
+    ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, ShardSpec, Stat,
+    StoreMode,
 };
-use parking_lot::{Mutex, MutexGuard};
-use serde_json::{json, Map};
 
 use crate::flags::{WALL_COPIED, WALL_COPY, WALL_REPLY, WALL_STATUS};
 use crate::keys::{mode, Query, Slice, Update};
@@ -22,37 +20,47 @@ use crate::{
 pub struct MessagesEngine {
     flavour: Flavour,
     shard: ShardSpec,
-    partitions: Box<[Mutex<Partition>]>,
+    partitions: Partitions<Partition>,
     /// Stem ids shared by every mailbox's search index.
     lexicon: Lexicon,
 }
 
-/// The partitions an update holds, locked in index order.
-struct Locked<'a> {
-    guards: Vec<(usize, MutexGuard<'a, Partition>)>,
+impl Positioned for Partition {
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn set_pos(&mut self, pos: u64) {
+        self.pos = pos;
+    }
 }
 
-impl Locked<'_> {
-    fn part(&mut self, index: usize) -> &mut Partition {
-        let at = self
-            .guards
-            .iter()
-            .position(|(i, _)| *i == index)
-            .unwrap_or(0);
-        &mut self.guards[at].1
+impl koshka_engine::LogRecord for Record {
+    fn record_type(&self) -> u16 {
+        Record::record_type(self)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_into(out);
+    }
+}
+
+/// A partition the caller locked.
+fn part<'l>(locked: &'l mut Locked<'_, Partition>, index: usize) -> &'l mut Partition {
+    match locked.get_mut(index) {
+        Some(part) => part,
+        None => unreachable!("partition {index} is not locked"),
     }
 }
 
 /// What an update reports back: `None` = the target does not exist.
-type Outcome = Option<i64>;
+type Updated = Option<i64>;
 
 impl MessagesEngine {
     /// An empty engine of `flavour` holding shard `shard`.
     #[must_use]
     pub fn new(flavour: Flavour, shard: ShardSpec) -> Self {
-        let partitions = (0..PARTITIONS)
-            .map(|_| Mutex::new(Partition::default()))
-            .collect();
+        let partitions = Partitions::new(PARTITIONS, Partition::default);
         Self {
             flavour,
             shard,
@@ -72,20 +80,11 @@ impl MessagesEngine {
         usize::try_from(spread % PARTITIONS as u64).unwrap_or(0)
     }
 
-    fn lock(&self, owners: (i64, Option<i64>)) -> Locked<'_> {
+    fn lock(&self, owners: (i64, Option<i64>)) -> Locked<'_, Partition> {
         let a = self.partition_of(owners.0);
-        let mut indexes = vec![a];
-        if let Some(b) = owners.1.map(|o| self.partition_of(o)) {
-            if b != a {
-                indexes.push(b);
-            }
-        }
-        indexes.sort_unstable();
-        Locked {
-            guards: indexes
-                .into_iter()
-                .map(|i| (i, self.partitions[i].lock()))
-                .collect(),
+        match owners.1.map(|o| self.partition_of(o)) {
+            Some(b) => self.partitions.lock_set(&[a, b]),
+            None => self.partitions.lock_one(a),
         }
     }
 
@@ -103,18 +102,19 @@ impl MessagesEngine {
         }
     }
 
-    /// Applies `record` to the locked partitions, skipping each partition already at or past
-    /// `ctx.pos` (the fuzzy-snapshot contract).
-    fn apply_locked(&self, locked: &mut Locked<'_>, record: &Record, ctx: ApplyCtx) -> Result<()> {
+    /// Applies `record` to the locked partitions it is new to: the apply function shared by
+    /// live updates ([`commit::commit`]) and replay ([`commit::replay`]). Cannot fail: a
+    /// replayed record is checked first by [`MessagesEngine::check_replay`].
+    fn apply_record(&self, record: &Record, locked: &mut Locked<'_, Partition>, time: u32) {
         let (first, second) = record.owners();
         let first_index = self.partition_of(first);
-        let apply_first = locked.part(first_index).pos < ctx.pos;
         let second_index = second.map(|o| self.partition_of(o));
-        let apply_second = second_index.is_some_and(|i| locked.part(i).pos < ctx.pos);
         let flavour = self.flavour;
-        let corrupt = |e: String| Error::corrupt_record(e);
         let lexicon = &self.lexicon;
         let terms = |text: &Text| lexicon.terms(&[&text.subject, &text.body]);
+        let added = |result: std::result::Result<(), String>| {
+            assert!(result.is_ok(), "apply of a checked record failed: {result:?}");
+        };
         match record {
             Record::Add {
                 owner,
@@ -124,11 +124,10 @@ impl MessagesEngine {
                 flags,
                 text,
             } => {
-                if apply_first {
+                if let Some(p) = locked.fresh(first_index) {
                     let terms = terms(text);
-                    let mb = mailbox(locked.part(first_index), *owner, flavour);
-                    mb.add(*lid, *peer, *peer_lid, *flags, text, ctx.time, &terms)
-                        .map_err(corrupt)?;
+                    let mb = mailbox(p, *owner, flavour);
+                    added(mb.add(*lid, *peer, *peer_lid, *flags, text, time, &terms));
                 }
             }
             Record::Send {
@@ -141,20 +140,14 @@ impl MessagesEngine {
                 text,
             } => {
                 // Stemmed once for both copies.
-                let terms = if apply_first || apply_second {
-                    terms(text)
-                } else {
-                    Vec::new()
-                };
-                if apply_first {
-                    let mb = mailbox(locked.part(first_index), *from, flavour);
-                    mb.add(*from_lid, *to, *to_lid, *from_flags, text, ctx.time, &terms)
-                        .map_err(corrupt)?;
+                let terms = terms(text);
+                if let Some(p) = locked.fresh(first_index) {
+                    let mb = mailbox(p, *from, flavour);
+                    added(mb.add(*from_lid, *to, *to_lid, *from_flags, text, time, &terms));
                 }
-                if let (true, Some(index)) = (apply_second, second_index) {
-                    let mb = mailbox(locked.part(index), *to, flavour);
-                    mb.add(*to_lid, *from, *from_lid, *to_flags, text, ctx.time, &terms)
-                        .map_err(corrupt)?;
+                if let Some(p) = second_index.and_then(|i| locked.fresh(i)) {
+                    let mb = mailbox(p, *to, flavour);
+                    added(mb.add(*to_lid, *from, *from_lid, *to_flags, text, time, &terms));
                 }
             }
             Record::Repost {
@@ -166,15 +159,14 @@ impl MessagesEngine {
                 orig_id,
                 text,
             } => {
-                if apply_first {
+                if let Some(p) = locked.fresh(first_index) {
                     let terms = terms(text);
-                    let mb = mailbox(locked.part(first_index), *owner, flavour);
-                    mb.add(*lid, *author, 0, *flags, text, ctx.time, &terms)
-                        .map_err(corrupt)?;
+                    let mb = mailbox(p, *owner, flavour);
+                    added(mb.add(*lid, *author, 0, *flags, text, time, &terms));
                     mb.origins.insert(*lid, (*orig_owner, *orig_id));
                 }
-                if let (true, Some(index)) = (apply_second, second_index) {
-                    if let Some(mb) = locked.part(index).mailboxes.get_mut(orig_owner) {
+                if let Some(p) = second_index.and_then(|i| locked.fresh(i)) {
+                    if let Some(mb) = p.mailboxes.get_mut(orig_owner) {
                         if let Some(m) = mb.get(*orig_id).copied() {
                             let ev = (event::FLAGS_ADDED, i64::from(WALL_COPIED));
                             mb.set_flags(*orig_id, m.flags | WALL_COPIED, ev);
@@ -183,25 +175,52 @@ impl MessagesEngine {
                 }
             }
             _ => {
-                if apply_first {
-                    if let Some(mb) = locked.part(first_index).mailboxes.get_mut(&first) {
+                if let Some(p) = locked.fresh(first_index) {
+                    if let Some(mb) = p.mailboxes.get_mut(&first) {
                         apply_single(mb, record, lexicon);
                     }
                 }
             }
         }
-        if apply_first {
-            locked.part(first_index).pos = ctx.pos;
+    }
+
+    /// Checks a record read back from the log against the partitions it is new to, so that
+    /// applying it cannot fail: a message id must be the mailbox's next one. Anything else
+    /// is a damaged log.
+    fn check_replay(&self, record: &Record, locked: &Locked<'_, Partition>, pos: u64) -> Result<()> {
+        let new_to = |index: usize| locked.get(index).filter(|p| p.pos < pos);
+        let next = |index: usize, owner: i64| {
+            new_to(index).map(|p| p.mailboxes.get(&owner).map_or(1, Mailbox::next_lid))
+        };
+        let check = |owner: i64, lid: u32| -> Result<()> {
+            match next(self.partition_of(owner), owner) {
+                Some(expected) if expected != lid => Err(Error::corrupt_record(format!(
+                    "message id {lid} of mailbox {owner} but the next id is {expected}"
+                ))),
+                _ => Ok(()),
+            }
+        };
+        match record {
+            Record::Add { owner, lid, .. } | Record::Repost { owner, lid, .. } => {
+                check(*owner, *lid)
+            }
+            Record::Send {
+                from,
+                from_lid,
+                to,
+                to_lid,
+                ..
+            } => {
+                check(*from, *from_lid)?;
+                check(*to, *to_lid)
+            }
+            _ => Ok(()),
         }
-        if let (true, Some(index)) = (apply_second, second_index) {
-            locked.part(index).pos = ctx.pos;
-        }
-        Ok(())
     }
 
     /// Validates `update` against the locked state and builds its record; `Ok(None)` when
     /// the message or mailbox it names does not exist.
-    fn plan(&self, locked: &mut Locked<'_>, update: &Update) -> Result<Option<Record>> {
+    fn plan(&self, locked: &mut Locked<'_, Partition>, update: &Update) -> Result<Option<Record>> {
         let flavour = self.flavour;
         let record = match update {
             Update::NewMessage {
@@ -212,7 +231,7 @@ impl MessagesEngine {
                 text,
                 ..
             } => {
-                let lid = next_lid(locked.part(self.partition_of(*owner)), *owner, text)?;
+                let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, text)?;
                 Record::Add {
                     owner: *owner,
                     lid,
@@ -229,8 +248,8 @@ impl MessagesEngine {
                 text,
                 ..
             } => {
-                let from_lid = next_lid(locked.part(self.partition_of(*from)), *from, text)?;
-                let to_lid = next_lid(locked.part(self.partition_of(*to)), *to, text)?;
+                let from_lid = next_lid(part(locked, self.partition_of(*from)), *from, text)?;
+                let to_lid = next_lid(part(locked, self.partition_of(*to)), *to, text)?;
                 Record::Send {
                     from: *from,
                     from_lid,
@@ -249,17 +268,16 @@ impl MessagesEngine {
                 text,
                 ..
             } => {
-                let part = locked.part(self.partition_of(*owner));
+                let p = part(locked, self.partition_of(*owner));
                 if *parent != 0
-                    && part
-                        .mailboxes
+                    && p.mailboxes
                         .get(owner)
                         .and_then(|m| m.get(*parent))
                         .is_none()
                 {
                     return Ok(None);
                 }
-                let lid = next_lid(part, *owner, text)?;
+                let lid = next_lid(p, *owner, text)?;
                 let flags = if *parent == 0 {
                     flags & !WALL_REPLY
                 } else {
@@ -275,7 +293,7 @@ impl MessagesEngine {
                 }
             }
             Update::Status { owner, text, .. } => {
-                let lid = next_lid(locked.part(self.partition_of(*owner)), *owner, text)?;
+                let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, text)?;
                 Record::Add {
                     owner: *owner,
                     lid,
@@ -293,8 +311,8 @@ impl MessagesEngine {
                 orig_id,
                 ..
             } => {
-                let part = locked.part(self.partition_of(*orig_owner));
-                let Some(orig) = part.mailboxes.get(orig_owner) else {
+                let p = part(locked, self.partition_of(*orig_owner));
+                let Some(orig) = p.mailboxes.get(orig_owner) else {
                     return Ok(None);
                 };
                 let Some(m) = orig
@@ -309,7 +327,7 @@ impl MessagesEngine {
                     subject: subject.to_vec(),
                     body: body.to_vec(),
                 };
-                let lid = next_lid(locked.part(self.partition_of(*owner)), *owner, &text)?;
+                let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, &text)?;
                 Record::Repost {
                     owner: *owner,
                     lid,
@@ -322,8 +340,8 @@ impl MessagesEngine {
             }
             _ => {
                 let owner = update.owners().0;
-                let part = locked.part(self.partition_of(owner));
-                let Some(mb) = part.mailboxes.get(&owner) else {
+                let p = part(locked, self.partition_of(owner));
+                let Some(mb) = p.mailboxes.get(&owner) else {
                     return Ok(None);
                 };
                 return plan_single(mb, update, flavour);
@@ -333,12 +351,12 @@ impl MessagesEngine {
     }
 
     /// Runs one update: check, plan, log, apply, answer.
-    fn execute(
+    fn update(
         &self,
         update: &Update,
         session: &mut Session,
         journal: &dyn Journal,
-    ) -> Result<Outcome> {
+    ) -> Result<Updated> {
         self.check_flavour(update)?;
         let owners = update.owners();
         self.check_owners(owners)?;
@@ -346,16 +364,12 @@ impl MessagesEngine {
         let Some(record) = self.plan(&mut locked, update)? else {
             return Ok(None);
         };
-        let (kind, payload) = record.encode();
-        let appended = journal.append(kind, &payload)?;
-        let ctx = ApplyCtx {
-            pos: appended.pos,
-            time: appended.time,
-        };
-        self.apply_locked(&mut locked, &record, ctx)?;
+        commit::commit(journal, &mut locked, &record, |r, l, time| {
+            self.apply_record(r, l, time);
+        })?;
         let outcome = match (&record, update) {
             (Record::Add { owner, lid, .. } | Record::Repost { owner, lid, .. }, _) => {
-                remember_id(session, *owner, update_tag(update), *lid)?;
+                remember_id(session, *owner, update_tag(update), *lid);
                 i64::from(*lid)
             }
             (
@@ -368,13 +382,13 @@ impl MessagesEngine {
                 },
                 _,
             ) => {
-                remember_id(session, *to, update_tag(update), *to_lid)?;
-                remember_id(session, *from, update_tag(update), *from_lid)?;
+                remember_id(session, *to, update_tag(update), *to_lid);
+                remember_id(session, *from, update_tag(update), *from_lid);
                 i64::from(*from_lid)
             }
             (Record::Flags { owner, lid, .. }, _) => {
-                let part = locked.part(self.partition_of(*owner));
-                let flags = part
+                let p = part(&mut locked, self.partition_of(*owner));
+                let flags = p
                     .mailboxes
                     .get(owner)
                     .and_then(|m| m.get(*lid))
@@ -387,10 +401,8 @@ impl MessagesEngine {
                 },
                 _,
             ) => {
-                let part = locked.part(self.partition_of(*owner));
-                part.mailboxes
-                    .get(owner)
-                    .map_or(0, |m| m.extra(*lid, *field))
+                let p = part(&mut locked, self.partition_of(*owner));
+                p.mailboxes.get(owner).map_or(0, |m| m.extra(*lid, *field))
             }
             _ => 1,
         };
@@ -417,8 +429,8 @@ impl MessagesEngine {
         }
     }
 
-    /// Answers one read.
-    fn query(&self, query: &Query, session: &Session) -> Result<Option<Vec<u8>>> {
+    /// Refuses a read this flavour does not have, a foreign owner or an unknown sublist.
+    fn check_query(&self, query: &Query) -> Result<()> {
         let wall_only = matches!(
             query,
             Query::Replies { .. } | Query::Status { .. } | Query::Statuses { .. }
@@ -429,30 +441,43 @@ impl MessagesEngine {
         {
             return Err(self.not_supported());
         }
-        if let Query::SublistTypes = query {
-            let list: Vec<String> = self
-                .flavour
-                .sublists()
-                .iter()
-                .map(|(a, x)| format!("{a}:{x}"))
-                .collect();
-            return Ok(Some(list.join(",").into_bytes()));
-        }
-        let Some(owner) = query.owner() else {
-            return Ok(None);
-        };
-        self.shard.check(owner)?;
-        if let Query::NewId { owner, tag } = query {
-            return Ok(session.temp(&id_tag(*owner, tag)).map(<[u8]>::to_vec));
+        if let Some(owner) = query.owner() {
+            self.shard.check(owner)?;
         }
         if let Query::Sublist { and, xor, .. } | Query::SublistPos { and, xor, .. } = query {
             self.sublist_index(*and, *xor)?;
         }
-        let part = self.partitions[self.partition_of(owner)].lock();
-        let Some(mb) = part.mailboxes.get(&owner) else {
-            return Ok(empty_answer(query));
+        Ok(())
+    }
+
+    /// Renders the answer to a checked read into `out`; false for a miss.
+    fn render_query(&self, query: &Query, session: &Session, out: &mut Vec<u8>) -> bool {
+        if let Query::SublistTypes = query {
+            for (i, (a, x)) in self.flavour.sublists().iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                number(out, *a);
+                out.push(b':');
+                number(out, *x);
+            }
+            return true;
+        }
+        let Some(owner) = query.owner() else {
+            return false;
         };
-        Ok(self.query_mailbox(mb, query))
+        if let Query::NewId { owner, tag } = query {
+            let Some(id) = session.temp(&id_tag(*owner, tag)) else {
+                return false;
+            };
+            out.extend_from_slice(id);
+            return true;
+        }
+        let part = self.partitions.lock(self.partition_of(owner));
+        match part.mailboxes.get(&owner) {
+            Some(mb) => self.render_mailbox(mb, query, out),
+            None => empty_answer(query, out),
+        }
     }
 
     fn sublist_index(&self, and: u32, xor: u32) -> Result<usize> {
@@ -466,58 +491,68 @@ impl MessagesEngine {
         })
     }
 
-    fn query_mailbox(&self, mb: &Mailbox, query: &Query) -> Option<Vec<u8>> {
+    /// The newest status of a wall, if any.
+    fn statuses(&self, mb: &Mailbox) -> Option<usize> {
+        self.sublist_index(WALL_STATUS | crate::flags::DELETED, WALL_STATUS)
+            .ok()
+            .filter(|&index| index < mb.sublists.len())
+    }
+
+    fn render_mailbox(&self, mb: &Mailbox, query: &Query, out: &mut Vec<u8>) -> bool {
         let flavour = self.flavour;
         match query {
             Query::Message {
                 lid, mode, max_len, ..
             } => {
-                let m = mb.get(*lid)?;
-                Some(
-                    render(flavour, mb, *lid, m, *mode, *max_len)
-                        .to_string()
-                        .into_bytes(),
-                )
+                let Some(m) = mb.get(*lid) else { return false };
+                render(out, flavour, mb, *lid, m, *mode, *max_len);
             }
-            Query::Flags { lid, .. } => Some(mb.get(*lid)?.flags.to_string().into_bytes()),
+            Query::Flags { lid, .. } => {
+                let Some(m) = mb.get(*lid) else { return false };
+                number(out, m.flags);
+            }
             Query::Extra { lid, field, .. } => {
-                mb.get(*lid)?;
-                Some(mb.extra(*lid, *field).to_string().into_bytes())
+                if mb.get(*lid).is_none() {
+                    return false;
+                }
+                signed(out, mb.extra(*lid, *field));
             }
             Query::Sublist {
                 and, xor, slice, ..
             } => {
-                let index = self.sublist_index(*and, *xor).ok()?;
-                Some(page(&mb.sublists[index], *slice))
+                let Ok(index) = self.sublist_index(*and, *xor) else {
+                    return false;
+                };
+                page(out, &mb.sublists[index], *slice);
             }
             Query::SublistPos { and, xor, lid, .. } => {
-                let index = self.sublist_index(*and, *xor).ok()?;
-                position(&mb.sublists[index], *lid)
+                let Ok(index) = self.sublist_index(*and, *xor) else {
+                    return false;
+                };
+                return position(out, &mb.sublists[index], *lid);
             }
-            Query::PeerList { peer, slice, .. } => Some(page(
-                mb.peers.get(peer).map_or(&[][..], |c| &*c.lids),
-                *slice,
-            )),
-            Query::PeerListPos { peer, lid, .. } => position(&mb.peers.get(peer)?.lids, *lid),
+            Query::PeerList { peer, slice, .. } => {
+                page(out, mb.peers.get(peer).map_or(&[][..], |c| &*c.lids), *slice);
+            }
+            Query::PeerListPos { peer, lid, .. } => {
+                let Some(conversation) = mb.peers.get(peer) else {
+                    return false;
+                };
+                return position(out, &conversation.lids, *lid);
+            }
             Query::Replies { post, slice, .. } => {
-                Some(page(mb.replies.get(post).map_or(&[][..], |l| l), *slice))
+                page(out, mb.replies.get(post).map_or(&[][..], |l| l), *slice);
             }
-            Query::Dialogs { slice, .. } => Some(dialogs(mb, *slice)),
+            Query::Dialogs { slice, .. } => dialogs(out, mb, *slice),
             Query::Unread {
                 peer: Some(peer), ..
-            } => Some(
-                mb.peers
-                    .get(peer)
-                    .map_or(0, |c| c.unread)
-                    .to_string()
-                    .into_bytes(),
-            ),
+            } => number(out, mb.peers.get(peer).map_or(0, |c| c.unread)),
             Query::Unread { peer: None, .. } => {
                 let total: u64 = mb.peers.values().map(|c| u64::from(c.unread)).sum();
-                Some(total.to_string().into_bytes())
+                number(out, total);
             }
-            Query::Timestamp { .. } => Some(mb.history.ts.to_string().into_bytes()),
-            Query::History { ts, limit, .. } => Some(history(mb, *ts, *limit)),
+            Query::Timestamp { .. } => number(out, mb.history.ts),
+            Query::History { ts, limit, .. } => history(out, mb, *ts, *limit),
             Query::Search {
                 mask,
                 peer,
@@ -533,50 +568,42 @@ impl MessagesEngine {
                     min_date: *min_date,
                     max_date: *max_date,
                 };
-                Some(search(mb, &self.lexicon, &filter, *limit, words))
+                search(out, mb, &self.lexicon, &filter, *limit, words);
             }
             Query::Status { .. } => {
-                let index = self
-                    .sublist_index(WALL_STATUS | crate::flags::DELETED, WALL_STATUS)
-                    .ok()?;
-                let lid = *mb.sublists[index].last()?;
-                let m = mb.get(lid)?;
-                Some(
-                    render(flavour, mb, lid, m, 0, None)
-                        .to_string()
-                        .into_bytes(),
-                )
+                let Some(index) = self.statuses(mb) else {
+                    return false;
+                };
+                let Some(&lid) = mb.sublists[index].last() else {
+                    return false;
+                };
+                let Some(m) = mb.get(lid) else { return false };
+                render(out, flavour, mb, lid, m, 0, None);
             }
             Query::Statuses { slice, .. } => {
-                let index = self
-                    .sublist_index(WALL_STATUS | crate::flags::DELETED, WALL_STATUS)
-                    .ok()?;
+                let Some(index) = self.statuses(mb) else {
+                    return false;
+                };
                 let list = &mb.sublists[index];
-                let items: Vec<serde_json::Value> = slice
-                    .resolve(list.len(), PAGE_SIZE_MAX)
-                    .into_iter()
-                    .filter_map(|i| {
-                        let lid = list[i];
-                        mb.get(lid).map(|m| render(flavour, mb, lid, m, 0, None))
-                    })
-                    .collect();
-                Some(
-                    json!({"total": list.len(), "items": items})
-                        .to_string()
-                        .into_bytes(),
-                )
+                out.extend_from_slice(b"{\"items\":[");
+                let mut first = true;
+                for i in slice.resolve(list.len(), PAGE_SIZE_MAX) {
+                    let lid = list[i];
+                    if let Some(m) = mb.get(lid) {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        render(out, flavour, mb, lid, m, 0, None);
+                    }
+                }
+                out.extend_from_slice(b"],\"total\":");
+                number(out, list.len());
+                out.push(b'}');
             }
-            Query::NewId { .. } | Query::SublistTypes => None,
+            Query::NewId { .. } | Query::SublistTypes => return false,
         }
-    }
-
-    fn set_or_get(
-        &self,
-        update: Update,
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<Outcome> {
-        self.execute(&update, session, journal)
+        true
     }
 }
 
@@ -598,8 +625,12 @@ fn update_tag(update: &Update) -> &[u8] {
     }
 }
 
-fn remember_id(session: &mut Session, owner: i64, tag: &[u8], lid: u32) -> Result<()> {
-    session.put_temp(&id_tag(owner, tag), lid.to_string().into_bytes())
+/// Remembers the id a tagged update allocated, for the `newmsgid` handshake. Cannot fail
+/// (an id is far below the session's size limit), as it runs after the commit.
+fn remember_id(session: &mut Session, owner: i64, tag: &[u8], lid: u32) {
+    let mut digits = itoa::Buffer::new();
+    let stored = session.put_temp(&id_tag(owner, tag), digits.format(lid).as_bytes().to_vec());
+    debug_assert!(stored.is_ok());
 }
 
 fn mailbox(part: &mut Partition, owner: i64, flavour: Flavour) -> &mut Mailbox {
@@ -791,74 +822,97 @@ fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon) {
 
 /// What a get answers for a mailbox that does not exist: empty lists and zero counters for
 /// list queries, a miss for single messages.
-fn empty_answer(query: &Query) -> Option<Vec<u8>> {
-    match query {
+fn empty_answer(query: &Query, out: &mut Vec<u8>) -> bool {
+    let answer: &[u8] = match query {
         Query::Sublist { .. }
         | Query::PeerList { .. }
         | Query::Dialogs { .. }
         | Query::Replies { .. }
         | Query::Unread { .. }
         | Query::Timestamp { .. }
-        | Query::Search { .. } => Some(b"0".to_vec()),
-        Query::History { ts: 0, .. } => Some(b"0".to_vec()),
-        Query::History { .. } => Some(b"resync,0".to_vec()),
-        Query::Statuses { .. } => Some(br#"{"total":0,"items":[]}"#.to_vec()),
-        _ => None,
-    }
+        | Query::Search { .. }
+        | Query::History { ts: 0, .. } => b"0",
+        Query::History { .. } => b"resync,0",
+        Query::Statuses { .. } => br#"{"items":[],"total":0}"#,
+        _ => return false,
+    };
+    out.extend_from_slice(answer);
+    true
+}
+
+/// Appends an unsigned decimal number.
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(n).as_bytes());
+}
+
+/// Appends a signed decimal number.
+fn signed(out: &mut Vec<u8>, n: i64) {
+    number(out, n);
+}
+
+/// Appends `,<n>`.
+fn item(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.push(b',');
+    number(out, n);
 }
 
 /// `total,lid,lid,…` for a slice of an ascending list.
-fn page(list: &[u32], slice: Slice) -> Vec<u8> {
-    let mut out = list.len().to_string();
+fn page(out: &mut Vec<u8>, list: &[u32], slice: Slice) {
+    number(out, list.len());
     for i in slice.resolve(list.len(), PAGE_SIZE_MAX) {
-        let _ = write!(out, ",{}", list[i]);
+        item(out, list[i]);
     }
-    out.into_bytes()
 }
 
 /// The 1-based position of `lid` in an ascending list.
-fn position(list: &[u32], lid: u32) -> Option<Vec<u8>> {
-    list.binary_search(&lid)
-        .ok()
-        .map(|i| (i + 1).to_string().into_bytes())
+fn position(out: &mut Vec<u8>, list: &[u32], lid: u32) -> bool {
+    match list.binary_search(&lid) {
+        Ok(i) => {
+            number(out, i + 1);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// `total,(lid,peer,unread)…` of the dialogs list (position 1 = the oldest dialog).
-fn dialogs(mb: &Mailbox, slice: Slice) -> Vec<u8> {
+fn dialogs(out: &mut Vec<u8>, mb: &Mailbox, slice: Slice) {
     let total = mb.dialogs.len();
-    let mut out = total.to_string();
+    number(out, total);
     let positions = slice.resolve(total, PAGE_SIZE_MAX);
     let (Some(&a), Some(&b)) = (positions.first(), positions.last()) else {
-        return out.into_bytes();
+        return;
     };
     let (lo, hi) = (a.min(b), a.max(b));
-    let mut items: Vec<(u32, i64)> = mb
-        .dialogs
-        .iter()
-        .skip(lo)
-        .take(hi - lo + 1)
-        .map(|(l, p)| (*l, *p))
-        .collect();
+    let window = mb.dialogs.iter().skip(lo).take(hi - lo + 1);
+    let mut write = |(lid, peer): (&u32, &i64)| {
+        let unread = mb.peers.get(peer).map_or(0, |c| c.unread);
+        item(out, *lid);
+        item(out, *peer);
+        item(out, unread);
+    };
     if a > b {
-        items.reverse();
+        window.rev().for_each(&mut write);
+    } else {
+        window.for_each(&mut write);
     }
-    for (lid, peer) in items {
-        let unread = mb.peers.get(&peer).map_or(0, |c| c.unread);
-        let _ = write!(out, ",{lid},{peer},{unread}");
-    }
-    out.into_bytes()
 }
 
 /// `new_ts,(kind,lid,value)…` or `resync,<ts>`.
-fn history(mb: &Mailbox, ts: u64, limit: usize) -> Vec<u8> {
+fn history(out: &mut Vec<u8>, mb: &Mailbox, ts: u64, limit: usize) {
     match mb.history.since(ts, limit) {
-        None => format!("resync,{}", mb.history.ts).into_bytes(),
+        None => {
+            out.extend_from_slice(b"resync,");
+            number(out, mb.history.ts);
+        }
         Some((new_ts, events)) => {
-            let mut out = new_ts.to_string();
+            number(out, new_ts);
             for e in events {
-                let _ = write!(out, ",{},{},{}", e.kind, e.lid, e.value);
+                item(out, e.kind);
+                item(out, e.lid);
+                item(out, e.value);
             }
-            out.into_bytes()
         }
     }
 }
@@ -870,16 +924,18 @@ struct SearchFilter {
     max_date: u32,
 }
 
-/// `total,lid…` newest first; deleted messages never match.
+/// `total,lid…` newest first; deleted messages never match. The total is only known at the
+/// end, so the ids are collected first (at most `limit`).
 fn search(
+    out: &mut Vec<u8>,
     mb: &Mailbox,
     lexicon: &Lexicon,
     filter: &SearchFilter,
     limit: usize,
     words: &[u8],
-) -> Vec<u8> {
+) {
     let mut total = 0usize;
-    let mut ids = String::new();
+    let mut ids: smallvec::SmallVec<[u32; 32]> = smallvec::SmallVec::new();
     let query = lexicon.query(words).unwrap_or_default();
     mb.search.intersect(&query, |lid| {
         let Some(m) = mb.get(lid) else { return true };
@@ -891,16 +947,20 @@ fn search(
         if visible {
             total += 1;
             if total <= limit {
-                let _ = write!(ids, ",{lid}");
+                ids.push(lid);
             }
         }
         true
     });
-    format!("{total}{ids}").into_bytes()
+    number(out, total);
+    for lid in ids {
+        item(out, lid);
+    }
 }
 
-/// Cuts `bytes` to at most `max` bytes at a UTF-8 boundary.
-fn truncate(bytes: &[u8], max: Option<usize>) -> String {
+/// `bytes` as text, cut to at most `max` bytes at a UTF-8 boundary. Borrows unless the bytes
+/// are not valid UTF-8.
+fn truncated(bytes: &[u8], max: Option<usize>) -> std::borrow::Cow<'_, str> {
     let text = String::from_utf8_lossy(bytes);
     match max {
         Some(max) if text.len() > max => {
@@ -908,57 +968,127 @@ fn truncate(bytes: &[u8], max: Option<usize>) -> String {
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
-            text[..end].to_string()
+            match text {
+                std::borrow::Cow::Borrowed(t) => std::borrow::Cow::Borrowed(&t[..end]),
+                std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(t[..end].to_string()),
+            }
         }
-        _ => text.into_owned(),
+        _ => text,
     }
 }
 
-/// The JSON form of one message.
+/// Appends `"<name>":`.
+fn key(out: &mut Vec<u8>, name: &str, first: &mut bool) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// Appends a JSON string.
+fn string(out: &mut Vec<u8>, text: &str) {
+    // NOTE: writing a str into a Vec cannot fail.
+    let written = serde_json::to_writer(&mut *out, text);
+    debug_assert!(written.is_ok());
+}
+
+/// The JSON form of one message, rendered straight into `out`. Keys are in sorted order, the
+/// order clients have always seen.
 fn render(
+    out: &mut Vec<u8>,
     flavour: Flavour,
     mb: &Mailbox,
     lid: u32,
     m: &Message,
     mode_bits: u32,
     max_len: Option<usize>,
-) -> serde_json::Value {
-    let mut obj = Map::new();
-    obj.insert("id".into(), json!(lid));
+) {
+    let (kludges, subject, body) = mb.text(m);
+    let first = &mut true;
+    out.push(b'{');
+    if flavour == Flavour::Wall {
+        key(out, "author", first);
+        signed(out, m.peer);
+    }
+    key(out, "date", first);
+    number(out, m.date);
+    if mode_bits & mode::EXTRAS != 0 {
+        key(out, "extra", first);
+        extras(out, mb, lid);
+    }
+    key(out, "flags", first);
+    number(out, m.flags);
+    key(out, "id", first);
+    number(out, lid);
+    if mode_bits & mode::KLUDGES != 0 {
+        key(out, "kludges", first);
+        string(out, &String::from_utf8_lossy(kludges));
+    }
     match flavour {
         Flavour::Messages => {
-            obj.insert("peer".into(), json!(m.peer));
-            obj.insert("peer_msg_id".into(), json!(m.peer_lid));
+            key(out, "peer", first);
+            signed(out, m.peer);
+            key(out, "peer_msg_id", first);
+            number(out, m.peer_lid);
         }
         Flavour::Wall => {
-            obj.insert("author".into(), json!(m.peer));
-            if m.peer_lid != 0 {
-                obj.insert("reply_to".into(), json!(m.peer_lid));
-            }
             if let Some((owner, id)) = mb.origins.get(&lid) {
-                obj.insert("origin".into(), json!({"owner": owner, "id": id}));
+                key(out, "origin", first);
+                out.extend_from_slice(b"{\"id\":");
+                number(out, *id);
+                out.extend_from_slice(b",\"owner\":");
+                signed(out, *owner);
+                out.push(b'}');
+            }
+            if m.peer_lid != 0 {
+                key(out, "reply_to", first);
+                number(out, m.peer_lid);
             }
         }
     }
-    obj.insert("date".into(), json!(m.date));
-    obj.insert("flags".into(), json!(m.flags));
-    let (kludges, subject, body) = mb.text(m);
     if mode_bits & mode::NO_TEXT == 0 {
-        obj.insert("subject".into(), json!(String::from_utf8_lossy(subject)));
-        obj.insert("text".into(), json!(truncate(body, max_len)));
+        key(out, "subject", first);
+        string(out, &String::from_utf8_lossy(subject));
+        key(out, "text", first);
+        string(out, &truncated(body, max_len));
     }
-    if mode_bits & mode::KLUDGES != 0 {
-        obj.insert("kludges".into(), json!(String::from_utf8_lossy(kludges)));
+    out.push(b'}');
+}
+
+/// `{"<field>":<value>,…}` of a message's extra fields, fields in text order (as JSON object
+/// keys always were).
+fn extras(out: &mut Vec<u8>, mb: &Mailbox, lid: u32) {
+    let mut fields: smallvec::SmallVec<[(u8, i64); 8]> = mb
+        .extras
+        .range((lid, 0)..=(lid, u8::MAX))
+        .map(|((_, k), v)| (*k, *v))
+        .collect();
+    let text = |k: u8| {
+        let mut digits = itoa::Buffer::new();
+        let s = digits.format(k);
+        let mut key = [0u8; 3];
+        key[..s.len()].copy_from_slice(s.as_bytes());
+        (key, s.len())
+    };
+    fields.sort_unstable_by(|a, b| {
+        let (ka, la) = text(a.0);
+        let (kb, lb) = text(b.0);
+        ka[..la].cmp(&kb[..lb])
+    });
+    out.push(b'{');
+    for (i, (field, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        number(out, *field);
+        out.extend_from_slice(b"\":");
+        signed(out, *value);
     }
-    if mode_bits & mode::EXTRAS != 0 {
-        let extras: Map<String, serde_json::Value> = mb
-            .extras
-            .range((lid, 0)..=(lid, u8::MAX))
-            .map(|((_, k), v)| (k.to_string(), json!(v)))
-            .collect();
-        obj.insert("extra".into(), serde_json::Value::Object(extras));
-    }
-    serde_json::Value::Object(obj)
+    out.push(b'}');
 }
 
 impl Engine for MessagesEngine {
@@ -966,50 +1096,68 @@ impl Engine for MessagesEngine {
         self.flavour.name()
     }
 
-    fn get(&self, key: &[u8], session: &mut Session) -> Result<Option<Value>> {
-        let query = Query::parse(key)?;
-        Ok(self.query(&query, session)?.map(Value::text))
-    }
-
-    fn set(
-        &self,
-        key: &[u8],
-        _flags: u32,
-        value: &[u8],
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<StoreOutcome> {
-        let update = Update::parse_set(key, value)?;
-        Ok(match self.set_or_get(update, session, journal)? {
-            Some(_) => StoreOutcome::Stored,
-            None => StoreOutcome::NotFound,
-        })
-    }
-
-    fn delete(&self, key: &[u8], session: &mut Session, journal: &dyn Journal) -> Result<bool> {
-        let update = Update::parse_delete(key)?;
-        Ok(self.execute(&update, session, journal)?.is_some())
-    }
-
-    fn incr(
-        &self,
-        key: &[u8],
-        delta: i64,
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<Option<u64>> {
-        let update = Update::parse_incr(key, delta)?;
-        // NOTE: memcached replies are unsigned; a negative extra field reads back as 0 here
-        // and exactly through `get extra…`.
-        Ok(self
-            .execute(&update, session, journal)?
-            .map(|v| u64::try_from(v).unwrap_or(0)))
+    fn execute(&self, request: &Request<'_>, cx: &mut Cx<'_>) -> Result<Outcome> {
+        match *request {
+            Request::Get { key } => {
+                let query = Query::parse(key)?;
+                self.check_query(&query)?;
+                let session = &*cx.session;
+                let found = cx
+                    .reply
+                    .value(key, 0, &mut |out| self.render_query(&query, session, out));
+                Ok(if found { Outcome::Hit } else { Outcome::Miss })
+            }
+            Request::Store {
+                mode: StoreMode::Set,
+                key,
+                data,
+                ..
+            } => {
+                let update = Update::parse_set(key, data)?;
+                Ok(match self.update(&update, cx.session, cx.journal)? {
+                    Some(_) => Outcome::Stored { cas: 0 },
+                    None => Outcome::Miss,
+                })
+            }
+            Request::Delete { key, cas: None } => {
+                let update = Update::parse_delete(key)?;
+                Ok(match self.update(&update, cx.session, cx.journal)? {
+                    Some(_) => Outcome::Deleted,
+                    None => Outcome::Miss,
+                })
+            }
+            Request::Arith {
+                key,
+                incr,
+                delta,
+                options,
+            } if options == koshka_engine::ArithOptions::default() => {
+                let delta = i64::try_from(delta)
+                    .map_err(|_| Error::client("invalid numeric delta argument"))?;
+                let update = Update::parse_incr(key, if incr { delta } else { -delta })?;
+                // NOTE: memcached replies are unsigned; a negative extra field reads back as
+                // 0 here and exactly through `get extra…`.
+                Ok(match self.update(&update, cx.session, cx.journal)? {
+                    Some(value) => Outcome::Number {
+                        value: u64::try_from(value).unwrap_or(0),
+                        cas: 0,
+                        exptime: 0,
+                    },
+                    None => Outcome::Miss,
+                })
+            }
+            _ => Err(self.not_supported()),
+        }
     }
 
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
         let record = Record::decode(record_type, payload)?;
         let mut locked = self.lock(record.owners());
-        self.apply_locked(&mut locked, &record, ctx)
+        self.check_replay(&record, &locked, ctx.pos)?;
+        commit::replay(&mut locked, &record, ctx, |r, l, time| {
+            self.apply_record(r, l, time);
+        });
+        Ok(())
     }
 
     fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<()> {
@@ -1031,7 +1179,7 @@ impl Engine for MessagesEngine {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
         for (index, partition) in snapshot::decode(&bytes, self.flavour, &self.lexicon)? {
-            *self.partitions[index].lock() = partition;
+            *self.partitions.lock(index) = partition;
         }
         Ok(())
     }

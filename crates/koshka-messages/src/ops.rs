@@ -236,10 +236,34 @@ impl Record {
         }
     }
 
+    /// The record's type.
+    #[must_use]
+    pub fn record_type(&self) -> u16 {
+        match self {
+            Self::Add { .. } => RECORD_ADD,
+            Self::Send { .. } => RECORD_SEND,
+            Self::Flags { .. } => RECORD_FLAGS,
+            Self::ReadUpto { .. } => RECORD_READ_UPTO,
+            Self::Edit { .. } => RECORD_EDIT,
+            Self::Delete { .. } => RECORD_DELETE,
+            Self::DeleteDialog { .. } => RECORD_DELETE_DIALOG,
+            Self::Trim { .. } => RECORD_TRIM,
+            Self::Extra { .. } => RECORD_EXTRA,
+            Self::PeerLink { .. } => RECORD_PEER_LINK,
+            Self::Repost { .. } => RECORD_REPOST,
+        }
+    }
+
     /// Encodes the record into its type and payload.
     #[must_use]
     pub fn encode(&self) -> (u16, Vec<u8>) {
         let mut w = Vec::with_capacity(64);
+        let kind = self.encode_into(&mut w);
+        (kind, w)
+    }
+
+    /// Appends the payload to `w`; returns the record's type.
+    pub fn encode_into(&self, w: &mut Vec<u8>) -> u16 {
         let kind = match self {
             Self::Add {
                 owner,
@@ -249,12 +273,12 @@ impl Record {
                 flags,
                 text,
             } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
-                put_i64(&mut w, *peer);
-                put_u32(&mut w, *peer_lid);
-                put_u32(&mut w, *flags);
-                put_text(&mut w, text);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
+                put_i64(w, *peer);
+                put_u32(w, *peer_lid);
+                put_u32(w, *flags);
+                put_text(w, text);
                 RECORD_ADD
             }
             Self::Send {
@@ -266,13 +290,13 @@ impl Record {
                 to_flags,
                 text,
             } => {
-                put_i64(&mut w, *from);
-                put_u32(&mut w, *from_lid);
-                put_u32(&mut w, *from_flags);
-                put_i64(&mut w, *to);
-                put_u32(&mut w, *to_lid);
-                put_u32(&mut w, *to_flags);
-                put_text(&mut w, text);
+                put_i64(w, *from);
+                put_u32(w, *from_lid);
+                put_u32(w, *from_flags);
+                put_i64(w, *to);
+                put_u32(w, *to_lid);
+                put_u32(w, *to_flags);
+                put_text(w, text);
                 RECORD_SEND
             }
             Self::Flags {
@@ -281,41 +305,41 @@ impl Record {
                 op,
                 value,
             } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
                 w.push(match op {
                     FlagOp::Set => 0,
                     FlagOp::Or => 1,
                     FlagOp::AndNot => 2,
                 });
-                put_u32(&mut w, *value);
+                put_u32(w, *value);
                 RECORD_FLAGS
             }
             Self::ReadUpto { owner, peer, lid } => {
-                put_i64(&mut w, *owner);
-                put_i64(&mut w, *peer);
-                put_u32(&mut w, *lid);
+                put_i64(w, *owner);
+                put_i64(w, *peer);
+                put_u32(w, *lid);
                 RECORD_READ_UPTO
             }
             Self::Edit { owner, lid, text } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
-                put_text(&mut w, text);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
+                put_text(w, text);
                 RECORD_EDIT
             }
             Self::Delete { owner, lid } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
                 RECORD_DELETE
             }
             Self::DeleteDialog { owner, peer } => {
-                put_i64(&mut w, *owner);
-                put_i64(&mut w, *peer);
+                put_i64(w, *owner);
+                put_i64(w, *peer);
                 RECORD_DELETE_DIALOG
             }
             Self::Trim { owner, min_lid } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *min_lid);
+                put_i64(w, *owner);
+                put_u32(w, *min_lid);
                 RECORD_TRIM
             }
             Self::Extra {
@@ -325,14 +349,14 @@ impl Record {
                 op,
                 value,
             } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
                 w.push(*field);
                 w.push(match op {
                     ExtraOp::Set => 0,
                     ExtraOp::Add => 1,
                 });
-                put_i64(&mut w, *value);
+                put_i64(w, *value);
                 RECORD_EXTRA
             }
             Self::PeerLink {
@@ -340,9 +364,9 @@ impl Record {
                 lid,
                 peer_lid,
             } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
-                put_u32(&mut w, *peer_lid);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
+                put_u32(w, *peer_lid);
                 RECORD_PEER_LINK
             }
             Self::Repost {
@@ -354,17 +378,18 @@ impl Record {
                 orig_id,
                 text,
             } => {
-                put_i64(&mut w, *owner);
-                put_u32(&mut w, *lid);
-                put_i64(&mut w, *author);
-                put_u32(&mut w, *flags);
-                put_i64(&mut w, *orig_owner);
-                put_u32(&mut w, *orig_id);
-                put_text(&mut w, text);
+                put_i64(w, *owner);
+                put_u32(w, *lid);
+                put_i64(w, *author);
+                put_u32(w, *flags);
+                put_i64(w, *orig_owner);
+                put_u32(w, *orig_id);
+                put_text(w, text);
                 RECORD_REPOST
             }
         };
-        (kind, w)
+        debug_assert_eq!(kind, self.record_type());
+        kind
     }
 
     /// Decodes a record.
@@ -372,7 +397,7 @@ impl Record {
     /// # Errors
     /// [`Error::Corrupt`] for an unknown type, a short or over-long payload, or a bad enum.
     pub fn decode(kind: u16, payload: &[u8]) -> Result<Self> {
-        let mut r = Reader { buf: payload };
+        let mut r = Reader::new(payload, "messages record");
         let record = match kind {
             RECORD_ADD => Self::Add {
                 owner: r.i64()?,
@@ -380,7 +405,7 @@ impl Record {
                 peer: r.i64()?,
                 peer_lid: r.u32()?,
                 flags: r.u32()?,
-                text: r.text()?,
+                text: read_text(&mut r)?,
             },
             RECORD_SEND => Self::Send {
                 from: r.i64()?,
@@ -389,7 +414,7 @@ impl Record {
                 to: r.i64()?,
                 to_lid: r.u32()?,
                 to_flags: r.u32()?,
-                text: r.text()?,
+                text: read_text(&mut r)?,
             },
             RECORD_FLAGS => Self::Flags {
                 owner: r.i64()?,
@@ -410,7 +435,7 @@ impl Record {
             RECORD_EDIT => Self::Edit {
                 owner: r.i64()?,
                 lid: r.u32()?,
-                text: r.text()?,
+                text: read_text(&mut r)?,
             },
             RECORD_DELETE => Self::Delete {
                 owner: r.i64()?,
@@ -447,7 +472,7 @@ impl Record {
                 flags: r.u32()?,
                 orig_owner: r.i64()?,
                 orig_id: r.u32()?,
-                text: r.text()?,
+                text: read_text(&mut r)?,
             },
             other => {
                 return Err(Error::corrupt_record(format!(
@@ -455,25 +480,17 @@ impl Record {
                 )))
             }
         };
-        if !r.buf.is_empty() {
+        if !r.is_empty() {
             return Err(Error::corrupt_record(format!(
                 "{} trailing bytes in record {kind:#x}",
-                r.buf.len()
+                r.remaining()
             )));
         }
         Ok(record)
     }
 }
 
-/// Appends a little-endian `u32`.
-pub(crate) fn put_u32(w: &mut Vec<u8>, v: u32) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Appends a little-endian `i64`.
-pub(crate) fn put_i64(w: &mut Vec<u8>, v: i64) {
-    w.extend_from_slice(&v.to_le_bytes());
-}
+pub(crate) use koshka_engine::codec::{put_i64, put_u32, Reader};
 
 /// Appends a text in the shared layout.
 #[expect(clippy::cast_possible_truncation)]
@@ -490,66 +507,24 @@ pub(crate) fn put_text(w: &mut Vec<u8>, text: &Text) {
     w.extend_from_slice(&text.body);
 }
 
-/// A cursor over a little-endian payload that fails with [`Error::Corrupt`] when short.
-pub(crate) struct Reader<'a> {
-    /// Bytes not yet read.
-    pub buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(Error::corrupt_record(format!(
-                "payload short: need {n} bytes, have {}",
-                self.buf.len()
-            )));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
+/// Reads a text in the shared layout.
+///
+/// # Errors
+/// [`Error::Corrupt`] on a short buffer or a text over [`crate::MESSAGE_TEXT_BYTES_MAX`].
+pub(crate) fn read_text(r: &mut Reader<'_>) -> Result<Text> {
+    let kludges_len = usize::from(r.u16()?);
+    let subject_len = usize::from(r.u16()?);
+    let body_len = r.u32()? as usize;
+    if kludges_len + subject_len + body_len > crate::MESSAGE_TEXT_BYTES_MAX {
+        return Err(Error::corrupt_record(
+            "text longer than MESSAGE_TEXT_BYTES_MAX",
+        ));
     }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.bytes(N)?);
-        Ok(a)
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
-    pub(crate) fn text(&mut self) -> Result<Text> {
-        let kludges_len = usize::from(self.u16()?);
-        let subject_len = usize::from(self.u16()?);
-        let body_len = self.u32()? as usize;
-        if kludges_len + subject_len + body_len > crate::MESSAGE_TEXT_BYTES_MAX {
-            return Err(Error::corrupt_record(
-                "text longer than MESSAGE_TEXT_BYTES_MAX",
-            ));
-        }
-        Ok(Text {
-            kludges: self.bytes(kludges_len)?.to_vec(),
-            subject: self.bytes(subject_len)?.to_vec(),
-            body: self.bytes(body_len)?.to_vec(),
-        })
-    }
+    Ok(Text {
+        kludges: r.bytes(kludges_len)?.to_vec(),
+        subject: r.bytes(subject_len)?.to_vec(),
+        body: r.bytes(body_len)?.to_vec(),
+    })
 }
 
 #[cfg(test)]

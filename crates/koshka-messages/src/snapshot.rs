@@ -14,7 +14,7 @@
 
 use koshka_engine::{Error, Result};
 
-use crate::ops::{put_i64, put_text, put_u32, Reader, Text};
+use crate::ops::{put_i64, put_text, put_u32, read_text, Reader, Text};
 use crate::search::Lexicon;
 use crate::state::{Event, History, Mailbox, Message, Partition};
 use crate::{Flavour, HISTORY_EVENTS_MAX, PARTITIONS};
@@ -121,7 +121,7 @@ fn decode_inner(
     flavour: Flavour,
     lexicon: &Lexicon,
 ) -> Result<Vec<(usize, Partition)>> {
-    let mut r = Reader { buf: bytes };
+    let mut r = Reader::new(bytes, "messages snapshot");
     if r.bytes(8)? != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic"));
     }
@@ -155,7 +155,7 @@ fn decode_inner(
         }
         out.push((index, partition));
     }
-    if r.bytes(8)? != SNAPSHOT_TRAILER || !r.buf.is_empty() {
+    if r.bytes(8)? != SNAPSHOT_TRAILER || !r.is_empty() {
         return Err(corrupt("missing trailer"));
     }
     Ok(out)
@@ -177,7 +177,7 @@ fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour, lexicon: &Lexicon) -> Re
             ..Message::default()
         };
         m.flags = r.u32()?;
-        let text = r.text()?;
+        let text = read_text(r)?;
         m.text_off = u32::try_from(mb.arena.len()).map_err(|_| corrupt("arena too large"))?;
         m.kludges_len = u16::try_from(text.kludges.len()).unwrap_or(u16::MAX);
         m.subject_len = u16::try_from(text.subject.len()).unwrap_or(u16::MAX);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{get, set, Recorder};
-use koshka_engine::{Engine, Error, MemoryJournal, Session, ShardSpec, StoreOutcome};
+use koshka_engine::{Direct, Engine, Error, MemoryJournal, Session, ShardSpec, StoreOutcome};
 use koshka_messages::{
     Flavour, MessagesEngine, HISTORY_EVENTS_MAX, MESSAGE_TEXT_BYTES_MAX, PAGE_SIZE_MAX,
     SEARCH_RESULTS_MAX,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{get, Recorder};
-use koshka_engine::{Engine, Session, ShardSpec, StoreOutcome};
+use koshka_engine::{Direct, Engine, Session, ShardSpec, StoreOutcome};
 use koshka_messages::search::stems;
 use koshka_messages::{Flavour, MessagesEngine, MESSAGE_SUBLISTS};
 use proptest::prelude::*;

@@ -5,6 +5,7 @@
 //!   from the buffer (no allocation), or says it needs more bytes, or describes a bad request
 //!   precisely enough for the caller to reply and stay in sync with the stream;
 //! * [`meta`] — the flag tokens of `mg`/`ms`/`md`/`ma`;
+//! * [`meta_reply`] — meta-command replies composed from flags and an item description;
 //! * [`reply`] — small functions that append replies to an output buffer;
 //! * [`encode`] — turns a [`Command`] back into request bytes (clients, tests).
 //!
@@ -13,6 +14,7 @@
 
 pub mod encode;
 pub mod meta;
+pub mod meta_reply;
 pub mod reply;
 pub mod request;
 

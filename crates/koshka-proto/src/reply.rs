@@ -60,6 +60,48 @@ pub fn value_header(out: &mut Vec<u8>, key: &[u8], flags: u32, len: usize, cas: 
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `VALUE <key> <flags> <bytes>\r\n<data>\r\n` where `render` appends the data to
+/// `out` itself, so a computed value (JSON, an id list) is written once, in place, without an
+/// intermediate buffer. The header is inserted in front of the data afterwards by one move
+/// within `out` (the length is only known once the data is rendered). When `render` returns
+/// false (there is no value), what it appended is dropped and nothing is written.
+pub fn value_in_place(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    flags: u32,
+    render: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+) -> bool {
+    let start = out.len();
+    if !render(out) {
+        out.truncate(start);
+        return false;
+    }
+    let len = out.len() - start;
+    let mut flags_digits = itoa::Buffer::new();
+    let flags_digits = flags_digits.format(flags).as_bytes();
+    let mut len_digits = itoa::Buffer::new();
+    let len_digits = len_digits.format(len).as_bytes();
+    let header_len = b"VALUE ".len() + key.len() + 1 + flags_digits.len() + 1 + len_digits.len() + 2;
+    out.resize(out.len() + header_len, 0);
+    out.copy_within(start..start + len, start + header_len);
+    let mut at = start;
+    for part in [
+        &b"VALUE "[..],
+        key,
+        b" ",
+        flags_digits,
+        b" ",
+        len_digits,
+        b"\r\n",
+    ] {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    debug_assert_eq!(at, start + header_len);
+    out.extend_from_slice(b"\r\n");
+    true
+}
+
 /// Appends `<n>\r\n` (incr/decr reply).
 pub fn arith(out: &mut Vec<u8>, n: u64) {
     number(out, n);
@@ -92,6 +134,28 @@ pub fn server_error(out: &mut Vec<u8>, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_in_place_matches_value() {
+        let mut a = b"prefix".to_vec();
+        let mut b = a.clone();
+        value(&mut a, b"message2_17", 4_294_967_295, b"{\"id\":17}", None);
+        assert!(value_in_place(&mut b, b"message2_17", 4_294_967_295, &mut |out| {
+            out.extend_from_slice(b"{\"id\":");
+            out.extend_from_slice(b"17}");
+            true
+        }));
+        assert_eq!(a, b);
+        let mut empty = Vec::new();
+        value_in_place(&mut empty, b"k", 0, &mut |_| true);
+        assert_eq!(empty, b"VALUE k 0 0\r\n\r\n");
+        let mut miss = b"x".to_vec();
+        assert!(!value_in_place(&mut miss, b"k", 0, &mut |out| {
+            out.extend_from_slice(b"partial");
+            false
+        }));
+        assert_eq!(miss, b"x");
+    }
 
     #[test]
     fn value_lines() {

@@ -218,7 +218,7 @@ impl Default for StorageSection {
         Self {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             durability: Durability::Everysec,
-            memory_limit: Size(koshka_kv::MEMORY_LIMIT_DEFAULT as u64),
+            memory_limit: Size(koshka_limits::MEMORY_LIMIT_DEFAULT),
             kv_mode: KvMode::Persistent,
             segment_size: Size(koshka_limits::BINLOG_SEGMENT_SIZE_DEFAULT),
             snapshot_log_bytes: Size(koshka_limits::SNAPSHOT_LOG_BYTES_DEFAULT),

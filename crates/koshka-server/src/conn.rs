@@ -185,17 +185,26 @@ impl Connection<'_> {
     /// A `set` refused as too large removes the key's old value, as memcached does, so the
     /// client cannot read stale data after a failed update.
     fn drop_stale_value(&mut self, start: usize, consumed: usize) {
-        let crate::Hosted::Kv(kv) = &self.slot.hosted else {
+        // Compiled keys name updates, not values: deleting one would be a different update.
+        if !self.slot.engine.item_model() {
             return;
-        };
+        }
         let line = &self.read[start..start + consumed];
         let Some(key) = koshka_proto::request::set_key(line.trim_ascii_end()) else {
             return;
         };
-        match kv.delete(key, None, self.slot.persistence.journal()) {
-            Ok(written) => self.ack_pos = self.ack_pos.max(written.pos),
-            Err(e) => tracing::warn!("removing the stale value of a refused set: {e}"),
+        let journal = koshka_engine::Tracking::new(self.slot.persistence.journal());
+        let mut reply = koshka_engine::Collect::default();
+        let mut cx = koshka_engine::Cx {
+            session: &mut self.session,
+            journal: &journal,
+            reply: &mut reply,
+        };
+        let request = koshka_engine::Request::Delete { key, cas: None };
+        if let Err(e) = self.slot.engine.execute(&request, &mut cx) {
+            tracing::warn!("removing the stale value of a refused set: {e}");
         }
+        self.ack_pos = self.ack_pos.max(journal.written());
     }
 
     async fn flush(&mut self) -> Result<(), End> {

@@ -6,8 +6,9 @@
 //! * [`stats`] — counters declared once;
 //! * `net` — worker threads, listeners, connection placement, connection limit;
 //! * `conn` — one connection: read batch → parse → execute → one write per batch;
-//! * `exec` — commands against the `kv` engine (all of memcached) or a compiled-key engine
-//!   (`get`/`set`/`delete`/`incr`/`decr`);
+//! * `exec` — a parsed command becomes one engine request per key, run through the
+//!   [`koshka_engine::Engine`] seam; replies are encoded in the form the client used;
+//! * `stats_cmd` — the `stats` command;
 //! * [`reply_error`] — the one place engine errors become memcached reply lines.
 //!
 //! # Threads
@@ -16,14 +17,16 @@
 //! stays. Engines are shared and internally partitioned, so the threads never contend on one
 //! global lock.
 //!
-//! This crate knows no engine key grammar and does not open binlogs itself: it receives ready
-//! engines, each with a [`Persistence`] that owns its journal.
+//! This crate knows no engine (it depends on `koshka-proto`, `koshka-engine` and
+//! `koshka-limits` only) and does not open binlogs itself: it receives ready engines, each
+//! with a [`Persistence`] that owns its journal.
 
 pub mod config;
 mod conn;
 mod exec;
 mod net;
 pub mod stats;
+mod stats_cmd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,26 +104,6 @@ impl Persistence for NoPersistence {
     }
 }
 
-/// What answers on one port.
-#[derive(Clone)]
-pub enum Hosted {
-    /// The kv engine: the full memcached command set.
-    Kv(Arc<koshka_kv::Kv>),
-    /// A compiled-key engine: get/set/delete/incr/decr.
-    Compiled(Arc<dyn Engine>),
-}
-
-impl Hosted {
-    /// The engine as the generic trait.
-    #[must_use]
-    pub fn engine(&self) -> &dyn Engine {
-        match self {
-            Hosted::Kv(kv) => kv.as_ref(),
-            Hosted::Compiled(engine) => engine.as_ref(),
-        }
-    }
-}
-
 /// One hosted engine with its port and persistence.
 pub struct EngineSlot {
     /// Engine name (`kv`, `messages`, …).
@@ -128,7 +111,7 @@ pub struct EngineSlot {
     /// Requested listen address (port 0 = ephemeral).
     pub listen: SocketAddr,
     /// The engine.
-    pub hosted: Hosted,
+    pub engine: Arc<dyn Engine>,
     /// Its journal and acknowledgement.
     pub persistence: Arc<dyn Persistence>,
     /// Longest key accepted on this port.
