@@ -191,7 +191,12 @@ impl<'a, P> Locked<'a, P> {
     /// # Panics
     /// If the set holds more or fewer than one partition.
     pub fn only(&mut self) -> &mut P {
-        assert_eq!(self.slots.len(), 1, "only() on a set of {}", self.slots.len());
+        assert_eq!(
+            self.slots.len(),
+            1,
+            "only() on a set of {}",
+            self.slots.len()
+        );
         &mut self.slots[0].guard
     }
 
@@ -356,7 +361,10 @@ mod tests {
         assert_eq!(parts.lock(3).sum, 7);
         assert_eq!(parts.lock(3).pos, ctx.pos);
         let mut locked = parts.lock_set(&[1, 3]);
-        assert!(!replay(&mut locked, &Add(1, 3, 2), ctx, apply), "already applied");
+        assert!(
+            !replay(&mut locked, &Add(1, 3, 2), ctx, apply),
+            "already applied"
+        );
     }
 
     #[test]

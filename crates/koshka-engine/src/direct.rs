@@ -4,7 +4,9 @@
 //! it writes values straight into the connection's output buffer.
 
 use crate::request::Collect;
-use crate::{ArithOptions, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, StoreMode};
+use crate::{
+    ArithOptions, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, StoreMode,
+};
 
 /// A value returned by [`Direct::get`].
 #[derive(Debug, Clone, PartialEq, Eq)]

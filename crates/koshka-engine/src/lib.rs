@@ -41,7 +41,7 @@ pub mod request;
 pub mod spec;
 
 pub use clock::{unix_now, Clock, ManualClock, SystemClock};
-pub use commit::{LogRecord, Locked, Partitions, Positioned};
+pub use commit::{Locked, LogRecord, Partitions, Positioned};
 pub use direct::{Direct, StoreOutcome, Value};
 pub use journal::{Appended, Journal, MemoryJournal, Recorded, RecordingJournal, Tracking};
 pub use request::{ArithOptions, Collect, ItemRef, Outcome, Reply, Request, StoreMode};

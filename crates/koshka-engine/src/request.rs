@@ -166,8 +166,12 @@ pub trait Reply {
     /// made, and returns whether there is a value at all; on `false` whatever it appended is
     /// dropped and nothing is answered for the key (a miss). `render` is called exactly once.
     /// Returns what `render` returned.
-    fn value(&mut self, key: &[u8], flags: u32, render: &mut dyn FnMut(&mut Vec<u8>) -> bool)
-        -> bool;
+    fn value(
+        &mut self,
+        key: &[u8],
+        flags: u32,
+        render: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+    ) -> bool;
 }
 
 /// A [`Reply`] that collects into owned values: for tests and tools, not the hot path.

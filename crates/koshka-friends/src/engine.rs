@@ -5,10 +5,10 @@
 //! it through the same code as replay, unlock. Read path: lock the owner's partition (and the
 //! second user's, in index order, for two-user queries) and format the reply.
 
-use parking_lot::{Mutex, MutexGuard};
-
+use koshka_engine::commit::{self, Locked, Partitions, Positioned};
 use koshka_engine::{
-    ApplyCtx, Engine, Error, Journal, Result, Session, ShardSpec, Stat, StoreOutcome, Value,
+    ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, ShardSpec, Stat,
+    StoreMode,
 };
 
 use crate::keys::{parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey};
@@ -25,31 +25,41 @@ use crate::{
 #[derive(Debug)]
 pub struct FriendsEngine {
     shard: ShardSpec,
-    partitions: Box<[Mutex<Partition>]>,
+    partitions: Partitions<Partition>,
 }
 
-/// Locked partitions, sorted by index, with the "apply this record here" flag per partition.
-struct Locked<'a> {
-    guards: Vec<(usize, MutexGuard<'a, Partition>, bool)>,
+impl Positioned for Partition {
+    fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    fn set_pos(&mut self, pos: u64) {
+        self.pos = pos;
+    }
 }
 
-impl Locked<'_> {
-    fn slot(&self, index: usize) -> Option<usize> {
-        self.guards
-            .binary_search_by_key(&index, |(i, _, _)| *i)
-            .ok()
+impl koshka_engine::LogRecord for Record {
+    fn record_type(&self) -> u16 {
+        Record::record_type(self)
     }
 
-    fn partition(&self, index: usize) -> Option<&Partition> {
-        self.slot(index).map(|s| &*self.guards[s].1)
+    fn encode(&self, out: &mut Vec<u8>) {
+        Record::encode_into(self, out);
     }
+}
 
-    /// The partition if the record being applied is new to it.
-    fn fresh(&mut self, index: usize) -> Option<&mut Partition> {
-        let slot = self.slot(index)?;
-        let (_, guard, fresh) = &mut self.guards[slot];
-        fresh.then_some(&mut **guard)
-    }
+/// Appends `total,` then whatever `items` appends, where the total (returned by `items`) is
+/// only known at the end: the digits are inserted in front by one move, so no list of ids is
+/// collected first.
+fn counted(out: &mut Vec<u8>, items: impl FnOnce(&mut Vec<u8>) -> u32) {
+    let start = out.len();
+    let total = items(out);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(total).as_bytes();
+    let len = out.len() - start;
+    out.resize(out.len() + digits.len(), 0);
+    out.copy_within(start..start + len, start + digits.len());
+    out[start..start + digits.len()].copy_from_slice(digits);
 }
 
 fn temp_name(tag: &str) -> Vec<u8> {
@@ -92,9 +102,7 @@ impl FriendsEngine {
     /// An empty engine holding shard `shard`.
     #[must_use]
     pub fn new(shard: ShardSpec) -> Self {
-        let partitions = (0..PARTITIONS)
-            .map(|_| Mutex::new(Partition::default()))
-            .collect();
+        let partitions = Partitions::new(PARTITIONS, Partition::default);
         Self { shard, partitions }
     }
 
@@ -114,31 +122,23 @@ impl FriendsEngine {
     }
 
     /// Locks the partitions of `ids` in index order.
-    fn lock(&self, ids: &[u32]) -> Locked<'_> {
-        let mut indexes: Vec<usize> = ids.iter().map(|&id| self.partition_of(id)).collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        let guards = indexes
-            .into_iter()
-            .map(|i| (i, self.partitions[i].lock(), false))
-            .collect();
-        Locked { guards }
+    fn lock(&self, ids: &[u32]) -> Locked<'_, Partition> {
+        match ids {
+            [one] => self.partitions.lock_one(self.partition_of(*one)),
+            _ => {
+                let indexes: smallvec::SmallVec<[usize; 4]> =
+                    ids.iter().map(|&id| self.partition_of(id)).collect();
+                self.partitions.lock_set(&indexes)
+            }
+        }
     }
 
-    fn lock_all(&self) -> Locked<'_> {
-        let guards = self
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i, p.lock(), false))
-            .collect();
-        Locked { guards }
+    fn lock_all(&self) -> Locked<'_, Partition> {
+        self.partitions.lock_all()
     }
 
-    fn user<'l>(&self, locked: &'l Locked<'_>, id: u32) -> Option<UserRef<'l>> {
-        locked
-            .partition(self.partition_of(id))
-            .and_then(|p| p.user(id))
+    fn user<'l>(&self, locked: &'l Locked<'_, Partition>, id: u32) -> Option<UserRef<'l>> {
+        locked.get(self.partition_of(id)).and_then(|p| p.user(id))
     }
 
     /// The users a record touches, or `None` for "lock everything".
@@ -166,14 +166,9 @@ impl FriendsEngine {
         }
     }
 
-    /// Applies `record` to the locked partitions whose position is below `ctx.pos`, then
-    /// moves those partitions to `ctx.pos`. The caller holds every partition the record
-    /// touches.
-    fn apply_locked(&self, record: &Record, locked: &mut Locked<'_>, ctx: ApplyCtx, live: bool) {
-        for (_, guard, fresh) in &mut locked.guards {
-            *fresh = live || guard.pos < ctx.pos;
-        }
-        let time = ctx.time;
+    /// Applies `record` to the locked partitions it is new to: the apply function shared by
+    /// live updates ([`commit::commit`]) and replay ([`commit::replay`]). Cannot fail.
+    fn apply_record(&self, record: &Record, locked: &mut Locked<'_, Partition>, time: u32) {
         let mut on = |id: u32, f: &mut dyn FnMut(&mut Partition)| {
             if let Some(p) = locked.fresh(self.partition_of(id)) {
                 f(p);
@@ -234,37 +229,18 @@ impl FriendsEngine {
                 p.remove_privacy(*user, key);
             }),
         }
-        for (_, guard, fresh) in &mut locked.guards {
-            if *fresh {
-                guard.pos = guard.pos.max(ctx.pos);
-            }
-        }
     }
 
     /// Appends `record` and applies it; the caller holds its partitions.
     fn commit(
         &self,
-        locked: &mut Locked<'_>,
+        locked: &mut Locked<'_, Partition>,
         record: &Record,
         journal: &dyn Journal,
     ) -> Result<()> {
-        let appended = journal.append(record.record_type(), &record.encode())?;
-        // Log positions only grow, so a live record is new to every partition it touches. A
-        // journal that restarts its positions below a loaded snapshot (a misconfigured
-        // host) must not lose the write, so the live path applies unconditionally.
-        debug_assert!(
-            locked
-                .guards
-                .iter()
-                .all(|(_, guard, _)| guard.pos < appended.pos),
-            "journal position {} not past a partition position",
-            appended.pos
-        );
-        let ctx = ApplyCtx {
-            pos: appended.pos,
-            time: appended.time,
-        };
-        self.apply_locked(record, locked, ctx, true);
+        commit::commit(journal, locked, record, |r, l, time| {
+            self.apply_record(r, l, time);
+        })?;
         Ok(())
     }
 
@@ -282,16 +258,22 @@ impl FriendsEngine {
 
     // ----- reads -----
 
-    fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: crate::keys::Slice) -> Value {
+    fn get_friends(
+        &self,
+        out: &mut Vec<u8>,
+        user: u32,
+        folder: u8,
+        mode: Mode,
+        slice: crate::keys::Slice,
+    ) {
         let locked = self.lock(&[user]);
-        let mut out = Vec::with_capacity(64);
         let Some(u) = self.user(&locked, user) else {
-            format_friends(&mut out, 0, |_| unreachable_friend(), mode, slice);
-            return Value::text(out);
+            format_friends(out, 0, |_| unreachable_friend(), mode, slice);
+            return;
         };
         let all = u.friends;
         if folder == 0 {
-            format_friends(&mut out, all.len(), |i| all.at(i), mode, slice);
+            format_friends(out, all.len(), |i| all.at(i), mode, slice);
         } else {
             let bit = crate::mask_bit(folder);
             let list: Vec<Friend> = all
@@ -300,27 +282,24 @@ impl FriendsEngine {
                 .filter(|m| m.1 & bit != 0)
                 .filter_map(|m| all.get(m.0))
                 .collect();
-            format_friends(&mut out, list.len(), |i| list[i], mode, slice);
+            format_friends(out, list.len(), |i| list[i], mode, slice);
         }
-        Value::text(out)
     }
 
-    fn get_recent(items: Vec<(u32, u32, u32)>, slice: crate::keys::Slice) -> Value {
+    fn get_recent(out: &mut Vec<u8>, items: Vec<(u32, u32, u32)>, slice: crate::keys::Slice) {
         let mut items = items;
         // Newest first; equal dates put the larger id first so the order is total.
         items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
-        let mut out = Vec::new();
-        push_u32(&mut out, u32::try_from(items.len()).unwrap_or(u32::MAX));
+        push_u32(out, u32::try_from(items.len()).unwrap_or(u32::MAX));
         for i in slice.indexes(items.len()) {
             let (id, mask, date) = items[i];
-            push_item(&mut out, id);
-            push_item(&mut out, mask);
-            push_item(&mut out, date);
+            push_item(out, id);
+            push_item(out, mask);
+            push_item(out, date);
         }
-        Value::text(out)
     }
 
-    fn check_privacy(&self, viewer: u32, owner: u32, keys: &[String]) -> Option<Value> {
+    fn check_privacy(&self, out: &mut Vec<u8>, viewer: u32, owner: u32, keys: &[String]) -> bool {
         let viewer_local = viewer != 0 && viewer != owner && self.is_local(viewer);
         let locked = if viewer_local {
             self.lock(&[owner, viewer])
@@ -352,7 +331,7 @@ impl FriendsEngine {
                 Some(any)
             })
         };
-        let mut out = Vec::with_capacity(keys.len());
+        let start = out.len();
         let mut rules = Vec::new();
         for key in keys {
             let found = owner_data.is_some_and(|u| u.privacy_into(key, &mut rules));
@@ -365,15 +344,12 @@ impl FriendsEngine {
             };
             out.push(answer);
         }
-        if keys.len() == 1 && out[0] == b'?' {
-            return None;
-        }
-        Some(Value::text(out))
+        // A single unknown key is a miss; a batch answers `?` for it.
+        !(keys.len() == 1 && out.get(start) == Some(&b'?'))
     }
 
-    fn common_counts(&self, user: u32, others: &[u32]) -> Value {
-        let mut out = Vec::new();
-        push_u32(&mut out, u32::try_from(others.len()).unwrap_or(u32::MAX));
+    fn common_counts(&self, out: &mut Vec<u8>, user: u32, others: &[u32]) {
+        push_u32(out, u32::try_from(others.len()).unwrap_or(u32::MAX));
         for &other in others {
             if !self.is_local(other) {
                 out.extend_from_slice(b",-1");
@@ -384,12 +360,12 @@ impl FriendsEngine {
             if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
                 intersect(a.friends.ids(), b.friends.ids(), |_| count += 1);
             }
-            push_item(&mut out, count);
+            push_item(out, count);
         }
-        Value::text(out)
     }
 
-    fn get_parsed(&self, key: GetKey, session: &Session) -> Result<Option<Value>> {
+    /// Renders the answer to a read into `out`; `Ok(false)` is a miss.
+    fn render_get(&self, key: GetKey, session: &Session, out: &mut Vec<u8>) -> Result<bool> {
         Ok(match key {
             GetKey::Friends {
                 user,
@@ -398,7 +374,8 @@ impl FriendsEngine {
                 slice,
             } => {
                 self.check_owner(user)?;
-                Some(self.get_friends(user, folder, mode, slice))
+                self.get_friends(out, user, folder, mode, slice);
+                true
             }
             GetKey::FriendCount { user, folder } => {
                 self.check_owner(user)?;
@@ -407,7 +384,8 @@ impl FriendsEngine {
                 let n = self
                     .user(&locked, user)
                     .map_or(0, |u| u.friends.count_with(bit));
-                Some(Value::text(n.to_string()))
+                push_u32(out, u32::try_from(n).unwrap_or(u32::MAX));
+                true
             }
             GetKey::RecentFriends { user, slice } => {
                 self.check_owner(user)?;
@@ -416,7 +394,8 @@ impl FriendsEngine {
                     u.friends.iter().map(|f| (f.id, f.mask, f.date)).collect()
                 });
                 drop(locked);
-                Some(Self::get_recent(items, slice))
+                Self::get_recent(out, items, slice);
+                true
             }
             GetKey::Requests { user, slice } => {
                 self.check_owner(user)?;
@@ -428,28 +407,32 @@ impl FriendsEngine {
                         .collect()
                 });
                 drop(locked);
-                Some(Self::get_recent(items, slice))
+                Self::get_recent(out, items, slice);
+                true
             }
             GetKey::Friend { user, friend } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 self.user(&locked, user)
                     .and_then(|u| u.friend(friend))
-                    .map(|f| Value::text(f.mask.to_string()))
+                    .map(|f| push_u32(out, f.mask))
+                    .is_some()
             }
             GetKey::Request { user, from } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 self.user(&locked, user)
                     .and_then(|u| u.request(from))
-                    .map(|r| Value::text(r.mask.to_string()))
+                    .map(|r| push_u32(out, r.mask))
+                    .is_some()
             }
             GetKey::Privacy { user, key } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
                 self.user(&locked, user)
                     .and_then(|u| u.privacy(&key))
-                    .map(|rules| Value::text(render(&rules)))
+                    .map(|rules| out.extend_from_slice(render(&rules).as_bytes()))
+                    .is_some()
             }
             GetKey::Check {
                 viewer,
@@ -457,18 +440,25 @@ impl FriendsEngine {
                 keys,
             } => {
                 self.check_owner(owner)?;
-                self.check_privacy(viewer, owner, &keys)
+                self.check_privacy(out, viewer, owner, &keys)
             }
             GetKey::CommonFriends { user, other } => {
                 self.check_owner(user)?;
                 self.check_owner(other)?;
                 let locked = self.lock(&[user, other]);
-                let mut ids = Vec::new();
-                if let (Some(a), Some(b)) = (self.user(&locked, user), self.user(&locked, other)) {
-                    intersect(a.friends.ids(), b.friends.ids(), |id| ids.push(id));
-                }
-                drop(locked);
-                Some(Value::text(count_list(&ids)))
+                counted(out, |out| {
+                    let mut count = 0u32;
+                    if let (Some(a), Some(b)) =
+                        (self.user(&locked, user), self.user(&locked, other))
+                    {
+                        intersect(a.friends.ids(), b.friends.ids(), |id| {
+                            count += 1;
+                            push_item(out, id);
+                        });
+                    }
+                    count
+                });
+                true
             }
             GetKey::FriendsAmong { user, list } => {
                 self.check_owner(user)?;
@@ -476,17 +466,23 @@ impl FriendsEngine {
                 candidates.sort_unstable();
                 candidates.dedup();
                 let locked = self.lock(&[user]);
-                let mut ids = Vec::new();
-                if let Some(a) = self.user(&locked, user) {
-                    intersect(a.friends.ids(), &candidates, |id| ids.push(id));
-                }
-                drop(locked);
-                Some(Value::text(count_list(&ids)))
+                counted(out, |out| {
+                    let mut count = 0u32;
+                    if let Some(a) = self.user(&locked, user) {
+                        intersect(a.friends.ids(), &candidates, |id| {
+                            count += 1;
+                            push_item(out, id);
+                        });
+                    }
+                    count
+                });
+                true
             }
             GetKey::CommonCounts { user, list } => {
                 self.check_owner(user)?;
                 let others = Self::resolve_list(list, session)?;
-                Some(self.common_counts(user, &others))
+                self.common_counts(out, user, &others);
+                true
             }
         })
     }
@@ -649,6 +645,93 @@ impl FriendsEngine {
         Ok(found)
     }
 
+    /// `set <key>`: friend, folder, request, privacy rule or temp list.
+    fn store(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        session: &mut Session,
+        journal: &dyn Journal,
+    ) -> Result<Outcome> {
+        match SetKey::parse(key)? {
+            SetKey::Friend { user, friend, half } => {
+                self.check_owner(user)?;
+                self.set_friend(user, friend, half, value, journal)?;
+            }
+            SetKey::Folder { user, folder } => {
+                self.check_owner(user)?;
+                let mut ids = parse_id_list(value)?;
+                ids.sort_unstable();
+                ids.dedup();
+                let mut locked = self.lock(&[user]);
+                if self
+                    .user(&locked, user)
+                    .is_none_or(|u| u.friends.is_empty())
+                {
+                    return Ok(Outcome::NotStored);
+                }
+                self.commit(
+                    &mut locked,
+                    &Record::FolderSet { user, folder, ids },
+                    journal,
+                )?;
+            }
+            SetKey::Request { user, from } => {
+                self.check_owner(user)?;
+                self.set_request(user, from, value, journal)?;
+            }
+            SetKey::Privacy { user, key } => {
+                self.check_owner(user)?;
+                self.set_privacy(user, key, value, journal)?;
+            }
+            SetKey::Temp { tag } => {
+                parse_id_list(value)?;
+                session.put_temp(&temp_name(&tag), value.to_vec())?;
+            }
+        }
+        Ok(Outcome::Stored { cas: 0 })
+    }
+
+    /// `incr`/`decr friend<user>_<friend> <bits>`: OR / AND-NOT folder bits.
+    fn change_mask(
+        &self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        journal: &dyn Journal,
+    ) -> Result<Outcome> {
+        let delta =
+            i64::try_from(delta).map_err(|_| Error::client("invalid numeric delta argument"))?;
+        let delta = if incr { delta } else { -delta };
+        let (user, friend) = parse_incr_key(key)?;
+        self.check_owner(user)?;
+        not_self(user, friend, "befriend")?;
+        let bits = u32::try_from(delta.unsigned_abs())
+            .ok()
+            .filter(|b| *b <= MASK_BITS)
+            .ok_or_else(|| Error::client(format!("mask {delta} has bits above folder 30")))?;
+        let mut locked = self.lock(&[user]);
+        if self
+            .user(&locked, user)
+            .and_then(|u| u.friend(friend))
+            .is_none()
+        {
+            return Ok(Outcome::Miss);
+        }
+        let record = if delta >= 0 {
+            Record::FriendOr { user, friend, bits }
+        } else {
+            Record::FriendAndNot { user, friend, bits }
+        };
+        self.commit(&mut locked, &record, journal)?;
+        let mask = self.user(&locked, user).map_or(0, |u| u.mask_of(friend));
+        Ok(Outcome::Number {
+            value: u64::from(mask),
+            cas: 0,
+            exptime: 0,
+        })
+    }
+
     /// Counts of the whole image.
     #[must_use]
     pub fn census(&self) -> Census {
@@ -688,112 +771,66 @@ fn format_friends(
     }
 }
 
-fn count_list(ids: &[u32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + ids.len() * 8);
-    push_u32(&mut out, u32::try_from(ids.len()).unwrap_or(u32::MAX));
-    for &id in ids {
-        push_item(&mut out, id);
-    }
-    out
-}
-
 impl Engine for FriendsEngine {
     fn name(&self) -> &'static str {
         "friends"
     }
 
-    fn get(&self, key: &[u8], session: &mut Session) -> Result<Option<Value>> {
-        self.get_parsed(GetKey::parse(key)?, session)
-    }
-
-    fn set(
-        &self,
-        key: &[u8],
-        _flags: u32,
-        value: &[u8],
-        session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<StoreOutcome> {
-        match SetKey::parse(key)? {
-            SetKey::Friend { user, friend, half } => {
-                self.check_owner(user)?;
-                self.set_friend(user, friend, half, value, journal)?;
-            }
-            SetKey::Folder { user, folder } => {
-                self.check_owner(user)?;
-                let mut ids = parse_id_list(value)?;
-                ids.sort_unstable();
-                ids.dedup();
-                let mut locked = self.lock(&[user]);
-                if self
-                    .user(&locked, user)
-                    .is_none_or(|u| u.friends.is_empty())
-                {
-                    return Ok(StoreOutcome::NotStored);
+    fn execute(&self, request: &Request<'_>, cx: &mut Cx<'_>) -> Result<Outcome> {
+        match *request {
+            Request::Get { key } => {
+                let parsed = GetKey::parse(key)?;
+                let session = &*cx.session;
+                let mut failed = None;
+                let mut parsed = Some(parsed);
+                let found = cx.reply.value(key, 0, &mut |out| {
+                    let Some(parsed) = parsed.take() else {
+                        return false;
+                    };
+                    match self.render_get(parsed, session, out) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+                });
+                match failed {
+                    Some(e) => Err(e),
+                    None if found => Ok(Outcome::Hit),
+                    None => Ok(Outcome::Miss),
                 }
-                self.commit(
-                    &mut locked,
-                    &Record::FolderSet { user, folder, ids },
-                    journal,
-                )?;
             }
-            SetKey::Request { user, from } => {
-                self.check_owner(user)?;
-                self.set_request(user, from, value, journal)?;
+            Request::Store {
+                mode: StoreMode::Set,
+                key,
+                data,
+                ..
+            } => self.store(key, data, cx.session, cx.journal),
+            Request::Delete { key, cas: None } => Ok(
+                match self.delete_parsed(DeleteKey::parse(key)?, cx.journal)? {
+                    true => Outcome::Deleted,
+                    false => Outcome::Miss,
+                },
+            ),
+            Request::Arith {
+                key,
+                incr,
+                delta,
+                options,
+            } if options == koshka_engine::ArithOptions::default() => {
+                self.change_mask(key, incr, delta, cx.journal)
             }
-            SetKey::Privacy { user, key } => {
-                self.check_owner(user)?;
-                self.set_privacy(user, key, value, journal)?;
-            }
-            SetKey::Temp { tag } => {
-                parse_id_list(value)?;
-                session.put_temp(&temp_name(&tag), value.to_vec())?;
-            }
+            _ => Err(Error::NotSupported { engine: "friends" }),
         }
-        Ok(StoreOutcome::Stored)
-    }
-
-    fn delete(&self, key: &[u8], _session: &mut Session, journal: &dyn Journal) -> Result<bool> {
-        self.delete_parsed(DeleteKey::parse(key)?, journal)
-    }
-
-    fn incr(
-        &self,
-        key: &[u8],
-        delta: i64,
-        _session: &mut Session,
-        journal: &dyn Journal,
-    ) -> Result<Option<u64>> {
-        let (user, friend) = parse_incr_key(key)?;
-        self.check_owner(user)?;
-        not_self(user, friend, "befriend")?;
-        let bits = u32::try_from(delta.unsigned_abs())
-            .ok()
-            .filter(|b| *b <= MASK_BITS)
-            .ok_or_else(|| Error::client(format!("mask {delta} has bits above folder 30")))?;
-        let mut locked = self.lock(&[user]);
-        if self
-            .user(&locked, user)
-            .and_then(|u| u.friend(friend))
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let record = if delta >= 0 {
-            Record::FriendOr { user, friend, bits }
-        } else {
-            Record::FriendAndNot { user, friend, bits }
-        };
-        self.commit(&mut locked, &record, journal)?;
-        Ok(self
-            .user(&locked, user)
-            .map(|u| u64::from(u.mask_of(friend))))
     }
 
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
         let record = Record::decode(record_type, payload)?;
         let mut locked = self.lock(&Self::record_users(&record));
-        self.apply_locked(&record, &mut locked, ctx, false);
+        commit::replay(&mut locked, &record, ctx, |r, l, time| {
+            self.apply_record(r, l, time);
+        });
         Ok(())
     }
 
@@ -843,7 +880,7 @@ impl Engine for FriendsEngine {
             });
         }
         for (index, partition) in loaded {
-            *self.partitions[index].lock() = partition;
+            *self.partitions.lock(index) = partition;
         }
         Ok(())
     }

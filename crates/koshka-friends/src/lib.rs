@@ -36,6 +36,20 @@ mod tests;
 
 pub use engine::FriendsEngine;
 
+/// The friends engine's registration.
+pub const SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
+    name: "friends",
+    default_port: 11214,
+    key_len_max: koshka_limits::COMPILED_KEY_LEN_MAX,
+    summary: "friend lists, folders, requests, privacy rules and checks",
+    build: |setup| {
+        Ok(koshka_engine::Built {
+            engine: std::sync::Arc::new(FriendsEngine::new(setup.shard)),
+            logged: true,
+        })
+    },
+};
+
 /// Most friends one user may have (VK's `MAX_FRIENDS`). Adding one more friend (on either side
 /// of a two-sided add) fails with `CLIENT_ERROR`; updates of existing friends still work.
 pub const FRIENDS_PER_USER_MAX: usize = 10_000;

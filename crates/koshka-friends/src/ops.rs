@@ -27,7 +27,7 @@
 //!
 //! Rule tags: 0 user, 1 folder, 2 all friends, 3 friends of friends, 4 everybody; +8 = deny.
 
-use koshka_engine::{Error, Result};
+use koshka_engine::{codec, Error, Result};
 
 use crate::privacy::{Rule, Target};
 use crate::{FOLDER_MAX, PRIVACY_KEY_LEN_MAX, PRIVACY_RULES_MAX, USER_LIST_MAX};
@@ -202,6 +202,12 @@ impl Record {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the payload bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Self::FriendAddPair { user, friend, mask }
             | Self::FriendSetHalf { user, friend, mask }
@@ -220,36 +226,35 @@ impl Record {
                 from: friend,
                 mask,
             } => {
-                put_u32s(&mut out, &[*user, *friend, *mask]);
+                put_u32s(out, &[*user, *friend, *mask]);
             }
             Self::FriendDelPair { user, friend }
             | Self::FriendDelHalf { user, friend }
-            | Self::RequestDel { user, from: friend } => put_u32s(&mut out, &[*user, *friend]),
+            | Self::RequestDel { user, from: friend } => put_u32s(out, &[*user, *friend]),
             Self::FolderSet { user, folder, ids } => {
-                put_u32s(&mut out, &[*user]);
+                put_u32s(out, &[*user]);
                 out.push(*folder);
-                put_list(&mut out, ids);
+                put_list(out, ids);
             }
             Self::FolderDel { user, folder } => {
-                put_u32s(&mut out, &[*user]);
+                put_u32s(out, &[*user]);
                 out.push(*folder);
             }
             Self::UserDel { user, mirrored } => {
-                put_u32s(&mut out, &[*user]);
-                put_list(&mut out, mirrored);
+                put_u32s(out, &[*user]);
+                put_list(out, mirrored);
             }
-            Self::RequestDelAll { user } => put_u32s(&mut out, &[*user]),
+            Self::RequestDelAll { user } => put_u32s(out, &[*user]),
             Self::PrivacySet { user, key, rules } => {
-                put_u32s(&mut out, &[*user]);
-                put_key(&mut out, key);
-                put_rules(&mut out, rules);
+                put_u32s(out, &[*user]);
+                put_key(out, key);
+                put_rules(out, rules);
             }
             Self::PrivacyDel { user, key } => {
-                put_u32s(&mut out, &[*user]);
-                put_key(&mut out, key);
+                put_u32s(out, &[*user]);
+                put_key(out, key);
             }
         }
-        out
     }
 
     /// Decodes a record of type `record_type`.
@@ -258,7 +263,7 @@ impl Record {
     /// [`Error::Corrupt`] for an unknown type, a short or over-long payload, or a value that
     /// the engine never writes (zero id, bad folder, unsorted list, bad rule tag).
     pub fn decode(record_type: u16, payload: &[u8]) -> Result<Self> {
-        let mut r = Reader { buf: payload };
+        let mut r = Reader::new(payload);
         let record = match record_type {
             FRIEND_ADD_PAIR | FRIEND_SET_HALF | FRIEND_OR | FRIEND_AND_NOT | REQUEST_SET => {
                 let (user, friend, mask) = (r.id()?, r.id()?, r.u32()?);
@@ -319,10 +324,10 @@ impl Record {
                 )))
             }
         };
-        if !r.buf.is_empty() {
+        if !r.is_empty() {
             return Err(Error::corrupt_record(format!(
                 "{} trailing bytes in record type {record_type:#x}",
-                r.buf.len()
+                r.remaining()
             )));
         }
         Ok(record)
@@ -400,63 +405,37 @@ pub fn put_rules(out: &mut Vec<u8>, rules: &[Rule]) {
     }
 }
 
-/// A cursor over a little-endian payload; every read fails cleanly on a short buffer.
-pub struct Reader<'a> {
-    /// Bytes not read yet.
-    pub buf: &'a [u8],
+/// A cursor over a friends record or snapshot: the shared byte codec
+/// ([`koshka_engine::codec::Reader`], reached through `Deref`) plus the engine's own fields
+/// (ids, folders, id lists, privacy keys and rules), each validated as it is read.
+pub struct Reader<'a>(codec::Reader<'a>);
+
+impl<'a> std::ops::Deref for Reader<'a> {
+    type Target = codec::Reader<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-impl Reader<'_> {
+impl std::ops::DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`.
+    #[must_use]
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self(codec::Reader::new(buf, "friends record"))
+    }
+
     /// Takes `n` bytes.
     ///
     /// # Errors
     /// [`Error::Corrupt`] if fewer remain.
-    pub fn take(&mut self, n: usize) -> Result<&[u8]> {
-        if self.buf.len() < n {
-            return Err(Error::corrupt_record(format!(
-                "payload ends early: need {n} bytes, have {}",
-                self.buf.len()
-            )));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    /// Reads a `u8`.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] on a short buffer.
-    pub fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-
-    /// Reads a `u16`.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] on a short buffer.
-    pub fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    /// Reads a `u32`.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] on a short buffer.
-    pub fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// Reads a `u64`.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] on a short buffer.
-    pub fn u64(&mut self) -> Result<u64> {
-        let lo = u64::from(self.u32()?);
-        let hi = u64::from(self.u32()?);
-        Ok(lo | (hi << 32))
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        self.0.bytes(n)
     }
 
     /// Reads a non-zero user id.

@@ -149,7 +149,7 @@ pub fn decode_partition(
     body: &[u8],
     home: &dyn Fn(u32) -> usize,
 ) -> Result<Partition> {
-    let mut r = Reader { buf: body };
+    let mut r = Reader::new(body);
     let fix = |e: Error| match e {
         Error::Corrupt { reason, .. } => corrupt(format!("partition {index}: {reason}")),
         other => other,
@@ -177,10 +177,10 @@ pub fn decode_partition(
         }
         partition.insert_user(id, user);
     }
-    if !r.buf.is_empty() {
+    if !r.is_empty() {
         return Err(corrupt(format!(
             "partition {index}: {} trailing bytes",
-            r.buf.len()
+            r.remaining()
         )));
     }
     Ok(partition)

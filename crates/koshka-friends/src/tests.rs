@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use koshka_engine::{
-    Appended, ApplyCtx, Engine, Error, Journal, MemoryJournal, Result, Session, ShardSpec,
+    Appended, ApplyCtx, Direct, Engine, Error, Journal, MemoryJournal, Result, Session, ShardSpec,
     StoreOutcome,
 };
 use parking_lot::Mutex;

@@ -4,8 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use koshka_engine::MemoryJournal;
-use koshka_kv::{Kv, KvConfig};
 use koshka_engine::StoreMode;
+use koshka_kv::{Kv, KvConfig};
 
 fn bench(c: &mut Criterion) {
     let kv = Kv::new(KvConfig::default());

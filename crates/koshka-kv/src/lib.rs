@@ -46,6 +46,32 @@ pub const MEMORY_LIMIT_DEFAULT: usize = koshka_limits::MEMORY_LIMIT_DEFAULT as u
 /// Snapshot body magic ("KVS2").
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS2";
 
+/// The kv engine's registration: memcached's port, memcached's key limit.
+pub const SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
+    name: "kv",
+    default_port: 11211,
+    key_len_max: koshka_limits::KEY_LEN_MAX,
+    summary: "persistent memcached (or an LRU cache with --cache)",
+    build,
+};
+
+fn build(setup: &koshka_engine::EngineSetup) -> Result<koshka_engine::Built> {
+    let config = KvConfig {
+        mode: if setup.cache {
+            Mode::Cache
+        } else {
+            Mode::Persistent
+        },
+        memory_limit: usize::try_from(setup.memory_limit).unwrap_or(usize::MAX),
+        value_size_max: setup.value_size_max,
+    };
+    Ok(koshka_engine::Built {
+        engine: std::sync::Arc::new(Kv::new(config)),
+        // A cache keeps no log: nothing of it survives a restart.
+        logged: !setup.cache,
+    })
+}
+
 /// Whether a full kv refuses writes or evicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -307,8 +333,9 @@ impl Kv {
         record: &Record<'_>,
         journal: &dyn Journal,
     ) -> Result<u64> {
-        let appended =
-            commit::commit(journal, locked, record, |r, l, time| self.apply_record(r, l, time))?;
+        let appended = commit::commit(journal, locked, record, |r, l, time| {
+            self.apply_record(r, l, time)
+        })?;
         Ok(appended.pos)
     }
 

@@ -1,7 +1,7 @@
 use std::sync::Mutex as StdMutex;
 
-use koshka_engine::{Appended, Journal, MemoryJournal};
 use koshka_engine::StoreMode as M;
+use koshka_engine::{Appended, Journal, MemoryJournal};
 use proptest::prelude::*;
 
 use super::*;

@@ -3,7 +3,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use koshka_engine::{Direct, Engine, MemoryJournal, Session, ShardSpec};
+use koshka_engine::{Direct, MemoryJournal, Session, ShardSpec};
 use koshka_messages::{Flavour, MessagesEngine};
 
 const MAILBOX: usize = 10_000;

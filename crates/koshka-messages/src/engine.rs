@@ -113,7 +113,10 @@ impl MessagesEngine {
         let lexicon = &self.lexicon;
         let terms = |text: &Text| lexicon.terms(&[&text.subject, &text.body]);
         let added = |result: std::result::Result<(), String>| {
-            assert!(result.is_ok(), "apply of a checked record failed: {result:?}");
+            assert!(
+                result.is_ok(),
+                "apply of a checked record failed: {result:?}"
+            );
         };
         match record {
             Record::Add {
@@ -187,7 +190,12 @@ impl MessagesEngine {
     /// Checks a record read back from the log against the partitions it is new to, so that
     /// applying it cannot fail: a message id must be the mailbox's next one. Anything else
     /// is a damaged log.
-    fn check_replay(&self, record: &Record, locked: &Locked<'_, Partition>, pos: u64) -> Result<()> {
+    fn check_replay(
+        &self,
+        record: &Record,
+        locked: &Locked<'_, Partition>,
+        pos: u64,
+    ) -> Result<()> {
         let new_to = |index: usize| locked.get(index).filter(|p| p.pos < pos);
         let next = |index: usize, owner: i64| {
             new_to(index).map(|p| p.mailboxes.get(&owner).map_or(1, Mailbox::next_lid))
@@ -532,7 +540,11 @@ impl MessagesEngine {
                 return position(out, &mb.sublists[index], *lid);
             }
             Query::PeerList { peer, slice, .. } => {
-                page(out, mb.peers.get(peer).map_or(&[][..], |c| &*c.lids), *slice);
+                page(
+                    out,
+                    mb.peers.get(peer).map_or(&[][..], |c| &*c.lids),
+                    *slice,
+                );
             }
             Query::PeerListPos { peer, lid, .. } => {
                 let Some(conversation) = mb.peers.get(peer) else {

@@ -31,6 +31,34 @@ mod engine;
 
 pub use engine::MessagesEngine;
 
+/// The messages engine's registration.
+pub const MESSAGES_SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
+    name: "messages",
+    default_port: 11212,
+    key_len_max: koshka_limits::COMPILED_KEY_LEN_MAX,
+    summary: "private messages: mailboxes, dialogs, unread counters, per-mailbox search",
+    build: |setup| build(Flavour::Messages, setup),
+};
+
+/// The wall engine's registration (the same engine in wall flavour).
+pub const WALL_SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
+    name: "wall",
+    default_port: 11213,
+    key_len_max: koshka_limits::COMPILED_KEY_LEN_MAX,
+    summary: "walls: posts, replies, reposts, statuses",
+    build: |setup| build(Flavour::Wall, setup),
+};
+
+fn build(
+    flavour: Flavour,
+    setup: &koshka_engine::EngineSetup,
+) -> koshka_engine::Result<koshka_engine::Built> {
+    Ok(koshka_engine::Built {
+        engine: std::sync::Arc::new(MessagesEngine::new(flavour, setup.shard)),
+        logged: true,
+    })
+}
+
 /// Which kind of texts an engine instance stores; chosen once per instance and recorded in
 /// its snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

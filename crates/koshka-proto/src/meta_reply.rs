@@ -154,7 +154,14 @@ mod tests {
             size: 2,
         };
         let mut out = Vec::new();
-        hit(&mut out, &MetaFlags::new(b"v c f t s k O7"), b"key", &item, b"hi", 100);
+        hit(
+            &mut out,
+            &MetaFlags::new(b"v c f t s k O7"),
+            b"key",
+            &item,
+            b"hi",
+            100,
+        );
         assert_eq!(out, b"VA 2 c9 f5 t30 s2 kkey O7\r\nhi\r\n");
         out.clear();
         hit(&mut out, &MetaFlags::new(b"k b"), b"key", &item, b"hi", 100);

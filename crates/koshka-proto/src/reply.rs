@@ -81,7 +81,8 @@ pub fn value_in_place(
     let flags_digits = flags_digits.format(flags).as_bytes();
     let mut len_digits = itoa::Buffer::new();
     let len_digits = len_digits.format(len).as_bytes();
-    let header_len = b"VALUE ".len() + key.len() + 1 + flags_digits.len() + 1 + len_digits.len() + 2;
+    let header_len =
+        b"VALUE ".len() + key.len() + 1 + flags_digits.len() + 1 + len_digits.len() + 2;
     out.resize(out.len() + header_len, 0);
     out.copy_within(start..start + len, start + header_len);
     let mut at = start;
@@ -140,11 +141,16 @@ mod tests {
         let mut a = b"prefix".to_vec();
         let mut b = a.clone();
         value(&mut a, b"message2_17", 4_294_967_295, b"{\"id\":17}", None);
-        assert!(value_in_place(&mut b, b"message2_17", 4_294_967_295, &mut |out| {
-            out.extend_from_slice(b"{\"id\":");
-            out.extend_from_slice(b"17}");
-            true
-        }));
+        assert!(value_in_place(
+            &mut b,
+            b"message2_17",
+            4_294_967_295,
+            &mut |out| {
+                out.extend_from_slice(b"{\"id\":");
+                out.extend_from_slice(b"17}");
+                true
+            }
+        ));
         assert_eq!(a, b);
         let mut empty = Vec::new();
         value_in_place(&mut empty, b"k", 0, &mut |_| true);

@@ -22,6 +22,9 @@
 //! enabled = ["kv", "messages", "wall", "friends"]
 //! shard_index = 0
 //! shard_count = 1
+//!
+//! [engine.messages]            # one optional section per engine
+//! port = 11212                 # its own port (default: the engine's stable default)
 //! ```
 
 use std::net::SocketAddr;
@@ -251,7 +254,7 @@ impl Default for EnginesSection {
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[server]`
@@ -260,7 +263,14 @@ pub struct Config {
     pub storage: StorageSection,
     /// `[engines]`
     pub engines: EnginesSection,
+    /// `[engine.<name>]`: each engine's own section. `port` is read by the node; everything
+    /// else is handed to the engine.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub engine: std::collections::BTreeMap<String, toml::Table>,
 }
+
+/// The key of an engine section that sets its port.
+pub const ENGINE_PORT_KEY: &str = "port";
 
 impl Config {
     /// Reads a TOML file.
@@ -318,6 +328,33 @@ impl Config {
             return Err(ConfigError::Invalid("engines.enabled is empty".into()));
         }
         Ok(listen)
+    }
+
+    /// The port configured for `engine` in its `[engine.<name>]` section, if any.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when `port` is not an integer in `0..=65535`.
+    pub fn engine_port(&self, engine: &str) -> Result<Option<u16>, ConfigError> {
+        let Some(value) = self.engine.get(engine).and_then(|t| t.get(ENGINE_PORT_KEY)) else {
+            return Ok(None);
+        };
+        value
+            .as_integer()
+            .and_then(|p| u16::try_from(p).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "engine.{engine}.port must be a port number (0..=65535), not {value}"
+                ))
+            })
+    }
+
+    /// The settings of `engine` for the engine itself (its section without `port`).
+    #[must_use]
+    pub fn engine_settings(&self, engine: &str) -> toml::Table {
+        let mut table = self.engine.get(engine).cloned().unwrap_or_default();
+        table.remove(ENGINE_PORT_KEY);
+        table
     }
 
     /// The tunable limits this configuration asks for.

@@ -7,8 +7,7 @@
 //! other answer is an [`Outcome`] encoded here. This module knows no engine.
 
 use koshka_engine::{
-    ArithOptions, Cx, Engine, Error, ItemRef, Outcome, Reply, Request, Session, StoreMode,
-    Tracking,
+    ArithOptions, Cx, Engine, Error, ItemRef, Outcome, Reply, Request, Session, StoreMode, Tracking,
 };
 use koshka_proto::meta_reply::{self, MetaItem};
 use koshka_proto::{reply, Command, Keys, MetaFlags};
@@ -129,7 +128,13 @@ impl Reply for Writer<'_, '_> {
         };
         match self.sink {
             Sink::Classic { cas } => {
-                reply::value(self.out, item.key, item.flags, item.value, cas.then_some(item.cas));
+                reply::value(
+                    self.out,
+                    item.key,
+                    item.flags,
+                    item.value,
+                    cas.then_some(item.cas),
+                );
             }
             Sink::Meta { flags } => {
                 meta_reply::hit(self.out, &flags, item.key, &meta, item.value, self.now);
@@ -303,13 +308,7 @@ fn store_reply(outcome: Outcome) -> &'static [u8] {
 
 /// `get`/`gets`/`gat`/`gats`: one request per key, values streamed into the output buffer.
 /// A key the engine refuses (a malformed compiled key) fails the whole command.
-fn get(
-    ctx: &mut Ctx<'_>,
-    keys: &Keys<'_>,
-    cas: bool,
-    touch: Option<i64>,
-    resume: usize,
-) -> Flow {
+fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume: usize) -> Flow {
     if touch.is_some() && resume == 0 {
         bump(&ctx.counters.cmd_touch, keys.len() as u64);
     }

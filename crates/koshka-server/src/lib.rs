@@ -38,7 +38,7 @@ use std::time::Instant;
 use koshka_engine::{Engine, Journal, MemoryJournal, Stat};
 
 pub use config::Config;
-pub use net::run;
+pub use net::{bind, run, serve};
 
 /// Default for how long a connection may stall with a full reply buffer before it is dropped
 /// (`[server] write_stall_timeout_ms`).

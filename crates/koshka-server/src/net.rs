@@ -40,7 +40,16 @@ impl Placement {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds one listening socket (with `SO_REUSEADDR`, non-blocking, backlog 1024).
+///
+/// # Errors
+/// The bind or listen failure, with the address named in the message.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind_inner(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+fn bind_inner(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -57,16 +66,39 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// # Errors
 /// Binding failures.
 pub fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let listeners = node
+        .slots
+        .iter()
+        .map(|slot| bind(slot.listen))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    serve(node, listeners, shutdown)
+}
+
+/// Runs a node on listeners bound beforehand (one per slot, in slot order, see [`bind`]) until
+/// `shutdown` becomes true; prints `koshka: <engine> listening on <addr>` lines to stdout.
+///
+/// # Errors
+/// Thread start failures.
+///
+/// # Panics
+/// If the number of listeners differs from the number of slots.
+pub fn serve(
+    node: Arc<Node>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    assert_eq!(
+        listeners.len(),
+        node.slots.len(),
+        "one listener per engine slot"
+    );
     let threads = node.config.threads();
-    let mut listeners = Vec::new();
-    for slot in &node.slots {
-        let listener = bind(slot.listen)?;
+    for (slot, listener) in node.slots.iter().zip(&listeners) {
         println!(
             "koshka: {} listening on {}",
             slot.name,
             listener.local_addr()?
         );
-        listeners.push(listener);
     }
     let mut receivers = Vec::new();
     let mut senders = Vec::new();

@@ -1,20 +1,13 @@
 //! `koshka`: the one binary. `serve` runs a node; `bench` drives load; `binlog` inspects logs.
 //!
-//! # Layout
-//! * `main.rs` — flags, config loading, logging, signal handling, then the library's `run`;
-//! * `engines.rs` — the engine registry.
+//! This file parses flags, loads the configuration, sets up logging and signals, then calls
+//! the libraries: [`koshka_node::run`] for `serve` (the engine registry is
+//! [`koshka_node::registry`]).
 
-mod engines;
-mod persist;
-
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use koshka_server::config::{Config, Durability, KvMode, Size};
-use koshka_server::{EngineSlot, Node, Persistence};
+use koshka_node::config::{Config, Durability, KvMode, Size};
 
 /// koshka: VK-style in-memory engines behind the memcached protocol.
 #[derive(Debug, Parser)]
@@ -64,9 +57,13 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// kv address; the other engines listen on the following ports (port 0: all ephemeral).
+    /// kv address; its host is every engine's host (port 0: every engine on an ephemeral port).
+    /// The other engines listen on their own stable default ports.
     #[arg(long)]
     listen: Option<String>,
+    /// One engine's port, as ENGINE=PORT (repeatable), e.g. --port messages=12012.
+    #[arg(long = "port", value_name = "ENGINE=PORT")]
+    ports: Vec<String>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -172,115 +169,61 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.repair {
         config.storage.repair = true;
     }
+    for assignment in &args.ports {
+        let Some((engine, port)) = assignment.split_once('=') else {
+            anyhow::bail!("--port takes ENGINE=PORT, not {assignment:?}");
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--port {assignment}: {port:?} is not a port number"))?;
+        config
+            .engine
+            .entry(engine.to_string())
+            .or_default()
+            .insert("port".into(), i64::from(port).into());
+    }
     Ok(config)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.list_stats {
-        for (name, description) in koshka_server::stats::Counters::DESCRIPTIONS {
+        for (name, description) in koshka_node::stats::Counters::DESCRIPTIONS {
             println!("{name}\t{description}");
         }
         return Ok(());
     }
     let config = effective_config(&args)?;
-    let listen = config.validate()?;
+    let registry = koshka_node::registry::builtin();
+    koshka_node::plan(&config, &registry)?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let enabled: Vec<String> = config
-        .engines
-        .enabled
-        .iter()
-        .filter(|name| {
-            let known = engines::KNOWN.contains(&name.as_str());
-            if !known {
-                tracing::warn!("engine {name} is not available in this build; skipped");
-            }
-            known
-        })
-        .cloned()
-        .collect();
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .with_context(|| format!("creating {}", config.storage.data_dir.display()))?;
-    let mut slots = Vec::new();
-    for (offset, name) in enabled.iter().enumerate() {
-        let (hosted, key_len_max) = engines::build(name, &config)?;
-        let port = if listen.port() == 0 {
-            0
-        } else {
-            listen.port() + u16::try_from(offset)?
-        };
-        let persistence = open_persistence(name, &hosted, &config)?;
-        slots.push(Arc::new(EngineSlot {
-            name: name.clone(),
-            listen: SocketAddr::new(listen.ip(), port),
-            hosted,
-            persistence,
-            key_len_max,
-        }));
-    }
-    let node = Arc::new(Node::new(config, slots));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signals = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("koshka-signals".into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut hangup = signal(SignalKind::hangup())?;
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = term.recv() => break,
+                        // Nothing to re-open: logs go to stderr. SIGHUP must not kill a node
+                        // a terminal or supervisor hangs up on.
+                        _ = hangup.recv() => tracing::info!("SIGHUP ignored (logs go to stderr)"),
+                    }
                 }
                 tracing::info!("shutting down");
                 let _ = stop_tx.send(true);
                 anyhow::Ok(())
             })
         })?;
-    let _ = signals;
-    koshka_server::run(node.clone(), stop_rx)?;
-    for slot in &node.slots {
-        if let Err(e) = slot.persistence.shutdown() {
-            tracing::error!("{}: shutdown: {e}", slot.name);
-        }
-    }
+    koshka_node::run(config, &registry, stop_rx)?;
     Ok(())
-}
-
-/// Opens (recovers) the binlog host of one engine: newest snapshot + replay of the log tail.
-fn open_persistence(
-    name: &str,
-    hosted: &koshka_server::Hosted,
-    config: &Config,
-) -> anyhow::Result<Arc<dyn Persistence>> {
-    let engine: Arc<dyn koshka_engine::Engine> = match hosted {
-        koshka_server::Hosted::Kv(kv) => kv.clone(),
-        koshka_server::Hosted::Compiled(engine) => engine.clone(),
-    };
-    let cache = name == "kv" && config.storage.kv_mode == KvMode::Cache;
-    let durability = match (config.storage.durability, cache) {
-        (_, true) | (Durability::None, _) => koshka_binlog::Durability::None,
-        (Durability::Always, _) => koshka_binlog::Durability::Always,
-        (Durability::Everysec, _) => koshka_binlog::Durability::EverySec,
-    };
-    let dir = config.storage.data_dir.join(name);
-    let mut persist = koshka_binlog::PersistConfig::new(&dir, name, &config.limits());
-    persist.shard = koshka_engine::ShardSpec {
-        index: config.engines.shard_index,
-        count: config.engines.shard_count,
-    };
-    persist.durability = durability;
-    persist.snapshot_on_shutdown = config.storage.snapshot_on_shutdown;
-    persist.repair = config.storage.repair;
-    let started = std::time::Instant::now();
-    let host = koshka_binlog::Host::open(engine, persist)
-        .with_context(|| format!("opening the {name} binlog in {}", dir.display()))?;
-    tracing::info!(
-        "{name}: ready in {:.2}s ({durability:?})",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Arc::new(persist::HostPersistence(host)))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use koshka_engine::{ApplyCtx, Engine, Error, Journal, Result, Session, Stat, StoreOutcome, Value};
+use koshka_engine::{ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Stat};
 use parking_lot::Mutex;
 
 pub const PARTITIONS: usize = 8;
@@ -84,22 +84,7 @@ impl Engine for CounterEngine {
         "counter"
     }
 
-    fn get(&self, _key: &[u8], _session: &mut Session) -> Result<Option<Value>> {
-        Err(Error::NotSupported { engine: "counter" })
-    }
-
-    fn set(
-        &self,
-        _key: &[u8],
-        _flags: u32,
-        _value: &[u8],
-        _session: &mut Session,
-        _journal: &dyn Journal,
-    ) -> Result<StoreOutcome> {
-        Err(Error::NotSupported { engine: "counter" })
-    }
-
-    fn delete(&self, _key: &[u8], _session: &mut Session, _journal: &dyn Journal) -> Result<bool> {
+    fn execute(&self, _request: &Request<'_>, _cx: &mut Cx<'_>) -> Result<Outcome> {
         Err(Error::NotSupported { engine: "counter" })
     }
 

@@ -1,7 +1,7 @@
 //! Test helpers: a journal that records every record with deterministic positions and times.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use koshka_engine::{Direct, Appended, ApplyCtx, Engine, Journal, Result, Session, StoreOutcome};
+use koshka_engine::{Appended, ApplyCtx, Direct, Engine, Journal, Result, Session, StoreOutcome};
 use parking_lot::Mutex;
 
 /// A recorded record.

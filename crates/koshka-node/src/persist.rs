@@ -44,3 +44,31 @@ impl Persistence for HostPersistence {
         self.0.shutdown().map_err(|e| e.to_string())
     }
 }
+
+/// Opens (recovers) the binlog host of one engine: newest snapshot + replay of the log tail.
+pub(crate) fn open(
+    name: &str,
+    engine: &std::sync::Arc<dyn koshka_engine::Engine>,
+    config: &koshka_server::Config,
+    durability: koshka_binlog::Durability,
+) -> crate::Result<std::sync::Arc<dyn Persistence>> {
+    let dir = config.storage.data_dir.join(name);
+    let mut persist = koshka_binlog::PersistConfig::new(&dir, name, &config.limits());
+    persist.shard = koshka_engine::ShardSpec {
+        index: config.engines.shard_index,
+        count: config.engines.shard_count,
+    };
+    persist.durability = durability;
+    persist.snapshot_on_shutdown = config.storage.snapshot_on_shutdown;
+    persist.repair = config.storage.repair;
+    let started = std::time::Instant::now();
+    let host = Host::open(engine.clone(), persist).map_err(|source| crate::Error::Persistence {
+        engine: name.into(),
+        source,
+    })?;
+    tracing::info!(
+        "{name}: ready in {:.2}s ({durability:?})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(std::sync::Arc::new(HostPersistence(host)))
+}
