@@ -12,7 +12,8 @@
 //! ```
 //! An append is admitted only when its bytes fit below `reserved_end` (a compare under the
 //! append mutex). When they do not, the appender extends the reservation by a chunk
-//! ([`SPACE_RESERVE_CHUNK`], clamped to the segment size) with `fallocate(KEEP_SIZE)`; a
+//! ([`SPACE_RESERVE_CHUNK`], clamped to the segment size; halved on ENOSPC down to the bytes
+//! the append needs, so a nearly full disk is used up) with `fallocate(KEEP_SIZE)`; a
 //! rotation claims the spare file, whose first chunk is reserved already. Either call can
 //! fail with ENOSPC: the append is then refused with `disk full` before anything is applied,
 //! nothing is poisoned, and the next append simply tries again, so writes resume by
@@ -237,15 +238,26 @@ impl Ledger {
                 };
             }
             let start = self.reserved_end;
-            let target = target.max(start);
-            match allocate(&self.file, HEADER + start - seg, target - start) {
-                Alloc::Done => {
-                    self.reserved_end = target;
-                    return Answer::Extended { seg, end: target };
+            // A whole chunk first; on ENOSPC halve it, down to the bytes needed, so a nearly
+            // full disk is used to its last block before appends are refused.
+            let mut len = target.max(end) - start;
+            loop {
+                match allocate(&self.file, HEADER + start - seg, len) {
+                    Alloc::Done => {
+                        self.reserved_end = start + len;
+                        return Answer::Extended {
+                            seg,
+                            end: start + len,
+                        };
+                    }
+                    Alloc::Full(_) if len > end - start => len = (len / 2).max(end - start),
+                    Alloc::Full(e) => return self.refuse(true, &e, len),
+                    Alloc::Failed(e) => return self.refuse(false, &e, len),
+                    Alloc::Unsupported => {
+                        self.unsupported();
+                        break;
+                    }
                 }
-                Alloc::Full(e) => return self.refuse(true, &e, target - start),
-                Alloc::Failed(e) => return self.refuse(false, &e, target - start),
-                Alloc::Unsupported => self.unsupported(),
             }
         }
         match self.check_free(target.saturating_sub(from)) {
