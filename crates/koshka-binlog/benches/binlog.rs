@@ -18,6 +18,7 @@ fn cfg(dir: &std::path::Path, durability: Durability) -> BinlogConfig {
         shard: ShardSpec::default(),
         durability,
         segment_size: 64 * 1024 * 1024,
+        clock: std::sync::Arc::new(koshka_engine::SystemClock),
     }
 }
 

@@ -25,6 +25,7 @@ fn main() {
         shard: ShardSpec::default(),
         durability: Durability::EverySec,
         segment_size: 1 << 30,
+        clock: std::sync::Arc::new(koshka_engine::SystemClock),
     })
     .unwrap();
     let t = Instant::now();

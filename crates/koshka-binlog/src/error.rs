@@ -28,7 +28,8 @@ pub enum Error {
         reason: String,
     },
     /// The segments do not form one continuous log (missing, reordered or foreign segment).
-    #[error("binlog segment {}: {reason}", path.display())]
+    /// What does not match is in the segment's header, at offset 0.
+    #[error("binlog segment {} (header, offset 0): {reason}", path.display())]
     Chain {
         /// The offending segment file.
         path: PathBuf,
@@ -58,14 +59,49 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
     /// The engine failed to apply a record during replay.
-    #[error("replay: engine failed to apply record type {record_type:#06x} ending at log position {pos}: {source}")]
+    #[error(
+        "replay: engine failed to apply the record of type {record_type:#06x} in {} at offset \
+         {offset} (log position {pos}): {source}",
+        path.display()
+    )]
     Replay {
+        /// The segment file holding the record.
+        path: PathBuf,
+        /// Byte offset of the record's first byte in that file.
+        offset: u64,
         /// Position just past the record.
         pos: u64,
         /// Record type.
         record_type: u16,
         /// The engine's error.
         source: koshka_engine::Error,
+    },
+    /// Another process (or another [`crate::DirLock`] in this one) holds the data directory.
+    #[error("data directory {} is in use by {}", dir.display(), holder(*pid))]
+    DirInUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's PID, when its lock file records one.
+        pid: Option<u32>,
+    },
+    /// A path that must be a directory exists and is something else.
+    #[error("{} is not a directory", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Too little free space to start a snapshot; it was skipped (the log is unaffected).
+    #[error(
+        "snapshot skipped: {available} bytes free in {}, about {needed} needed",
+        dir.display()
+    )]
+    NoSpace {
+        /// The directory the snapshot would be written to.
+        dir: PathBuf,
+        /// Estimated bytes needed.
+        needed: u64,
+        /// Bytes available to this process.
+        available: u64,
     },
     /// An engine failed to load or write a snapshot.
     #[error("engine: {0}")]
@@ -80,6 +116,13 @@ impl Error {
             source,
         }
     }
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(
+        || "another process (its PID is not recorded yet)".to_string(),
+        |pid| format!("koshka process {pid}"),
+    )
 }
 
 /// Extension to attach a path to `io::Result`s.

@@ -1,26 +1,55 @@
 //! [`Host`]: one engine's persistence — start-up (snapshot + replay), the journal, background
 //! snapshots, retention, shutdown and statistics.
+//!
+//! Start-up errors name the file and the offset: a damaged segment (offset of the record), a
+//! record the engine cannot apply (segment file and offset of the record), a snapshot the
+//! engine cannot load (how far it read), a snapshot whose position the log does not reach
+//! (the snapshot, and where the log ends).
+//!
+//! Snapshots never poison the log: one is skipped when the file system has less free space
+//! than the previous snapshot's size plus a margin ([`SNAPSHOT_SPACE_PERCENT`],
+//! [`SNAPSHOT_SPACE_SLACK`]), and a snapshot that fails (ENOSPC included) removes its temp
+//! file and leaves the log as it was. The log's own disk space is reserved ahead
+//! ([`crate::space`]), so a snapshot filling the disk cannot take it.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use koshka_engine::{unix_now, ApplyCtx, Engine, Journal, MemoryJournal, ShardSpec};
+use koshka_engine::{Appended, ApplyCtx, Clock, Engine, Journal, ShardSpec, SystemClock};
 use koshka_limits::Limits;
 use parking_lot::{Condvar, Mutex};
 
+use crate::clock::LogClock;
 use crate::error::{Error, IoContext, Result};
-use crate::format::{check_engine_name, is_reserved, snapshot_file_name, FileHeader};
+use crate::format::{
+    check_engine_name, is_reserved, snapshot_file_name, FileHeader, RECORD_HEADER_SIZE,
+    SNAPSHOT_HEADER_SIZE,
+};
 use crate::fsutil::{list, sync_dir};
 use crate::reader::ReadOptions;
-use crate::recover::replay;
-use crate::snapshot::{list_snapshots, open_body, validate, SnapshotInfo};
+use crate::recover::{replay, ReplayOutcome};
+use crate::snapshot::{list_snapshots, open_body, remove_leftover_temps, validate, SnapshotInfo};
 use crate::writer::{Binlog, BinlogConfig, Durability};
 
 /// How often the snapshot thread checks whether the log grew past the snapshot threshold.
 pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long the snapshot thread waits after an automatic snapshot failed or was skipped for
+/// lack of space before it tries again (a requested snapshot is tried at once). Long enough
+/// that a persistent failure does not rewrite a large snapshot over and over.
+pub const SNAPSHOT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Free space a snapshot needs, in percent of the previous snapshot's size (state grows
+/// between snapshots).
+pub const SNAPSHOT_SPACE_PERCENT: u64 = 120;
+
+/// Free space a snapshot needs beyond [`SNAPSHOT_SPACE_PERCENT`] of the previous one (and
+/// all a first snapshot needs): file-system metadata and some room left for everything else.
+pub const SNAPSHOT_SPACE_SLACK: u64 = 1024 * 1024;
 
 /// Which old files to delete after a snapshot. The default keeps everything: replication and
 /// backups need old segments.
@@ -56,11 +85,14 @@ pub struct PersistConfig {
     pub repair: bool,
     /// Print replay progress to stderr on long start-ups.
     pub progress: bool,
+    /// Wall-clock and monotonic time source of the log clock ([`LogClock`]); tests inject a
+    /// [`koshka_engine::ManualClock`].
+    pub clock: Arc<dyn Clock>,
 }
 
 impl PersistConfig {
     /// Settings from `limits` with durability `everysec`, shard 0 of 1, snapshot on shutdown,
-    /// keep everything, no repair.
+    /// keep everything, no repair, the system clock.
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>, engine: &str, limits: &Limits) -> Self {
         Self {
@@ -74,13 +106,37 @@ impl PersistConfig {
             retention: Retention::default(),
             repair: false,
             progress: true,
+            clock: Arc::new(SystemClock),
         }
     }
 }
 
 enum JournalImpl {
     Log(Binlog),
-    Memory(MemoryJournal),
+    Memory(MemoryLog),
+}
+
+/// The journal of durability `none`: keeps nothing; positions count bytes as a log would,
+/// time comes from a [`LogClock`] (so it never goes backwards while the process runs).
+#[derive(Debug)]
+struct MemoryLog {
+    pos: AtomicU64,
+    clock: LogClock,
+}
+
+impl Journal for MemoryLog {
+    fn append(&self, _record_type: u16, payload: &[u8]) -> koshka_engine::Result<Appended> {
+        let len = (RECORD_HEADER_SIZE + payload.len()) as u64;
+        let pos = self.pos.fetch_add(len, Ordering::Relaxed) + len;
+        Ok(Appended {
+            pos,
+            time: self.clock.now(),
+        })
+    }
+
+    fn now(&self) -> u32 {
+        self.clock.now()
+    }
 }
 
 #[derive(Default)]
@@ -100,6 +156,9 @@ struct Inner {
     last_snapshot_ms: AtomicU64,
     snapshots_written: AtomicU64,
     snapshot_errors: AtomicU64,
+    snapshot_skipped_no_space: AtomicU64,
+    /// The last snapshot attempt was skipped for lack of space (log a line on changes only).
+    snapshot_space_short: AtomicBool,
     loaded_snapshot_pos: Option<u64>,
     replay_records: u64,
     replay_bytes: u64,
@@ -122,85 +181,45 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    /// Starts an engine: loads the newest valid snapshot (falling back to older ones when one
-    /// fails validation), replays the log from the snapshot's position, cuts a torn tail, and
-    /// opens the writer. With durability `none` nothing is read or written.
+    /// Starts an engine: removes leftover snapshot temp files, loads the newest valid
+    /// snapshot (falling back to older ones when one fails validation), replays the log from
+    /// the snapshot's position, cuts a torn tail, and opens the writer, whose log clock
+    /// continues from the last time in the log. With durability `none` nothing is read or
+    /// written.
+    ///
+    /// The node must hold the data directory's [`crate::DirLock`] while a host is open.
     ///
     /// # Errors
-    /// Corruption in the log (unless `repair`), a broken segment chain, a snapshot that
-    /// validates but does not load or does not match the log, engine apply errors, I/O errors.
+    /// Each names the file and, where there is one, the offset: corruption in the log (unless
+    /// `repair`), a broken segment chain, a snapshot that validates but does not load or
+    /// names a position the log does not reach ([`Error::Snapshot`]), a record the engine
+    /// cannot apply ([`Error::Replay`]), I/O errors.
     pub fn open(engine: Arc<dyn Engine>, config: PersistConfig) -> Result<Self> {
         check_engine_name(&config.engine).map_err(Error::Config)?;
         if config.durability == Durability::None {
+            let journal = MemoryLog {
+                pos: AtomicU64::new(0),
+                clock: LogClock::new(Arc::clone(&config.clock), 0),
+            };
             return Ok(Self::start(
                 engine,
                 config,
-                JournalImpl::Memory(MemoryJournal::default()),
+                JournalImpl::Memory(journal),
                 None,
                 (0, 0, 0.0),
             ));
         }
         std::fs::create_dir_all(&config.dir).ctx(&config.dir)?;
+        remove_leftover_temps(&config.dir, &config.engine)?;
         let snapshot = newest_valid_snapshot(&config)?;
-        let from = match &snapshot {
-            Some(info) => {
-                let mut body = open_body(info)?;
-                engine
-                    .load_snapshot(&mut body)
-                    .map_err(|e| Error::Snapshot {
-                        path: info.path.clone(),
-                        reason: format!("engine failed to load it: {e}"),
-                    })?;
-                Some((info.header.pos, info.header.chain))
-            }
-            None => None,
-        };
-        let opts = ReadOptions {
-            repair: config.repair,
-            shard: Some(config.shard),
-            ..Default::default()
-        };
-        let label = format!("koshka {}", config.engine);
-        let eng = Arc::clone(&engine);
-        let outcome = replay(
-            &config.dir,
-            &config.engine,
-            from,
-            opts,
-            &mut |rec| {
-                if is_reserved(rec.record_type) {
-                    return Ok(());
-                }
-                eng.apply(
-                    rec.record_type,
-                    rec.payload,
-                    ApplyCtx {
-                        pos: rec.pos,
-                        time: rec.time,
-                    },
-                )
-                .map_err(|source| Error::Replay {
-                    pos: rec.pos,
-                    record_type: rec.record_type,
-                    source,
-                })
-            },
-            config.progress.then_some(label.as_str()),
-        )?;
-        if let Some(cut) = &outcome.cut {
-            eprintln!(
-                "koshka {}: binlog {} in {} at offset {} (log position {}): {}; truncated there",
-                config.engine,
-                if cut.corrupt {
-                    "corruption (repair)"
-                } else {
-                    "torn tail"
-                },
-                cut.path.display(),
-                cut.offset,
-                cut.pos,
-                cut.reason
-            );
+        if let Some(info) = &snapshot {
+            load_snapshot(engine.as_ref(), info)?;
+        }
+        let outcome = replay_log(&engine, &config, snapshot.as_ref())?;
+        let mut end = outcome.end.clone();
+        if let Some(info) = &snapshot {
+            // An empty log starting at the snapshot does not know the time there.
+            end.time = end.time.max(info.header.time);
         }
         let binlog = Binlog::open_at(
             BinlogConfig {
@@ -209,8 +228,9 @@ impl Host {
                 shard: config.shard,
                 durability: config.durability,
                 segment_size: config.segment_size,
+                clock: Arc::clone(&config.clock),
             },
-            outcome.end.clone(),
+            end,
         )?;
         let loaded = snapshot.map(|s| s.header.pos);
         Ok(Self::start(
@@ -241,6 +261,8 @@ impl Host {
             last_snapshot_ms: AtomicU64::new(0),
             snapshots_written: AtomicU64::new(0),
             snapshot_errors: AtomicU64::new(0),
+            snapshot_skipped_no_space: AtomicU64::new(0),
+            snapshot_space_short: AtomicBool::new(false),
             loaded_snapshot_pos: loaded,
             replay_records: records,
             replay_bytes: bytes,
@@ -320,7 +342,9 @@ impl Host {
     /// `Ok(None)` with durability `none`.
     ///
     /// # Errors
-    /// I/O and engine errors; the previous snapshots stay.
+    /// [`Error::NoSpace`] when the file system has too little free space (nothing written);
+    /// I/O (ENOSPC included) and engine errors: the temp file is removed, the previous
+    /// snapshots stay, and the log is unaffected.
     pub fn snapshot_now(&self) -> Result<Option<PathBuf>> {
         snapshot_now(&self.inner)
     }
@@ -375,6 +399,11 @@ impl Host {
             ("binlog_durable", b.durable.to_string()),
             ("binlog_fsyncs", b.fsyncs.to_string()),
             ("binlog_poisoned", u8::from(b.poisoned).to_string()),
+            ("binlog_disk_full", u8::from(b.disk_full).to_string()),
+            (
+                "binlog_disk_full_refusals",
+                b.disk_full_refusals.to_string(),
+            ),
             (
                 "snapshot_last_pos",
                 i.last_snapshot_pos.load(Ordering::Relaxed).to_string(),
@@ -390,6 +419,12 @@ impl Host {
             (
                 "snapshot_errors",
                 i.snapshot_errors.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "snapshot_skipped_no_space",
+                i.snapshot_skipped_no_space
+                    .load(Ordering::Relaxed)
+                    .to_string(),
             ),
             (
                 "snapshot_loaded_pos",
@@ -448,10 +483,105 @@ fn newest_valid_snapshot(cfg: &PersistConfig) -> Result<Option<SnapshotInfo>> {
     Ok(None)
 }
 
+/// Loads a validated snapshot into the empty engine. A failure names the snapshot and how far
+/// into the file the engine had read.
+fn load_snapshot(engine: &dyn Engine, info: &SnapshotInfo) -> Result<()> {
+    let mut body = Counting {
+        inner: open_body(info)?,
+        read: 0,
+    };
+    engine
+        .load_snapshot(&mut body)
+        .map_err(|e| Error::Snapshot {
+            path: info.path.clone(),
+            reason: format!(
+                "engine failed to load it (having read up to offset {}): {e}",
+                SNAPSHOT_HEADER_SIZE as u64 + body.read
+            ),
+        })
+}
+
+/// A reader that counts the bytes it hands out.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Replays the log into the engine from the snapshot's position (or the start), cutting a
+/// torn tail with a warning on stderr.
+fn replay_log(
+    engine: &Arc<dyn Engine>,
+    config: &PersistConfig,
+    snapshot: Option<&SnapshotInfo>,
+) -> Result<ReplayOutcome> {
+    let opts = ReadOptions {
+        repair: config.repair,
+        shard: Some(config.shard),
+        ..Default::default()
+    };
+    let label = format!("koshka {}", config.engine);
+    let from = snapshot.map(|s| (s.header.pos, s.header.chain));
+    let outcome = replay(
+        &config.dir,
+        &config.engine,
+        from,
+        opts,
+        &mut |rec| {
+            if is_reserved(rec.record_type) {
+                return Ok(());
+            }
+            let ctx = ApplyCtx {
+                pos: rec.pos,
+                time: rec.time,
+            };
+            engine
+                .apply(rec.record_type, rec.payload, ctx)
+                .map_err(Error::Engine)
+        },
+        config.progress.then_some(label.as_str()),
+    )
+    .map_err(|e| match (e, snapshot) {
+        // The log cannot be opened at the snapshot's position: the snapshot is unusable.
+        (Error::Position { pos, reason }, Some(info)) => Error::Snapshot {
+            path: info.path.clone(),
+            reason: format!(
+                "names log position {pos}, which the log cannot start from: {reason}; move \
+                 it aside to start from an older snapshot"
+            ),
+        },
+        (e, _) => e,
+    })?;
+    if let Some(cut) = &outcome.cut {
+        eprintln!(
+            "koshka {}: binlog {} in {} at offset {} (log position {}): {}; truncated there",
+            config.engine,
+            if cut.corrupt {
+                "corruption (repair)"
+            } else {
+                "torn tail"
+            },
+            cut.path.display(),
+            cut.offset,
+            cut.pos,
+            cut.reason
+        );
+    }
+    Ok(outcome)
+}
+
 fn snapshot_loop(inner: &Inner) {
     let JournalImpl::Log(binlog) = &inner.journal else {
         return;
     };
+    let mut retry_at: Option<Instant> = None;
     let mut signal = inner.signal.lock();
     loop {
         if signal.stop {
@@ -461,16 +591,20 @@ fn snapshot_loop(inner: &Inner) {
             .mark()
             .0
             .saturating_sub(inner.last_snapshot_pos.load(Ordering::Relaxed));
-        let due = signal.requested
-            || (inner.cfg.snapshot_log_bytes > 0 && since >= inner.cfg.snapshot_log_bytes);
-        if due && !binlog.is_poisoned() {
+        let automatic = inner.cfg.snapshot_log_bytes > 0
+            && since >= inner.cfg.snapshot_log_bytes
+            && retry_at.is_none_or(|t| Instant::now() >= t);
+        if (signal.requested || automatic) && !binlog.is_poisoned() {
             signal.requested = false;
             drop(signal);
+            retry_at = None;
             if let Err(e) = snapshot_now(inner) {
-                tracing::error!("snapshot of {} failed: {e}", inner.cfg.engine);
-                inner.snapshot_errors.fetch_add(1, Ordering::Relaxed);
-                // Do not retry in a tight loop: wait for the next interval.
-                std::thread::sleep(SNAPSHOT_CHECK_INTERVAL);
+                if !matches!(e, Error::NoSpace { .. }) {
+                    tracing::error!("snapshot of {} failed: {e}", inner.cfg.engine);
+                    inner.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                // Do not retry in a tight loop.
+                retry_at = Some(Instant::now() + SNAPSHOT_RETRY_INTERVAL);
             }
             signal = inner.signal.lock();
             continue;
@@ -479,6 +613,42 @@ fn snapshot_loop(inner: &Inner) {
             .signal_cv
             .wait_for(&mut signal, SNAPSHOT_CHECK_INTERVAL);
     }
+}
+
+/// Refuses to start a snapshot when the file system holding the directory has less free
+/// space than the previous snapshot's size × [`SNAPSHOT_SPACE_PERCENT`] % plus
+/// [`SNAPSHOT_SPACE_SLACK`]. Logs a line when snapshots start and stop being skipped.
+fn check_snapshot_space(inner: &Inner) -> Result<()> {
+    let cfg = &inner.cfg;
+    let previous = list_snapshots(&cfg.dir, &cfg.engine)?
+        .last()
+        .map_or(0, |s| s.len);
+    let needed = previous
+        .saturating_mul(SNAPSHOT_SPACE_PERCENT)
+        .div_ceil(100)
+        .saturating_add(SNAPSHOT_SPACE_SLACK);
+    let available = crate::space::available(&cfg.dir).ctx(&cfg.dir)?;
+    if available >= needed {
+        if inner.snapshot_space_short.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                "snapshots of {}: enough free space again ({available} bytes)",
+                cfg.engine
+            );
+        }
+        return Ok(());
+    }
+    inner
+        .snapshot_skipped_no_space
+        .fetch_add(1, Ordering::Relaxed);
+    let err = Error::NoSpace {
+        dir: cfg.dir.clone(),
+        needed,
+        available,
+    };
+    if !inner.snapshot_space_short.swap(true, Ordering::AcqRel) {
+        tracing::error!("snapshots of {}: {err} (the log is unaffected)", cfg.engine);
+    }
+    Err(err)
 }
 
 fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
@@ -497,13 +667,14 @@ fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
     if existing.exists() && validate(&existing).is_ok() {
         return Ok(Some(existing));
     }
+    check_snapshot_space(inner)?;
     let header = FileHeader {
         engine: inner.cfg.engine.clone(),
         shard: inner.cfg.shard,
         pos,
         chain,
         time,
-        created: unix_now(),
+        created: inner.cfg.clock.now(),
     };
     let engine = &inner.engine;
     let path = crate::snapshot::write(

@@ -116,6 +116,9 @@ pub struct Reader {
     time: u32,
     cut: Option<Cut>,
     done: bool,
+    /// Whether `chain` and `time` at the start position come from a segment header (false:
+    /// an empty log opened at a position, or the only segment's header is torn).
+    start_known: bool,
 }
 
 impl Reader {
@@ -142,6 +145,7 @@ impl Reader {
             time: 0,
             cut: None,
             done: false,
+            start_known: true,
         };
         if !reader.segments.is_empty() {
             reader.open_segment(0, true)?;
@@ -151,6 +155,9 @@ impl Reader {
 
     /// Opens `engine`'s log positioned at `pos`, which must be a record boundary. The reader
     /// scans from the start of the segment holding `pos`, so chain and time are exact there.
+    /// A log with no segment at all, or whose only segment starts at `pos` with a torn header,
+    /// is an empty log starting at `pos`: chain and time there are unknown
+    /// ([`Reader::start_known`]), the caller has them (from a snapshot).
     ///
     /// # Errors
     /// [`Error::Position`] if the log does not hold `pos` as a record boundary; corruption met
@@ -158,13 +165,9 @@ impl Reader {
     pub fn open_at(dir: &Path, engine: &str, pos: u64, opts: ReadOptions) -> Result<Self> {
         let mut reader = Self::open(dir, engine, opts)?;
         if reader.segments.is_empty() {
-            if pos == 0 {
-                return Ok(reader);
-            }
-            return Err(Error::Position {
-                pos,
-                reason: "the log is empty".into(),
-            });
+            reader.pos = pos;
+            reader.start_known = pos == 0;
+            return Ok(reader);
         }
         let Some(idx) = reader.segments.iter().rposition(|s| s.pos <= pos) else {
             let first = reader.segments[0].pos;
@@ -186,9 +189,17 @@ impl Reader {
             return Err(Error::Position {
                 pos,
                 reason: if at > pos {
-                    format!("not a record boundary (next boundary at {at})")
+                    format!(
+                        "not a record boundary (next boundary at {at}, offset {} of {})",
+                        reader.offset(),
+                        reader.path().display()
+                    )
                 } else {
-                    format!("past the end of the log (log ends at {at})")
+                    format!(
+                        "past the end of the log (the log ends at {at}, offset {} of {})",
+                        reader.offset(),
+                        reader.path().display()
+                    )
                 },
             });
         }
@@ -213,6 +224,14 @@ impl Reader {
         self.time
     }
 
+    /// Whether [`Reader::chain`] and [`Reader::time`] at the start position are known from
+    /// the log. False only for an empty log opened at a position > 0, or one whose only
+    /// segment has a torn header (see [`Reader::open_at`]).
+    #[must_use]
+    pub fn start_known(&self) -> bool {
+        self.start_known
+    }
+
     /// Where the reader stopped early, if it did.
     #[must_use]
     pub fn cut(&self) -> Option<&Cut> {
@@ -229,6 +248,20 @@ impl Reader {
     #[must_use]
     pub fn segments(&self) -> &[NamedFile] {
         &self.segments
+    }
+
+    /// Where the reader is: the segment file and the byte offset in it of the next unread
+    /// byte (the directory and 0 when no segment is open).
+    #[must_use]
+    pub fn location(&self) -> (&Path, u64) {
+        (
+            self.path(),
+            if self.file.is_some() {
+                self.offset()
+            } else {
+                0
+            },
+        )
     }
 
     /// The segment being read, if any.
@@ -475,6 +508,11 @@ impl Reader {
         if torn_header && last {
             let reason = "segment header incomplete (torn rotation)".to_string();
             tracing::warn!(file = %path.display(), "binlog torn tail: {reason}");
+            if first {
+                // The only segment: the log is empty and starts where its name says.
+                self.pos = named.pos;
+                self.start_known = named.pos == 0;
+            }
             self.seg = idx;
             self.file = None;
             self.cut = Some(Cut {

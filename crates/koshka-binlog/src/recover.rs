@@ -5,11 +5,11 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::end::LogEnd;
 use crate::error::{Error, IoContext, Result};
 use crate::format::SEGMENT_HEADER_SIZE;
 use crate::fsutil::{list, move_aside, sync_dir};
 use crate::reader::{Cut, ReadOptions, Reader, Record};
-use crate::writer::LogEnd;
 
 /// Start-ups shorter than this print no progress.
 pub const PROGRESS_AFTER: Duration = Duration::from_secs(1);
@@ -38,9 +38,15 @@ pub struct ReplayOutcome {
 /// with `opts.repair`, corruption is truncated too and later segments are renamed
 /// `*.orphaned`. `progress`: a label for progress lines on stderr.
 ///
+/// When the log holds nothing at `from` but an empty start there (no segment, or the only
+/// segment's header is torn), the log is empty and starts at `from` with its chain value;
+/// the time at the end is then 0 (the caller knows the time at `from`).
+///
 /// # Errors
 /// Corruption (without repair), broken segment chains, a start position the log does not
-/// hold or whose chain value differs, errors from `on_record`, I/O errors.
+/// hold or whose chain value differs, errors from `on_record`, I/O errors. An
+/// [`Error::Engine`] returned by `on_record` is reported as [`Error::Replay`], naming the
+/// segment file and the offset of the record.
 pub fn replay(
     dir: &Path,
     engine: &str,
@@ -53,13 +59,15 @@ pub fn replay(
     let mut reader = match from {
         Some((pos, chain)) => {
             let reader = Reader::open_at(dir, engine, pos, opts)?;
-            if reader.chain() != chain {
+            if reader.start_known() && reader.chain() != chain {
+                let (path, offset) = reader.location();
                 return Err(Error::Position {
                     pos,
                     reason: format!(
-                        "chain value {:08x} in the log differs from {chain:08x} in the snapshot \
-                         (the snapshot belongs to another log)",
-                        reader.chain()
+                        "chain value {:08x} in the log (offset {offset} of {}) differs from \
+                         {chain:08x} in the snapshot (the snapshot belongs to another log)",
+                        reader.chain(),
+                        path.display()
                     ),
                 });
             }
@@ -91,7 +99,10 @@ pub fn replay(
     let mut records = 0u64;
     let mut last_report = started;
     while let Some(record) = reader.next_record()? {
-        on_record(&record)?;
+        let (start, end, record_type) = (record.start, record.pos, record.record_type);
+        if let Err(e) = on_record(&record) {
+            return Err(locate(&reader, (start, end), record_type, e));
+        }
         records += 1;
         if records & 0xfff == 0 {
             if let Some(label) = progress {
@@ -122,10 +133,14 @@ pub fn replay(
     let segment = list(dir, Some(engine), "bin")?
         .pop()
         .map(|s| (s.path, s.pos));
+    let chain = match from {
+        Some((_, chain)) if !reader.start_known() => chain,
+        _ => reader.chain(),
+    };
     Ok(ReplayOutcome {
         end: LogEnd {
             pos: reader.pos(),
-            chain: reader.chain(),
+            chain,
             time: reader.time(),
             segment,
         },
@@ -134,6 +149,30 @@ pub fn replay(
         cut,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Turns an engine's failure to apply the record at log positions `start..end` into
+/// [`Error::Replay`] with the segment file and offset of the record.
+fn locate(reader: &Reader, (start, end): (u64, u64), record_type: u16, err: Error) -> Error {
+    let Error::Engine(source) = err else {
+        return err;
+    };
+    let (path, offset) = reader.current_segment().map_or_else(
+        || (std::path::PathBuf::new(), 0),
+        |seg| {
+            (
+                seg.path.clone(),
+                SEGMENT_HEADER_SIZE as u64 + (start - seg.pos),
+            )
+        },
+    );
+    Error::Replay {
+        path,
+        offset,
+        pos: end,
+        record_type,
+        source,
+    }
 }
 
 fn report(label: &str, done: u64, total: u64, records: u64, elapsed: Duration) {

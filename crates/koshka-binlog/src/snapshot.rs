@@ -23,6 +23,9 @@ use crate::format::{
 };
 use crate::fsutil::{list, sync_dir, NamedFile};
 
+/// Suffix of a snapshot being written: `<engine>.<pos>.snap.tmp`.
+pub const SNAPSHOT_TMP_SUFFIX: &str = ".tmp";
+
 /// Buffer size for writing and reading snapshot bodies.
 pub const SNAPSHOT_IO_BUFFER: usize = 1024 * 1024;
 
@@ -129,6 +132,40 @@ impl<R: Read> FillLen for BufReader<R> {
     }
 }
 
+/// Deletes `engine`'s snapshot temp files in `dir` (`<engine>.<pos>.snap.tmp`, left by a
+/// crash while a snapshot was written; never loaded), logging a line for each. Returns the
+/// paths removed.
+///
+/// # Errors
+/// I/O errors listing the directory or removing a file.
+pub fn remove_leftover_temps(dir: &Path, engine: &str) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(dir)? {
+        let path = entry.ctx(dir)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(final_name) = name.strip_suffix(SNAPSHOT_TMP_SUFFIX) else {
+            continue;
+        };
+        let is_ours = crate::format::parse_file_name(Path::new(final_name), "snap")
+            .is_some_and(|(e, _)| e == engine);
+        if !is_ours {
+            continue;
+        }
+        std::fs::remove_file(&path).ctx(&path)?;
+        tracing::warn!(
+            "removed {}: a snapshot interrupted by a crash (never loaded)",
+            path.display()
+        );
+        removed.push(path);
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 /// Opens the body of a validated snapshot for [`koshka_engine::Engine::load_snapshot`].
 ///
 /// # Errors
@@ -177,14 +214,15 @@ pub fn write(
 ) -> Result<PathBuf> {
     let path = dir.join(snapshot_file_name(&header.engine, header.pos));
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(SNAPSHOT_TMP_SUFFIX);
     let tmp = PathBuf::from(tmp_name);
-    let result = write_tmp(&tmp, header, body).and_then(|()| before_publish());
+    let result = write_tmp(&tmp, header, body)
+        .and_then(|()| before_publish())
+        .and_then(|()| std::fs::rename(&tmp, &path).ctx(&path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, &path).ctx(&path)?;
     sync_dir(dir)?;
     Ok(path)
 }

@@ -1,5 +1,6 @@
 //! Operator tools behind `koshka binlog verify|dump|stat <dir>`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,8 @@ pub struct SnapshotReport {
     pub pos: u64,
     /// File size.
     pub bytes: u64,
-    /// Why it is unusable, if it is.
+    /// Why it is unusable, if it is: damaged, or it does not fit the log (position outside
+    /// it or not a record boundary, another log's chain value, another shard).
     pub error: Option<String>,
 }
 
@@ -74,11 +76,14 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every engine would start: no errors and no invalid snapshot that is the only
-    /// one. Torn tails are warnings only.
+    /// Whether nothing is damaged: no engine has an error and no snapshot is unusable (even
+    /// one that start-up would skip for a newer good one). Torn tails are warnings only:
+    /// start-up cuts them.
     #[must_use]
     pub fn is_ok(&self) -> bool {
-        self.engines.iter().all(|e| e.error.is_none())
+        self.engines
+            .iter()
+            .all(|e| e.error.is_none() && e.snapshots.iter().all(|s| s.error.is_none()))
     }
 }
 
@@ -163,23 +168,22 @@ fn scan(dir: &Path, check_snapshots: bool) -> Result<Report> {
             engine: engine.clone(),
             ..Default::default()
         };
-        if let Err(err) = scan_log(dir, &engine, &mut e) {
+        let snapshots = list_snapshots(dir, &engine)?;
+        let wanted: Vec<u64> = snapshots.iter().map(|s| s.pos).collect();
+        let mut boundaries = BTreeMap::new();
+        if let Err(err) = scan_log(dir, &engine, &mut e, &wanted, &mut boundaries) {
             e.error = Some(err.to_string());
         }
-        for named in list_snapshots(dir, &engine)? {
-            let error = if check_snapshots {
-                validate(&named.path).err().map(|x| x.to_string())
+        for named in snapshots {
+            let header = if check_snapshots {
+                validate(&named.path).map(|info| info.header)
             } else {
-                snapshot_header(&named.path).err().map(|x| x.to_string())
+                snapshot_header(&named.path)
             };
-            let error = error.or_else(|| {
-                (named.pos < e.start || named.pos > e.end).then(|| {
-                    format!(
-                        "position {} is outside the log {}..{}",
-                        named.pos, e.start, e.end
-                    )
-                })
-            });
+            let error = match header {
+                Err(x) => Some(x.to_string()),
+                Ok(header) => snapshot_misfit(&e, &header, &boundaries),
+            };
             e.snapshots.push(SnapshotReport {
                 path: named.path,
                 pos: named.pos,
@@ -192,6 +196,50 @@ fn scan(dir: &Path, check_snapshots: bool) -> Result<Report> {
     Ok(report)
 }
 
+/// Why a snapshot with a good header cannot start this log, if it cannot. `boundaries`: the
+/// chain value at each snapshot position that is a record boundary of the log.
+fn snapshot_misfit(
+    e: &EngineReport,
+    header: &FileHeader,
+    boundaries: &BTreeMap<u64, u32>,
+) -> Option<String> {
+    if let Some(shard) = e.shard.filter(|s| *s != header.shard) {
+        return Some(format!(
+            "shard {}/{} differs from the log's {}/{}",
+            header.shard.index, header.shard.count, shard.index, shard.count
+        ));
+    }
+    if e.segments.is_empty() {
+        // No log at all: it starts at the snapshot.
+        return None;
+    }
+    let pos = header.pos;
+    if pos > e.end {
+        return Some(format!(
+            "position {pos} is past the end of the log ({}): start-up from it fails",
+            e.end
+        ));
+    }
+    if pos < e.start {
+        return Some(format!(
+            "position {pos} is before the start of the log ({})",
+            e.start
+        ));
+    }
+    match boundaries.get(&pos) {
+        None if pos == e.start => None,
+        None => Some(format!(
+            "position {pos} is not a record boundary of the log"
+        )),
+        Some(&chain) if chain != header.chain => Some(format!(
+            "chain value {:08x} differs from the log's {chain:08x} at position {pos} (the \
+             snapshot belongs to another log)",
+            header.chain
+        )),
+        Some(_) => None,
+    }
+}
+
 fn snapshot_header(path: &Path) -> Result<FileHeader> {
     let mut f = std::fs::File::open(path).ctx(path)?;
     let mut hb = [0u8; SNAPSHOT_HEADER_SIZE];
@@ -202,7 +250,15 @@ fn snapshot_header(path: &Path) -> Result<FileHeader> {
     })
 }
 
-fn scan_log(dir: &Path, engine: &str, e: &mut EngineReport) -> Result<()> {
+/// Reads the whole log into `e`, recording in `boundaries` the chain value at each position
+/// of `wanted` (sorted) that is a record boundary.
+fn scan_log(
+    dir: &Path,
+    engine: &str,
+    e: &mut EngineReport,
+    wanted: &[u64],
+    boundaries: &mut BTreeMap<u64, u32>,
+) -> Result<()> {
     let mut reader = Reader::open(dir, engine, ReadOptions::default())?;
     e.segments = reader
         .segments()
@@ -216,6 +272,9 @@ fn scan_log(dir: &Path, engine: &str, e: &mut EngineReport) -> Result<()> {
         .collect();
     e.start = reader.pos();
     e.end = reader.pos();
+    if reader.start_known() && wanted.binary_search(&e.start).is_ok() {
+        boundaries.insert(e.start, reader.chain());
+    }
     loop {
         let record = match reader.next_record() {
             Ok(Some(r)) => r,
@@ -231,6 +290,9 @@ fn scan_log(dir: &Path, engine: &str, e: &mut EngineReport) -> Result<()> {
             e.times = Some(e.times.map_or((time, time), |(a, _)| (a, time)));
         }
         e.end = pos;
+        if wanted.binary_search(&pos).is_ok() {
+            boundaries.insert(pos, reader.chain());
+        }
         if let Some(seg) = reader.current_segment() {
             let start = seg.pos;
             if let Some(s) = e.segments.iter_mut().find(|s| s.start == start) {

@@ -2,11 +2,11 @@
 //!
 //! # Threads
 //! ```text
-//!  engine threads ──append──► [ Pending: buf, end, chain, time ]  (short mutex, no syscall)
-//!                                   │ swap buffers
-//!                                   ▼
-//!                        writer thread: write(2) (+ rotation) ; Always: fdatasync
-//!                                   │ publishes written / durable
+//!  engine threads ──append──► [ Pending: buf, end, chain, time, reservation ]  (short mutex,
+//!        │                          │ swap buffers                               no syscall)
+//!        │ reservation used up      ▼
+//!        └──► ledger: fallocate  writer thread: write(2) (+ rotation) ; Always: fdatasync
+//!             (rare; see space)     │ publishes written / durable
 //!                                   ▼
 //!          wait_acked(pos) ◄── tokio watch + condvar      syncer thread (EverySec):
 //!                                                         fdatasync once a second
@@ -17,24 +17,54 @@
 //! write(2) and every fdatasync covers all records appended meanwhile (group commit).
 //!
 //! Rotation is decided by the appender (it knows record boundaries) and carried out by the
-//! writer: the old segment is fdatasynced, the new one is created with its header, fdatasynced
-//! and the directory fsynced, before any record goes into it.
+//! writer: the old segment is fdatasynced, the new one is created with its header (from the
+//! spare file, see [`crate::space`]), fdatasynced and the directory fsynced, before any record
+//! goes into it.
 //!
-//! After a failed write or fsync the log is *poisoned*: every later append fails with
+//! # Disk space
+//! An append is admitted only into disk space reserved ahead of it ([`crate::space`]). When
+//! the disk is full the append fails with [`koshka_engine::Error::Journal`] ("disk full: …")
+//! *before* the engine applies anything; nothing is poisoned, reads go on, and the next append
+//! tries again, so writes resume by themselves once space is freed. Refusals are counted
+//! ([`BinlogStats::disk_full_refusals`]); a line is logged when refusing starts and stops.
+//!
+//! # Poisoning
+//! After a failed write(2) or fdatasync the log is *poisoned*: every later append fails with
 //! [`koshka_engine::Error::Journal`], waiters are woken with an error, and an error line is
-//! logged. Nothing is retried: the state of the file after a failed fsync is unknown.
+//! logged. Nothing is retried: the state of the file after a failed fsync is unknown, and the
+//! records a failed write(2) carried are already visible in memory. With reservations a
+//! write(2) does not fail for lack of space, except on a file system without `fallocate`
+//! (see [`crate::space`]).
+//!
+//! # Lock order
+//! The shared state has five mutexes. A thread takes them only in this order (lower rank
+//! first); debug builds check it on every lock ([`crate::ordered`]):
+//!
+//! | rank | mutex | guards | held across syscalls |
+//! |---|---|---|---|
+//! | 1 | `batch` | the buffer being written; whoever holds it writes (writer thread, or an EverySec waiter inline) | yes: write(2), rotation |
+//! | 2 | `ledger` | disk-space reservations and the spare file | yes: fallocate, statvfs |
+//! | 3 | `pending` | appended bytes, end/chain/time, rotations, the appenders' reservation, `closing`; condvars `wake` (writer parks), `drained` (appenders wait for buffer room), `stop` (syncer sleeps) | never |
+//! | 4 | `sync_target` | the file fdatasync applies to, and how much of it is written | no |
+//! | 5 | `progress` | nothing; condvar `progress_cv` for blocking waiters | no |
+//!
+//! Everything else is atomic: positions (`written`, `durable`, `flush_to`), flags
+//! (`writer_parked`), counters, the poison reason (set once), the disk-full state, and the
+//! tokio watch channel of the acknowledged position.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use koshka_engine::{unix_now, Appended, Journal, ShardSpec};
-use parking_lot::{Condvar, Mutex};
+use koshka_engine::{Appended, Clock, Journal, ShardSpec, SystemClock};
+use parking_lot::Condvar;
 
+use crate::clock::LogClock;
+use crate::end::LogEnd;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
     chain_next, check_engine_name, is_reserved, segment_file_name, FileHeader, RecordHeader,
@@ -42,6 +72,8 @@ use crate::format::{
     TIME_RECORD_SIZE,
 };
 use crate::fsutil::sync_dir;
+use crate::ordered::{Ordered, OrderedGuard};
+use crate::space::{Answer, DiskFull, Ledger, Need, NextGrant};
 
 /// Most bytes appended but not yet handed to write(2). An append that finds the buffer this
 /// full blocks until the writer drains it (back-pressure when the disk stalls), so memory
@@ -67,9 +99,20 @@ pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Smallest segment size accepted, so a segment always holds its header and some records.
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 
+/// Longest a blocking waiter sleeps before it looks at the log again even without a wake-up
+/// (a safety net: every state change notifies).
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
 const _: () = assert!(BUFFER_BYTES_TYPICAL * 4 <= BUFFER_BYTES_MAX);
 const _: () = assert!(WRITE_EAGER_BYTES < BUFFER_BYTES_MAX);
 const _: () = assert!(SEGMENT_SIZE_MIN > SEGMENT_HEADER_SIZE as u64);
+
+const RANK_BATCH: u8 = 1;
+const RANK_LEDGER: u8 = 2;
+const RANK_PENDING: u8 = 3;
+const RANK_SYNC_TARGET: u8 = 4;
+const RANK_PROGRESS: u8 = 5;
+const RANK_THREADS: u8 = 6;
 
 /// When an append is acknowledged and what it survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,19 +142,6 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// Where an existing log ends: the state a writer continues from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LogEnd {
-    /// Position just past the last record.
-    pub pos: u64,
-    /// Chain value at `pos`.
-    pub chain: u32,
-    /// Time in force at `pos`.
-    pub time: u32,
-    /// The last segment and its start position (`None`: the writer creates one at `pos`).
-    pub segment: Option<(PathBuf, u64)>,
-}
-
 /// Settings of a [`Binlog`] writer.
 #[derive(Debug, Clone)]
 pub struct BinlogConfig {
@@ -125,12 +155,37 @@ pub struct BinlogConfig {
     pub durability: Durability,
     /// Segment size that triggers rotation ([`koshka_limits::Limits::binlog_segment_size`]).
     pub segment_size: u64,
+    /// Wall-clock and monotonic time source of the log clock ([`LogClock`]); tests inject a
+    /// [`koshka_engine::ManualClock`].
+    pub clock: Arc<dyn Clock>,
+}
+
+impl BinlogConfig {
+    /// Settings for `engine` in `dir`: shard 0 of 1, the system clock.
+    #[must_use]
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        engine: &str,
+        durability: Durability,
+        segment_size: u64,
+    ) -> Self {
+        Self {
+            dir: dir.into(),
+            engine: engine.to_string(),
+            shard: ShardSpec::default(),
+            durability,
+            segment_size,
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 struct Rotation {
     pos: u64,
     chain: u32,
     time: u32,
+    /// Create the segment from the spare file (its space is reserved).
+    spare: bool,
 }
 
 struct Pending {
@@ -141,6 +196,10 @@ struct Pending {
     seg_start: u64,
     rotations: Vec<Rotation>,
     closing: bool,
+    /// Log position up to which the segment starting at `seg_start` has space.
+    reserved_end: u64,
+    /// Space granted for the next segment, taken by the next rotation.
+    next_segment: Option<NextGrant>,
 }
 
 struct SyncTarget {
@@ -151,9 +210,25 @@ struct SyncTarget {
 
 struct Shared {
     cfg: BinlogConfig,
-    pending: Mutex<Pending>,
+    clock: LogClock,
+    /// Rank 1: the buffer being written, and the lock that orders writes: whoever holds it
+    /// (the writer thread, or a waiter writing inline) swaps `pending.buf` out and writes it.
+    batch: Ordered<Vec<u8>>,
+    /// Rank 2: disk-space reservations.
+    ledger: Ordered<Ledger>,
+    /// Rank 3: the appenders' state.
+    pending: Ordered<Pending>,
+    /// The writer parks here (with `pending`).
     wake: Condvar,
-    space: Condvar,
+    /// Appenders wait here for buffer room (with `pending`).
+    drained: Condvar,
+    /// The syncer sleeps here between fdatasyncs (with `pending`; woken by close).
+    stop: Condvar,
+    /// Rank 4: what fdatasync applies to.
+    sync_target: Ordered<SyncTarget>,
+    /// Rank 5, with `progress_cv`: blocking waiters.
+    progress: Ordered<()>,
+    progress_cv: Condvar,
     /// Highest position some waiter needs written; the writer writes at once below it.
     flush_to: AtomicU64,
     /// The writer is parked on `wake` (set and cleared under the `pending` mutex).
@@ -161,23 +236,16 @@ struct Shared {
     written: AtomicU64,
     durable: AtomicU64,
     fsyncs: AtomicU64,
-    poisoned: AtomicBool,
-    poison_reason: Mutex<Option<String>>,
+    /// Why the log is poisoned; set once.
+    poison: OnceLock<String>,
+    disk_full: DiskFull,
     acked_tx: tokio::sync::watch::Sender<u64>,
-    progress_lock: Mutex<()>,
-    progress: Condvar,
-    sync_target: Mutex<SyncTarget>,
-    /// The buffer being written, and the lock that orders writes: whoever holds it (the
-    /// writer thread, or a waiter writing inline) swaps `pending.buf` out and writes it.
-    spare: Mutex<Vec<u8>>,
-    stop_lock: Mutex<bool>,
-    stop: Condvar,
 }
 
 /// An engine's binlog writer. Implements [`Journal`]; see the module docs.
 pub struct Binlog {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Ordered<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Binlog {
@@ -200,8 +268,12 @@ pub struct BinlogStats {
     pub durable: u64,
     /// fdatasync calls.
     pub fsyncs: u64,
-    /// Whether the log refuses writes.
+    /// Whether the log refuses writes after an I/O failure.
     pub poisoned: bool,
+    /// Whether the last append was refused for lack of disk space.
+    pub disk_full: bool,
+    /// Appends refused for lack of disk space since open.
+    pub disk_full_refusals: u64,
 }
 
 impl Binlog {
@@ -221,92 +293,87 @@ impl Binlog {
         Self::open_at(cfg, outcome.end)
     }
 
-    /// Opens a writer that continues the log at `end` (as returned by recovery).
+    /// Opens a writer that continues the log at `end` (as returned by recovery). The log
+    /// clock continues from `end.time` ([`LogClock`]). Reserves disk space ahead (best
+    /// effort: a full disk refuses appends later, it does not fail the open).
     ///
     /// # Errors
     /// I/O errors, invalid configuration.
     pub fn open_at(cfg: BinlogConfig, end: LogEnd) -> Result<Self> {
-        check_engine_name(&cfg.engine).map_err(Error::Config)?;
-        if cfg.durability == Durability::None {
-            return Err(Error::Config("a Binlog cannot have durability none".into()));
-        }
-        if cfg.segment_size > koshka_limits::BINLOG_SEGMENT_SIZE_MAX {
-            return Err(Error::Config(format!(
-                "segment size {} exceeds the ceiling {}",
-                cfg.segment_size,
-                koshka_limits::BINLOG_SEGMENT_SIZE_MAX
-            )));
-        }
-        if cfg.segment_size < SEGMENT_SIZE_MIN {
-            return Err(Error::Config(format!(
-                "segment size {} is below the minimum {SEGMENT_SIZE_MIN}",
-                cfg.segment_size
-            )));
-        }
+        check_config(&cfg)?;
+        let clock = LogClock::new(Arc::clone(&cfg.clock), end.time);
         let (file, path, seg_start) = match &end.segment {
             Some((path, start)) => {
                 let file = OpenOptions::new().append(true).open(path).ctx(path)?;
                 (file, path.clone(), *start)
             }
             None => {
-                let (file, path) = create_segment(&cfg, end.pos, end.chain, end.time)?;
+                let header = segment_header(&cfg, end.pos, end.chain, end.time);
+                let (file, path) = create_segment(&cfg, &header)?;
                 (file, path, end.pos)
             }
         };
+        let file = Arc::new(file);
+        let ledger = Ledger::new(
+            &cfg.dir,
+            &cfg.engine,
+            cfg.segment_size,
+            seg_start,
+            Arc::clone(&file),
+            end.pos,
+        );
         let (acked_tx, _) = tokio::sync::watch::channel(end.pos);
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                buf: Vec::with_capacity(BUFFER_BYTES_TYPICAL),
-                end: end.pos,
-                chain: end.chain,
-                time: end.time,
-                seg_start,
-                rotations: Vec::new(),
-                closing: false,
-            }),
+            pending: Ordered::new(
+                RANK_PENDING,
+                "pending",
+                Pending {
+                    buf: Vec::with_capacity(BUFFER_BYTES_TYPICAL),
+                    end: end.pos,
+                    chain: end.chain,
+                    time: end.time,
+                    seg_start,
+                    rotations: Vec::new(),
+                    closing: false,
+                    reserved_end: ledger.reserved_end(),
+                    next_segment: None,
+                },
+            ),
+            batch: Ordered::new(
+                RANK_BATCH,
+                "batch",
+                Vec::with_capacity(BUFFER_BYTES_TYPICAL),
+            ),
+            ledger: Ordered::new(RANK_LEDGER, "ledger", ledger),
             wake: Condvar::new(),
-            space: Condvar::new(),
+            drained: Condvar::new(),
+            stop: Condvar::new(),
+            sync_target: Ordered::new(
+                RANK_SYNC_TARGET,
+                "sync_target",
+                SyncTarget {
+                    file,
+                    path,
+                    written: end.pos,
+                },
+            ),
+            progress: Ordered::new(RANK_PROGRESS, "progress", ()),
+            progress_cv: Condvar::new(),
             flush_to: AtomicU64::new(0),
             writer_parked: AtomicBool::new(false),
             written: AtomicU64::new(end.pos),
             durable: AtomicU64::new(end.pos),
             fsyncs: AtomicU64::new(0),
-            poisoned: AtomicBool::new(false),
-            poison_reason: Mutex::new(None),
+            poison: OnceLock::new(),
+            disk_full: DiskFull::default(),
             acked_tx,
-            progress_lock: Mutex::new(()),
-            progress: Condvar::new(),
-            sync_target: Mutex::new(SyncTarget {
-                file: Arc::new(file),
-                path,
-                written: end.pos,
-            }),
-            spare: Mutex::new(Vec::with_capacity(BUFFER_BYTES_TYPICAL)),
-            stop_lock: Mutex::new(false),
-            stop: Condvar::new(),
+            clock,
             cfg,
         });
-        let mut threads = Vec::new();
-        let name = format!("binlog-w-{}", shared.cfg.engine);
-        let s = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || writer_loop(&s))
-                .map_err(|e| Error::io("<thread>", e))?,
-        );
-        if shared.cfg.durability == Durability::EverySec {
-            let s = Arc::clone(&shared);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("binlog-s-{}", shared.cfg.engine))
-                    .spawn(move || syncer_loop(&s))
-                    .map_err(|e| Error::io("<thread>", e))?,
-            );
-        }
+        let threads = start_threads(&shared)?;
         Ok(Self {
             shared,
-            threads: Mutex::new(threads),
+            threads: Ordered::new(RANK_THREADS, "threads", threads),
         })
     }
 
@@ -339,7 +406,13 @@ impl Binlog {
     /// Whether the log refuses writes after an I/O failure.
     #[must_use]
     pub fn is_poisoned(&self) -> bool {
-        self.shared.poisoned.load(Ordering::Acquire)
+        self.shared.poison.get().is_some()
+    }
+
+    /// The log clock (also [`Journal::now`]).
+    #[must_use]
+    pub fn clock(&self) -> &LogClock {
+        &self.shared.clock
     }
 
     /// Counters for `stats`.
@@ -351,6 +424,8 @@ impl Binlog {
             durable: self.durable(),
             fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
             poisoned: self.is_poisoned(),
+            disk_full: self.shared.disk_full.refusing(),
+            disk_full_refusals: self.shared.disk_full.refusals(),
         }
     }
 
@@ -371,8 +446,8 @@ impl Binlog {
             if *rx.borrow_and_update() >= pos {
                 return Ok(());
             }
-            if self.is_poisoned() {
-                return Err(koshka_engine::Error::Journal(self.poison_reason()));
+            if let Some(reason) = self.shared.poison.get() {
+                return Err(koshka_engine::Error::Journal(reason.clone()));
             }
             if rx.changed().await.is_err() {
                 return Err(koshka_engine::Error::Journal("binlog closed".into()));
@@ -405,7 +480,8 @@ impl Binlog {
         Ok(self.durable())
     }
 
-    /// Stops accepting appends, writes and fdatasyncs the rest, stops the threads. Idempotent.
+    /// Stops accepting appends, writes and fdatasyncs the rest, stops the threads, deletes
+    /// the spare file. Idempotent.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if a write or fsync failed at any time.
@@ -413,32 +489,24 @@ impl Binlog {
         {
             let mut p = self.shared.pending.lock();
             p.closing = true;
-        }
-        {
-            let _p = self.shared.pending.lock();
             self.shared.wake.notify_all();
+            self.shared.drained.notify_all();
+            self.shared.stop.notify_all();
         }
-        self.shared.space.notify_all();
-        *self.shared.stop_lock.lock() = true;
-        self.shared.stop.notify_all();
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        let joined = !threads.is_empty();
         for t in threads {
             if t.join().is_err() {
                 poison(&self.shared, "binlog thread panicked".into());
             }
         }
-        if self.is_poisoned() {
-            return Err(Error::Poisoned(self.poison_reason()));
+        if joined {
+            self.shared.ledger.lock().remove_spare();
+        }
+        if let Some(reason) = self.shared.poison.get() {
+            return Err(Error::Poisoned(reason.clone()));
         }
         Ok(())
-    }
-
-    fn poison_reason(&self) -> String {
-        self.shared
-            .poison_reason
-            .lock()
-            .clone()
-            .unwrap_or_else(|| "poisoned".into())
     }
 }
 
@@ -465,66 +533,181 @@ impl Journal for Binlog {
         }
         let header = RecordHeader::new(record_type, payload);
         let encoded = header.encode();
-        let now = unix_now();
         let shared = &*self.shared;
-        let mut p = shared.pending.lock();
         loop {
-            if shared.poisoned.load(Ordering::Acquire) {
+            let now = shared.clock.now();
+            let mut p = shared.pending.lock();
+            wait_for_room(shared, &mut p)?;
+            let time_len = if now > p.time { TIME_RECORD_SIZE } else { 0 };
+            let total = (RECORD_HEADER_SIZE + payload.len() + time_len) as u64;
+            if let Some(need) = admit(shared, &mut p, total) {
                 drop(p);
-                return Err(koshka_engine::Error::Journal(self.poison_reason()));
+                reserve(shared, need)?;
+                continue;
             }
-            if p.closing {
-                return Err(koshka_engine::Error::Journal("binlog closed".into()));
+            if time_len > 0 {
+                let time_payload = now.to_le_bytes();
+                let th = RecordHeader::new(RECORD_TYPE_TIME, &time_payload);
+                p.buf.extend_from_slice(&th.encode());
+                p.buf.extend_from_slice(&time_payload);
+                p.end += TIME_RECORD_SIZE as u64;
+                p.chain = chain_next(p.chain, th.crc);
+                p.time = now;
             }
-            if p.buf.len() < BUFFER_BYTES_MAX {
-                break;
-            }
-            shared.space.wait(&mut p);
-        }
-        let needs_time = now > p.time;
-        let len = (RECORD_HEADER_SIZE + payload.len()) as u64;
-        let total = len
-            + if needs_time {
-                TIME_RECORD_SIZE as u64
-            } else {
-                0
-            };
-        if p.end > p.seg_start && p.end - p.seg_start + total > shared.cfg.segment_size {
-            let rotation = Rotation {
+            p.buf.extend_from_slice(&encoded);
+            p.buf.extend_from_slice(payload);
+            p.end += (RECORD_HEADER_SIZE + payload.len()) as u64;
+            p.chain = chain_next(p.chain, header.crc);
+            debug_assert!(p.end <= p.reserved_end, "admitted past the reservation");
+            let appended = Appended {
                 pos: p.end,
-                chain: p.chain,
                 time: p.time,
             };
-            p.seg_start = p.end;
-            p.rotations.push(rotation);
+            // Wake the writer once, when the buffer crosses the eager threshold.
+            let len = usize::try_from(total).unwrap_or(usize::MAX);
+            let eager = p.buf.len() >= WRITE_EAGER_BYTES && p.buf.len() - len < WRITE_EAGER_BYTES;
+            drop(p);
+            if eager && shared.writer_parked.load(Ordering::SeqCst) {
+                shared.wake.notify_one();
+            }
+            shared.disk_full.admitted(&shared.cfg.engine);
+            return Ok(appended);
         }
-        if needs_time {
-            let time_payload = now.to_le_bytes();
-            let th = RecordHeader::new(RECORD_TYPE_TIME, &time_payload);
-            p.buf.extend_from_slice(&th.encode());
-            p.buf.extend_from_slice(&time_payload);
-            p.end += TIME_RECORD_SIZE as u64;
-            p.chain = chain_next(p.chain, th.crc);
-            p.time = now;
-        }
-        p.buf.extend_from_slice(&encoded);
-        p.buf.extend_from_slice(payload);
-        p.end += len;
-        p.chain = chain_next(p.chain, header.crc);
-        let appended = Appended {
-            pos: p.end,
-            time: p.time,
-        };
-        // Wake the writer once, when the buffer crosses the eager threshold.
-        let eager = p.buf.len() >= WRITE_EAGER_BYTES
-            && p.buf.len() - (len as usize + if needs_time { TIME_RECORD_SIZE } else { 0 })
-                < WRITE_EAGER_BYTES;
-        drop(p);
-        if eager && shared.writer_parked.load(Ordering::SeqCst) {
-            shared.wake.notify_one();
-        }
-        Ok(appended)
     }
+
+    fn now(&self) -> u32 {
+        self.shared.clock.now()
+    }
+}
+
+/// Waits (under `pending`) until the buffer has room; fails when the log is poisoned or
+/// closing.
+fn wait_for_room(shared: &Shared, p: &mut OrderedGuard<'_, Pending>) -> koshka_engine::Result<()> {
+    loop {
+        if let Some(reason) = shared.poison.get() {
+            return Err(koshka_engine::Error::Journal(reason.clone()));
+        }
+        if p.closing {
+            return Err(koshka_engine::Error::Journal("binlog closed".into()));
+        }
+        if p.buf.len() < BUFFER_BYTES_MAX {
+            return Ok(());
+        }
+        shared.drained.wait(p.inner());
+    }
+}
+
+/// Decides (under `pending`) whether `total` more bytes fit: rotates first when they would
+/// pass the segment size and the next segment has space granted. `Some(need)`: space must be
+/// reserved first.
+fn admit(shared: &Shared, p: &mut Pending, total: u64) -> Option<Need> {
+    if p.end > p.seg_start && p.end - p.seg_start + total > shared.cfg.segment_size {
+        let Some(grant) = p.next_segment.take() else {
+            return Some(Need::Rotation { after: p.seg_start });
+        };
+        let rotation = Rotation {
+            pos: p.end,
+            chain: p.chain,
+            time: p.time,
+            spare: grant.spare,
+        };
+        p.rotations.push(rotation);
+        p.seg_start = p.end;
+        p.reserved_end = p.end + grant.len;
+    }
+    (p.end + total > p.reserved_end).then_some(Need::Extend {
+        seg: p.seg_start,
+        from: p.reserved_end,
+        end: p.end + total,
+    })
+}
+
+/// The appender's slow path: asks the ledger for space (outside `pending`), records the
+/// grant, or waits for the writer, or refuses the append.
+fn reserve(shared: &Shared, need: Need) -> koshka_engine::Result<()> {
+    let mut ledger = shared.ledger.lock();
+    match ledger.answer(need) {
+        Answer::Extended { seg, end } => {
+            let mut p = shared.pending.lock();
+            if p.seg_start == seg {
+                p.reserved_end = p.reserved_end.max(end);
+            }
+            Ok(())
+        }
+        Answer::Next(grant) => {
+            let mut p = shared.pending.lock();
+            match p.next_segment {
+                Some(old) if old.spare => {
+                    assert!(!grant.spare, "the spare was granted twice");
+                }
+                _ => p.next_segment = Some(grant),
+            }
+            Ok(())
+        }
+        Answer::WaitFor(pos) => {
+            drop(ledger);
+            request_flush(shared, pos);
+            wait_until(shared, pos, || shared.written.load(Ordering::Acquire))
+        }
+        Answer::Refused(refusal) => {
+            drop(ledger);
+            let engine = &shared.cfg.engine;
+            if refusal.full {
+                shared.disk_full.refused(engine, &refusal.reason);
+                Err(koshka_engine::Error::Journal(format!(
+                    "disk full: {}",
+                    refusal.reason
+                )))
+            } else {
+                Err(koshka_engine::Error::Journal(format!(
+                    "cannot reserve disk space: {}",
+                    refusal.reason
+                )))
+            }
+        }
+    }
+}
+
+fn check_config(cfg: &BinlogConfig) -> Result<()> {
+    check_engine_name(&cfg.engine).map_err(Error::Config)?;
+    if cfg.durability == Durability::None {
+        return Err(Error::Config("a Binlog cannot have durability none".into()));
+    }
+    if cfg.segment_size > koshka_limits::BINLOG_SEGMENT_SIZE_MAX {
+        return Err(Error::Config(format!(
+            "segment size {} exceeds the ceiling {}",
+            cfg.segment_size,
+            koshka_limits::BINLOG_SEGMENT_SIZE_MAX
+        )));
+    }
+    if cfg.segment_size < SEGMENT_SIZE_MIN {
+        return Err(Error::Config(format!(
+            "segment size {} is below the minimum {SEGMENT_SIZE_MIN}",
+            cfg.segment_size
+        )));
+    }
+    Ok(())
+}
+
+fn start_threads(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    let s = Arc::clone(shared);
+    threads.push(
+        std::thread::Builder::new()
+            .name(format!("binlog-w-{}", shared.cfg.engine))
+            .spawn(move || writer_loop(&s))
+            .map_err(|e| Error::io("<thread>", e))?,
+    );
+    if shared.cfg.durability == Durability::EverySec {
+        let s = Arc::clone(shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("binlog-s-{}", shared.cfg.engine))
+                .spawn(move || syncer_loop(&s))
+                .map_err(|e| Error::io("<thread>", e))?,
+        );
+    }
+    Ok(threads)
 }
 
 /// Asks the writer to write up to `pos` now. Lost-wakeup free: the writer re-checks
@@ -547,68 +730,105 @@ fn acked(shared: &Shared) -> u64 {
 }
 
 fn wait_until(shared: &Shared, pos: u64, value: impl Fn() -> u64) -> koshka_engine::Result<()> {
-    let mut guard = shared.progress_lock.lock();
+    let mut guard = shared.progress.lock();
     loop {
         if value() >= pos {
             return Ok(());
         }
-        if shared.poisoned.load(Ordering::Acquire) {
-            let reason = shared.poison_reason.lock().clone().unwrap_or_default();
+        if let Some(reason) = shared.poison.get() {
             return Err(koshka_engine::Error::Journal(format!(
                 "binlog poisoned: {reason}"
             )));
         }
-        shared
-            .progress
-            .wait_for(&mut guard, Duration::from_millis(100));
+        shared.progress_cv.wait_for(guard.inner(), WAIT_POLL);
     }
 }
 
 fn publish(shared: &Shared) {
     shared.acked_tx.send_replace(acked(shared));
-    let _guard = shared.progress_lock.lock();
-    shared.progress.notify_all();
+    let _guard = shared.progress.lock();
+    shared.progress_cv.notify_all();
 }
 
 fn poison(shared: &Shared, reason: String) {
-    tracing::error!(
-        engine = %shared.cfg.engine,
-        "binlog poisoned, refusing all further writes: {reason}"
-    );
-    {
-        let mut r = shared.poison_reason.lock();
-        if r.is_none() {
-            *r = Some(reason);
-        }
+    let first = shared.poison.set(reason).is_ok();
+    if first {
+        tracing::error!(
+            engine = %shared.cfg.engine,
+            "binlog poisoned, refusing all further writes: {}",
+            shared.poison.get().map_or("", String::as_str)
+        );
     }
-    shared.poisoned.store(true, Ordering::Release);
     {
         // Taking the lock orders the flag before any appender's wait.
         let _p = shared.pending.lock();
     }
-    shared.space.notify_all();
+    shared.drained.notify_all();
     publish(shared);
 }
 
-fn create_segment(cfg: &BinlogConfig, pos: u64, chain: u32, time: u32) -> Result<(File, PathBuf)> {
-    let path = cfg.dir.join(segment_file_name(&cfg.engine, pos));
-    let header = FileHeader {
+fn segment_header(cfg: &BinlogConfig, pos: u64, chain: u32, time: u32) -> FileHeader {
+    FileHeader {
         engine: cfg.engine.clone(),
         shard: cfg.shard,
         pos,
         chain,
         time,
-        created: unix_now(),
-    };
-    let mut file = OpenOptions::new()
+        created: cfg.clock.now(),
+    }
+}
+
+/// Creates a segment file with `header` (no spare file): create, header, fdatasync, fsync
+/// of the directory.
+fn create_segment(cfg: &BinlogConfig, header: &FileHeader) -> Result<(File, PathBuf)> {
+    let path = cfg.dir.join(segment_file_name(&cfg.engine, header.pos));
+    let file = OpenOptions::new()
         .append(true)
         .create_new(true)
         .open(&path)
         .ctx(&path)?;
-    file.write_all(&header.encode(SEGMENT_MAGIC)).ctx(&path)?;
-    file.sync_data().ctx(&path)?;
-    sync_dir(&cfg.dir)?;
+    finish_segment(cfg, &file, &path, header)?;
     Ok((file, path))
+}
+
+/// Writes a new segment's header and makes the file and its name durable.
+fn finish_segment(cfg: &BinlogConfig, file: &File, path: &Path, header: &FileHeader) -> Result<()> {
+    let mut w = file;
+    w.write_all(&header.encode(SEGMENT_MAGIC)).ctx(path)?;
+    file.sync_data().ctx(path)?;
+    sync_dir(&cfg.dir)
+}
+
+/// Carries out a rotation: the new segment comes from the spare file when the rotation was
+/// granted it (a hard link to the segment name, so an existing file is never replaced, then
+/// the spare name is removed), else it is created. Returns the file, its path and the log
+/// position up to which it has space.
+fn open_next_segment(shared: &Shared, r: &Rotation) -> Result<(File, PathBuf, u64)> {
+    let cfg = &shared.cfg;
+    let header = segment_header(cfg, r.pos, r.chain, r.time);
+    if r.spare {
+        let path = cfg.dir.join(segment_file_name(&cfg.engine, r.pos));
+        let spare = {
+            // The spare's name is free again only once the ledger lets go: an appender may
+            // be about to create the next spare.
+            let mut ledger = shared.ledger.lock();
+            let spare = ledger.take_spare();
+            std::fs::hard_link(&spare.path, &path).ctx(&path)?;
+            std::fs::remove_file(&spare.path).ctx(&spare.path)?;
+            spare
+        };
+        finish_segment(cfg, &spare.file, &path, &header)?;
+        return Ok((spare.file, path, r.pos + spare.len));
+    }
+    let path = cfg.dir.join(segment_file_name(&cfg.engine, r.pos));
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .ctx(&path)?;
+    let reserved = shared.ledger.lock().preallocate(&file);
+    finish_segment(cfg, &file, &path, &header)?;
+    Ok((file, path, r.pos + reserved))
 }
 
 /// fdatasyncs the current segment up to the written position.
@@ -632,18 +852,18 @@ fn sync_once(shared: &Shared) -> Result<()> {
 }
 
 fn syncer_loop(shared: &Shared) {
-    let mut stop = shared.stop_lock.lock();
     loop {
         let deadline = Instant::now() + FSYNC_INTERVAL;
-        while !*stop && Instant::now() < deadline {
-            shared.stop.wait_until(&mut stop, deadline);
-        }
-        let stopping = *stop;
-        drop(stop);
-        if shared.poisoned.load(Ordering::Acquire) || sync_once(shared).is_err() || stopping {
+        let stopping = {
+            let mut p = shared.pending.lock();
+            while !p.closing && Instant::now() < deadline {
+                shared.stop.wait_until(p.inner(), deadline);
+            }
+            p.closing
+        };
+        if shared.poison.get().is_some() || sync_once(shared).is_err() || stopping {
             return;
         }
-        stop = shared.stop_lock.lock();
     }
 }
 
@@ -652,24 +872,25 @@ fn writer_loop(shared: &Shared) {
     let mut file = Arc::clone(&shared.sync_target.lock().file);
     loop {
         wait_for_work(shared);
-        // Lock order: spare, then pending. A waiter may have written inline meanwhile, in
-        // which case the buffer is empty and there is nothing to do.
-        let mut spare = shared.spare.lock();
+        // A waiter may have written inline meanwhile, in which case the buffer is empty and
+        // there is nothing to do.
+        let mut batch = shared.batch.lock();
         let (batch_start, batch_end, closing) = {
             let mut p = shared.pending.lock();
-            std::mem::swap(&mut p.buf, &mut *spare);
+            std::mem::swap(&mut p.buf, &mut *batch);
             std::mem::swap(&mut p.rotations, &mut rotations);
-            (p.end - spare.len() as u64, p.end, p.closing)
+            (p.end - batch.len() as u64, p.end, p.closing)
         };
-        shared.space.notify_all();
-        if shared.poisoned.load(Ordering::Acquire) {
+        shared.drained.notify_all();
+        if shared.poison.get().is_some() {
             return;
         }
-        if !spare.is_empty() || !rotations.is_empty() {
+        let rotated = !rotations.is_empty();
+        if !batch.is_empty() || rotated {
             if let Err(e) = write_batch(
                 shared,
                 &mut file,
-                &spare,
+                &batch,
                 &rotations,
                 batch_start,
                 batch_end,
@@ -678,12 +899,15 @@ fn writer_loop(shared: &Shared) {
                 return;
             }
         }
-        spare.clear();
+        batch.clear();
         rotations.clear();
-        if spare.capacity() > 4 * BUFFER_BYTES_TYPICAL {
-            spare.shrink_to(BUFFER_BYTES_TYPICAL);
+        if batch.capacity() > 4 * BUFFER_BYTES_TYPICAL {
+            batch.shrink_to(BUFFER_BYTES_TYPICAL);
         }
-        drop(spare);
+        drop(batch);
+        if rotated && !closing {
+            shared.ledger.lock().replenish();
+        }
         if shared.cfg.durability == Durability::Always || closing {
             if sync_once(shared).is_err() {
                 return;
@@ -724,9 +948,9 @@ fn wait_for_work(shared: &Shared) {
         if !(flush_due && has_data) {
             match deadline {
                 Some(d) => {
-                    shared.wake.wait_until(&mut p, d);
+                    shared.wake.wait_until(p.inner(), d);
                 }
-                None => shared.wake.wait(&mut p),
+                None => shared.wake.wait(p.inner()),
             }
         }
         shared.writer_parked.store(false, Ordering::SeqCst);
@@ -738,10 +962,10 @@ fn wait_for_work(shared: &Shared) {
 /// Gives up (returns false) when another write is in progress, a rotation is pending, or the
 /// mode needs an fsync; the caller then falls back to the writer thread.
 fn write_inline(shared: &Shared, pos: u64) -> bool {
-    if shared.cfg.durability != Durability::EverySec || shared.poisoned.load(Ordering::Acquire) {
+    if shared.cfg.durability != Durability::EverySec || shared.poison.get().is_some() {
         return false;
     }
-    let Some(mut spare) = shared.spare.try_lock() else {
+    let Some(mut batch) = shared.batch.try_lock() else {
         return false;
     };
     if shared.written.load(Ordering::Acquire) >= pos {
@@ -749,20 +973,20 @@ fn write_inline(shared: &Shared, pos: u64) -> bool {
     }
     let (start, end) = {
         let mut p = shared.pending.lock();
-        if !p.rotations.is_empty() || p.closing || !spare.is_empty() {
+        if !p.rotations.is_empty() || p.closing || !batch.is_empty() {
             return false;
         }
-        std::mem::swap(&mut p.buf, &mut *spare);
-        (p.end - spare.len() as u64, p.end)
+        std::mem::swap(&mut p.buf, &mut *batch);
+        (p.end - batch.len() as u64, p.end)
     };
-    shared.space.notify_all();
+    shared.drained.notify_all();
     let mut file = Arc::clone(&shared.sync_target.lock().file);
-    let result = write_batch(shared, &mut file, &spare, &[], start, end);
-    spare.clear();
-    if spare.capacity() > 4 * BUFFER_BYTES_TYPICAL {
-        spare.shrink_to(BUFFER_BYTES_TYPICAL);
+    let result = write_batch(shared, &mut file, &batch, &[], start, end);
+    batch.clear();
+    if batch.capacity() > 4 * BUFFER_BYTES_TYPICAL {
+        batch.shrink_to(BUFFER_BYTES_TYPICAL);
     }
-    drop(spare);
+    drop(batch);
     match result {
         Ok(()) => {
             publish(shared);
@@ -797,8 +1021,12 @@ fn write_batch(
         done = cut;
         file.sync_data().ctx(&path)?;
         shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let (new_file, new_path) = create_segment(&shared.cfg, r.pos, r.chain, r.time)?;
+        let (new_file, new_path, reserved_end) = open_next_segment(shared, r)?;
         *file = Arc::new(new_file);
+        shared
+            .ledger
+            .lock()
+            .created(r.pos, Arc::clone(file), reserved_end);
         {
             let mut t = shared.sync_target.lock();
             t.file = Arc::clone(file);

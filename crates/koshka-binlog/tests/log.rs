@@ -18,6 +18,7 @@ fn cfg(dir: &Path, durability: Durability, segment_size: u64) -> BinlogConfig {
         shard: ShardSpec { index: 1, count: 4 },
         durability,
         segment_size,
+        clock: std::sync::Arc::new(koshka_engine::SystemClock),
     }
 }
 

@@ -212,6 +212,16 @@ fn u32_at(payload: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b))
 }
 
+impl LogRecord for Record<'_> {
+    fn record_type(&self) -> u16 {
+        Record::record_type(self)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        Record::encode(self, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,15 +263,5 @@ mod tests {
         }
         assert!(Record::decode(SET, b"\x01").is_err());
         assert!(Record::decode(99, b"").is_err());
-    }
-}
-
-impl LogRecord for Record<'_> {
-    fn record_type(&self) -> u16 {
-        Record::record_type(self)
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        Record::encode(self, out);
     }
 }

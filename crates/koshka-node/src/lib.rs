@@ -50,6 +50,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The data directory is locked by another process, or cannot be locked (the message
+    /// names the directory and the holder's PID).
+    #[error("{0}")]
+    Lock(koshka_binlog::Error),
     /// A listener could not be bound (the address is in the message).
     #[error("{0}")]
     Listen(std::io::Error),
@@ -173,14 +177,14 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
 struct Prepared {
     node: Arc<Node>,
     listeners: Vec<std::net::TcpListener>,
-    _lock: (),
+    _lock: koshka_binlog::DirLock,
 }
 
 fn prepare(config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
     let planned = plan(&config, registry)?;
     let data_dir = config.storage.data_dir.clone();
     prepare_data_dir(&data_dir)?;
-    let lock = (); // LOCK: koshka_binlog::DirLock once merged.
+    let lock = koshka_binlog::DirLock::acquire(&data_dir).map_err(Error::Lock)?;
     let listeners = planned
         .iter()
         .map(|p| koshka_server::bind(p.addr))

@@ -161,3 +161,21 @@ fn ports_are_stable_per_engine() {
     let planned = koshka_node::plan(&config, &registry).unwrap();
     assert_eq!(planned[1].addr.port(), 12013);
 }
+
+#[test]
+fn a_second_node_on_a_data_directory_stops_before_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry::builtin();
+    let first = koshka_node::start(config(dir.path(), &["kv"]), &registry).unwrap();
+    let e = koshka_node::start(config(dir.path(), &["kv"]), &registry).unwrap_err();
+    assert!(matches!(e, Error::Lock(_)), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(text.contains(&std::process::id().to_string()), "{text}");
+    first.stop().unwrap();
+    // Released on stop: a restart works.
+    koshka_node::start(config(dir.path(), &["kv"]), &registry)
+        .unwrap()
+        .stop()
+        .unwrap();
+}
