@@ -97,6 +97,7 @@ impl<E: Engine + ?Sized> Direct for E {
             session,
             journal: &NoWrites,
             reply: &mut reply,
+            now: crate::unix_now(),
         };
         self.execute(&Request::Get { key }, &mut cx)?;
         Ok(reply
@@ -168,6 +169,7 @@ fn run<E: Engine + ?Sized>(
         session,
         journal,
         reply: &mut reply,
+        now: journal.now(),
     };
     engine.execute(request, &mut cx)
 }

@@ -744,7 +744,7 @@ impl Kv {
 
     /// `get`: a key ending in `*` is a prefix scan, anything else one item.
     fn get(&self, key: &[u8], cx: &mut Cx<'_>) -> Outcome {
-        let now = cx.now();
+        let now = cx.now;
         if key.len() > 1 && key.ends_with(b"*") {
             let found = self.prefix_scan(&key[..key.len() - 1], now);
             for (key, flags, value) in &found {

@@ -149,6 +149,48 @@ pub fn plan(config: &Config, registry: &[EngineSpec]) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
+/// File descriptors a node keeps for itself besides client connections: listeners, binlog
+/// segments and snapshots being written or read, the lock file, stdio, and slack for a
+/// snapshot and a rotation happening at once, per engine.
+pub const FDS_RESERVED_PER_ENGINE: u64 = 16;
+
+/// File descriptors a node keeps for itself whatever the engines.
+pub const FDS_RESERVED_BASE: u64 = 32;
+
+/// Raises the soft `RLIMIT_NOFILE` as far as `max_connections` needs and the hard limit
+/// allows. Returns the connection limit the node can honour: `max_connections`, or fewer
+/// (with a warning) when the descriptors are not there, so clients past it get
+/// `SERVER_ERROR too many connections` instead of hanging in an accept queue.
+fn fit_connections_to_file_limit(max_connections: usize, engines: usize) -> usize {
+    let reserved = FDS_RESERVED_BASE + FDS_RESERVED_PER_ENGINE * engines as u64;
+    let wanted = max_connections as u64 + reserved;
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read the file descriptor limit: {e}");
+            return max_connections;
+        }
+    };
+    let mut soft = soft;
+    if soft < wanted {
+        let target = wanted.min(hard);
+        match rlimit::Resource::NOFILE.set(target, hard) {
+            Ok(()) => soft = target,
+            Err(e) => tracing::warn!("cannot raise the file descriptor limit to {target}: {e}"),
+        }
+    }
+    if soft >= wanted {
+        return max_connections;
+    }
+    let fitted = usize::try_from(soft.saturating_sub(reserved).max(1)).unwrap_or(1);
+    tracing::warn!(
+        "max_connections lowered from {max_connections} to {fitted}: the file descriptor limit \
+         is {soft} (hard {hard}) and the node keeps {reserved} for itself; raise it with \
+         `ulimit -n` or LimitNOFILE="
+    );
+    fitted
+}
+
 fn known(registry: &[EngineSpec]) -> String {
     registry
         .iter()
@@ -180,8 +222,10 @@ struct Prepared {
     _lock: koshka_binlog::DirLock,
 }
 
-fn prepare(config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
+fn prepare(mut config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
     let planned = plan(&config, registry)?;
+    config.server.max_connections =
+        fit_connections_to_file_limit(config.server.max_connections, planned.len());
     let data_dir = config.storage.data_dir.clone();
     prepare_data_dir(&data_dir)?;
     let lock = koshka_binlog::DirLock::acquire(&data_dir).map_err(Error::Lock)?;

@@ -5,7 +5,8 @@
 //! listen = "127.0.0.1:11211"   # the kv port; other engines take the following ports
 //! threads = 2                  # 0 = one per core
 //! max_connections = 4096
-//! output_buffer = "16MiB"
+//! output_buffer = "16MiB"      # replies queued per connection before it is dropped
+//! output_budget = "256MiB"     # … by all clients that do not read, before the biggest goes
 //! value_size_max = "1MiB"
 //! write_stall_timeout_ms = 30000 # drop a client whose reply buffer stays full this long
 //!
@@ -174,6 +175,8 @@ pub struct ServerSection {
     pub max_connections: usize,
     /// Reply bytes queued per connection before a non-reading client is dropped.
     pub output_buffer: Size,
+    /// Reply bytes held by all non-reading clients together before the biggest is dropped.
+    pub output_budget: Size,
     /// Largest value.
     pub value_size_max: Size,
     /// How long a connection may stall with a full reply buffer before it is dropped, in
@@ -188,6 +191,7 @@ impl Default for ServerSection {
             threads: 0,
             max_connections: koshka_limits::CONNECTIONS_DEFAULT,
             output_buffer: Size(koshka_limits::OUTPUT_BUFFER_DEFAULT as u64),
+            output_budget: Size(crate::OUTPUT_BUDGET_DEFAULT),
             value_size_max: Size(koshka_limits::VALUE_SIZE_DEFAULT as u64),
             write_stall_timeout_ms: crate::WRITE_STALL_TIMEOUT_MS,
         }
@@ -317,6 +321,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "engines.shard_index {} must be below engines.shard_count {}",
                 self.engines.shard_index, self.engines.shard_count
+            )));
+        }
+        if self.server.output_budget.0 < self.server.output_buffer.0 {
+            return Err(ConfigError::Invalid(format!(
+                "server.output_budget ({}) must be at least server.output_buffer ({})",
+                self.server.output_budget, self.server.output_buffer
             )));
         }
         if self.server.write_stall_timeout_ms == 0 {

@@ -22,20 +22,27 @@ enum End {
 }
 
 pub(crate) struct Connection<'a> {
-    stream: TcpStream,
     node: &'a Node,
     slot: &'a EngineSlot,
     counters: &'a Counters,
     parse_config: ParseConfig,
+    read: Vec<u8>,
+    swallow: usize,
+    session: Session,
+    output: Output,
+}
+
+/// The write side of a connection.
+struct Output {
+    stream: TcpStream,
+    out: Vec<u8>,
+    /// Highest log position written by this batch; replies wait for it.
+    ack_pos: u64,
     output_max: usize,
     /// How long one write may wait for the client to read before the connection is dropped.
     write_stall: Duration,
-    read: Vec<u8>,
-    out: Vec<u8>,
-    swallow: usize,
-    session: Session,
-    /// Highest log position written by this batch; replies wait for it.
-    ack_pos: u64,
+    /// This connection's standing with the node's output budget.
+    ticket: crate::budget::Ticket,
 }
 
 pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, counters: &Counters) {
@@ -47,18 +54,21 @@ pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, cou
         multiget_keys_max: koshka_limits::MULTIGET_KEYS_MAX,
     };
     let mut connection = Connection {
-        stream,
         node,
         slot,
         counters,
         parse_config,
-        output_max: limits.output_buffer_max,
-        write_stall: Duration::from_millis(node.config.server.write_stall_timeout_ms),
         read: Vec::with_capacity(READ_BUFFER_INITIAL),
-        out: Vec::with_capacity(READ_BUFFER_INITIAL),
         swallow: 0,
         session: Session::default(),
-        ack_pos: 0,
+        output: Output {
+            stream,
+            out: Vec::with_capacity(READ_BUFFER_INITIAL),
+            ack_pos: 0,
+            output_max: limits.output_buffer_max,
+            write_stall: Duration::from_millis(node.config.server.write_stall_timeout_ms),
+            ticket: node.output_budget.ticket(),
+        },
     };
     let _ = connection.run().await;
 }
@@ -68,6 +78,7 @@ impl Connection<'_> {
         loop {
             self.reserve_read();
             let n = self
+                .output
                 .stream
                 .read_buf(&mut self.read)
                 .await
@@ -95,6 +106,8 @@ impl Connection<'_> {
     /// Executes every complete command in the read buffer. Returns whether to close.
     async fn process(&mut self) -> Result<bool, End> {
         let mut start = 0;
+        // One log-clock read per batch: every expiry check in it uses this time.
+        let now = self.slot.persistence.journal().now();
         let mut quit = false;
         loop {
             if self.swallow > 0 {
@@ -121,7 +134,7 @@ impl Connection<'_> {
                     if error == BadRequest::TooLarge {
                         self.drop_stale_value(start, consumed);
                     }
-                    self.out.extend_from_slice(&error.reply());
+                    self.output.out.extend_from_slice(&error.reply());
                     start += consumed;
                     self.swallow = swallow;
                     if error == BadRequest::LineTooLong {
@@ -138,9 +151,10 @@ impl Connection<'_> {
                             slot: self.slot,
                             counters: self.counters,
                             session: &mut self.session,
-                            out: &mut self.out,
-                            ack_pos: &mut self.ack_pos,
-                            output_max: self.output_max,
+                            out: &mut self.output.out,
+                            ack_pos: &mut self.output.ack_pos,
+                            output_max: self.output.output_max,
+                            now,
                         };
                         match exec::execute(&mut ctx, &command, resume) {
                             Flow::Continue => break,
@@ -151,16 +165,9 @@ impl Connection<'_> {
                             Flow::MoreKeys(next) => {
                                 // A huge multi-get: send what we have before going on.
                                 resume = next;
-                                write_out(
-                                    &mut self.stream,
-                                    self.slot,
-                                    self.counters,
-                                    &mut self.out,
-                                    &mut self.ack_pos,
-                                    self.output_max,
-                                    self.write_stall,
-                                )
-                                .await?;
+                                self.output
+                                    .flush(self.node, self.slot, self.counters)
+                                    .await?;
                             }
                         }
                     }
@@ -170,8 +177,10 @@ impl Connection<'_> {
                     }
                 }
             }
-            if self.out.len() >= self.output_max {
-                self.flush().await?;
+            if self.output.out.len() >= self.output.output_max {
+                self.output
+                    .flush(self.node, self.slot, self.counters)
+                    .await?;
             }
         }
         self.read.drain(..start);
@@ -199,64 +208,86 @@ impl Connection<'_> {
             session: &mut self.session,
             journal: &journal,
             reply: &mut reply,
+            now: koshka_engine::Journal::now(&journal),
         };
         let request = koshka_engine::Request::Delete { key, cas: None };
         if let Err(e) = self.slot.engine.execute(&request, &mut cx) {
             tracing::warn!("removing the stale value of a refused set: {e}");
         }
-        self.ack_pos = self.ack_pos.max(journal.written());
+        self.output.ack_pos = self.output.ack_pos.max(journal.written());
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        write_out(
-            &mut self.stream,
-            self.slot,
-            self.counters,
-            &mut self.out,
-            &mut self.ack_pos,
-            self.output_max,
-            self.write_stall,
-        )
-        .await
+        self.output.flush(self.node, self.slot, self.counters).await
     }
 }
 
-/// Waits for the batch's writes to be acknowledged by the log, then writes every reply.
-async fn write_out(
-    stream: &mut TcpStream,
-    slot: &EngineSlot,
-    counters: &Counters,
-    out: &mut Vec<u8>,
-    ack_pos: &mut u64,
-    output_max: usize,
-    write_stall: Duration,
-) -> Result<(), End> {
-    if *ack_pos > 0 {
-        let persistence = &slot.persistence;
-        if persistence.acked_pos() < *ack_pos {
-            if let Err(reason) = persistence.wait_acked(*ack_pos).await {
-                // The log failed: the writes are not durable, so do not acknowledge them.
-                tracing::error!("binlog failure, dropping connection: {reason}");
-                return Err(End::Failed);
+impl Output {
+    /// Waits for the batch's writes to be acknowledged by the log, then writes every reply.
+    async fn flush(
+        &mut self,
+        node: &Node,
+        slot: &EngineSlot,
+        counters: &Counters,
+    ) -> Result<(), End> {
+        if self.ack_pos > 0 {
+            let persistence = &slot.persistence;
+            if persistence.acked_pos() < self.ack_pos {
+                if let Err(reason) = persistence.wait_acked(self.ack_pos).await {
+                    // The log failed: the writes are not durable, so do not acknowledge them.
+                    tracing::error!("binlog failure, dropping connection: {reason}");
+                    return Err(End::Failed);
+                }
             }
+            self.ack_pos = 0;
         }
-        *ack_pos = 0;
-    }
-    if out.is_empty() {
-        return Ok(());
-    }
-    match tokio::time::timeout(write_stall, stream.write_all(out)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(End::Failed),
-        Err(_) => {
-            bump(&counters.output_buffer_overflows, 1);
-            return Err(End::Failed);
+        if self.out.is_empty() {
+            return Ok(());
         }
+        // Most replies fit the socket buffer: written at once, they cost the budget nothing.
+        let written = match self.stream.try_write(&self.out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => return Err(End::Failed),
+        };
+        if written < self.out.len() {
+            self.write_held(node, counters, written).await?;
+        }
+        bump(&counters.bytes_written, self.out.len() as u64);
+        self.out.clear();
+        if self.out.capacity() > self.output_max.max(4 * READ_BUFFER_INITIAL) {
+            self.out = Vec::with_capacity(READ_BUFFER_INITIAL);
+        }
+        Ok(())
     }
-    bump(&counters.bytes_written, out.len() as u64);
-    out.clear();
-    if out.capacity() > output_max.max(4 * READ_BUFFER_INITIAL) {
-        *out = Vec::with_capacity(READ_BUFFER_INITIAL);
+
+    /// Writes the rest of the output to a client that is not reading fast enough, holding the
+    /// buffer against the node's output budget until it is written.
+    async fn write_held(
+        &mut self,
+        node: &Node,
+        counters: &Counters,
+        written: usize,
+    ) -> Result<(), End> {
+        let budget = &node.output_budget;
+        budget.hold(&self.ticket, self.out.capacity());
+        let closing = budget.closing(&self.ticket);
+        let write = tokio::time::timeout(
+            self.write_stall,
+            self.stream.write_all(&self.out[written..]),
+        );
+        let result = tokio::select! {
+            result = write => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Failed),
+                Err(_) => {
+                    bump(&counters.output_buffer_overflows, 1);
+                    Err(End::Failed)
+                }
+            },
+            () = closing.wait() => Err(End::Failed),
+        };
+        budget.release(&self.ticket);
+        result
     }
-    Ok(())
 }

@@ -33,6 +33,8 @@ pub(crate) struct Ctx<'a> {
     pub out: &'a mut Vec<u8>,
     pub ack_pos: &'a mut u64,
     pub output_max: usize,
+    /// The log's "now", read once per batch.
+    pub now: u32,
 }
 
 impl Ctx<'_> {
@@ -43,13 +45,14 @@ impl Ctx<'_> {
     /// Runs one request; records the log position the batch must wait for.
     fn run(&mut self, request: &Request<'_>, sink: Sink) -> koshka_engine::Result<Outcome> {
         let journal = Tracking::new(self.slot.persistence.journal());
-        let now = journal_now(self.slot);
+        let now = self.now;
         let result = {
             let mut reply = sink.over(self.out, now);
             let mut cx = Cx {
                 session: self.session,
                 journal: &journal,
                 reply: &mut reply,
+                now,
             };
             self.slot.engine.execute(request, &mut cx)
         };
@@ -82,10 +85,6 @@ impl Ctx<'_> {
         self.error(&error);
         true
     }
-}
-
-fn journal_now(slot: &EngineSlot) -> u32 {
-    slot.persistence.journal().now()
 }
 
 /// How found values are written.
@@ -508,7 +507,7 @@ fn meta_set(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>, data: &[u8]) {
         Ok(outcome) => outcome,
         Err(e) => return ctx.error(&e),
     };
-    let now = journal_now(ctx.slot);
+    let now = ctx.now;
     match outcome {
         Outcome::Stored { .. } if flags.has(b'q') => {}
         Outcome::Stored { cas } => {
@@ -549,7 +548,7 @@ fn meta_delete(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>) {
             b"NF"
         }
     };
-    let now = journal_now(ctx.slot);
+    let now = ctx.now;
     meta_reply::status(ctx.out, code, flags, key, now);
 }
 
@@ -648,7 +647,7 @@ fn meta_number_reply(
             only.push(b' ');
         }
     }
-    let now = journal_now(ctx.slot);
+    let now = ctx.now;
     meta_reply::return_flags(ctx.out, &MetaFlags::new(&only), key, Some(&item), now);
     ctx.out.extend_from_slice(b"\r\n");
     if flags.has(b'v') {

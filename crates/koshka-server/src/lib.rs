@@ -21,6 +21,7 @@
 //! `koshka-limits` only) and does not open binlogs itself: it receives ready engines, each
 //! with a [`Persistence`] that owns its journal.
 
+mod budget;
 pub mod config;
 mod conn;
 mod exec;
@@ -37,6 +38,7 @@ use std::time::Instant;
 
 use koshka_engine::{Engine, Journal, MemoryJournal, Stat};
 
+pub use budget::{OutputBudget, OUTPUT_BUDGET_DEFAULT};
 pub use config::Config;
 pub use net::{bind, run, serve};
 
@@ -136,13 +138,17 @@ pub struct Node {
     pub verbosity: AtomicU32,
     /// Set when the node is shutting down.
     pub stopping: AtomicBool,
+    /// Replies held by clients that do not read, bounded node-wide.
+    pub output_budget: OutputBudget,
 }
 
 impl Node {
     /// Builds the node state.
     #[must_use]
     pub fn new(config: Config, slots: Vec<Arc<EngineSlot>>) -> Self {
+        let budget = usize::try_from(config.server.output_budget.0).unwrap_or(usize::MAX);
         Self {
+            output_budget: OutputBudget::new(budget),
             slots,
             config,
             counters: parking_lot_free::Registry::default(),

@@ -19,6 +19,15 @@ use crate::{conn, Node};
 /// Reply sent to a connection over the limit before it is closed.
 const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many connections\r\n";
 
+/// First pause after a failed `accept` (out of file descriptors, say); it doubles per failure.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Longest pause between `accept` retries.
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most one log line per this interval about failing `accept`s.
+const ACCEPT_ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection handed to a worker: the socket and the index of its engine slot.
 type Handoff = (std::net::TcpStream, usize);
 
@@ -206,13 +215,29 @@ async fn accept_loop(
     counters: Arc<Counters>,
 ) {
     let max = node.config.server.max_connections;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failures = 0u64;
+    let mut last_log: Option<std::time::Instant> = None;
     loop {
         let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!("accept on {}: {e}", node.slots[slot].name);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // EMFILE and friends: back off (doubling) instead of spinning, and say so at
+                // most once per interval, with the count.
+                failures += 1;
+                if last_log.is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL) {
+                    tracing::warn!(
+                        "accept on {}: {e} ({failures} failures so far; retrying in {:?})",
+                        node.slots[slot].name,
+                        backoff
+                    );
+                    last_log = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };

@@ -46,6 +46,15 @@ fn general_stats(node: &Node, slot: &EngineSlot, out: &mut Vec<u8>) {
             node.config.server.max_connections.to_string(),
         ),
         ("curr_connections", node.connection_count().to_string()),
+        ("output_budget_bytes", node.output_budget.max().to_string()),
+        (
+            "output_budget_held_bytes",
+            node.output_budget.held().to_string(),
+        ),
+        (
+            "output_budget_closed",
+            node.output_budget.closed().to_string(),
+        ),
         ("threads", node.config.threads().to_string()),
         ("engine", slot.name.clone()),
     ];

@@ -76,6 +76,9 @@ struct ServeArgs {
     /// Most simultaneous connections.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Reply bytes all non-reading clients together may hold before the biggest is closed.
+    #[arg(long)]
+    output_budget: Option<Size>,
     /// always | everysec | none.
     #[arg(long)]
     durability: Option<Durability>,
@@ -99,7 +102,18 @@ struct ServeArgs {
     list_stats: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Operator errors are one line (with their causes), never a backtrace.
+            eprintln!("koshka: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -153,6 +167,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(max) = args.max_connections {
         config.server.max_connections = max;
+    }
+    if let Some(budget) = args.output_budget {
+        config.server.output_budget = budget;
     }
     if let Some(durability) = args.durability {
         config.storage.durability = durability;

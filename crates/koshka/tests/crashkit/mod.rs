@@ -81,6 +81,13 @@ pub struct ServerOpts {
     pub config: String,
     /// Pass `--repair`.
     pub repair: bool,
+    /// More `koshka serve` arguments.
+    pub extra_args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
+    /// Shell commands run before the server in the same process (`ulimit -n 256`): the
+    /// server is started by `sh -c '<prefix> && exec koshka serve …'`.
+    pub shell_prefix: Option<String>,
 }
 
 impl ServerOpts {
@@ -93,11 +100,23 @@ impl ServerOpts {
             engines: engines.to_vec(),
             config: String::new(),
             repair: false,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            shell_prefix: None,
         }
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_koshka"));
+        let mut cmd = match &self.shell_prefix {
+            None => Command::new(env!("CARGO_BIN_EXE_koshka")),
+            Some(prefix) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("{prefix} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_koshka"));
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -118,6 +137,10 @@ impl ServerOpts {
         }
         if self.repair {
             cmd.arg("--repair");
+        }
+        cmd.args(&self.extra_args);
+        for (name, value) in &self.env {
+            cmd.env(name, value);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
