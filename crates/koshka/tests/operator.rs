@@ -329,3 +329,103 @@ fn expiry_survives_a_clock_stepped_back_a_day() {
     let left = ttl(&mut c, "fresh").unwrap();
     assert!((45..=50).contains(&left), "a 50 s TTL reads as {left} s");
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?;
+        status.success().then_some(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
+    let Some(disk) = Tmpfs::mount("32m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 8 << 20]).unwrap();
+    let opts = ServerOpts::new(&disk.path().join("data"), "everysec", &["kv"]);
+    let server = Server::must_start(&opts);
+    let mut c = server.connect("kv");
+    let value = vec![b'd'; 64 * 1024];
+    let mut acked = Vec::new();
+    let refusal = loop {
+        let key = format!("k{}", acked.len());
+        c.send(&set_bytes(&key, &value)).unwrap();
+        let reply = c.line().unwrap();
+        if reply != "STORED" {
+            break reply;
+        }
+        acked.push(key);
+        assert!(acked.len() < 1000, "32 MiB never filled up");
+    };
+    assert!(refusal.starts_with("SERVER_ERROR"), "{refusal}");
+    assert!(refusal.contains("disk full"), "{refusal}");
+    // Refused writes are not readable; acknowledged ones are.
+    assert_eq!(c.get(&format!("k{}", acked.len())).unwrap(), None);
+    assert_eq!(c.get(&acked[0]).unwrap().unwrap().len(), value.len());
+    assert_eq!(
+        c.get(acked.last().unwrap()).unwrap().unwrap().len(),
+        value.len()
+    );
+    // Still full: still refused, the connection still works.
+    c.send(&set_bytes("again", &value)).unwrap();
+    assert!(c.line().unwrap().starts_with("SERVER_ERROR"));
+    // Space comes back: writes resume by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let key = format!("k{}", acked.len());
+        c.send(&set_bytes(&key, &value)).unwrap();
+        if c.line().unwrap() == "STORED" {
+            acked.push(key);
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..16 {
+        let key = format!("after{i}");
+        c.send(&set_bytes(&key, b"small")).unwrap();
+        assert_eq!(c.line().unwrap(), "STORED");
+    }
+    drop(c);
+    server.kill9();
+    let server = Server::must_start(&opts);
+    let mut c = server.connect("kv");
+    for chunk in acked.chunks(100) {
+        assert_eq!(
+            c.get_many(chunk).unwrap().len(),
+            chunk.len(),
+            "acknowledged lost"
+        );
+    }
+    assert_eq!(c.get_str("after15").unwrap().as_deref(), Some("small"));
+    drop(c);
+    server.kill9();
+    let (ok, report) = binlog_tool(&["verify"], &disk.path().join("data").join("kv"));
+    assert!(ok, "{report}");
+}
