@@ -17,8 +17,8 @@
 #   REDIS_SERVER=redis-server
 #
 # Servers, fresh per workload (free loopback ports, temp dirs, stopped by PID):
-#   koshka serve --listen 127.0.0.1:PORT --data-dir TMP --threads 2 --durability everysec \
-#       --engines <messages|friends> $KOSHKA_ARGS
+#   koshka serve --listen 127.0.0.1:0 --port <engine>=PORT --data-dir TMP --threads 2 \
+#       --durability everysec --engines <messages|friends> $KOSHKA_ARGS
 #   redis-server --port PORT --bind 127.0.0.1 --dir TMP --appendonly yes \
 #       --appendfsync everysec --save ''
 # Memory: VmRSS (/proc/PID/status) of each fresh server before and after the preload
@@ -85,8 +85,8 @@ start_server() {
             --appendfsync everysec --save '' --daemonize no >"$dir.log" 2>&1 &
     else
         # shellcheck disable=SC2086
-        "$KOSHKA_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir" --threads 2 \
-            --durability everysec --engines "$workload" $KOSHKA_ARGS >"$dir.log" 2>&1 &
+        "$KOSHKA_BIN" serve --listen "127.0.0.1:0" --port "$workload=$port" --data-dir "$dir" \
+            --threads 2 --durability everysec --engines "$workload" $KOSHKA_ARGS >"$dir.log" 2>&1 &
     fi
     pid=$!
     if [[ $kind == redis ]]; then
