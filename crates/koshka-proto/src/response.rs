@@ -56,13 +56,19 @@ pub struct ReplyConfig {
     pub frame_size_max: usize,
 }
 
+impl ReplyConfig {
+    /// The named limits: [`REPLY_VALUE_SIZE_MAX`], [`REPLY_LINE_LEN_MAX`],
+    /// [`REPLY_FRAME_SIZE_MAX`].
+    pub const DEFAULT: ReplyConfig = ReplyConfig {
+        value_size_max: REPLY_VALUE_SIZE_MAX,
+        line_len_max: REPLY_LINE_LEN_MAX,
+        frame_size_max: REPLY_FRAME_SIZE_MAX,
+    };
+}
+
 impl Default for ReplyConfig {
     fn default() -> Self {
-        Self {
-            value_size_max: REPLY_VALUE_SIZE_MAX,
-            line_len_max: REPLY_LINE_LEN_MAX,
-            frame_size_max: REPLY_FRAME_SIZE_MAX,
-        }
+        Self::DEFAULT
     }
 }
 
