@@ -120,12 +120,6 @@ impl Status {
             Self::Reset => crate::reply::RESET,
         }
     }
-
-    fn from_word(word: &[u8]) -> Option<Status> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.line().strip_suffix(b"\r\n") == Some(word))
-    }
 }
 
 /// The two-letter code that starts a meta reply.
@@ -175,10 +169,6 @@ impl MetaCode {
             Self::Mn => b"MN",
             Self::Me => b"ME",
         }
-    }
-
-    fn from_word(word: &[u8]) -> Option<MetaCode> {
-        Self::ALL.into_iter().find(|code| code.word() == word)
     }
 }
 
@@ -395,12 +385,51 @@ pub fn parse_reply<'a>(buf: &'a [u8], config: &ReplyConfig) -> ParsedReply<'a> {
         Ok(None) => return ParsedReply::Incomplete,
         Err(bad) => return bad,
     };
-    if line.starts_with(b"VALUE ") || line == b"END" {
-        run(buf, config, Run::Values)
-    } else if is_stat_line(line) {
-        run(buf, config, Run::Stats)
-    } else {
-        single(buf, line, next, config)
+    let (word, rest) = first_word(line);
+    let done = |reply| ParsedReply::Done {
+        reply,
+        consumed: next,
+    };
+    let status = |status| done(Reply::Status(status));
+    let meta = |code| {
+        done(Reply::Meta(Meta {
+            code,
+            flags: MetaFlags::new(rest),
+            data: None,
+        }))
+    };
+    match word {
+        b"VALUE" | b"END" => run(buf, (line, next), config, Run::Values),
+        b"STAT" | b"ITEM" | b"PREFIX" => run(buf, (line, next), config, Run::Stats),
+        b"STORED" if rest.is_empty() => status(Status::Stored),
+        b"NOT_STORED" if rest.is_empty() => status(Status::NotStored),
+        b"EXISTS" if rest.is_empty() => status(Status::Exists),
+        b"NOT_FOUND" if rest.is_empty() => status(Status::NotFound),
+        b"DELETED" if rest.is_empty() => status(Status::Deleted),
+        b"TOUCHED" if rest.is_empty() => status(Status::Touched),
+        b"OK" if rest.is_empty() => status(Status::Ok),
+        b"RESET" if rest.is_empty() => status(Status::Reset),
+        b"VERSION" => done(Reply::Version(rest)),
+        b"VA" => meta_value(buf, line, rest, next, config),
+        b"HD" => meta(MetaCode::Hd),
+        b"EN" => meta(MetaCode::En),
+        b"NF" => meta(MetaCode::Nf),
+        b"NS" => meta(MetaCode::Ns),
+        b"EX" => meta(MetaCode::Ex),
+        b"MN" => meta(MetaCode::Mn),
+        b"ME" => meta(MetaCode::Me),
+        _ => {
+            if let Some(error) = error_reply(word, rest) {
+                done(Reply::Error(error))
+            } else if !line.is_empty() && line.iter().all(u8::is_ascii_digit) {
+                match parse_u64(line) {
+                    Some(number) => done(Reply::Number(number)),
+                    None => delimited(BadReply::BadNumber, line, next),
+                }
+            } else {
+                delimited(BadReply::UnknownReply, line, next)
+            }
+        }
     }
 }
 
@@ -411,15 +440,18 @@ enum Run {
     Stats,
 }
 
-fn run<'a>(buf: &'a [u8], config: &ReplyConfig, kind: Run) -> ParsedReply<'a> {
+/// A run of `VALUE` blocks or `STAT` lines starting with `first` (a line and the offset after
+/// it), up to `END`.
+fn run<'a>(
+    buf: &'a [u8],
+    first: (&'a [u8], usize),
+    config: &ReplyConfig,
+    kind: Run,
+) -> ParsedReply<'a> {
+    let (mut line, mut next) = first;
     let mut pos = 0;
     let mut count = 0;
     loop {
-        let (line, next) = match line_at(buf, pos, config) {
-            Ok(Some(found)) => found,
-            Ok(None) => return ParsedReply::Incomplete,
-            Err(bad) => return bad,
-        };
         if kind == Run::Values && line.starts_with(b"VALUE ") {
             let Some(header) = value_header(line) else {
                 return fatal(BadReply::BadValueHeader, line);
@@ -430,92 +462,81 @@ fn run<'a>(buf: &'a [u8], config: &ReplyConfig, kind: Run) -> ParsedReply<'a> {
                 Err(bad) => return bad,
             }
             count += 1;
-            continue;
-        }
-        if kind == Run::Stats && is_stat_line(line) {
+        } else if kind == Run::Stats && is_stat_line(line) {
             count += usize::from(line.starts_with(b"STAT "));
             pos = next;
-            continue;
-        }
-        let reply = if line == b"END" {
-            let raw = &buf[..pos];
-            match kind {
-                Run::Values => Reply::Values(Values { raw, count }),
-                Run::Stats => Reply::Stats(Stats { raw, count }),
-            }
-        } else if let Some(error) = error_reply(line) {
-            Reply::Error(error)
         } else {
-            return ParsedReply::Bad {
-                error: BadReply::Unclosed,
-                line,
-                consumed: Some(next),
-            };
-        };
-        return ParsedReply::Done {
-            reply,
-            consumed: next,
+            return run_end(buf, pos, line, next, kind, count);
+        }
+        (line, next) = match line_at(buf, pos, config) {
+            Ok(Some(found)) => found,
+            Ok(None) => return ParsedReply::Incomplete,
+            Err(bad) => return bad,
         };
     }
 }
 
-/// A frame of one line (a `VA` line with its data block).
-fn single<'a>(buf: &'a [u8], line: &'a [u8], next: usize, config: &ReplyConfig) -> ParsedReply<'a> {
-    let bad = |error| ParsedReply::Bad {
+/// The line `line` (ending at `next`) after a run of `count` entries in `buf[..pos]`.
+fn run_end<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    line: &'a [u8],
+    next: usize,
+    kind: Run,
+    count: usize,
+) -> ParsedReply<'a> {
+    let reply = if line == b"END" {
+        let raw = &buf[..pos];
+        match kind {
+            Run::Values => Reply::Values(Values { raw, count }),
+            Run::Stats => Reply::Stats(Stats { raw, count }),
+        }
+    } else {
+        let (word, rest) = first_word(line);
+        match error_reply(word, rest) {
+            Some(error) => Reply::Error(error),
+            None => return delimited(BadReply::Unclosed, line, next),
+        }
+    };
+    ParsedReply::Done {
+        reply,
+        consumed: next,
+    }
+}
+
+/// `VA <bytes> <flags>*` (`rest` is after `VA`) and its data block.
+fn meta_value<'a>(
+    buf: &'a [u8],
+    line: &'a [u8],
+    rest: &'a [u8],
+    next: usize,
+    config: &ReplyConfig,
+) -> ParsedReply<'a> {
+    let (len, flags) = split_word(rest);
+    let Some(len) = parse_u64(len).and_then(|len| usize::try_from(len).ok()) else {
+        return fatal(BadReply::BadValueHeader, line);
+    };
+    match data_block(buf, next, len, line, config) {
+        Ok(Some((data, end))) => ParsedReply::Done {
+            reply: Reply::Meta(Meta {
+                code: MetaCode::Va,
+                flags: MetaFlags::new(flags),
+                data: Some(data),
+            }),
+            consumed: end,
+        },
+        Ok(None) => ParsedReply::Incomplete,
+        Err(bad) => bad,
+    }
+}
+
+/// A bad reply that is still one delimited line.
+fn delimited(error: BadReply, line: &[u8], next: usize) -> ParsedReply<'_> {
+    ParsedReply::Bad {
         error,
         line,
         consumed: Some(next),
-    };
-    let done = |reply| ParsedReply::Done {
-        reply,
-        consumed: next,
-    };
-    if let Some(error) = error_reply(line) {
-        return done(Reply::Error(error));
     }
-    let (word, rest) = split_word(line);
-    if let Some(status) = Status::from_word(word) {
-        return if rest.is_empty() {
-            done(Reply::Status(status))
-        } else {
-            bad(BadReply::UnknownReply)
-        };
-    }
-    if word == b"VERSION" {
-        return done(Reply::Version(rest));
-    }
-    if word == b"VA" {
-        let (len, flags) = split_word(rest);
-        let Some(len) = parse_u64(len).and_then(|len| usize::try_from(len).ok()) else {
-            return fatal(BadReply::BadValueHeader, line);
-        };
-        return match data_block(buf, next, len, line, config) {
-            Ok(Some((data, end))) => ParsedReply::Done {
-                reply: Reply::Meta(Meta {
-                    code: MetaCode::Va,
-                    flags: MetaFlags::new(flags),
-                    data: Some(data),
-                }),
-                consumed: end,
-            },
-            Ok(None) => ParsedReply::Incomplete,
-            Err(bad) => bad,
-        };
-    }
-    if let Some(code) = MetaCode::from_word(word) {
-        return done(Reply::Meta(Meta {
-            code,
-            flags: MetaFlags::new(rest),
-            data: None,
-        }));
-    }
-    if !line.is_empty() && line.iter().all(u8::is_ascii_digit) {
-        return match parse_u64(line) {
-            Some(number) => done(Reply::Number(number)),
-            None => bad(BadReply::BadNumber),
-        };
-    }
-    bad(BadReply::UnknownReply)
 }
 
 fn fatal(error: BadReply, line: &[u8]) -> ParsedReply<'_> {
@@ -526,8 +547,7 @@ fn fatal(error: BadReply, line: &[u8]) -> ParsedReply<'_> {
     }
 }
 
-fn error_reply(line: &[u8]) -> Option<ErrorReply<'_>> {
-    let (word, rest) = split_word(line);
+fn error_reply<'a>(word: &[u8], rest: &'a [u8]) -> Option<ErrorReply<'a>> {
     match word {
         b"ERROR" => Some(ErrorReply::Unknown),
         b"CLIENT_ERROR" => Some(ErrorReply::Client(rest)),
@@ -626,24 +646,50 @@ struct ValueHeader<'a> {
 }
 
 fn value_header(line: &[u8]) -> Option<ValueHeader<'_>> {
-    let rest = line.strip_prefix(b"VALUE ")?;
-    let (key, rest) = split_word(rest);
-    let (flags, rest) = split_word(rest);
-    let (len, rest) = split_word(rest);
-    let (cas, rest) = split_word(rest);
-    if key.is_empty() || !rest.is_empty() {
+    let (key, rest) = split_word(line.strip_prefix(b"VALUE ")?);
+    if key.is_empty() {
         return None;
     }
+    let (flags, rest) = number_field(rest)?;
+    let (len, rest) = number_field(rest)?;
+    let cas = if rest.is_empty() {
+        None
+    } else {
+        let (cas, rest) = number_field(rest)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(cas)
+    };
     Some(ValueHeader {
         key,
-        flags: u32::try_from(parse_u64(flags)?).ok()?,
-        len: usize::try_from(parse_u64(len)?).ok()?,
-        cas: if cas.is_empty() {
-            None
-        } else {
-            Some(parse_u64(cas)?)
-        },
+        flags: u32::try_from(flags).ok()?,
+        len: usize::try_from(len).ok()?,
+        cas,
     })
+}
+
+/// A decimal `u64` token at the front of `s` (at least one digit, no overflow, ended by a
+/// space or the end) and the rest after its spaces: tokenizes and parses in one pass, since
+/// `VALUE` headers are on the hot path of every multi-get.
+#[inline]
+fn number_field(s: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for &byte in s {
+        if byte == b' ' {
+            break;
+        }
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        digits += 1;
+    }
+    if digits == 0 {
+        return None;
+    }
+    Some((n, trim_start(&s[digits..])))
 }
 
 /// One already validated `VALUE` block at the front of `raw` and the offset after it.
@@ -678,6 +724,16 @@ fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
     match memchr::memchr(b' ', s) {
         Some(i) => (&s[..i], trim_start(&s[i + 1..])),
         None => (s, &[]),
+    }
+}
+
+/// [`split_word`] for the reply word: reply words are a few bytes long, where a plain loop beats
+/// `memchr`'s call and setup, and this runs once per reply.
+#[inline]
+fn first_word(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&byte| byte == b' ') {
+        Some(i) => (&line[..i], trim_start(&line[i + 1..])),
+        None => (line, &[]),
     }
 }
 
