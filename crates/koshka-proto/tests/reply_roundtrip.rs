@@ -151,12 +151,20 @@ proptest! {
                 prop_assert_eq!(consumed, out.len());
                 prop_assert_eq!(model(&reply), model_in);
             }
-            other => prop_assert!(false, "{:?} did not parse: {:?}", String::from_utf8_lossy(&out), other),
+            other => prop_assert!(
+                false,
+                "{:?} did not parse: {:?}",
+                String::from_utf8_lossy(&out),
+                other
+            ),
         }
     }
 
     #[test]
-    fn every_strict_prefix_is_incomplete(model_in in model_strategy(), cut in any::<prop::sample::Index>()) {
+    fn every_strict_prefix_is_incomplete(
+        model_in in model_strategy(),
+        cut in any::<prop::sample::Index>(),
+    ) {
         let mut out = Vec::new();
         compose(&mut out, &model_in);
         let cut = cut.index(out.len());
@@ -164,14 +172,17 @@ proptest! {
     }
 
     #[test]
-    fn pipelined_replies_parse_one_by_one(models in proptest::collection::vec(model_strategy(), 1..16)) {
+    fn pipelined_replies_parse_one_by_one(
+        models in proptest::collection::vec(model_strategy(), 1..16),
+    ) {
         let mut out = Vec::new();
         for model_in in &models {
             compose(&mut out, model_in);
         }
         let mut at = 0;
         for model_in in &models {
-            let ParsedReply::Done { reply, consumed } = parse_reply(&out[at..], &ReplyConfig::default()) else {
+            let parsed = parse_reply(&out[at..], &ReplyConfig::default());
+            let ParsedReply::Done { reply, consumed } = parsed else {
                 panic!("{model_in:?} did not parse")
             };
             prop_assert_eq!(&model(&reply), model_in);

@@ -492,7 +492,9 @@ mod requests {
         }
 
         #[test]
-        fn a_pipeline_parses_request_by_request(requests in proptest::collection::vec(request(), 1..20)) {
+        fn a_pipeline_parses_request_by_request(
+            requests in proptest::collection::vec(request(), 1..20),
+        ) {
             // The client's pipelines and the bench's batches append requests to one buffer.
             let mut out = Vec::new();
             for request in &requests {
@@ -500,7 +502,8 @@ mod requests {
             }
             let mut at = 0;
             for request in &requests {
-                let Parsed::Done { command, consumed } = parse(&out[at..], &ParseConfig::default()) else {
+                let parsed = parse(&out[at..], &ParseConfig::default());
+                let Parsed::Done { command, consumed } = parsed else {
                     panic!("{request:?} did not parse")
                 };
                 prop_assert!(matches(request, &command), "{:?} parsed as {:?}", request, command);
