@@ -2,20 +2,26 @@
 //! of fixed-size keys and values, closed-loop with a fixed pipeline depth per connection.
 //!
 //! Hot path: requests are copied from prebuilt templates into a reused buffer and only the key
-//! digits are patched; replies are framed by scanning for `VALUE`/`END`/`STORED` lines in a
-//! reused buffer. Nothing is allocated per request.
+//! digits are patched; replies are parsed in a reused buffer by
+//! [`koshka_proto::parse_reply`], which borrows from it. Nothing is allocated per request.
+//! The templates are encoded by [`koshka_proto::encode`], and the key offsets patched into
+//! are found by parsing each template with the server's own request parser.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use koshka_proto::{
+    encode, parse, parse_reply, Command, ParseConfig, Parsed, ParsedReply, Reply, Status,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::keys::{KeyChooser, KeyFormat};
+use crate::wire;
 
 /// How long one batch may wait for its replies before the bench gives up on the server.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,21 +67,16 @@ impl Plan {
         pipeline: usize,
     ) -> Plan {
         let blank_key = vec![b'0'; format.size()];
-        let mut get_template = b"get".to_vec();
-        let mut get_key_offsets = Vec::with_capacity(multiget);
-        for _ in 0..multiget {
-            get_template.push(b' ');
-            get_key_offsets.push(get_template.len());
-            get_template.extend_from_slice(&blank_key);
-        }
-        get_template.extend_from_slice(b"\r\n");
-        let mut set_template = b"set ".to_vec();
-        let set_key_offset = set_template.len();
-        set_template.extend_from_slice(&blank_key);
-        set_template.extend_from_slice(format!(" 0 0 {value_size}\r\n").as_bytes());
+        let mut get_template = Vec::new();
+        encode::get(&mut get_template, std::iter::repeat_n(&blank_key, multiget));
+        let get_key_offsets = key_offsets(&get_template);
         // A readable, non-repeating-looking value; never contains CR or LF.
-        set_template.extend((0..value_size).map(|index| b'a' + (index % 26) as u8));
-        set_template.extend_from_slice(b"\r\n");
+        let value: Vec<u8> = (0..value_size)
+            .map(|index| b'a' + (index % 26) as u8)
+            .collect();
+        let mut set_template = Vec::new();
+        encode::set(&mut set_template, &blank_key, &value);
+        let set_key_offset = key_offsets(&set_template)[0];
         Plan {
             chooser,
             format,
@@ -118,6 +119,38 @@ impl Plan {
             Kind::Set
         }
     }
+}
+
+/// Where each key of the one request in `template` starts, as the server's parser sees it.
+///
+/// # Panics
+///
+/// If the template does not parse as one get or store command (a bug in the encoder or in
+/// the key format).
+fn key_offsets(template: &[u8]) -> Vec<usize> {
+    // The bench's own limits (key size, value size, multiget) are checked by its arguments.
+    let config = ParseConfig {
+        key_len_max: usize::MAX,
+        value_size_max: usize::MAX,
+        line_len_max: usize::MAX,
+        multiget_keys_max: usize::MAX,
+    };
+    let parsed = parse(template, &config);
+    let keys: Vec<&[u8]> = match &parsed {
+        Parsed::Done {
+            command: Command::Get { keys, .. },
+            consumed,
+        } if *consumed == template.len() => keys.iter().collect(),
+        Parsed::Done {
+            command: Command::Store { key, .. },
+            consumed,
+        } if *consumed == template.len() => vec![*key],
+        other => panic!("a request template does not parse back: {other:?}"),
+    };
+    let base = template.as_ptr() as usize;
+    keys.iter()
+        .map(|key| key.as_ptr() as usize - base)
+        .collect()
 }
 
 /// What one connection counted during the measured window.
@@ -169,55 +202,39 @@ pub(crate) struct Scanned {
     pub(crate) error: bool,
 }
 
-/// Parses the `<bytes>` field of a `VALUE <key> <flags> <bytes> [<cas>]` line.
-fn value_len(line: &[u8]) -> Option<usize> {
-    let field = line.split(|&byte| byte == b' ').nth(3)?;
-    let field = field.strip_suffix(b"\r\n").unwrap_or(field);
-    let mut len = 0usize;
-    for &byte in field {
-        if !byte.is_ascii_digit() {
-            return None;
-        }
-        len = len.checked_mul(10)?.checked_add(usize::from(byte - b'0'))?;
-    }
-    Some(len)
-}
-
-/// Frames one reply of `kind` at the start of `buf`; `None` if it is not complete yet.
+/// Parses one reply of `kind` at the start of `buf`; `None` if it is not complete yet. A reply
+/// other than the one `kind` expects (an error, a line that is no reply) is framed and counted
+/// as an error.
 ///
 /// # Errors
 ///
-/// If a `VALUE` line has no parsable length (the stream cannot be framed any more).
+/// If the stream cannot be framed any more (a `VALUE` line without a parsable length, a
+/// limit of [`wire::REPLY_CONFIG`]).
+#[inline]
 pub(crate) fn scan_reply(buf: &[u8], kind: Kind) -> anyhow::Result<Option<Scanned>> {
-    let mut pos = 0;
-    let mut hits = 0;
-    loop {
-        let Some(newline) = memchr::memchr(b'\n', &buf[pos..]) else {
-            return Ok(None);
-        };
-        let line = &buf[pos..pos + newline + 1];
-        pos += newline + 1;
-        let ok = match kind {
-            Kind::Set => line == b"STORED\r\n",
-            Kind::Get(_) if line.starts_with(b"VALUE ") => {
-                let len = value_len(line).with_context(|| {
-                    format!("unparsable reply line {:?}", String::from_utf8_lossy(line))
-                })?;
-                if buf.len() < pos + len + 2 {
-                    return Ok(None);
-                }
-                pos += len + 2;
-                hits += 1;
-                continue;
-            }
-            Kind::Get(_) => line == b"END\r\n",
-        };
-        return Ok(Some(Scanned {
-            len: pos,
-            hits,
-            error: !ok,
-        }));
-    }
+    let (reply, len) = match parse_reply(buf, &wire::REPLY_CONFIG) {
+        ParsedReply::Incomplete => return Ok(None),
+        ParsedReply::Done { reply, consumed } => (Some(reply), consumed),
+        ParsedReply::Bad {
+            consumed: Some(consumed),
+            ..
+        } => (None, consumed),
+        ParsedReply::Bad {
+            error,
+            line,
+            consumed: None,
+        } => return Err(wire::unframeable(error, line)),
+    };
+    let hits = match (kind, reply) {
+        (Kind::Get(_), Some(Reply::Values(values))) => Some(values.len()),
+        (Kind::Set, Some(Reply::Status(Status::Stored))) => Some(0),
+        _ => None,
+    };
+    Ok(Some(Scanned {
+        len,
+        hits: hits.map_or(0, |hits| u32::try_from(hits).unwrap_or(u32::MAX)),
+        error: hits.is_none(),
+    }))
 }
 
 /// The measured window, shared by all connections.

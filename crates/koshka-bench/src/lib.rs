@@ -4,7 +4,8 @@
 //! Each of `--connections` connections sends a batch of `--pipeline` requests in one write,
 //! reads every reply, and repeats (closed loop). A request's latency is the time from its
 //! batch's write to the read that completed its reply. Requests are built from prebuilt
-//! templates and replies are framed by scanning, so the hot path does not allocate.
+//! templates and replies are parsed in place by koshka-proto (the codec the server and
+//! koshka-client use), so the hot path does not allocate.
 //!
 //! # Layout
 //!
@@ -22,7 +23,8 @@
 //! (`--protocol redis`, RESP). The social workloads share `social` (multi-step logical
 //! operations, closed loop, preload, per-operation histograms); `messages` and `friends`
 //! hold the data generators and the operations on both protocols (tables in their module
-//! docs); `wire` encodes requests and frames replies; `text` loads the fortunes.
+//! docs); `wire` encodes requests and frames replies (memcached through koshka-proto, RESP
+//! itself); `text` loads the fortunes.
 //!
 //! # What it is not
 //!

@@ -709,7 +709,7 @@ mod tests {
         assert_eq!(step, Step::new(Frame::McGet, 1));
         assert!(out.starts_with(b"get topmsglist"));
         out.clear();
-        let reply = b"VALUE topmsglist5#-1,-20 0 14\r\n2,7,9,1,3,4,0\r\nEND\r\n";
+        let reply = b"VALUE topmsglist5#-1,-20 0 13\r\n2,7,9,1,3,4,0\r\nEND\r\n";
         let step = plan.next(&mut op, reply, &mut rng, &mut (), &mut out);
         assert_eq!(step, Some(Step::new(Frame::McGet, 1)));
         let owner = op.owner;

@@ -1,26 +1,26 @@
 //! Request encoding and reply framing for the social workloads, for both wire protocols:
 //! the memcached text protocol (koshka's compiled keys) and RESP2 (Redis).
 //!
+//! The memcached side is koshka-proto's codec, the one the server and `koshka-client` use:
+//! [`mc`] hands keys built from [`Part`]s to [`koshka_proto::encode`] as [`Chunk`]s (written
+//! straight into the buffer), and [`frame`] parses replies with
+//! [`koshka_proto::parse_reply`]. RESP (Redis) is only spoken here, so its codec lives here.
+//!
 //! Everything writes into / reads from caller-owned buffers; nothing here allocates.
 
 use anyhow::Context as _;
+use koshka_proto::encode::Chunk;
+use koshka_proto::{parse_reply, ParsedReply, Reply, ReplyConfig};
 
-use crate::kv;
+pub(crate) use koshka_proto::request::parse_u64;
+
+/// Limits on the replies the bench reads: the codec's named defaults.
+pub(crate) const REPLY_CONFIG: ReplyConfig = ReplyConfig::DEFAULT;
 
 /// Writes the decimal digits of `value` into `out`.
 #[inline]
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub(crate) fn push_u64(out: &mut Vec<u8>, value: u64) {
+    koshka_proto::reply::number(out, value);
 }
 
 /// Number of decimal digits of `value`.
@@ -69,6 +69,22 @@ pub(crate) fn push_parts(out: &mut Vec<u8>, parts: &[Part<'_>]) {
     }
 }
 
+/// A key or value made of parts, as one [`Chunk`] of a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a>(pub(crate) &'a [Part<'a>]);
+
+impl Chunk for Parts<'_> {
+    #[inline]
+    fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+
+    #[inline]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        push_parts(out, self.0);
+    }
+}
+
 /// RESP2 request encoding: a command is an array of bulk strings.
 pub(crate) mod resp {
     use super::{push_u64, Part};
@@ -105,37 +121,29 @@ pub(crate) mod resp {
     }
 }
 
-/// Memcached text-protocol request encoding.
+/// Memcached text-protocol requests with keys and values given as parts, through
+/// [`koshka_proto::encode`].
 pub(crate) mod mc {
-    use super::{push_u64, Part};
+    use koshka_proto::encode;
+
+    use super::{Part, Parts};
 
     /// `get <key>\r\n`.
     #[inline]
     pub(crate) fn get(out: &mut Vec<u8>, key: &[Part<'_>]) {
-        out.extend_from_slice(b"get ");
-        super::push_parts(out, key);
-        out.extend_from_slice(b"\r\n");
+        encode::get(out, [Parts(key)]);
     }
 
     /// `set <key> 0 0 <len>\r\n<value>\r\n`, the value given as parts.
     #[inline]
     pub(crate) fn set(out: &mut Vec<u8>, key: &[Part<'_>], value: &[Part<'_>]) {
-        out.extend_from_slice(b"set ");
-        super::push_parts(out, key);
-        let len: usize = value.iter().map(|piece| piece.len()).sum();
-        out.extend_from_slice(b" 0 0 ");
-        push_u64(out, len as u64);
-        out.extend_from_slice(b"\r\n");
-        super::push_parts(out, value);
-        out.extend_from_slice(b"\r\n");
+        encode::set(out, &Parts(key), &Parts(value));
     }
 
     /// `delete <key>\r\n`.
     #[inline]
     pub(crate) fn delete(out: &mut Vec<u8>, key: &[Part<'_>]) {
-        out.extend_from_slice(b"delete ");
-        super::push_parts(out, key);
-        out.extend_from_slice(b"\r\n");
+        encode::delete(out, &Parts(key), false);
     }
 }
 
@@ -172,19 +180,37 @@ impl Step {
 ///
 /// If the stream cannot be framed (a malformed length).
 pub(crate) fn frame(buf: &[u8], frame: Frame) -> anyhow::Result<Option<(usize, bool)>> {
-    match frame {
-        Frame::McGet => {
-            Ok(kv::scan_reply(buf, kv::Kind::Get(1))?.map(|scanned| (scanned.len, scanned.error)))
-        }
-        Frame::McLine => Ok(memchr::memchr(b'\n', buf).map(|newline| {
-            let line = &buf[..newline + 1];
-            let error = line.starts_with(b"CLIENT_ERROR")
-                || line.starts_with(b"SERVER_ERROR")
-                || line.starts_with(b"ERROR");
-            (newline + 1, error)
-        })),
-        Frame::Resp => resp_frame(buf),
+    if frame == Frame::Resp {
+        return resp_frame(buf);
     }
+    match parse_reply(buf, &REPLY_CONFIG) {
+        ParsedReply::Incomplete => Ok(None),
+        ParsedReply::Done { reply, consumed } => {
+            let error = match frame {
+                Frame::McGet => !matches!(reply, Reply::Values(_)),
+                _ => matches!(reply, Reply::Error(_)),
+            };
+            Ok(Some((consumed, error)))
+        }
+        // A line that is no reply: framed, and counted as an error.
+        ParsedReply::Bad {
+            consumed: Some(consumed),
+            ..
+        } => Ok(Some((consumed, true))),
+        ParsedReply::Bad {
+            error,
+            line,
+            consumed: None,
+        } => Err(unframeable(error, line)),
+    }
+}
+
+/// The error for a memcached reply stream that cannot be framed any more.
+pub(crate) fn unframeable(error: koshka_proto::BadReply, line: &[u8]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "unparsable reply line ({error}): {:?}",
+        String::from_utf8_lossy(line)
+    )
 }
 
 /// Parses a signed decimal terminated by `\r\n` at `buf[at..]`: `(value, position after)`.
@@ -286,31 +312,15 @@ pub(crate) fn resp_scalars<'a>(buf: &'a [u8], mut each: impl FnMut(Scalar<'a>)) 
     }
 }
 
-/// Parses an unsigned decimal (no sign, no spaces).
-#[inline]
-pub(crate) fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() {
-        return None;
-    }
-    let mut value = 0u64;
-    for &byte in bytes {
-        if !byte.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
-    }
-    Some(value)
-}
-
 /// The data block of the first `VALUE` in a framed memcached `get` reply, if any.
 pub(crate) fn mc_value(reply: &[u8]) -> Option<&[u8]> {
-    if !reply.starts_with(b"VALUE ") {
-        return None;
+    match parse_reply(reply, &REPLY_CONFIG) {
+        ParsedReply::Done {
+            reply: Reply::Values(values),
+            ..
+        } => values.iter().next().map(|value| value.data),
+        _ => None,
     }
-    let newline = memchr::memchr(b'\n', reply)?;
-    let rest = &reply[newline + 1..];
-    let end = memchr::memchr(b'\r', rest).unwrap_or(rest.len());
-    Some(&rest[..end])
 }
 
 /// Calls `each` with every number of a comma-separated list (`total,id,…`).

@@ -7,25 +7,32 @@
 //!
 //! # Layout
 //!
-//! * [`reply`] — pure framing ([`reply::frame_len`]) and parsing ([`Response::parse`]), no I/O.
-//! * `encode` — request encoding into a caller-owned buffer.
+//! * [`reply`] — the owned [`Response`] types, built from the replies that
+//!   [`koshka_proto::parse_reply`] frames and parses (no I/O).
+//! * `request` — validates keys and appends each request with [`koshka_proto::encode`].
 //! * [`Client`] — one TCP connection: typed commands, raw passthrough.
 //! * [`Pipeline`] — queue many requests, send them in one write, read the replies in order.
 //! * [`testkit`] (feature `testkit`) — start a real server process on a free loopback port.
+//!
+//! The codec is koshka-proto's, the one the server uses: requests are encoded by
+//! [`koshka_proto::encode`] and replies parsed by [`koshka_proto::parse_reply`], so this crate
+//! holds only I/O, validation and owned result types.
 //!
 //! # What it is not
 //!
 //! Not a pooled, sharded or reconnecting client, and not the binary protocol. One [`Client`]
 //! is one connection; a lost connection is an error, not a retry.
 
-mod encode;
 mod error;
 pub mod reply;
+mod request;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 use std::time::Duration;
 
+use koshka_proto::encode::{MetaCommand, Retrieval, Store};
+use koshka_proto::{parse_reply, ParsedReply, Reply, ReplyConfig, StoreMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -46,20 +53,44 @@ const READ_CHUNK_SIZE: usize = 64 * 1024;
 struct ReadBuffer {
     bytes: Vec<u8>,
     start: usize,
+    /// Limits on what the server may announce; they bound `bytes`.
+    config: ReplyConfig,
 }
 
 impl ReadBuffer {
-    /// Reads until one complete frame is buffered and returns it (consumed).
-    async fn next_frame<R: AsyncRead + Unpin>(
+    /// Reads until one complete reply frame is buffered, consumes it and returns what `take`
+    /// makes of the frame's bytes and its parsed reply. A delimited bad reply (a line that is no
+    /// reply) reaches `take` as `Err`, so raw passthrough still shows it.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors and [`Error::Malformed`] when the stream cannot be framed.
+    async fn next_frame<R: AsyncRead + Unpin, T>(
         &mut self,
         reader: &mut R,
         timeout: Duration,
-    ) -> Result<&[u8]> {
+        take: impl FnOnce(&[u8], Result<Reply<'_>>) -> T,
+    ) -> Result<T> {
         loop {
-            if let Some(len) = reply::frame_len(&self.bytes[self.start..])? {
-                let frame = self.start..self.start + len;
-                self.start += len;
-                return Ok(&self.bytes[frame]);
+            let buffered = &self.bytes[self.start..];
+            let (parsed, consumed) = match parse_reply(buffered, &self.config) {
+                ParsedReply::Incomplete => (None, 0),
+                ParsedReply::Done { reply, consumed } => (Some(Ok(reply)), consumed),
+                ParsedReply::Bad {
+                    error,
+                    line,
+                    consumed: Some(consumed),
+                } => (Some(Err(reply::malformed(error, line))), consumed),
+                ParsedReply::Bad {
+                    error,
+                    line,
+                    consumed: None,
+                } => return Err(reply::malformed(error, line)),
+            };
+            if let Some(parsed) = parsed {
+                let taken = take(&buffered[..consumed], parsed);
+                self.start += consumed;
+                return Ok(taken);
             }
             self.compact();
             self.bytes.reserve(READ_CHUNK_SIZE);
@@ -129,8 +160,13 @@ impl Client {
     }
 
     /// Writes `request` and reads `replies` frames, concurrently, so a deep pipeline cannot
-    /// deadlock on full socket buffers.
-    async fn exchange(&mut self, request: &[u8], replies: usize) -> Result<Vec<Response>> {
+    /// deadlock on full socket buffers. `each` turns every parsed reply into a result slot.
+    async fn exchange<T>(
+        &mut self,
+        request: &[u8],
+        replies: usize,
+        mut each: impl FnMut(Result<Reply<'_>>) -> T,
+    ) -> Result<Vec<T>> {
         let timeout = self.timeout;
         let (mut reader, mut writer) = self.stream.split();
         let read = &mut self.read;
@@ -141,32 +177,43 @@ impl Client {
             Ok::<(), Error>(())
         };
         let collect = async {
-            let mut responses = Vec::with_capacity(replies);
+            let mut slots = Vec::with_capacity(replies);
             for _ in 0..replies {
-                let frame = read.next_frame(&mut reader, timeout).await?;
-                responses.push(Response::parse(frame)?);
+                let slot = read
+                    .next_frame(&mut reader, timeout, |_, parsed| each(parsed))
+                    .await?;
+                slots.push(slot);
             }
-            Ok::<Vec<Response>, Error>(responses)
+            Ok::<Vec<T>, Error>(slots)
         };
-        let (written, responses) = tokio::join!(write, collect);
+        let (written, slots) = tokio::join!(write, collect);
         written?;
-        responses
+        slots
     }
 
-    /// Encodes one request with `encode`, sends it and returns its one reply.
-    async fn request(
+    /// The one path of every typed command: appends the request with `encode`, sends it, and
+    /// turns its one reply into `T` with `accept`. A reply `accept` refuses is the server's error
+    /// reply as an [`Error`], or [`Error::Unexpected`].
+    async fn call<T>(
         &mut self,
+        command: &'static str,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
-    ) -> Result<Response> {
+        accept: impl Fn(Reply<'_>) -> Option<T>,
+    ) -> Result<T> {
         let mut buffer = std::mem::take(&mut self.write);
         buffer.clear();
         let result = match encode(&mut buffer) {
-            Ok(()) => self.exchange(&buffer, 1).await,
+            Ok(()) => {
+                self.exchange(&buffer, 1, |parsed| {
+                    let reply = parsed?;
+                    accept(reply).ok_or_else(|| unexpected(command, reply))
+                })
+                .await
+            }
             Err(error) => Err(error),
         };
         self.write = buffer;
-        let mut responses = result?;
-        responses.pop().ok_or(Error::Closed)
+        result?.pop().ok_or(Error::Closed)?
     }
 
     /// Sends `bytes` verbatim and returns the raw bytes of the first complete reply frame
@@ -196,12 +243,7 @@ impl Client {
             .map_err(|_| Error::Timeout { timeout })??;
         let mut frames = Vec::with_capacity(replies);
         for _ in 0..replies {
-            frames.push(
-                self.read
-                    .next_frame(&mut self.stream, timeout)
-                    .await?
-                    .to_vec(),
-            );
+            frames.push(self.read_raw().await?);
         }
         Ok(frames)
     }
@@ -213,8 +255,9 @@ impl Client {
     ///
     /// As [`Client::send_raw`].
     pub async fn read_raw(&mut self) -> Result<Vec<u8>> {
-        let frame = self.read.next_frame(&mut self.stream, self.timeout).await?;
-        Ok(frame.to_vec())
+        self.read
+            .next_frame(&mut self.stream, self.timeout, |frame, _| frame.to_vec())
+            .await
     }
 
     /// `get <key>`: the item, or `None` on a miss.
@@ -223,7 +266,7 @@ impl Client {
     ///
     /// [`Error::InvalidKey`], transport errors, or the server's error reply.
     pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
-        let items = self.retrieve("get", None, &[key]).await?;
+        let items = self.retrieve(Retrieval::Get, &[key]).await?;
         Ok(items.into_iter().next())
     }
 
@@ -233,7 +276,7 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn gets(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
-        let items = self.retrieve("gets", None, &[key]).await?;
+        let items = self.retrieve(Retrieval::Gets, &[key]).await?;
         Ok(items.into_iter().next())
     }
 
@@ -243,7 +286,7 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn get_multi<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Item>> {
-        self.retrieve("get", None, keys).await
+        self.retrieve(Retrieval::Get, keys).await
     }
 
     /// `gets <key> <key> …`: the items that hit, with CAS uniques.
@@ -252,7 +295,7 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn gets_multi<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<Vec<Item>> {
-        self.retrieve("gets", None, keys).await
+        self.retrieve(Retrieval::Gets, keys).await
     }
 
     /// `gat <exptime> <key>`: get and touch.
@@ -261,7 +304,7 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn gat(&mut self, exptime: i64, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
-        let items = self.retrieve("gat", Some(exptime), &[key]).await?;
+        let items = self.retrieve(Retrieval::Gat(exptime), &[key]).await?;
         Ok(items.into_iter().next())
     }
 
@@ -271,23 +314,21 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn gats(&mut self, exptime: i64, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
-        let items = self.retrieve("gats", Some(exptime), &[key]).await?;
+        let items = self.retrieve(Retrieval::Gats(exptime), &[key]).await?;
         Ok(items.into_iter().next())
     }
 
     async fn retrieve<K: AsRef<[u8]>>(
         &mut self,
-        command: &'static str,
-        exptime: Option<i64>,
+        command: Retrieval,
         keys: &[K],
     ) -> Result<Vec<Item>> {
-        let response = self
-            .request(|buffer| encode::retrieval(buffer, command, exptime, keys))
-            .await?;
-        match response {
-            Response::Values(items) => Ok(items),
-            other => Err(unexpected(command, other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::retrieval(out, command, keys);
+        self.call(command.word(), encode, |reply| match reply {
+            Reply::Values(values) => Some(values.iter().map(Item::from).collect()),
+            _ => None,
+        })
+        .await
     }
 
     /// `set <key> <flags> <exptime> <bytes>`.
@@ -303,8 +344,8 @@ impl Client {
         flags: u32,
         exptime: i64,
     ) -> Result<Status> {
-        self.store("set", key.as_ref(), value.as_ref(), flags, exptime, None)
-            .await
+        let store = request::store(StoreMode::Set, flags, exptime, 0);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
     /// `add`: stores only if the key is absent (`Stored` or `NotStored`).
@@ -319,8 +360,8 @@ impl Client {
         flags: u32,
         exptime: i64,
     ) -> Result<Status> {
-        self.store("add", key.as_ref(), value.as_ref(), flags, exptime, None)
-            .await
+        let store = request::store(StoreMode::Add, flags, exptime, 0);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
     /// `replace`: stores only if the key is present (`Stored` or `NotStored`).
@@ -335,15 +376,8 @@ impl Client {
         flags: u32,
         exptime: i64,
     ) -> Result<Status> {
-        self.store(
-            "replace",
-            key.as_ref(),
-            value.as_ref(),
-            flags,
-            exptime,
-            None,
-        )
-        .await
+        let store = request::store(StoreMode::Replace, flags, exptime, 0);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
     /// `append`: adds bytes after the existing value (`Stored` or `NotStored`).
@@ -356,8 +390,8 @@ impl Client {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<Status> {
-        self.store("append", key.as_ref(), value.as_ref(), 0, 0, None)
-            .await
+        let store = request::store(StoreMode::Append, 0, 0, 0);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
     /// `prepend`: adds bytes before the existing value (`Stored` or `NotStored`).
@@ -370,8 +404,8 @@ impl Client {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<Status> {
-        self.store("prepend", key.as_ref(), value.as_ref(), 0, 0, None)
-            .await
+        let store = request::store(StoreMode::Prepend, 0, 0, 0);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
     /// `cas`: stores only if the item's CAS unique is still `cas_unique`
@@ -388,45 +422,19 @@ impl Client {
         exptime: i64,
         cas_unique: u64,
     ) -> Result<Status> {
-        self.store(
-            "cas",
-            key.as_ref(),
-            value.as_ref(),
-            flags,
-            exptime,
-            Some(cas_unique),
-        )
-        .await
+        let store = request::store(StoreMode::Cas, flags, exptime, cas_unique);
+        self.store(&store, key.as_ref(), value.as_ref()).await
     }
 
-    async fn store(
-        &mut self,
-        command: &'static str,
-        key: &[u8],
-        value: &[u8],
-        flags: u32,
-        exptime: i64,
-        cas_unique: Option<u64>,
-    ) -> Result<Status> {
-        let response = self
-            .request(|buffer| {
-                let storage = encode::Storage {
-                    command,
-                    key,
-                    value,
-                    flags,
-                    exptime,
-                    cas_unique,
-                };
-                encode::storage(buffer, &storage)
-            })
-            .await?;
-        match response {
-            Response::Status(
+    async fn store(&mut self, store: &Store, key: &[u8], value: &[u8]) -> Result<Status> {
+        let encode = |out: &mut Vec<u8>| request::storage(out, store, key, value);
+        self.call(store.mode.word(), encode, |reply| match reply {
+            Reply::Status(
                 status @ (Status::Stored | Status::NotStored | Status::Exists | Status::NotFound),
-            ) => Ok(status),
-            other => Err(unexpected(command, other)),
-        }
+            ) => Some(status),
+            _ => None,
+        })
+        .await
     }
 
     /// `delete <key>`: `true` if an item was deleted, `false` if there was none.
@@ -435,15 +443,13 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
-        let key = key.as_ref();
-        let response = self
-            .request(|buffer| encode::keyed(buffer, "delete", key, None))
-            .await?;
-        match response {
-            Response::Status(Status::Deleted) => Ok(true),
-            Response::Status(Status::NotFound) => Ok(false),
-            other => Err(unexpected("delete", other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::delete(out, key.as_ref());
+        self.call("delete", encode, |reply| match reply {
+            Reply::Status(Status::Deleted) => Some(true),
+            Reply::Status(Status::NotFound) => Some(false),
+            _ => None,
+        })
+        .await
     }
 
     /// `incr <key> <delta>`: the new value, or `None` if the key is absent.
@@ -452,7 +458,7 @@ impl Client {
     ///
     /// As [`Client::get`]; a non-numeric value is [`Error::ClientError`].
     pub async fn incr(&mut self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
-        self.arithmetic("incr", key.as_ref(), delta).await
+        self.arithmetic(true, key.as_ref(), delta).await
     }
 
     /// `decr <key> <delta>`: the new value (floored at 0), or `None` if the key is absent.
@@ -461,24 +467,18 @@ impl Client {
     ///
     /// As [`Client::incr`].
     pub async fn decr(&mut self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
-        self.arithmetic("decr", key.as_ref(), delta).await
+        self.arithmetic(false, key.as_ref(), delta).await
     }
 
-    async fn arithmetic(
-        &mut self,
-        command: &'static str,
-        key: &[u8],
-        delta: u64,
-    ) -> Result<Option<u64>> {
-        let argument = delta.to_string();
-        let response = self
-            .request(|buffer| encode::keyed(buffer, command, key, Some(&argument)))
-            .await?;
-        match response {
-            Response::Number(value) => Ok(Some(value)),
-            Response::Status(Status::NotFound) => Ok(None),
-            other => Err(unexpected(command, other)),
-        }
+    async fn arithmetic(&mut self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        let command = if incr { "incr" } else { "decr" };
+        let encode = |out: &mut Vec<u8>| request::arith(out, key, incr, delta);
+        self.call(command, encode, |reply| match reply {
+            Reply::Number(value) => Some(Some(value)),
+            Reply::Status(Status::NotFound) => Some(None),
+            _ => None,
+        })
+        .await
     }
 
     /// `touch <key> <exptime>`: `true` if the item exists.
@@ -487,16 +487,13 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn touch(&mut self, key: impl AsRef<[u8]>, exptime: i64) -> Result<bool> {
-        let key = key.as_ref();
-        let argument = exptime.to_string();
-        let response = self
-            .request(|buffer| encode::keyed(buffer, "touch", key, Some(&argument)))
-            .await?;
-        match response {
-            Response::Status(Status::Touched) => Ok(true),
-            Response::Status(Status::NotFound) => Ok(false),
-            other => Err(unexpected("touch", other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::touch(out, key.as_ref(), exptime);
+        self.call("touch", encode, |reply| match reply {
+            Reply::Status(Status::Touched) => Some(true),
+            Reply::Status(Status::NotFound) => Some(false),
+            _ => None,
+        })
+        .await
     }
 
     /// `stats` (or `stats <group>` with `Some(group)`): the `(name, value)` pairs in order.
@@ -505,17 +502,14 @@ impl Client {
     ///
     /// Transport errors or the server's error reply.
     pub async fn stats(&mut self, group: Option<&str>) -> Result<Vec<(String, String)>> {
-        let response = self
-            .request(|buffer| {
-                encode::line(buffer, &["stats", group.unwrap_or_default()]);
-                Ok(())
-            })
-            .await?;
-        match response {
-            Response::Stats(stats) => Ok(stats),
-            Response::Values(items) if items.is_empty() => Ok(Vec::new()),
-            other => Err(unexpected("stats", other)),
-        }
+        let group = group.unwrap_or_default().as_bytes();
+        let encode = |out: &mut Vec<u8>| request::stats(out, group);
+        self.call("stats", encode, |reply| match Response::from(reply) {
+            Response::Stats(stats) => Some(stats),
+            Response::Values(items) if items.is_empty() => Some(Vec::new()),
+            _ => None,
+        })
+        .await
     }
 
     /// `version`: the server's version string.
@@ -524,16 +518,12 @@ impl Client {
     ///
     /// Transport errors or an unexpected reply.
     pub async fn version(&mut self) -> Result<String> {
-        let response = self
-            .request(|buffer| {
-                encode::line(buffer, &["version"]);
-                Ok(())
-            })
-            .await?;
-        match response {
-            Response::Version(version) => Ok(version),
-            other => Err(unexpected("version", other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::version(out);
+        self.call("version", encode, |reply| match Response::from(reply) {
+            Response::Version(version) => Some(version),
+            _ => None,
+        })
+        .await
     }
 
     /// `flush_all` (or `flush_all <delay>`): invalidates every item.
@@ -542,17 +532,12 @@ impl Client {
     ///
     /// Transport errors or an unexpected reply.
     pub async fn flush_all(&mut self, delay: Option<u32>) -> Result<()> {
-        let delay = delay.map(|delay| delay.to_string()).unwrap_or_default();
-        let response = self
-            .request(|buffer| {
-                encode::line(buffer, &["flush_all", &delay]);
-                Ok(())
-            })
-            .await?;
-        match response {
-            Response::Status(Status::Ok) => Ok(()),
-            other => Err(unexpected("flush_all", other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::flush_all(out, delay);
+        self.call("flush_all", encode, |reply| match reply {
+            Reply::Status(Status::Ok) => Some(()),
+            _ => None,
+        })
+        .await
     }
 
     /// `mg <key> <flags>*` (meta get), e.g. `meta_get("k", &["v", "c", "f"])`.
@@ -561,9 +546,7 @@ impl Client {
     ///
     /// As [`Client::get`].
     pub async fn meta_get(&mut self, key: impl AsRef<[u8]>, flags: &[&str]) -> Result<MetaReply> {
-        let key = key.as_ref();
-        self.meta("mg", |buffer| encode::meta(buffer, "mg", key, None, flags))
-            .await
+        self.meta(MetaCommand::Get, key.as_ref(), flags, None).await
     }
 
     /// `ms <key> <datalen> <flags>*` (meta set) with `value` as the data block.
@@ -578,10 +561,7 @@ impl Client {
         flags: &[&str],
     ) -> Result<MetaReply> {
         let (key, value) = (key.as_ref(), value.as_ref());
-        self.meta("ms", |buffer| {
-            encode::meta(buffer, "ms", key, Some(value), flags)
-        })
-        .await
+        self.meta(MetaCommand::Set, key, flags, Some(value)).await
     }
 
     /// `md <key> <flags>*` (meta delete).
@@ -594,8 +574,7 @@ impl Client {
         key: impl AsRef<[u8]>,
         flags: &[&str],
     ) -> Result<MetaReply> {
-        let key = key.as_ref();
-        self.meta("md", |buffer| encode::meta(buffer, "md", key, None, flags))
+        self.meta(MetaCommand::Delete, key.as_ref(), flags, None)
             .await
     }
 
@@ -609,8 +588,7 @@ impl Client {
         key: impl AsRef<[u8]>,
         flags: &[&str],
     ) -> Result<MetaReply> {
-        let key = key.as_ref();
-        self.meta("ma", |buffer| encode::meta(buffer, "ma", key, None, flags))
+        self.meta(MetaCommand::Arith, key.as_ref(), flags, None)
             .await
     }
 
@@ -620,28 +598,32 @@ impl Client {
     ///
     /// Transport errors or an unexpected reply.
     pub async fn meta_noop(&mut self) -> Result<MetaReply> {
-        self.meta("mn", |buffer| {
-            encode::line(buffer, &["mn"]);
-            Ok(())
-        })
-        .await
+        let encode = |out: &mut Vec<u8>| request::meta_noop(out);
+        self.call("mn", encode, meta_reply).await
     }
 
     async fn meta(
         &mut self,
-        command: &'static str,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+        command: MetaCommand,
+        key: &[u8],
+        flags: &[&str],
+        data: Option<&[u8]>,
     ) -> Result<MetaReply> {
-        match self.request(encode).await? {
-            Response::Meta(reply) => Ok(reply),
-            other => Err(unexpected(command, other)),
-        }
+        let encode = |out: &mut Vec<u8>| request::meta(out, command, key, flags, data);
+        self.call(command.word(), encode, meta_reply).await
+    }
+}
+
+fn meta_reply(reply: Reply<'_>) -> Option<MetaReply> {
+    match reply {
+        Reply::Meta(meta) => Some(meta.into()),
+        _ => None,
     }
 }
 
 /// Turns a reply that does not answer `command` into the matching error.
-fn unexpected(command: &'static str, response: Response) -> Error {
-    match response {
+fn unexpected(command: &'static str, reply: Reply<'_>) -> Error {
+    match Response::from(reply) {
         Response::Error(reply) => reply.into(),
         other => Error::Unexpected {
             command,
@@ -684,9 +666,7 @@ impl Pipeline<'_> {
     ///
     /// [`Error::InvalidKey`].
     pub fn get_multi<K: AsRef<[u8]>>(&mut self, keys: &[K]) -> Result<&mut Self> {
-        encode::retrieval(&mut self.request, "get", None, keys)?;
-        self.replies += 1;
-        Ok(self)
+        self.push(|out| request::retrieval(out, Retrieval::Get, keys))
     }
 
     /// Queues `set`.
@@ -701,17 +681,8 @@ impl Pipeline<'_> {
         flags: u32,
         exptime: i64,
     ) -> Result<&mut Self> {
-        let storage = encode::Storage {
-            command: "set",
-            key: key.as_ref(),
-            value: value.as_ref(),
-            flags,
-            exptime,
-            cas_unique: None,
-        };
-        encode::storage(&mut self.request, &storage)?;
-        self.replies += 1;
-        Ok(self)
+        let store = request::store(StoreMode::Set, flags, exptime, 0);
+        self.push(|out| request::storage(out, &store, key.as_ref(), value.as_ref()))
     }
 
     /// Queues `delete <key>`.
@@ -720,9 +691,7 @@ impl Pipeline<'_> {
     ///
     /// [`Error::InvalidKey`].
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<&mut Self> {
-        encode::keyed(&mut self.request, "delete", key.as_ref(), None)?;
-        self.replies += 1;
-        Ok(self)
+        self.push(|out| request::delete(out, key.as_ref()))
     }
 
     /// Queues `incr <key> <delta>`.
@@ -731,12 +700,12 @@ impl Pipeline<'_> {
     ///
     /// [`Error::InvalidKey`].
     pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: u64) -> Result<&mut Self> {
-        encode::keyed(
-            &mut self.request,
-            "incr",
-            key.as_ref(),
-            Some(&delta.to_string()),
-        )?;
+        self.push(|out| request::arith(out, key.as_ref(), true, delta))
+    }
+
+    /// Queues one request that answers with one reply; a refused request queues nothing.
+    fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<&mut Self> {
+        encode(&mut self.request)?;
         self.replies += 1;
         Ok(self)
     }
@@ -765,6 +734,12 @@ impl Pipeline<'_> {
     ///
     /// Transport errors and [`Error::Malformed`]; after one the connection is out of step.
     pub async fn execute(self) -> Result<Vec<Response>> {
-        self.client.exchange(&self.request, self.replies).await
+        let slots = self
+            .client
+            .exchange(&self.request, self.replies, |parsed| {
+                parsed.map(Response::from)
+            })
+            .await?;
+        slots.into_iter().collect()
     }
 }

@@ -1,9 +1,12 @@
-//! Reply framing and parsing: pure functions over byte slices, no I/O.
+//! Owned replies, built from the borrowed [`koshka_proto::Reply`] that
+//! [`koshka_proto::parse_reply`] frames and parses. No I/O and no parsing of its own: the
+//! codec is koshka-proto's, shared with the server's reply composers.
 //!
-//! A *frame* is everything the server sends for one request: zero or more `VALUE` blocks or
-//! `STAT`/`ITEM`/`PREFIX` lines followed by one terminating line, or a single meta reply (with a
-//! data block for `VA`). [`frame_len`] finds where a frame ends; [`Response::parse`] turns a frame
-//! into a typed [`Response`].
+//! [`Status`] and [`MetaCode`] moved to koshka-proto and are re-exported here unchanged.
+
+use koshka_proto::{parse_reply, BadReply, ParsedReply, Reply, ReplyConfig};
+
+pub use koshka_proto::{MetaCode, Status};
 
 use crate::error::{Error, Result};
 
@@ -20,25 +23,15 @@ pub struct Item {
     pub data: Vec<u8>,
 }
 
-/// A one-line status reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// `STORED`
-    Stored,
-    /// `NOT_STORED`
-    NotStored,
-    /// `EXISTS`
-    Exists,
-    /// `NOT_FOUND`
-    NotFound,
-    /// `DELETED`
-    Deleted,
-    /// `TOUCHED`
-    Touched,
-    /// `OK`
-    Ok,
-    /// `RESET` (reply to `stats reset`)
-    Reset,
+impl From<koshka_proto::Value<'_>> for Item {
+    fn from(value: koshka_proto::Value<'_>) -> Item {
+        Item {
+            key: value.key.to_vec(),
+            flags: value.flags,
+            cas: value.cas,
+            data: value.data.to_vec(),
+        }
+    }
 }
 
 /// An error reply from the server.
@@ -52,6 +45,20 @@ pub enum ErrorReply {
     Server(String),
 }
 
+impl From<koshka_proto::ErrorReply<'_>> for ErrorReply {
+    fn from(reply: koshka_proto::ErrorReply<'_>) -> ErrorReply {
+        match reply {
+            koshka_proto::ErrorReply::Unknown => ErrorReply::Unknown,
+            koshka_proto::ErrorReply::Client(message) => {
+                ErrorReply::Client(lossy(message).trim().to_owned())
+            }
+            koshka_proto::ErrorReply::Server(message) => {
+                ErrorReply::Server(lossy(message).trim().to_owned())
+            }
+        }
+    }
+}
+
 impl From<ErrorReply> for Error {
     fn from(reply: ErrorReply) -> Self {
         match reply {
@@ -60,27 +67,6 @@ impl From<ErrorReply> for Error {
             ErrorReply::Server(message) => Error::ServerError(message),
         }
     }
-}
-
-/// The two-letter code that starts a meta reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetaCode {
-    /// `HD`: success, no value.
-    Hd,
-    /// `VA`: success with a value block.
-    Va,
-    /// `EN`: miss (mg).
-    En,
-    /// `NF`: not found (md, ma, ms with some modes).
-    Nf,
-    /// `NS`: not stored (ms).
-    Ns,
-    /// `EX`: CAS mismatch.
-    Ex,
-    /// `MN`: reply to `mn` (meta no-op).
-    Mn,
-    /// `ME`: reply to `me` (meta debug).
-    Me,
 }
 
 /// A reply to a meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`).
@@ -92,6 +78,20 @@ pub struct MetaReply {
     pub flags: Vec<String>,
     /// The value, for `VA`.
     pub data: Option<Vec<u8>>,
+}
+
+impl From<koshka_proto::Meta<'_>> for MetaReply {
+    fn from(meta: koshka_proto::Meta<'_>) -> MetaReply {
+        let tokens = meta.flags.raw().split(|&byte| byte == b' ');
+        MetaReply {
+            code: meta.code,
+            flags: tokens
+                .filter(|token| !token.is_empty())
+                .map(lossy)
+                .collect(),
+            data: meta.data.map(<[u8]>::to_vec),
+        }
+    }
 }
 
 impl MetaReply {
@@ -124,254 +124,41 @@ pub enum Response {
     Error(ErrorReply),
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    const SHOWN_MAX: usize = 200;
-    let shown = &bytes[..bytes.len().min(SHOWN_MAX)];
-    String::from_utf8_lossy(shown).into_owned()
-}
-
-fn malformed(reason: &'static str, line: &[u8]) -> Error {
-    Error::Malformed {
-        reason,
-        line: lossy(line),
-    }
-}
-
-/// Strips the trailing `\r\n` (or a lone `\n`) from a line.
-fn trim_line(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn parse_number<T: std::str::FromStr>(token: &[u8], line: &[u8]) -> Result<T> {
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| malformed("bad number", line))
-}
-
-/// Returns the value block length announced by a `VALUE`/`VA` line (token `index`).
-fn block_len(line: &[u8], index: usize) -> Result<usize> {
-    let token = line
-        .split(|&byte| byte == b' ')
-        .filter(|token| !token.is_empty())
-        .nth(index)
-        .ok_or_else(|| malformed("missing length", line))?;
-    parse_number(token, line)
-}
-
-/// Checks that a data block of `len` bytes starting at `start` is complete and CRLF-terminated.
-/// Returns the offset after the terminator, or `None` if more bytes are needed.
-fn block_end(buf: &[u8], start: usize, len: usize, line: &[u8]) -> Result<Option<usize>> {
-    let end = start + len + 2;
-    if buf.len() < end {
-        return Ok(None);
-    }
-    if &buf[end - 2..end] != b"\r\n" {
-        return Err(malformed("value block not terminated by CRLF", line));
-    }
-    Ok(Some(end))
-}
-
-/// Lines that are followed by more lines of the same reply.
-fn is_continuation(line: &[u8]) -> bool {
-    line.starts_with(b"STAT ") || line.starts_with(b"ITEM ") || line.starts_with(b"PREFIX ")
-}
-
-/// Returns the length of the first complete reply frame in `buf`, or `None` if more bytes are
-/// needed.
-///
-/// # Errors
-///
-/// [`Error::Malformed`] if a `VALUE`/`VA` header has no valid length or its block is not
-/// CRLF-terminated.
-pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
-    let mut pos = 0;
-    loop {
-        let Some(newline) = memchr::memchr(b'\n', &buf[pos..]) else {
-            return Ok(None);
-        };
-        let line_end = pos + newline + 1;
-        let line = trim_line(&buf[pos..line_end]);
-        if line.starts_with(b"VALUE ") {
-            let len = block_len(line, 3)?;
-            match block_end(buf, line_end, len, line)? {
-                Some(end) => pos = end,
-                None => return Ok(None),
-            }
-        } else if line.starts_with(b"VA ") {
-            let len = block_len(line, 1)?;
-            return block_end(buf, line_end, len, line);
-        } else if is_continuation(line) {
-            pos = line_end;
-        } else {
-            return Ok(Some(line_end));
-        }
-    }
-}
-
-fn parse_meta_code(word: &[u8]) -> Option<MetaCode> {
-    Some(match word {
-        b"HD" => MetaCode::Hd,
-        b"VA" => MetaCode::Va,
-        b"EN" => MetaCode::En,
-        b"NF" => MetaCode::Nf,
-        b"NS" => MetaCode::Ns,
-        b"EX" => MetaCode::Ex,
-        b"MN" => MetaCode::Mn,
-        b"ME" => MetaCode::Me,
-        _ => return None,
-    })
-}
-
-fn parse_single_line(line: &[u8]) -> Result<Response> {
-    let status = match line {
-        b"STORED" => Some(Status::Stored),
-        b"NOT_STORED" => Some(Status::NotStored),
-        b"EXISTS" => Some(Status::Exists),
-        b"NOT_FOUND" => Some(Status::NotFound),
-        b"DELETED" => Some(Status::Deleted),
-        b"TOUCHED" => Some(Status::Touched),
-        b"OK" => Some(Status::Ok),
-        b"RESET" => Some(Status::Reset),
-        _ => None,
-    };
-    if let Some(status) = status {
-        return Ok(Response::Status(status));
-    }
-    if line == b"ERROR" {
-        return Ok(Response::Error(ErrorReply::Unknown));
-    }
-    if let Some(message) = line.strip_prefix(b"CLIENT_ERROR") {
-        return Ok(Response::Error(ErrorReply::Client(
-            lossy(message).trim().to_owned(),
-        )));
-    }
-    if let Some(message) = line.strip_prefix(b"SERVER_ERROR") {
-        return Ok(Response::Error(ErrorReply::Server(
-            lossy(message).trim().to_owned(),
-        )));
-    }
-    if let Some(version) = line.strip_prefix(b"VERSION ") {
-        return Ok(Response::Version(lossy(version)));
-    }
-    if !line.is_empty() && line.iter().all(u8::is_ascii_digit) {
-        return Ok(Response::Number(parse_number(line, line)?));
-    }
-    let mut tokens = line
-        .split(|&byte| byte == b' ')
-        .filter(|token| !token.is_empty());
-    let code = tokens
-        .next()
-        .and_then(parse_meta_code)
-        .ok_or_else(|| malformed("unknown reply", line))?;
-    let flags = tokens.map(lossy).collect();
-    Ok(Response::Meta(MetaReply {
-        code,
-        flags,
-        data: None,
-    }))
-}
-
-fn parse_value_header(line: &[u8]) -> Result<(Vec<u8>, u32, usize, Option<u64>)> {
-    let tokens: Vec<&[u8]> = line
-        .split(|&byte| byte == b' ')
-        .filter(|token| !token.is_empty())
-        .collect();
-    if !(4..=5).contains(&tokens.len()) {
-        return Err(malformed("VALUE line needs 4 or 5 tokens", line));
-    }
-    let flags = parse_number(tokens[2], line)?;
-    let len = parse_number(tokens[3], line)?;
-    let cas = tokens
-        .get(4)
-        .map(|token| parse_number(token, line))
-        .transpose()?;
-    Ok((tokens[1].to_vec(), flags, len, cas))
-}
-
-/// Splits a frame into its lines, skipping over value blocks. Returns the line and, for `VALUE`
-/// and `VA`, the block that follows it.
-fn next_line(frame: &[u8], pos: &mut usize) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
-    let rest = &frame[*pos..];
-    let newline = memchr::memchr(b'\n', rest).ok_or_else(|| malformed("incomplete frame", rest))?;
-    let line = trim_line(&rest[..=newline]);
-    let data_start = *pos + newline + 1;
-    let len = if line.starts_with(b"VALUE ") {
-        Some(block_len(line, 3)?)
-    } else if line.starts_with(b"VA ") {
-        Some(block_len(line, 1)?)
-    } else {
-        None
-    };
-    match len {
-        Some(len) => {
-            let end = block_end(frame, data_start, len, line)?
-                .ok_or_else(|| malformed("incomplete value block", line))?;
-            *pos = end;
-            Ok((
-                line.to_vec(),
-                Some(frame[data_start..data_start + len].to_vec()),
-            ))
-        }
-        None => {
-            *pos = data_start;
-            Ok((line.to_vec(), None))
+impl From<Reply<'_>> for Response {
+    fn from(reply: Reply<'_>) -> Response {
+        match reply {
+            Reply::Values(values) => Response::Values(values.iter().map(Item::from).collect()),
+            // A dump of only `ITEM` lines carries no statistic: an empty list, as `END` alone.
+            Reply::Stats(stats) if stats.is_empty() => Response::Values(Vec::new()),
+            Reply::Stats(stats) => Response::Stats(
+                stats
+                    .iter()
+                    .map(|(name, value)| (lossy(name), lossy(value)))
+                    .collect(),
+            ),
+            Reply::Status(status) => Response::Status(status),
+            Reply::Number(number) => Response::Number(number),
+            Reply::Version(version) => Response::Version(lossy(version)),
+            Reply::Meta(meta) => Response::Meta(meta.into()),
+            Reply::Error(error) => Response::Error(error.into()),
         }
     }
 }
 
 impl Response {
-    /// Parses one complete frame (as delimited by [`frame_len`]).
+    /// Parses the first reply frame of `frame` (as delimited by [`frame_len`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Malformed`] if the frame is not a reply this client knows.
+    /// [`Error::Malformed`] if the frame is incomplete or not a reply this client knows.
     pub fn parse(frame: &[u8]) -> Result<Response> {
-        let mut pos = 0;
-        let mut items = Vec::new();
-        let mut stats = Vec::new();
-        loop {
-            let (line, data) = next_line(frame, &mut pos)?;
-            if let Some(data) = data {
-                if line.starts_with(b"VA ") {
-                    let flags = line.split(|&b| b == b' ').skip(2).filter(|t| !t.is_empty());
-                    let flags = flags.map(lossy).collect();
-                    let reply = MetaReply {
-                        code: MetaCode::Va,
-                        flags,
-                        data: Some(data),
-                    };
-                    return Ok(Response::Meta(reply));
-                }
-                let (key, flags, _, cas) = parse_value_header(&line)?;
-                items.push(Item {
-                    key,
-                    flags,
-                    cas,
-                    data,
-                });
-                continue;
-            }
-            if let Some(stat) = line.strip_prefix(b"STAT ") {
-                let text = lossy(stat);
-                let (name, value) = text.split_once(' ').unwrap_or((&text, ""));
-                stats.push((name.to_owned(), value.to_owned()));
-                continue;
-            }
-            if is_continuation(&line) {
-                continue;
-            }
-            if line == b"END" {
-                if !stats.is_empty() {
-                    return Ok(Response::Stats(stats));
-                }
-                return Ok(Response::Values(items));
-            }
-            if !items.is_empty() || !stats.is_empty() {
-                return Err(malformed("multi-line reply not closed by END", &line));
-            }
-            return parse_single_line(&line);
+        match parse_reply(frame, &ReplyConfig::default()) {
+            ParsedReply::Done { reply, .. } => Ok(reply.into()),
+            ParsedReply::Incomplete => Err(Error::Malformed {
+                reason: "incomplete frame",
+                line: lossy(frame),
+            }),
+            ParsedReply::Bad { error, line, .. } => Err(malformed(error, line)),
         }
     }
 
@@ -380,6 +167,43 @@ impl Response {
         let text = format!("{self:?}");
         text.chars().take(200).collect()
     }
+}
+
+/// Returns the length of the first complete reply frame in `buf`, or `None` if more bytes are
+/// needed. A line that is no known reply is still a frame of its own (raw passthrough shows it).
+///
+/// # Errors
+///
+/// [`Error::Malformed`] if the stream cannot be framed: a `VALUE`/`VA` header without a valid
+/// length, a block not CRLF-terminated, or a limit of [`ReplyConfig`] exceeded.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
+    match parse_reply(buf, &ReplyConfig::default()) {
+        ParsedReply::Done { consumed, .. } => Ok(Some(consumed)),
+        ParsedReply::Incomplete => Ok(None),
+        ParsedReply::Bad {
+            consumed: Some(consumed),
+            ..
+        } => Ok(Some(consumed)),
+        ParsedReply::Bad {
+            error,
+            line,
+            consumed: None,
+        } => Err(malformed(error, line)),
+    }
+}
+
+/// The error for a bad reply.
+pub(crate) fn malformed(error: BadReply, line: &[u8]) -> Error {
+    Error::Malformed {
+        reason: error.reason(),
+        line: lossy(line),
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    const SHOWN_MAX: usize = 200;
+    let shown = &bytes[..bytes.len().min(SHOWN_MAX)];
+    String::from_utf8_lossy(shown).into_owned()
 }
 
 #[cfg(test)]

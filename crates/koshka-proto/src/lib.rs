@@ -7,7 +7,14 @@
 //! * [`meta`] — the flag tokens of `mg`/`ms`/`md`/`ma`;
 //! * [`meta_reply`] — meta-command replies composed from flags and an item description;
 //! * [`reply`] — small functions that append replies to an output buffer;
-//! * [`encode`] — turns a [`Command`] back into request bytes (clients, tests).
+//! * [`encode`] — request bytes, one function per request form, appended to a caller-owned
+//!   buffer; [`Command::encode`] is built on them (clients, the bench, tests);
+//! * [`response`] — [`parse_reply`] turns the front of a client's read buffer into one
+//!   [`Reply`] borrowing from the buffer, the inverse of [`reply`].
+//!
+//! The server parses with [`request`] and composes with [`reply`]; `koshka-client` and
+//! `koshka bench` encode with [`encode`] and parse with [`response`], so both ends speak one
+//! codec and the round-trip property tests (`tests/roundtrip.rs`) hold them to each other.
 //!
 //! This crate does no I/O and knows nothing of engines or storage: whether a key is "plain" or
 //! "compiled" is only a length limit handed in through [`ParseConfig`].
@@ -17,9 +24,14 @@ pub mod meta;
 pub mod meta_reply;
 pub mod reply;
 pub mod request;
+pub mod response;
 
 pub use meta::MetaFlags;
 pub use request::{parse, BadRequest, Command, Keys, ParseConfig, Parsed, StoreMode};
+pub use response::{
+    parse_reply, BadReply, ErrorReply, Meta, MetaCode, ParsedReply, Reply, ReplyConfig, Stats,
+    Status, Value, Values,
+};
 
 /// The version string reported by `version` and `stats`: memcached-compatible major/minor so
 /// clients take their modern code paths, then koshka's own version.

@@ -1,11 +1,13 @@
 //! Meta-command replies (`HD`, `VA`, `EN`, `NF`, `NS`, `EX` with return flags), composed from
 //! the request's flags and a description of the item, so the server encodes every engine's
-//! answers the same way.
+//! answers the same way. Built on the low-level composers [`reply::meta_head`],
+//! [`reply::meta_flag`] and [`reply::meta_end`] that the reply parser is tested against.
 
 use base64::Engine as _;
 
 use crate::meta::MetaFlags;
 use crate::reply;
+use crate::response::MetaCode;
 
 /// What a meta reply may report about an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,20 +34,16 @@ pub fn return_flags(
 ) {
     for (letter, token) in flags.iter() {
         match (letter, item) {
-            (b'O', _) => {
-                out.extend_from_slice(b" O");
-                out.extend_from_slice(token);
-            }
+            (b'O', _) => reply::meta_flag(out, b'O', token),
             (b'k', _) => {
-                out.extend_from_slice(b" k");
                 if flags.has(b'b') {
                     // As memcached's META_KEY: the base64 key is followed by ` b` at once,
                     // wherever `b` stood in the request.
                     let encoded = base64::engine::general_purpose::STANDARD.encode(key);
-                    out.extend_from_slice(encoded.as_bytes());
-                    out.extend_from_slice(b" b");
+                    reply::meta_flag(out, b'k', encoded.as_bytes());
+                    reply::meta_flag(out, b'b', b"");
                 } else {
-                    out.extend_from_slice(key);
+                    reply::meta_flag(out, b'k', key);
                 }
             }
             (b'c', Some(item)) => {
@@ -87,40 +85,30 @@ pub fn hit(
     now: u32,
 ) {
     let want_value = flags.has(b'v');
-    if want_value {
-        out.extend_from_slice(b"VA ");
-        reply::number(out, value.len() as u64);
+    let code = if want_value {
+        MetaCode::Va
     } else {
-        out.extend_from_slice(b"HD");
-    }
+        MetaCode::Hd
+    };
+    reply::meta_head(out, code, value.len());
     return_flags(out, flags, key, Some(item), now);
-    out.extend_from_slice(b"\r\n");
-    if want_value {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+    reply::meta_end(out, want_value.then_some(value));
 }
 
-/// Appends a status line: `code` (`HD`, `NF`, `NS`, `EX`, `EN`) with the return flags that do
-/// not need an item.
-pub fn status(out: &mut Vec<u8>, code: &[u8], flags: &MetaFlags<'_>, key: &[u8], now: u32) {
-    out.extend_from_slice(code);
-    return_flags(out, flags, key, None, now);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends an `md`/`ms` style line with `c` (and the rest) known: `code` then flags.
-pub fn status_with_item(
+/// Appends a status line: `code` (`HD`, `NF`, `NS`, `EX`, `EN`) with the return flags the
+/// request asked for; those that describe the item (`c`, `f`, `s`, `t`) only when `item` is
+/// known.
+pub fn status(
     out: &mut Vec<u8>,
-    code: &[u8],
+    code: MetaCode,
     flags: &MetaFlags<'_>,
     key: &[u8],
-    item: &MetaItem,
+    item: Option<&MetaItem>,
     now: u32,
 ) {
-    out.extend_from_slice(code);
-    return_flags(out, flags, key, Some(item), now);
-    out.extend_from_slice(b"\r\n");
+    reply::meta_head(out, code, 0);
+    return_flags(out, flags, key, item, now);
+    reply::meta_end(out, None);
 }
 
 /// Appends an `me` (debug) line for an item.
@@ -167,7 +155,14 @@ mod tests {
         hit(&mut out, &MetaFlags::new(b"k b"), b"key", &item, b"hi", 100);
         assert_eq!(out, b"HD ka2V5 b\r\n");
         out.clear();
-        status(&mut out, b"NF", &MetaFlags::new(b"c O1 k"), b"key", 0);
+        status(
+            &mut out,
+            MetaCode::Nf,
+            &MetaFlags::new(b"c O1 k"),
+            b"key",
+            None,
+            0,
+        );
         assert_eq!(out, b"NF O1 kkey\r\n");
         out.clear();
         debug(&mut out, b"key", &item, 100);

@@ -2,6 +2,9 @@
 //!
 //! The server accumulates every reply of one read batch in one buffer and writes it with a
 //! single system call, so these functions only append and never allocate beyond buffer growth.
+//! [`crate::response::parse_reply`] is their inverse (the client side).
+
+use crate::response::MetaCode;
 
 /// `STORED\r\n`
 pub const STORED: &[u8] = b"STORED\r\n";
@@ -25,6 +28,8 @@ pub const ERROR: &[u8] = b"ERROR\r\n";
 pub const MN: &[u8] = b"MN\r\n";
 /// `EN\r\n` (meta miss)
 pub const EN: &[u8] = b"EN\r\n";
+/// `RESET\r\n` (reply to `stats reset`)
+pub const RESET: &[u8] = b"RESET\r\n";
 
 /// Appends a decimal number.
 pub fn number(out: &mut Vec<u8>, n: u64) {
@@ -132,6 +137,39 @@ pub fn server_error(out: &mut Vec<u8>, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `VERSION <version>\r\n`.
+pub fn version(out: &mut Vec<u8>, version: &str) {
+    out.extend_from_slice(b"VERSION ");
+    out.extend_from_slice(version.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the head of a meta reply: the code, and for [`MetaCode::Va`] the length of the data
+/// block that [`meta_end`] will append. Return flags follow with [`meta_flag`].
+pub fn meta_head(out: &mut Vec<u8>, code: MetaCode, data_len: usize) {
+    out.extend_from_slice(code.word());
+    if code == MetaCode::Va {
+        out.push(b' ');
+        number(out, data_len as u64);
+    }
+}
+
+/// Appends one return flag of a meta reply: ` <letter><token>`.
+pub fn meta_flag(out: &mut Vec<u8>, letter: u8, token: &[u8]) {
+    out.push(b' ');
+    out.push(letter);
+    out.extend_from_slice(token);
+}
+
+/// Ends a meta reply: `\r\n`, then the data block and `\r\n` for `VA`.
+pub fn meta_end(out: &mut Vec<u8>, data: Option<&[u8]>) {
+    out.extend_from_slice(b"\r\n");
+    if let Some(data) = data {
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +208,18 @@ mod tests {
         value(&mut out, b"k", 0, b"", Some(7));
         arith(&mut out, 42);
         assert_eq!(out, b"VALUE k 5 2\r\nhi\r\nVALUE k 0 0 7\r\n\r\n42\r\n");
+    }
+
+    #[test]
+    fn meta_lines() {
+        let mut out = Vec::new();
+        meta_head(&mut out, MetaCode::Va, 2);
+        meta_flag(&mut out, b'c', b"5");
+        meta_flag(&mut out, b't', b"-1");
+        meta_end(&mut out, Some(b"hi"));
+        meta_head(&mut out, MetaCode::Hd, 0);
+        meta_end(&mut out, None);
+        version(&mut out, "1.6");
+        assert_eq!(out, b"VA 2 c5 t-1\r\nhi\r\nHD\r\nVERSION 1.6\r\n");
     }
 }

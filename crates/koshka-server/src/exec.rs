@@ -10,7 +10,7 @@ use koshka_engine::{
     ArithOptions, Cx, Engine, Error, ItemRef, Outcome, Reply, Request, Session, StoreMode, Tracking,
 };
 use koshka_proto::meta_reply::{self, MetaItem};
-use koshka_proto::{reply, Command, Keys, MetaFlags};
+use koshka_proto::{reply, Command, Keys, MetaCode, MetaFlags};
 
 use crate::stats::{bump, Counters};
 use crate::{reply_error, EngineSlot, Node};
@@ -175,11 +175,7 @@ impl Reply for Writer<'_, '_> {
 /// multi-get continued after [`Flow::MoreKeys`].
 pub(crate) fn execute(ctx: &mut Ctx<'_>, command: &Command<'_>, resume: usize) -> Flow {
     match command {
-        Command::Version => {
-            ctx.out.extend_from_slice(b"VERSION ");
-            ctx.out.extend_from_slice(koshka_proto::VERSION.as_bytes());
-            ctx.out.extend_from_slice(b"\r\n");
-        }
+        Command::Version => reply::version(ctx.out, koshka_proto::VERSION),
         Command::Quit => return Flow::Quit,
         Command::Verbosity { noreply } => ctx.reply(*noreply, reply::OK),
         Command::MetaNoop => ctx.out.extend_from_slice(reply::MN),
@@ -518,11 +514,11 @@ fn meta_set(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>, data: &[u8]) {
                 exptime: 0,
                 size: data.len(),
             };
-            meta_reply::status_with_item(ctx.out, b"HD", flags, key, &item, now);
+            meta_reply::status(ctx.out, MetaCode::Hd, flags, key, Some(&item), now);
         }
-        Outcome::NotStored => meta_reply::status(ctx.out, b"NS", flags, key, now),
-        Outcome::Exists => meta_reply::status(ctx.out, b"EX", flags, key, now),
-        _ => meta_reply::status(ctx.out, b"NF", flags, key, now),
+        Outcome::NotStored => meta_reply::status(ctx.out, MetaCode::Ns, flags, key, None, now),
+        Outcome::Exists => meta_reply::status(ctx.out, MetaCode::Ex, flags, key, None, now),
+        _ => meta_reply::status(ctx.out, MetaCode::Nf, flags, key, None, now),
     }
 }
 
@@ -534,22 +530,22 @@ fn meta_delete(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>) {
         Ok(outcome) => outcome,
         Err(e) => return ctx.error(&e),
     };
-    let code: &[u8] = match outcome {
+    let code = match outcome {
         Outcome::Deleted => {
             bump(&ctx.counters.delete_hits, 1);
             if flags.has(b'q') {
                 return;
             }
-            b"HD"
+            MetaCode::Hd
         }
-        Outcome::Exists => b"EX",
+        Outcome::Exists => MetaCode::Ex,
         _ => {
             bump(&ctx.counters.delete_misses, 1);
-            b"NF"
+            MetaCode::Nf
         }
     };
     let now = ctx.now;
-    meta_reply::status(ctx.out, code, flags, key, now);
+    meta_reply::status(ctx.out, code, flags, key, None, now);
 }
 
 fn meta_arith(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>) {
@@ -624,14 +620,16 @@ fn meta_number_reply(
 ) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(value);
-    if flags.has(b'v') {
-        ctx.out.extend_from_slice(b"VA ");
-        reply::number(ctx.out, digits.len() as u64);
-    } else if flags.has(b'q') {
+    let want_value = flags.has(b'v');
+    if !want_value && flags.has(b'q') {
         return;
-    } else {
-        ctx.out.extend_from_slice(b"HD");
     }
+    let code = if want_value {
+        MetaCode::Va
+    } else {
+        MetaCode::Hd
+    };
+    reply::meta_head(ctx.out, code, digits.len());
     let item = MetaItem {
         flags: 0,
         cas,
@@ -649,11 +647,7 @@ fn meta_number_reply(
     }
     let now = ctx.now;
     meta_reply::return_flags(ctx.out, &MetaFlags::new(&only), key, Some(&item), now);
-    ctx.out.extend_from_slice(b"\r\n");
-    if flags.has(b'v') {
-        ctx.out.extend_from_slice(digits.as_bytes());
-        ctx.out.extend_from_slice(b"\r\n");
-    }
+    reply::meta_end(ctx.out, want_value.then_some(digits.as_bytes()));
 }
 
 fn meta_debug(ctx: &mut Ctx<'_>, key: &[u8]) {
