@@ -26,7 +26,8 @@
 //! * [`Session`] — per-connection scratch state (temp lists, handshake tags);
 //! * [`Error`] — engine errors, mapped to memcached replies by the server.
 //!
-//! This crate does no networking and knows no key grammar.
+//! This crate does no networking and knows no key grammar: the grammars live in `koshka-keys`,
+//! whose [`koshka_keys::KeyError`] converts into [`Error::Client`] so engines can use `?`.
 
 pub mod clock;
 
@@ -99,6 +100,14 @@ impl Error {
     }
 }
 
+/// A key the grammar refuses is the client's fault: `CLIENT_ERROR <reason>`, the reason
+/// unchanged.
+impl From<koshka_keys::KeyError> for Error {
+    fn from(error: koshka_keys::KeyError) -> Self {
+        Self::Client(error.to_string())
+    }
+}
+
 /// Where a record landed in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -143,7 +152,6 @@ impl Journal for MemoryJournal {
         })
     }
 }
-
 
 /// Context of one record being applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

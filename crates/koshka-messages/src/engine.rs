@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use koshka_engine::{
     ApplyCtx, Engine, Error, Journal, Result, Session, ShardSpec, Stat, StoreOutcome, Value,
 };
+use koshka_keys::messages::{mode, Query, Update};
+use koshka_keys::Slice;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::{json, Map};
 
 use crate::flags::{WALL_COPIED, WALL_COPY, WALL_REPLY, WALL_STATUS};
-use crate::keys::{mode, Query, Slice, Update};
 use crate::ops::{ExtraOp, FlagOp, Record, Text};
 use crate::search::Lexicon;
 use crate::state::{event, in_sublist, Mailbox, Message, Partition};
