@@ -10,8 +10,11 @@ use parking_lot::{Mutex, MutexGuard};
 use koshka_engine::{
     ApplyCtx, Engine, Error, Journal, Result, Session, ShardSpec, Stat, StoreOutcome, Value,
 };
+use koshka_keys::friends::{
+    parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey,
+};
+use koshka_keys::Slice;
 
-use crate::keys::{parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey};
 use crate::ops::Record;
 use crate::privacy::{canonicalize, evaluate, parse_rules, render, Viewer};
 use crate::reply::{push_item, push_u32};
@@ -272,7 +275,7 @@ impl FriendsEngine {
         match list {
             ListRef::Inline(ids) => Ok(ids),
             ListRef::Temp(tag) => match session.temp(&temp_name(&tag)) {
-                Some(bytes) => parse_id_list(bytes),
+                Some(bytes) => Ok(parse_id_list(bytes)?),
                 None => Err(Error::client(format!(
                     "no temp list {tag:?} on this connection"
                 ))),
@@ -282,7 +285,7 @@ impl FriendsEngine {
 
     // ----- reads -----
 
-    fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: crate::keys::Slice) -> Value {
+    fn get_friends(&self, user: u32, folder: u8, mode: Mode, slice: Slice) -> Value {
         let locked = self.lock(&[user]);
         let mut out = Vec::with_capacity(64);
         let Some(u) = self.user(&locked, user) else {
@@ -305,7 +308,7 @@ impl FriendsEngine {
         Value::text(out)
     }
 
-    fn get_recent(items: Vec<(u32, u32, u32)>, slice: crate::keys::Slice) -> Value {
+    fn get_recent(items: Vec<(u32, u32, u32)>, slice: Slice) -> Value {
         let mut items = items;
         // Newest first; equal dates put the larger id first so the order is total.
         items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
@@ -673,7 +676,7 @@ fn format_friends(
     len: usize,
     at: impl Fn(usize) -> Friend,
     mode: Mode,
-    slice: crate::keys::Slice,
+    slice: Slice,
 ) {
     push_u32(out, u32::try_from(len).unwrap_or(u32::MAX));
     for i in slice.indexes(len) {
