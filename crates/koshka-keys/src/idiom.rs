@@ -13,7 +13,7 @@
 //! * `word+word` query payloads with `%XX` escapes: [`decode_words`], [`encode_words`].
 //!
 //! The grammars of the two first engines were written separately and word their errors
-//! differently (`CLIENT_ERROR` texts that clients and tests rely on); the [`Cursor`] keeps
+//! differently (`CLIENT_ERROR` texts that clients and tests rely on); the private `Cursor` keeps
 //! each grammar's wording through its dialect, so the idioms exist once and every reply stays
 //! what it was.
 
@@ -385,10 +385,12 @@ pub fn encode_mask(out: &mut Vec<u8>, and: u32, xor: u32) {
 /// Positions are 1-based over the list in its natural order (ascending ids, or newest first
 /// where a key says so); negative positions count from the end (`-1` = last); `to < from`
 /// returns the items in reverse; `#0,0` (and `#0`) return the total only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// There is no `Default`: what a key without a slice means is the grammar's choice (the whole
+/// list for friends keys, [`crate::messages::DEFAULT_SLICE`] for messages keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slice {
     /// No suffix: the whole list.
-    #[default]
     All,
     /// `#limit`: the first `limit` items (friends keys only).
     Limit(u32),

@@ -8,6 +8,21 @@
 //! (by building a modified value: every field is public) and re-encodes with it; the bench and
 //! the client spell keys with it instead of `format!`.
 //!
+//! ```
+//! use koshka_keys::friends::GetKey;
+//! use koshka_keys::messages::Query;
+//! use koshka_keys::{Access, Encode, Merge, Owners, Route};
+//!
+//! let query = Query::parse(b"98@post5_17").unwrap();
+//! assert_eq!(query.to_bytes(), b"message5_17"); // the canonical spelling
+//! assert_eq!(query.owners(), Owners::One(5));
+//! assert_eq!((query.access(), query.merge()), (Access::Read, Merge::Single));
+//!
+//! let common = GetKey::parse(b"common_friends10,40").unwrap();
+//! assert_eq!(common.owners(), Owners::Two(10, 40));
+//! assert_eq!(common.merge(), Merge::IntersectIds);
+//! ```
+//!
 //! # Layout
 //! * [`idiom`] — the VK idioms every grammar shares, each written once with parse and encode:
 //!   integers and owner ids, `#from,to` / `#limit` slices ([`Slice`]), `and:xor` masks,
