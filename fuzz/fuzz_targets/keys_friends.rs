@@ -1,22 +1,50 @@
 //! `keys_friends`: arbitrary compiled keys and values against the friends engine; see
-//! `common/engine_ops.rs` for the input format and the invariants.
+//! `common/engine_ops.rs` for the input format and the invariants. Before the engine runs,
+//! every key is parsed with the grammar (`koshka_keys::friends`) and whatever parsed must
+//! survive encode → parse unchanged, with the canonical encoding stable.
 
 #![no_main]
 
+use std::fmt::Debug;
+
 use koshka_engine::ShardSpec;
 use koshka_friends::FriendsEngine;
+use koshka_keys::friends::{DeleteKey, GetKey, IncrKey, SetKey};
+use koshka_keys::{Encode, KeyError};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common/engine_ops.rs"]
 mod engine_ops;
 
+use engine_ops::Op;
+
 fuzz_target!(|data: &[u8]| {
+    for op in engine_ops::decode(data) {
+        match op {
+            Op::Get(key) => round_trip(key, GetKey::parse),
+            Op::Set(key, _) => round_trip(key, SetKey::parse),
+            Op::Delete(key) => round_trip(key, DeleteKey::parse),
+            Op::Incr(key, _) => round_trip(key, IncrKey::parse),
+        }
+    }
     engine_ops::run(
         data,
         || FriendsEngine::new(ShardSpec::default()),
         zero_positions,
     );
 });
+
+/// Whatever `parse` accepts encodes to bytes that parse to the same value and encode again
+/// to the same bytes.
+fn round_trip<K: Encode + PartialEq + Debug>(key: &[u8], parse: fn(&[u8]) -> Result<K, KeyError>) {
+    let Ok(parsed) = parse(key) else { return };
+    let encoded = parsed.to_bytes();
+    let again = parse(&encoded).unwrap_or_else(|e| {
+        panic!("{key:?} parsed to {parsed:?}, whose encoding {encoded:?} fails: {e}")
+    });
+    assert_eq!(again, parsed, "{key:?} -> {encoded:?}");
+    assert_eq!(again.to_bytes(), encoded);
+}
 
 /// Zeroes the partition positions of a friends snapshot (`"KFRS" | version u32 |
 /// partitions u32`, then blocks of `index u32 | pos u64 | len u32 | len bytes`).

@@ -24,11 +24,13 @@
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use koshka_keys::friends::{DeleteKey, GetKey, SetKey};
+use koshka_keys::{idiom, Slice};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::keys::{Distribution, KeyChooser};
+use crate::keys::{user_id, with_key, Distribution, KeyChooser};
 use crate::social::{mix64, Social};
 use crate::wire::{self, mc, resp, Frame, Part, Scalar, Step};
 use crate::Protocol;
@@ -86,6 +88,8 @@ pub(crate) struct Friends {
     seed: u64,
     /// Distinct friendships `(a, b)`, `a < b`, in load order.
     edges: Vec<(u32, u32)>,
+    /// The privacy keys `album1`…`album<PRIVACY_KEYS>`.
+    album_keys: Vec<String>,
 }
 
 /// One in-flight operation.
@@ -164,6 +168,7 @@ impl Friends {
             weights: config.weights,
             seed: config.seed,
             edges,
+            album_keys: (1..=PRIVACY_KEYS).map(|k| format!("album{k}")).collect(),
         })
     }
 
@@ -218,15 +223,11 @@ impl Friends {
     fn common(&self, out: &mut Vec<u8>, a: u64, b: u64) -> Step {
         match self.protocol {
             Protocol::Memcache => {
-                mc::get(
-                    out,
-                    &[
-                        Part::S(b"common_friends"),
-                        Part::N(a),
-                        Part::S(b","),
-                        Part::N(b),
-                    ],
-                );
+                let common = GetKey::CommonFriends {
+                    user: user_id(a),
+                    other: user_id(b),
+                };
+                with_key(&common, |key| mc::get(out, &[Part::S(key)]));
                 Step::new(Frame::McGet, 1)
             }
             Protocol::Redis => {
@@ -242,13 +243,23 @@ impl Friends {
 
     /// Appends a two-sided add or remove of the friendship `a`–`b`.
     fn change(&self, out: &mut Vec<u8>, a: u64, b: u64, add: bool) -> Step {
-        let key = [Part::S(b"friend"), Part::N(a), Part::S(b"_"), Part::N(b)];
         match self.protocol {
             Protocol::Memcache => {
+                let (user, friend) = (user_id(a), user_id(b));
                 if add {
-                    mc::set(out, &key, &[Part::S(b"0")]);
+                    let set = SetKey::Friend {
+                        user,
+                        friend,
+                        half: false,
+                    };
+                    with_key(&set, |key| mc::set(out, &[Part::S(key)], &[Part::S(b"0")]));
                 } else {
-                    mc::delete(out, &key);
+                    let delete = DeleteKey::Friend {
+                        user,
+                        friend,
+                        half: false,
+                    };
+                    with_key(&delete, |key| mc::delete(out, &[Part::S(key)]));
                 }
                 Step::new(Frame::McLine, 1)
             }
@@ -323,17 +334,14 @@ impl Social for Friends {
         let owner = item - edges + 1;
         match self.protocol {
             Protocol::Memcache => {
-                for k in 1..=PRIVACY_KEYS {
-                    mc::set(
-                        out,
-                        &[
-                            Part::S(b"privacy"),
-                            Part::N(owner),
-                            Part::S(b"_album"),
-                            Part::N(k),
-                        ],
-                        &self.rule(owner, k),
-                    );
+                for (k, album) in (1..=PRIVACY_KEYS).zip(&self.album_keys) {
+                    let privacy = SetKey::Privacy {
+                        user: user_id(owner),
+                        key: album.clone(),
+                    };
+                    with_key(&privacy, |key| {
+                        mc::set(out, &[Part::S(key)], &self.rule(owner, k));
+                    });
                 }
                 Step::new(Frame::McLine, PRIVACY_KEYS as u32)
             }
@@ -375,17 +383,14 @@ impl Social for Friends {
                     resp::arg(out, b"WITHSCORES");
                     Step::new(Frame::Resp, 1)
                 } else {
-                    mc::get(
-                        out,
-                        &[
-                            Part::S(b"recent_friends"),
-                            Part::N(op.owner),
-                            Part::S(b"#"),
-                            Part::N(first + 1),
-                            Part::S(b","),
-                            Part::N(first + PAGE_SIZE),
-                        ],
-                    );
+                    let page = GetKey::RecentFriends {
+                        user: user_id(op.owner),
+                        slice: Slice::Range {
+                            from: i64::try_from(first + 1).unwrap_or(i64::MAX),
+                            to: i64::try_from(first + PAGE_SIZE).unwrap_or(i64::MAX),
+                        },
+                    };
+                    with_key(&page, |key| mc::get(out, &[Part::S(key)]));
                     Step::new(Frame::McGet, 1)
                 }
             }
@@ -437,25 +442,18 @@ impl Social for Friends {
                     resp::num(out, op.viewer);
                     Step::new(Frame::Resp, 2)
                 } else {
+                    // The batch check `viewer~owner:album1,…` written by the grammar's own
+                    // encoder for it, from keys spelled once (no GetKey::Check to allocate).
                     let start = out.len();
-                    mc::get(
-                        out,
-                        &[
-                            Part::N(op.viewer),
-                            Part::S(b"~"),
-                            Part::N(op.owner),
-                            Part::S(b":"),
-                        ],
-                    );
+                    mc::get(out, &[]);
                     out.truncate(out.len() - 2);
                     debug_assert!(out.len() > start);
-                    for k in 1..=PRIVACY_KEYS {
-                        if k > 1 {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(b"album");
-                        wire::push_u64(out, k);
-                    }
+                    idiom::encode_check(
+                        out,
+                        user_id(op.viewer),
+                        user_id(op.owner),
+                        &self.album_keys,
+                    );
                     out.extend_from_slice(b"\r\n");
                     Step::new(Frame::McGet, 1)
                 }
@@ -557,6 +555,11 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with(",album20\r\n"), "{text}");
+        let key = text.trim_start_matches("get ").trim_end();
+        assert!(
+            matches!(GetKey::parse(key.as_bytes()), Ok(GetKey::Check { keys, .. }) if keys.len() == 20),
+            "{key}"
+        );
         out.clear();
         koshka.push_preload(koshka.edge_count(), &mut out);
         assert!(out.starts_with(b"set privacy1_album1 0 0 "));

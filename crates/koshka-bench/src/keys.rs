@@ -1,5 +1,9 @@
-//! Key choice: which key index a request touches, and how an index becomes key bytes.
+//! Key choice: which key index a request touches, and how an index becomes key bytes; and
+//! how the social workloads spell koshka's compiled keys (always through `koshka-keys`).
 
+use std::cell::RefCell;
+
+use koshka_keys::Encode;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -154,6 +158,31 @@ impl KeyFormat {
     }
 }
 
+/// Encodes a compiled key into a per-thread scratch buffer and hands the bytes to `write`, so
+/// spelling a key costs no allocation once the buffer has grown. `write` must not call
+/// `with_key` again.
+pub(crate) fn with_key<R>(key: &impl Encode, write: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        key.encode(&mut scratch);
+        write(&scratch)
+    })
+}
+
+/// A workload user id as a messages owner id (ids are far below `i64::MAX`).
+pub(crate) fn owner_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// A workload user id as a friends user id (the workload checks `--users` fits `u32`).
+pub(crate) fn user_id(id: u64) -> u32 {
+    u32::try_from(id).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +201,15 @@ mod tests {
         assert!(KeyFormat::new(2, 1000).is_err());
         assert!(KeyFormat::new(251, 10).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn compiled_keys_are_spelled_by_the_grammar() {
+        let key = koshka_keys::friends::GetKey::CommonFriends { user: 3, other: 4 };
+        assert_eq!(with_key(&key, <[u8]>::to_vec), b"common_friends3,4");
+        let key = koshka_keys::messages::Query::Timestamp { owner: owner_id(9) };
+        assert_eq!(with_key(&key, <[u8]>::to_vec), b"timestamp9");
+        assert_eq!(user_id(u64::MAX), u32::MAX);
     }
 
     #[test]

@@ -21,10 +21,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use koshka_keys::messages::{Query, Text, Update};
+use koshka_keys::{Encode, Slice};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::keys::KeyChooser;
+use crate::keys::{owner_id, with_key, KeyChooser};
 use crate::social::{mix64, Social};
 use crate::text::TextPool;
 use crate::wire::{self, mc, resp, Frame, Part, Scalar, Step};
@@ -57,6 +59,14 @@ const BIG_PEERS: u64 = 100;
 
 /// Share of sends that are replies (recipient writes back).
 const REPLY_SHARE: f64 = 0.3;
+
+/// The newest [`PAGE`] items of a list, newest first (`#-1,-20`).
+fn newest_page() -> Slice {
+    Slice::Range {
+        from: -1,
+        to: -(PAGE as i64),
+    }
+}
 
 /// Preload date base for the Redis model (koshka dates come from its binlog).
 const DATE_BASE: u64 = 1_700_000_000;
@@ -241,18 +251,24 @@ impl Messages {
         9 + 2 * text.words.len() as u32
     }
 
-    /// Appends a koshka `sendmsg`.
+    /// Appends a koshka `sendmsg`. The value is written from the pool's text in place (a
+    /// flags line, then the body, which holds no TAB, so no subject), not through
+    /// [`Update::encode_value`], which would need the text copied into the update.
     fn koshka_send(&self, out: &mut Vec<u8>, from: u64, to: u64, text: usize) -> Step {
-        mc::set(
-            out,
-            &[
-                Part::S(b"sendmsg"),
-                Part::N(from),
-                Part::S(b"_"),
-                Part::N(to),
-            ],
-            &[Part::S(b"0\n"), Part::S(&self.pool.texts[text].body)],
-        );
+        let send = Update::Send {
+            from: owner_id(from),
+            to: owner_id(to),
+            tag: Vec::new(),
+            flags: 0,
+            text: Text::default(),
+        };
+        with_key(&send, |key| {
+            mc::set(
+                out,
+                &[Part::S(key)],
+                &[Part::S(b"0\n"), Part::S(&self.pool.texts[text].body)],
+            );
+        });
         Step::new(Frame::McLine, 1)
     }
 
@@ -270,20 +286,21 @@ impl Messages {
         let text = &self.pool.texts[text];
         match self.protocol {
             Protocol::Memcache => {
-                mc::get(
-                    out,
-                    &[
-                        Part::S(b"search("),
-                        Part::N(owner),
-                        Part::S(b","),
-                        Part::N(PAGE),
-                        Part::S(b","),
-                        Part::S(&text.encoded[first]),
-                        Part::S(b"+"),
-                        Part::S(&text.encoded[second]),
-                        Part::S(b")"),
-                    ],
-                );
+                let (first, second) = (&text.words[first], &text.words[second]);
+                let mut words = Vec::with_capacity(first.len() + 1 + second.len());
+                words.extend_from_slice(first);
+                words.push(b' ');
+                words.extend_from_slice(second);
+                let search = Query::Search {
+                    owner: owner_id(owner),
+                    mask: (0, 0),
+                    peer: 0,
+                    min_date: 0,
+                    max_date: 0,
+                    limit: PAGE as usize,
+                    words,
+                };
+                with_key(&search, |key| mc::get(out, &[Part::S(key)]));
                 Step::new(Frame::McGet, 1)
             }
             Protocol::Redis => {
@@ -315,10 +332,14 @@ impl Messages {
         out.extend_from_slice(b"get");
         let mut count = 0;
         lids(&mut |lid| {
-            out.extend_from_slice(b" message");
-            wire::push_u64(out, owner);
-            out.push(b'_');
-            wire::push_u64(out, lid);
+            out.push(b' ');
+            Query::Message {
+                owner: owner_id(owner),
+                lid: u32::try_from(lid).unwrap_or(u32::MAX),
+                mode: 0,
+                max_len: None,
+            }
+            .encode(out);
             count += 1;
         });
         if count == 0 {
@@ -569,15 +590,11 @@ impl Social for Messages {
                     resp::arg(out, b"WITHSCORES");
                     Step::new(Frame::Resp, 1)
                 } else {
-                    mc::get(
-                        out,
-                        &[
-                            Part::S(b"topmsglist"),
-                            Part::N(op.owner),
-                            Part::S(b"#-1,-"),
-                            Part::N(PAGE),
-                        ],
-                    );
+                    let dialogs = Query::Dialogs {
+                        owner: owner_id(op.owner),
+                        slice: newest_page(),
+                    };
+                    with_key(&dialogs, |key| mc::get(out, &[Part::S(key)]));
                     Step::new(Frame::McGet, 1)
                 }
             }
@@ -602,17 +619,12 @@ impl Social for Messages {
                         Step::new(Frame::Resp, 1)
                     }
                     (CONVERSATION, false) => {
-                        mc::get(
-                            out,
-                            &[
-                                Part::S(b"peermsglist"),
-                                Part::N(op.owner),
-                                Part::S(b"_"),
-                                Part::N(op.peer),
-                                Part::S(b"#-1,-"),
-                                Part::N(PAGE),
-                            ],
-                        );
+                        let conversation = Query::PeerList {
+                            owner: owner_id(op.owner),
+                            peer: owner_id(op.peer),
+                            slice: newest_page(),
+                        };
+                        with_key(&conversation, |key| mc::get(out, &[Part::S(key)]));
                         Step::new(Frame::McGet, 1)
                     }
                     (_, true) => {
@@ -628,16 +640,12 @@ impl Social for Messages {
                         Step::new(Frame::Resp, 2)
                     }
                     (_, false) => {
-                        mc::set(
-                            out,
-                            &[
-                                Part::S(b"readall"),
-                                Part::N(op.owner),
-                                Part::S(b"_"),
-                                Part::N(op.peer),
-                            ],
-                            &[],
-                        );
+                        let read = Update::ReadUpto {
+                            owner: owner_id(op.owner),
+                            peer: owner_id(op.peer),
+                            lid: 0,
+                        };
+                        with_key(&read, |key| mc::set(out, &[Part::S(key)], &[]));
                         Step::new(Frame::McLine, 1)
                     }
                 }
@@ -708,6 +716,13 @@ mod tests {
         let (mut op, step) = plan.start(usize::from(DIALOGS), &mut rng, &mut (), &mut out);
         assert_eq!(step, Step::new(Frame::McGet, 1));
         assert!(out.starts_with(b"get topmsglist"));
+        assert!(matches!(
+            Query::parse(out[4..out.len() - 2].as_ref()),
+            Ok(Query::Dialogs {
+                slice: Slice::Range { from: -1, to: -20 },
+                ..
+            })
+        ));
         out.clear();
         let reply = b"VALUE topmsglist5#-1,-20 0 13\r\n2,7,9,1,3,4,0\r\nEND\r\n";
         let step = plan.next(&mut op, reply, &mut rng, &mut (), &mut out);
@@ -716,6 +731,26 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             format!("get message{owner}_7 message{owner}_3\r\n")
+        );
+        out.clear();
+        let (_, step) = plan.start(usize::from(SEARCH), &mut rng, &mut (), &mut out);
+        assert_eq!(step, Step::new(Frame::McGet, 1));
+        let key = &out[4..out.len() - 2];
+        match Query::parse(key) {
+            Ok(Query::Search {
+                limit: 20, words, ..
+            }) => {
+                assert_eq!(words.split(|b| *b == b' ').count(), 2);
+            }
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(key)),
+        }
+        out.clear();
+        let (_, step) = plan.start(usize::from(READ), &mut rng, &mut (), &mut out);
+        assert_eq!(step, Step::new(Frame::McLine, 1));
+        assert!(
+            out.starts_with(b"set readall"),
+            "{}",
+            String::from_utf8_lossy(&out)
         );
         Ok(())
     }

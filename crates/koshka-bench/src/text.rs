@@ -27,10 +27,8 @@ pub(crate) struct Text {
     pub(crate) body: Box<[u8]>,
     /// Distinct lowercase words (what the Redis model indexes).
     pub(crate) words: Vec<Box<[u8]>>,
-    /// Indexes into `words` usable as query words.
+    /// Indexes into `words` usable as query words (a koshka `search(…)` key escapes them).
     pub(crate) query_words: Vec<usize>,
-    /// `words[i]` percent-encoded for a koshka `search(…)` key.
-    pub(crate) encoded: Vec<Box<[u8]>>,
 }
 
 /// The pool of texts, shared read-only by every connection.
@@ -126,12 +124,10 @@ impl Text {
             })
             .map(|(index, _)| index)
             .collect();
-        let encoded = words.iter().map(|word| percent_encode(word)).collect();
         Text {
             body: body.into(),
             words,
             query_words,
-            encoded,
         }
     }
 }
@@ -154,24 +150,6 @@ pub(crate) fn tokenize(text: &str) -> Vec<Box<[u8]>> {
         }
     }
     words
-}
-
-/// Percent-encodes every byte that is not an ASCII letter or digit.
-fn percent_encode(word: &[u8]) -> Box<[u8]> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = Vec::with_capacity(word.len() * 3);
-    for &byte in word {
-        if byte.is_ascii_alphanumeric() {
-            out.push(byte);
-        } else {
-            out.extend_from_slice(&[
-                b'%',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 15)],
-            ]);
-        }
-    }
-    out.into()
 }
 
 /// Entries of every fortune file under `dir` (and `dir/ru`), whitespace collapsed.
@@ -241,11 +219,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokenizes_and_encodes() {
+    fn tokenizes() {
         let words = tokenize("Ёлка, ёлка! Hello-world hello");
         let words: Vec<&[u8]> = words.iter().map(|word| &word[..]).collect();
         assert_eq!(words, vec!["елка".as_bytes(), b"hello", b"world"]);
-        assert_eq!(&*percent_encode("a ё".as_bytes()), b"a%20%D1%91");
     }
 
     #[test]

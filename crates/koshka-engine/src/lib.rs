@@ -30,7 +30,9 @@
 //! * [`Session`] — per-connection scratch state (temp lists, handshake tags);
 //! * [`Error`] — engine errors, mapped to memcached replies by the server.
 //!
-//! This crate does no networking and knows neither the wire protocol nor any key grammar.
+//! This crate does no networking and knows neither the wire protocol nor any key grammar: the
+//! grammars live in `koshka-keys`, whose [`koshka_keys::KeyError`] converts into
+//! [`Error::Client`] so engines can use `?`.
 
 pub mod clock;
 pub mod codec;
@@ -109,6 +111,14 @@ impl Error {
             what: "record",
             reason: reason.into(),
         }
+    }
+}
+
+/// A key the grammar refuses is the client's fault: `CLIENT_ERROR <reason>`, the reason
+/// unchanged.
+impl From<koshka_keys::KeyError> for Error {
+    fn from(error: koshka_keys::KeyError) -> Self {
+        Self::Client(error.to_string())
     }
 }
 

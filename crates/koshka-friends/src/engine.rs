@@ -10,8 +10,11 @@ use koshka_engine::{
     ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, ShardSpec, Stat,
     StoreMode,
 };
+use koshka_keys::friends::{
+    parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey,
+};
+use koshka_keys::Slice;
 
-use crate::keys::{parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey};
 use crate::ops::Record;
 use crate::privacy::{canonicalize, evaluate, parse_rules, render, Viewer};
 use crate::reply::{push_item, push_u32};
@@ -248,7 +251,7 @@ impl FriendsEngine {
         match list {
             ListRef::Inline(ids) => Ok(ids),
             ListRef::Temp(tag) => match session.temp(&temp_name(&tag)) {
-                Some(bytes) => parse_id_list(bytes),
+                Some(bytes) => Ok(parse_id_list(bytes)?),
                 None => Err(Error::client(format!(
                     "no temp list {tag:?} on this connection"
                 ))),
@@ -258,14 +261,7 @@ impl FriendsEngine {
 
     // ----- reads -----
 
-    fn get_friends(
-        &self,
-        out: &mut Vec<u8>,
-        user: u32,
-        folder: u8,
-        mode: Mode,
-        slice: crate::keys::Slice,
-    ) {
+    fn get_friends(&self, out: &mut Vec<u8>, user: u32, folder: u8, mode: Mode, slice: Slice) {
         let locked = self.lock(&[user]);
         let Some(u) = self.user(&locked, user) else {
             format_friends(out, 0, |_| unreachable_friend(), mode, slice);
@@ -286,7 +282,7 @@ impl FriendsEngine {
         }
     }
 
-    fn get_recent(out: &mut Vec<u8>, items: Vec<(u32, u32, u32)>, slice: crate::keys::Slice) {
+    fn get_recent(out: &mut Vec<u8>, items: Vec<(u32, u32, u32)>, slice: Slice) {
         let mut items = items;
         // Newest first; equal dates put the larger id first so the order is total.
         items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
@@ -756,7 +752,7 @@ fn format_friends(
     len: usize,
     at: impl Fn(usize) -> Friend,
     mode: Mode,
-    slice: crate::keys::Slice,
+    slice: Slice,
 ) {
     push_u32(out, u32::try_from(len).unwrap_or(u32::MAX));
     for i in slice.indexes(len) {

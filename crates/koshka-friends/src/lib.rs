@@ -11,7 +11,7 @@
 //! one partition at a time (see `koshka_engine`'s fuzzy snapshot contract).
 //!
 //! # Layout
-//! * [`keys`] — the key grammar as typed enums with parse functions;
+//! * the key grammar is [`koshka_keys::friends`] (shared with the proxy, client and bench);
 //! * [`ops`] — binlog records (type numbers, encode, decode);
 //! * [`state`] — partitions: friend lists packed in segments, per-user side data;
 //! * [`privacy`] — rule parsing, canonical form, evaluation;
@@ -24,7 +24,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod engine;
-pub mod keys;
 pub mod ops;
 pub mod privacy;
 mod reply;
@@ -50,6 +49,12 @@ pub const SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
     },
 };
 
+/// The limits the key grammar enforces (defined with it in `koshka-keys`).
+pub use koshka_keys::friends::{
+    FOLDER_MAX, PRIVACY_CHECK_KEYS_MAX, PRIVACY_KEY_LEN_MAX, TEMP_TAG_LEN_MAX, USER_ID_MAX,
+    USER_LIST_MAX,
+};
+
 /// Most friends one user may have (VK's `MAX_FRIENDS`). Adding one more friend (on either side
 /// of a two-sided add) fails with `CLIENT_ERROR`; updates of existing friends still work.
 pub const FRIENDS_PER_USER_MAX: usize = 10_000;
@@ -59,23 +64,11 @@ pub const FRIENDS_PER_USER_MAX: usize = 10_000;
 /// every accepted request becomes a friend.
 pub const FRIEND_REQUESTS_PER_USER_MAX: usize = 10_000;
 
-/// Highest folder number; folders are bits 1..=30 of a mask, bit 0 is "all friends" and bit 31
-/// is never used (VK's layout). Larger folder numbers fail with `CLIENT_ERROR`.
-pub const FOLDER_MAX: u8 = 30;
-
 /// The implicit "all friends" folder bit, set in every stored mask.
 pub const ALL_FRIENDS_BIT: u32 = 1;
 
 /// Every bit a mask may carry: bits 0..=30.
 pub const MASK_BITS: u32 = (1 << (FOLDER_MAX as u32 + 1)) - 1;
-
-/// Largest user id: VK ids are positive 32-bit signed integers. Zero, negative and larger ids
-/// fail with `CLIENT_ERROR`.
-pub const USER_ID_MAX: u32 = i32::MAX as u32;
-
-/// Longest privacy key in bytes (`album17`, `priv_phone`); longer keys fail with
-/// `CLIENT_ERROR`. Fits the one-byte length in records and snapshots.
-pub const PRIVACY_KEY_LEN_MAX: usize = 64;
 
 /// Most privacy keys one user may hold; a new key beyond it fails with `CLIENT_ERROR`.
 /// VK uses a few dozen per user (profile fields, albums, notes).
@@ -88,17 +81,6 @@ pub const PRIVACY_RULES_MAX: usize = 256;
 /// Longest rule string in bytes (256 rules of `+2147483647` fit); longer fails with
 /// `CLIENT_ERROR` before parsing.
 pub const PRIVACY_RULES_TEXT_LEN_MAX: usize = PRIVACY_RULES_MAX * 12;
-
-/// Most privacy keys in one batch check `viewer~owner:k1,k2,…`; more fail with
-/// `CLIENT_ERROR`. The reply is one byte per key.
-pub const PRIVACY_CHECK_KEYS_MAX: usize = 256;
-
-/// Most ids in one id list (bulk folder set, inline lists, temp lists), as VK's ≤ 10 000 temp
-/// lists; longer lists fail with `CLIENT_ERROR`.
-pub const USER_LIST_MAX: usize = 10_000;
-
-/// Longest temp list tag (`set temp<tag>`); longer fails with `CLIENT_ERROR`.
-pub const TEMP_TAG_LEN_MAX: usize = 32;
 
 /// Number of partitions, each behind its own lock. 64 keeps lock contention low on a few
 /// dozen cores and makes one partition's snapshot image about 1/64 of the state.

@@ -484,7 +484,7 @@ impl<'a> Reader<'a> {
     pub fn key(&mut self) -> Result<String> {
         let n = usize::from(self.u8()?);
         let bytes = self.take(n)?;
-        if n > PRIVACY_KEY_LEN_MAX || crate::keys::check_privacy_key(bytes).is_err() {
+        if n > PRIVACY_KEY_LEN_MAX || koshka_keys::friends::check_privacy_key(bytes).is_err() {
             return Err(Error::corrupt_record("invalid privacy key"));
         }
         Ok(String::from_utf8_lossy(bytes).into_owned())

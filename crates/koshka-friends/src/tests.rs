@@ -687,6 +687,55 @@ fn temp_lists_feed_common_friend_queries() {
     ));
 }
 
+/// Issue 9: a temp list tag is any 1..=32 letters, digits or `_` (docs/protocol/friends.md),
+/// including tags that start with a letter or `_`, which the key name used to swallow.
+#[test]
+fn temp_list_tags_may_start_with_a_letter_or_underscore() {
+    let journal = MemoryJournal::default();
+    let engine = FriendsEngine::new(ShardSpec::default());
+    for f in [2, 3] {
+        set(&engine, &journal, &format!("friend1_{f}"), "0");
+    }
+    let mut session = Session::default();
+    let tags = ["ab_1", "_x", "AB", "z", "a1b2_c3", &"t".repeat(32)];
+    for (i, tag) in tags.into_iter().enumerate() {
+        let ids = if i % 2 == 0 { "3,9" } else { "2,3" };
+        let key = format!("temp{tag}");
+        assert_eq!(
+            engine
+                .set(key.as_bytes(), 0, ids.as_bytes(), &mut session, &journal)
+                .unwrap(),
+            StoreOutcome::Stored,
+            "set {key}"
+        );
+        let among = engine
+            .get(format!("common_friends1:-{tag}").as_bytes(), &mut session)
+            .unwrap()
+            .unwrap();
+        let expected: &[u8] = if i % 2 == 0 { b"1,3" } else { b"2,2,3" };
+        assert_eq!(among.data, expected, "tag {tag}");
+    }
+    // Other sessions do not see them; bad tags stay refused.
+    assert!(matches!(
+        engine.get(b"common_friends1:-ab_1", &mut Session::default()),
+        Err(Error::Client(_))
+    ));
+    for bad in [
+        "temp",
+        "tempa-b",
+        "temp.x",
+        &format!("temp{}", "t".repeat(33)),
+    ] {
+        assert!(
+            matches!(
+                engine.set(bad.as_bytes(), 0, b"1", &mut session, &journal),
+                Err(Error::Client(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn folders_requests_and_slices() {
     let journal = RecordingJournal::default();

@@ -5,9 +5,10 @@ use koshka_engine::{
     ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, ShardSpec, Stat,
     StoreMode,
 };
+use koshka_keys::messages::{mode, Query, Update};
+use koshka_keys::Slice;
 
 use crate::flags::{WALL_COPIED, WALL_COPY, WALL_REPLY, WALL_STATUS};
-use crate::keys::{mode, Query, Slice, Update};
 use crate::ops::{ExtraOp, FlagOp, Record, Text};
 use crate::search::Lexicon;
 use crate::state::{event, in_sublist, Mailbox, Message, Partition};

@@ -4,12 +4,11 @@
 //! A mailbox holds messages addressed by a dense per-mailbox local id that is never reused.
 //! Every update is validated, encoded as one binlog record ([`ops`]), appended to the
 //! [`Journal`], and applied with the same code path replay uses, so memory after a restart
-//! equals memory before it. The grammar of the memcached keys lives in [`keys`] and is
-//! documented for clients in `docs/protocol/messages.md`.
+//! equals memory before it. The grammar of the memcached keys lives in the `koshka-keys` crate
+//! ([`koshka_keys::messages`], shared with the proxy, client and bench) and is documented for
+//! clients in `docs/protocol/messages.md`.
 //!
 //! # Layout
-//! * [`keys`] — the typed key grammar: [`keys::Query`] (gets) and [`keys::Update`] (sets,
-//!   deletes, incr/decr) with their parse functions;
 //! * [`ops`] — binlog record types and their little-endian encodings;
 //! * [`state`] — partitions, mailboxes, compact message storage, sublists, dialogs, history;
 //! * [`search`] — the tokeniser, the engine-wide stem dictionary and the per-mailbox
@@ -21,7 +20,6 @@
 //! is the proxy's job, done with two one-sided `newmsg` records), and keeps no on-disk index:
 //! all state is in memory and is rebuilt from a snapshot plus the binlog tail.
 
-pub mod keys;
 pub mod ops;
 pub mod search;
 pub mod snapshot;
@@ -58,6 +56,12 @@ fn build(
         logged: true,
     })
 }
+
+/// The limits the key grammar enforces (defined with it in `koshka-keys`).
+pub use koshka_keys::messages::{
+    EXTRA_FIELDS, HISTORY_READ_MAX, KEY_BYTES_MAX, KLUDGES_BYTES_MAX, MESSAGE_TEXT_BYTES_MAX,
+    PAGE_SIZE_DEFAULT, SEARCH_RESULTS_MAX, SEARCH_WORDS_MAX, SUBJECT_BYTES_MAX, TAG_BYTES_MAX,
+};
 
 /// Which kind of texts an engine instance stores; chosen once per instance and recorded in
 /// its snapshots.
@@ -135,7 +139,7 @@ pub mod flags {
     pub const WALL_COPIED: u32 = 256;
 
     /// Flags a client may set: the low 16 bits. The high bits are reserved for the engine.
-    pub const USER_MASK: u32 = 0xFFFF;
+    pub const USER_MASK: u32 = koshka_keys::messages::USER_FLAGS_MASK;
 }
 
 /// Predefined sublists of the mail flavour, `(and, xor)`: a message belongs to a sublist when
@@ -181,17 +185,6 @@ pub const PARTITIONS: usize = 64;
 /// bounds the id space too). A send into a full mailbox answers `CLIENT_ERROR`.
 pub const MESSAGES_PER_MAILBOX_MAX: u32 = 1_000_000;
 
-/// Most bytes of one message's text (kludges + subject + body). Larger sends and edits answer
-/// `CLIENT_ERROR` before anything is logged.
-pub const MESSAGE_TEXT_BYTES_MAX: usize = 64 * 1024;
-
-/// Most bytes of a subject. Larger ones answer `CLIENT_ERROR`.
-pub const SUBJECT_BYTES_MAX: usize = 1024;
-
-/// Most bytes of a message's kludges (`\x01name value\t` prefixes). Larger ones answer
-/// `CLIENT_ERROR`.
-pub const KLUDGES_BYTES_MAX: usize = 4096;
-
 /// Most live text bytes of one mailbox (texts are kept in one arena with `u32` offsets). A
 /// send that would pass it answers `CLIENT_ERROR`.
 pub const MAILBOX_TEXT_BYTES_MAX: usize = 1 << 30;
@@ -199,15 +192,7 @@ pub const MAILBOX_TEXT_BYTES_MAX: usize = 1 << 30;
 /// Most items one page read returns; longer slices are truncated to this many items.
 pub const PAGE_SIZE_MAX: usize = 1000;
 
-/// Items a page read returns when the key has no `#from,to` slice (the newest ones).
-pub const PAGE_SIZE_DEFAULT: usize = 100;
 const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
-
-/// Most results one search returns; a larger requested limit answers `CLIENT_ERROR`.
-pub const SEARCH_RESULTS_MAX: usize = 1000;
-
-/// Most words in a search query; more answer `CLIENT_ERROR`.
-pub const SEARCH_WORDS_MAX: usize = 16;
 
 /// Longest indexed word in bytes; longer tokens are not indexed (and are ignored in queries).
 pub const WORD_BYTES_MAX: usize = 64;
@@ -216,14 +201,4 @@ pub const WORD_BYTES_MAX: usize = 64;
 /// `resync,<timestamp>`.
 pub const HISTORY_EVENTS_MAX: usize = 256;
 
-/// Most events one `history` read returns.
-pub const HISTORY_READ_MAX: usize = HISTORY_EVENTS_MAX;
-
-/// Number of integer extra fields per message (`extra<uid>_<lid>:<k>`, `k < EXTRA_FIELDS`).
-pub const EXTRA_FIELDS: u8 = 8;
-
-/// Most bytes of a compiled key this engine parses; longer keys answer `CLIENT_ERROR`.
-pub const KEY_BYTES_MAX: usize = 4096;
-
-/// Most bytes of a session tag in `newmsg<uid>#<tag>`.
-pub const TAG_BYTES_MAX: usize = 64;
+const _: () = assert!(HISTORY_READ_MAX <= HISTORY_EVENTS_MAX);

@@ -44,50 +44,9 @@ pub const RECORD_REPOST: u16 = 0x4d0a;
 /// (cross-shard sends). `owner i64, lid u32, peer_lid u32`.
 pub const RECORD_PEER_LINK: u16 = 0x4d0b;
 
-/// The three parts of a message text, each stored once per copy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Text {
-    /// `\x01name value\t` prefixes, hidden unless asked for.
-    pub kludges: Vec<u8>,
-    /// The subject (may be empty).
-    pub subject: Vec<u8>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl Text {
-    /// Total bytes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.kludges.len() + self.subject.len() + self.body.len()
-    }
-
-    /// True when all parts are empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// How a `FLAGS` record changes flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlagOp {
-    /// Replace the flags.
-    Set,
-    /// Bitwise OR.
-    Or,
-    /// Bitwise AND-NOT.
-    AndNot,
-}
-
-/// How an `EXTRA` record changes a field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtraOp {
-    /// Replace the value.
-    Set,
-    /// Add (wrapping) to the value.
-    Add,
-}
+/// The text, flag and extra-field operations come from the key grammar, so a parsed update
+/// and its record share them.
+pub use koshka_keys::messages::{ExtraOp, FlagOp, Text};
 
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
