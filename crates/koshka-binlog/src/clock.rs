@@ -60,6 +60,11 @@ impl LogClock {
         let running = u64::from(self.anchor).saturating_add(elapsed);
         let running = u32::try_from(running).unwrap_or(u32::MAX);
         let candidate = self.wall.now().max(running);
+        // Appenders on every core call this: write the shared value once a second only.
+        let seen = self.last.load(Ordering::Acquire);
+        if candidate <= seen {
+            return seen;
+        }
         let previous = self.last.fetch_max(candidate, Ordering::AcqRel);
         previous.max(candidate)
     }
