@@ -328,15 +328,9 @@ fn structured(dir: &Path, mode: u8, input: &[u8]) {
             Damage::Other => None,
         }
     };
-    // Known bug (regressions/binlog_reader/torn-only-segment-header): when the only segment
-    // starts at a position P > 0 and its header is torn, the reader reports the log as ending
-    // at 0, so a replay from a snapshot at P fails with "past the end of the log".
-    let predicted = predicted.filter(|_| {
-        !(tolerate_known_bugs()
-            && start_pos != 0
-            && segs.len() == 1
-            && matches!(damage, Damage::Tear(t) if t < SEGMENT_HEADER_SIZE as u64))
-    });
+    // Fixed (regressions/binlog_reader/torn-only-segment-header): when the only segment starts
+    // at P and its header is torn, the log is empty and starts at P; a replay from a snapshot
+    // at P cuts the segment and ends at P with the snapshot's chain value.
     let from = if start_pos == 0 && mode & 2 == 0 {
         None
     } else {

@@ -12,11 +12,15 @@
 //! restart expires about 100 s later, not a day later, and a key that had expired stays
 //! expired. The time the process was down is not counted (nothing measured it).
 //!
+//! Log time counts whole seconds, so the result is computed once per wall-clock second and
+//! reused within it: the common call reads the wall clock only. Every wall-clock step (either
+//! way) changes the second and is seen at once; the running term may lag by under a second.
+//!
 //! Both readings come from one injected [`Clock`]: [`Clock::now`] for the wall clock and
 //! [`Clock::monotonic`] for elapsed time, so a test drives both with a
 //! [`koshka_engine::ManualClock`] (`set` steps the wall clock, `advance` lets time pass).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,19 +36,26 @@ pub struct LogClock {
     anchor_monotonic: Duration,
     /// Largest value returned so far.
     last: AtomicU32,
+    /// The wall-clock second of the last full computation (high 32 bits) and its result (low
+    /// 32 bits): within one wall second the answer is reused, so the common call costs one
+    /// wall-clock read and no monotonic read. The running term may then lag by under a
+    /// second, which the 1-second granularity of log time already allows.
+    cache: AtomicU64,
 }
 
 impl LogClock {
     /// A clock continuing a log whose last recorded time is `log_time` (0 for a new log).
     #[must_use]
     pub fn new(wall: Arc<dyn Clock>, log_time: u32) -> Self {
-        let anchor = log_time.max(wall.now());
+        let wall_now = wall.now();
+        let anchor = log_time.max(wall_now);
         let anchor_monotonic = wall.monotonic();
         Self {
             wall,
             anchor,
             anchor_monotonic,
             last: AtomicU32::new(anchor),
+            cache: AtomicU64::new(pack(wall_now, anchor)),
         }
     }
 
@@ -52,6 +63,21 @@ impl LogClock {
     /// than the log time at open.
     #[must_use]
     pub fn now(&self) -> u32 {
+        let wall = self.wall.now();
+        let cached = self.cache.load(Ordering::Acquire);
+        if cached >> 32 == u64::from(wall) {
+            #[expect(clippy::cast_possible_truncation)]
+            // NOTE: the low 32 bits hold a u32 by construction (pack).
+            let value = cached as u32;
+            return value.max(self.last.load(Ordering::Acquire));
+        }
+        let value = self.compute(wall);
+        self.cache.store(pack(wall, value), Ordering::Release);
+        value
+    }
+
+    /// The formula of the module docs, for a wall-clock reading of `wall`.
+    fn compute(&self, wall: u32) -> u32 {
         let elapsed = self
             .wall
             .monotonic()
@@ -59,7 +85,12 @@ impl LogClock {
             .as_secs();
         let running = u64::from(self.anchor).saturating_add(elapsed);
         let running = u32::try_from(running).unwrap_or(u32::MAX);
-        let candidate = self.wall.now().max(running);
+        let candidate = wall.max(running);
+        // Appenders on every core call this: write the shared value once a second only.
+        let seen = self.last.load(Ordering::Acquire);
+        if candidate <= seen {
+            return seen;
+        }
         let previous = self.last.fetch_max(candidate, Ordering::AcqRel);
         previous.max(candidate)
     }
@@ -69,6 +100,10 @@ impl LogClock {
     pub fn wall(&self) -> &Arc<dyn Clock> {
         &self.wall
     }
+}
+
+fn pack(wall: u32, value: u32) -> u64 {
+    (u64::from(wall) << 32) | u64::from(value)
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ impl Reader {
         let mut reader = Self::open(dir, engine, opts)?;
         if reader.segments.is_empty() {
             reader.pos = pos;
-            reader.start_known = pos == 0;
+            reader.start_known = false;
             return Ok(reader);
         }
         let Some(idx) = reader.segments.iter().rposition(|s| s.pos <= pos) else {
@@ -224,9 +224,9 @@ impl Reader {
         self.time
     }
 
-    /// Whether [`Reader::chain`] and [`Reader::time`] at the start position are known from
-    /// the log. False only for an empty log opened at a position > 0, or one whose only
-    /// segment has a torn header (see [`Reader::open_at`]).
+    /// Whether [`Reader::chain`] and [`Reader::time`] at the start position come from a
+    /// segment header. False only for a log with no segment opened at a position, or one
+    /// whose only segment has a torn header (see [`Reader::open_at`]).
     #[must_use]
     pub fn start_known(&self) -> bool {
         self.start_known
@@ -511,7 +511,7 @@ impl Reader {
             if first {
                 // The only segment: the log is empty and starts where its name says.
                 self.pos = named.pos;
-                self.start_known = named.pos == 0;
+                self.start_known = false;
             }
             self.seg = idx;
             self.file = None;
