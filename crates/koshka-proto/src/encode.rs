@@ -93,6 +93,19 @@ impl Command<'_> {
                 out.extend_from_slice(b"verbosity 1");
                 noreply_suffix(out, *noreply);
             }
+            Command::SlabsAutomove { mode } => {
+                out.extend_from_slice(b"slabs automove ");
+                number(out, u64::from(*mode));
+            }
+            Command::SlabsReassign {
+                source,
+                destination,
+            } => {
+                out.extend_from_slice(b"slabs reassign ");
+                signed(out, i64::from(*source));
+                out.push(b' ');
+                signed(out, i64::from(*destination));
+            }
             Command::Quit => out.extend_from_slice(b"quit"),
             Command::MetaNoop => out.extend_from_slice(b"mn"),
             Command::MetaDebug { key } => word_key(out, b"me", key),

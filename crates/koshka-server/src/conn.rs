@@ -116,15 +116,18 @@ impl Connection<'_> {
                     error,
                     consumed,
                     swallow,
+                    noreply,
                 } => {
                     bump(&self.counters.protocol_errors, 1);
                     if error == BadRequest::TooLarge {
                         self.drop_stale_value(start, consumed);
                     }
-                    self.out.extend_from_slice(&error.reply());
+                    if !noreply {
+                        self.out.extend_from_slice(&error.reply());
+                    }
                     start += consumed;
                     self.swallow = swallow;
-                    if error == BadRequest::LineTooLong {
+                    if error.closes() {
                         bump(&self.counters.line_too_long, 1);
                         quit = true;
                         break;
