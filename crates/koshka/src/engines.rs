@@ -29,10 +29,10 @@ pub fn build(name: &str, config: &Config) -> anyhow::Result<(Hosted, usize)> {
                 memory_limit: usize::try_from(config.storage.memory_limit.0)?,
                 value_size_max: usize::try_from(config.server.value_size_max.0)?,
             };
-            (
-                Hosted::Kv(Arc::new(Kv::new(kv_config))),
-                koshka_limits::KEY_LEN_MAX,
-            )
+            let kv = Arc::new(Kv::new(kv_config));
+            // Frees expired items in the background, as memcached's LRU crawler does.
+            Kv::spawn_sweeper(&kv)?;
+            (Hosted::Kv(kv), koshka_limits::KEY_LEN_MAX)
         }
         "messages" => (
             Hosted::Compiled(Arc::new(MessagesEngine::new(Flavour::Messages, shard))),
