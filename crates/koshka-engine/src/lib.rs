@@ -144,7 +144,6 @@ impl Journal for MemoryJournal {
     }
 }
 
-
 /// Context of one record being applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyCtx {

@@ -62,7 +62,10 @@ const fn class_sizes() -> ([usize; CLASSES_BOUND], usize) {
     (sizes, count + 1)
 }
 
-const _: () = assert!(CLASSES == 39, "memcached 1.6 reports 39 classes with its defaults");
+const _: () = assert!(
+    CLASSES == 39,
+    "memcached 1.6 reports 39 classes with its defaults"
+);
 const _: () = assert!(CHUNK_SIZES[0] == CHUNK_SIZE_MIN);
 const _: () = assert!(CHUNK_SIZES[CLASSES - 1] == CHUNK_SIZE_MAX);
 

@@ -34,8 +34,8 @@ use parking_lot::{Mutex, MutexGuard};
 
 pub use classes::{ClassCounts, ClassStats};
 pub use item::{Item, ItemMeta};
-use memory::{note_expiry, Removal, Usage};
 pub use memory::SWEEP_INTERVAL;
+use memory::{note_expiry, Removal, Usage};
 use record::Record;
 
 /// Number of partitions. A power of two ≥ 64 so two worker threads rarely meet on one lock;
@@ -655,7 +655,10 @@ impl Kv {
     pub fn usage(&self) -> (u64, u64) {
         self.partitions.iter().fold((0, 0), |(items, bytes), part| {
             let part = part.lock();
-            (items + part.table.len() as u64, bytes + part.usage.bytes as u64)
+            (
+                items + part.table.len() as u64,
+                bytes + part.usage.bytes as u64,
+            )
         })
     }
 
@@ -822,12 +825,14 @@ impl Engine for Kv {
     fn stats(&self) -> Vec<Stat> {
         let (items, bytes) = self.usage();
         let (reclaimed, crawler_reclaimed) =
-            self.class_stats().iter().fold((0, 0), |(all, swept), class| {
-                (
-                    all + class.counts.reclaimed,
-                    swept + class.counts.crawler_reclaimed,
-                )
-            });
+            self.class_stats()
+                .iter()
+                .fold((0, 0), |(all, swept), class| {
+                    (
+                        all + class.counts.reclaimed,
+                        swept + class.counts.crawler_reclaimed,
+                    )
+                });
         vec![
             ("curr_items".into(), items.to_string()),
             ("bytes".into(), bytes.to_string()),

@@ -272,7 +272,8 @@ impl Kv {
         });
         part.next_expiry = next_expiry;
         self.used.fetch_sub(freed_bytes, Ordering::Relaxed);
-        self.expired.fetch_add(freed_items as u64, Ordering::Relaxed);
+        self.expired
+            .fetch_add(freed_items as u64, Ordering::Relaxed);
         freed_items
     }
 
@@ -283,7 +284,11 @@ impl Kv {
             return;
         }
         let hasher = &self.hasher;
-        let clock = part.table.iter().map(|item| hasher.hash_one(item.key())).collect();
+        let clock = part
+            .table
+            .iter()
+            .map(|item| hasher.hash_one(item.key()))
+            .collect();
         part.clock = clock;
     }
 

@@ -440,7 +440,10 @@ fn cache_mode_keeps_storing_large_values() {
         let outcome = kv.store(M::Set, key.as_bytes(), 0, 0, 0, &value, &j);
         assert!(outcome.is_ok(), "write {i}: {outcome:?}");
         assert!(kv.used_bytes() <= 64 * MIB, "write {i}");
-        assert!(value_of(&kv, key.as_bytes()).is_some(), "write {i} was evicted");
+        assert!(
+            value_of(&kv, key.as_bytes()).is_some(),
+            "write {i} was evicted"
+        );
     }
     assert!(kv.evictions.load(Ordering::Relaxed) >= 900);
     assert!(kv.usage().0 >= 50, "the cache stays nearly full");
@@ -468,7 +471,10 @@ fn eviction_spares_the_item_being_appended_to() {
     // Appending needs room for the whole new value: others go, "base" grows.
     let outcome = kv.store(M::Append, b"base", 0, 0, 0, &value, &j).unwrap();
     assert_eq!(outcome.outcome.outcome, StoreOutcome::Stored);
-    assert_eq!(value_of(&kv, b"base").map(|v| v.len()), Some(2 * value.len()));
+    assert_eq!(
+        value_of(&kv, b"base").map(|v| v.len()),
+        Some(2 * value.len())
+    );
     check_accounting(&kv);
 }
 
@@ -529,8 +535,16 @@ fn items_are_counted_in_memcached_size_classes() {
     assert_eq!(kv.class_stats()[0].counts.chunks, 2);
     let kv = self::kv();
     for i in 0..10 {
-        kv.store(M::Set, format!("key{i}").as_bytes(), 0, 0, 0, &[b'B'; 10], &j)
-            .unwrap();
+        kv.store(
+            M::Set,
+            format!("key{i}").as_bytes(),
+            0,
+            0,
+            0,
+            &[b'B'; 10],
+            &j,
+        )
+        .unwrap();
     }
     let first = kv.class_stats()[0];
     assert_eq!(first.counts.items, 10);

@@ -580,7 +580,8 @@ fn simple_command<'a>(
 fn slabs<'a>(tokens: &[&'a [u8]]) -> Result<Command<'a>, BadRequest> {
     let fmt = BadRequest::Client(BAD_FORMAT);
     match tokens {
-        [b"automove", mode] => match parse_i64(mode).ok_or(fmt)? {
+        // memcached reads the mode unsigned and ignores tokens after it.
+        [b"automove", mode, ..] => match parse_u64(mode).ok_or(fmt)? {
             mode @ 0..=2 => Ok(Command::SlabsAutomove {
                 mode: u8::try_from(mode).map_err(|_| fmt)?,
             }),
@@ -1101,7 +1102,10 @@ mod tests {
             assert!(bad(line).0.closes() && bad(line).0.reply().is_empty());
         }
         // A known command keeps its meaning whatever its last token.
-        assert!(matches!(parse(b"get HTTP/1.1\r\n", &cfg()), Parsed::Done { .. }));
+        assert!(matches!(
+            parse(b"get HTTP/1.1\r\n", &cfg()),
+            Parsed::Done { .. }
+        ));
     }
 
     #[test]
@@ -1116,7 +1120,11 @@ mod tests {
             b"ms a 4294967295\r\n",
         ] {
             let (error, _, swallow) = bad(line);
-            assert_eq!((error, swallow), (BadRequest::Client(BAD_FORMAT), 0), "{line:?}");
+            assert_eq!(
+                (error, swallow),
+                (BadRequest::Client(BAD_FORMAT), 0),
+                "{line:?}"
+            );
         }
         let line = format!("set a 0 0 {DATA_LEN_MAX}\r\n");
         let (error, _, swallow) = bad(line.as_bytes());
@@ -1126,8 +1134,14 @@ mod tests {
     #[test]
     fn noreply_silences_errors() {
         // memcached's issue_3.t: "delete <key> 10 noreply" is refused without a reply.
-        assert!(matches!(silenced(b"delete k 10 noreply\r\n"), BadRequest::Client(_)));
-        assert_eq!(silenced(b"set a 0 0 1000 noreply\r\n"), BadRequest::TooLarge);
+        assert!(matches!(
+            silenced(b"delete k 10 noreply\r\n"),
+            BadRequest::Client(_)
+        ));
+        assert_eq!(
+            silenced(b"set a 0 0 1000 noreply\r\n"),
+            BadRequest::TooLarge
+        );
         for line in [
             &b"set a x 0 1 noreply\r\n"[..],
             b"incr a x noreply\r\n",
@@ -1141,20 +1155,39 @@ mod tests {
         // Unknown commands and commands without noreply still answer.
         assert_eq!(bad(b"bogus noreply\r\n").0, BadRequest::UnknownCommand);
         assert!(matches!(bad(b"delete k 10\r\n").0, BadRequest::Client(_)));
-        assert!(matches!(bad(b"gat x k noreply\r\n").0, BadRequest::Client(_)));
+        assert!(matches!(
+            bad(b"gat x k noreply\r\n").0,
+            BadRequest::Client(_)
+        ));
     }
 
     #[test]
     fn verbosity_and_slabs() {
         // memcached's strtol-testing.t.
-        assert_eq!(bad(b"verbosity invalid\r\n").0, BadRequest::Client(BAD_FORMAT));
-        assert_eq!(bad(b"slabs automove invalid\r\n").0, BadRequest::Client(BAD_FORMAT));
-        assert_eq!(bad(b"slabs reassign 1 x\r\n").0, BadRequest::Client(BAD_FORMAT));
+        assert_eq!(
+            bad(b"verbosity invalid\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            bad(b"slabs automove invalid\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            bad(b"slabs reassign 1 x\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
         assert_eq!(
             done(b"verbosity 1 2\r\n").0,
             Command::Verbosity { noreply: false }
         );
-        assert_eq!(done(b"slabs automove 2\r\n").0, Command::SlabsAutomove { mode: 2 });
+        assert_eq!(
+            done(b"slabs automove 2\r\n").0,
+            Command::SlabsAutomove { mode: 2 }
+        );
+        assert_eq!(
+            bad(b"slabs automove -1\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
         assert_eq!(
             done(b"slabs reassign -1 5\r\n").0,
             Command::SlabsReassign {

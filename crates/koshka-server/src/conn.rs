@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::exec::{self, Flow};
 use crate::stats::{bump, Counters};
+use crate::stats_groups::Registration;
 use crate::{EngineSlot, Node};
 
 /// Initial read buffer size; it grows up to one command line plus one value.
@@ -36,6 +37,8 @@ pub(crate) struct Connection<'a> {
     session: Session,
     /// Highest log position written by this batch; replies wait for it.
     ack_pos: u64,
+    /// The connection's entry in `stats conns`.
+    listed: Registration<'a>,
 }
 
 pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, counters: &Counters) {
@@ -46,6 +49,7 @@ pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, cou
         line_len_max: koshka_limits::LINE_LEN_MAX,
         multiget_keys_max: koshka_limits::MULTIGET_KEYS_MAX,
     };
+    let listed = node.conns.register(&stream);
     let mut connection = Connection {
         stream,
         node,
@@ -59,6 +63,7 @@ pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, cou
         swallow: 0,
         session: Session::default(),
         ack_pos: 0,
+        listed,
     };
     let _ = connection.run().await;
 }
@@ -76,8 +81,10 @@ impl Connection<'_> {
                 return Err(End::Closed);
             }
             bump(&self.counters.bytes_read, n as u64);
+            self.listed.busy();
             let quit = self.process().await?;
             self.flush().await?;
+            self.listed.idle();
             if quit {
                 return Ok(());
             }

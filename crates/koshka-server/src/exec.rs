@@ -9,7 +9,7 @@ use koshka_kv::{ArithOptions, ArithOutcome, Item, Kv};
 use koshka_proto::{reply, Command, Keys, MetaFlags, StoreMode};
 
 use crate::stats::{bump, Counters};
-use crate::{reply_error, EngineSlot, Hosted, Node};
+use crate::{reply_error, stats_groups, EngineSlot, Hosted, Node};
 
 /// What the connection does after a command.
 pub(crate) enum Flow {
@@ -75,6 +75,11 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, command: &Command<'_>, resume: usize) -
         }
         Command::Quit => return Flow::Quit,
         Command::Verbosity { noreply } => ctx.reply(*noreply, reply::OK),
+        Command::SlabsAutomove { .. } => stats_groups::slabs_automove(ctx.out),
+        Command::SlabsReassign {
+            source,
+            destination,
+        } => stats_groups::slabs_reassign(*source, *destination, ctx.out),
         Command::MetaNoop => ctx.out.extend_from_slice(reply::MN),
         Command::Stats { group } => stats(ctx, group),
         _ => {
@@ -107,6 +112,7 @@ fn kv_command(ctx: &mut Ctx<'_>, kv: &Kv, command: &Command<'_>, resume: usize) 
             noreply,
         } => {
             bump(&ctx.counters.cmd_set, 1);
+            ctx.node.detail.set(key);
             let result = kv.store(
                 *mode,
                 key,
@@ -132,20 +138,23 @@ fn kv_command(ctx: &mut Ctx<'_>, kv: &Kv, command: &Command<'_>, resume: usize) 
                 Err(e) => ctx.error(&e),
             }
         }
-        Command::Delete { key, noreply } => match kv.delete(key, None, ctx.journal()) {
-            Ok(written) => {
-                ctx.wrote(written.pos);
-                let hit = written.outcome == Some(true);
-                let c = ctx.counters;
-                ctx.hit_or_miss(
-                    hit,
-                    (&c.delete_hits, &c.delete_misses),
-                    reply::DELETED,
-                    *noreply,
-                );
+        Command::Delete { key, noreply } => {
+            ctx.node.detail.delete(key);
+            match kv.delete(key, None, ctx.journal()) {
+                Ok(written) => {
+                    ctx.wrote(written.pos);
+                    let hit = written.outcome == Some(true);
+                    let c = ctx.counters;
+                    ctx.hit_or_miss(
+                        hit,
+                        (&c.delete_hits, &c.delete_misses),
+                        reply::DELETED,
+                        *noreply,
+                    );
+                }
+                Err(e) => ctx.error(&e),
             }
-            Err(e) => ctx.error(&e),
-        },
+        }
         Command::Arith {
             key,
             incr,
@@ -276,6 +285,7 @@ fn kv_get(
                 }
             }
         };
+        ctx.node.detail.get(key, hit);
         if hit {
             bump(&ctx.counters.get_hits, 1);
             if touch.is_some() {
@@ -412,6 +422,7 @@ fn meta_get(ctx: &mut Ctx<'_>, kv: &Kv, key: &[u8], flags: &MetaFlags<'_>) {
             }
         }
     };
+    ctx.node.detail.get(key, hit);
     bump(
         if hit {
             &ctx.counters.get_hits
@@ -424,6 +435,7 @@ fn meta_get(ctx: &mut Ctx<'_>, kv: &Kv, key: &[u8], flags: &MetaFlags<'_>) {
 
 fn meta_set(ctx: &mut Ctx<'_>, kv: &Kv, key: &[u8], flags: &MetaFlags<'_>, data: &[u8]) {
     bump(&ctx.counters.cmd_set, 1);
+    ctx.node.detail.set(key);
     let (Ok(client_flags), Ok(ttl), Ok(compare)) = (
         meta_number::<u32>(ctx, flags, b'F'),
         meta_number::<i64>(ctx, flags, b'T'),
@@ -499,6 +511,7 @@ fn meta_delete(ctx: &mut Ctx<'_>, kv: &Kv, key: &[u8], flags: &MetaFlags<'_>) {
     let Ok(compare) = meta_number::<u64>(ctx, flags, b'C') else {
         return;
     };
+    ctx.node.detail.delete(key);
     let written = match kv.delete(key, compare, ctx.journal()) {
         Ok(written) => written,
         Err(e) => return ctx.error(&e),
@@ -774,11 +787,14 @@ fn stats(ctx: &mut Ctx<'_>, group: &[u8]) {
             reply::stat(ctx.out, "snapshot", &status.replace(['\r', '\n'], " "));
         }
         b"reset" => {
+            stats_groups::reset(ctx.node, ctx.slot);
             ctx.out.extend_from_slice(b"RESET\r\n");
             return;
         }
         _ => {
-            ctx.out.extend_from_slice(reply::ERROR);
+            if !stats_groups::render(ctx.node, ctx.slot, group, ctx.out) {
+                ctx.out.extend_from_slice(reply::ERROR);
+            }
             return;
         }
     }

@@ -8,6 +8,8 @@
 //! * `conn` — one connection: read batch → parse → execute → one write per batch;
 //! * `exec` — commands against the `kv` engine (all of memcached) or a compiled-key engine
 //!   (`get`/`set`/`delete`/`incr`/`decr`);
+//! * [`stats_groups`] — `stats slabs|items|sizes|conns|detail`, `stats reset`, `slabs …`,
+//!   in memcached's format;
 //! * [`reply_error`] — the one place engine errors become memcached reply lines.
 //!
 //! # Threads
@@ -24,6 +26,7 @@ mod conn;
 mod exec;
 mod net;
 pub mod stats;
+pub mod stats_groups;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -153,6 +156,10 @@ pub struct Node {
     pub verbosity: AtomicU32,
     /// Set when the node is shutting down.
     pub stopping: AtomicBool,
+    /// Per-prefix counters of `stats detail`.
+    pub detail: stats_groups::Detail,
+    /// Open connections and listeners, for `stats conns`.
+    pub conns: stats_groups::Connections,
 }
 
 impl Node {
@@ -168,6 +175,8 @@ impl Node {
             started_unix: koshka_engine::unix_now(),
             verbosity: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            detail: stats_groups::Detail::default(),
+            conns: stats_groups::Connections::default(),
         }
     }
 

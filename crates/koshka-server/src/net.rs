@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, watch};
 use crate::stats::{bump, Counters};
 use crate::{conn, Node};
 
-/// Reply sent to a connection over the limit before it is closed.
-const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many connections\r\n";
+/// Reply sent to a connection over the limit before it is closed: memcached's words, which
+/// its clients and tests (maxconns.t) look for.
+const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 
 /// A connection handed to a worker: the socket and the index of its engine slot.
 type Handoff = (std::net::TcpStream, usize);
@@ -61,6 +62,7 @@ pub fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> std::io::Result<
     let mut listeners = Vec::new();
     for slot in &node.slots {
         let listener = bind(slot.listen)?;
+        node.conns.listening(&listener);
         println!(
             "koshka: {} listening on {}",
             slot.name,
