@@ -51,9 +51,7 @@ const fn class_sizes() -> ([usize; CLASSES_BOUND], usize) {
     let mut count = 0;
     // `size >= CHUNK_SIZE_MAX / 1.25` ⇔ `size * 5 >= CHUNK_SIZE_MAX * 4`.
     while size * 5 < CHUNK_SIZE_MAX * 4 {
-        if size % CHUNK_ALIGN != 0 {
-            size += CHUNK_ALIGN - size % CHUNK_ALIGN;
-        }
+        size = size.next_multiple_of(CHUNK_ALIGN);
         sizes[count] = size;
         count += 1;
         size = size * 5 / 4;
