@@ -9,8 +9,11 @@
 # 2. cargo fmt --check; cargo clippy --workspace --all-targets -- -D warnings;
 #    cargo test --workspace --release (release, so crash and compat tests run fast).
 # 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`.
-# Ends with one line `N passed, N failed` (cargo tests + compat checks + failed steps) and
-# exits non-zero if anything failed. Uses the repository's own target/ directory.
+# 4. scripts/conformance.sh: memcached's own t/*.t files against `koshka serve`, when
+#    ../shared/conformance is present (skipped otherwise).
+# Ends with one line `N passed, N failed` (cargo tests + compat checks + conformance files +
+# failed steps) and exits non-zero if anything failed. Uses the repository's own target/
+# directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 unset CARGO_TARGET_DIR
@@ -66,6 +69,8 @@ step test bash -c 'set -o pipefail; cargo test --workspace --release 2>&1 | tee 
 # `cargo test --release` built target/release/koshka for the integration tests; reuse it.
 step compat bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/compat.sh 2>&1 |
     tee "$1"' _ "$logdir/compat.log"
+step conformance bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/conformance.sh 2>&1 |
+    tee "$1"' _ "$logdir/conformance.log"
 
 # Sum cargo's `test result: ok. N passed; M failed; …` lines and compat's final line.
 read -r cargo_passed cargo_failed < <(awk '
@@ -81,18 +86,29 @@ if [[ -n $compat_line ]]; then
     compat_failed=$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$compat_line")
 fi
 
-passed=$((cargo_passed + compat_passed))
-failed=$((cargo_failed + compat_failed))
+conformance_line=$(grep -Eo '^conformance: [0-9]+ passed, [0-9]+ failed' \
+    "$logdir/conformance.log" 2>/dev/null | tail -1 || true)
+conformance_passed=0
+conformance_failed=0
+if [[ -n $conformance_line ]]; then
+    conformance_passed=$(sed -E 's/^conformance: ([0-9]+) passed.*/\1/' <<<"$conformance_line")
+    conformance_failed=$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$conformance_line")
+fi
+
+passed=$((cargo_passed + compat_passed + conformance_passed))
+failed=$((cargo_failed + compat_failed + conformance_failed))
 # A failed step with no failed test counted (fmt, clippy, a build error) still counts once.
 for name in "${failed_steps[@]}"; do
     case $name in
         test) ((cargo_failed > 0)) || failed=$((failed + 1)) ;;
         compat) ((compat_failed > 0)) || failed=$((failed + 1)) ;;
+        conformance) ((conformance_failed > 0)) || failed=$((failed + 1)) ;;
         *) failed=$((failed + 1)) ;;
     esac
 done
 echo "== summary: cargo tests $cargo_passed passed, $cargo_failed failed;" \
     "compat $compat_passed passed, $compat_failed failed;" \
+    "conformance $conformance_passed passed, $conformance_failed failed;" \
     "failed steps: ${failed_steps[*]:-none}"
 echo "$passed passed, $failed failed"
 if ((${#failed_steps[@]} > 0)); then

@@ -79,13 +79,14 @@ fn run(data: &[u8], config: &ParseConfig) {
                 error,
                 consumed,
                 swallow: s,
+                ..
             } => {
                 assert!(
                     consumed > 0 && consumed <= buf.len(),
                     "Bad({error:?}) consumed {consumed} of {} bytes",
                     buf.len()
                 );
-                if error == BadRequest::LineTooLong {
+                if error.closes() {
                     return;
                 }
                 // A refused data block is at most the value limit plus its "\r\n".
@@ -150,6 +151,8 @@ fn check_limits(command: &Command<'_>, config: &ParseConfig) {
         | Command::Stats { .. }
         | Command::Version
         | Command::Verbosity { .. }
+        | Command::SlabsAutomove { .. }
+        | Command::SlabsReassign { .. }
         | Command::Quit
         | Command::MetaNoop => {}
     }

@@ -91,6 +91,12 @@ impl<P> Partitions<P> {
         self.parts[index].lock()
     }
 
+    /// Locks one partition if no one else holds it (eviction across partitions must never
+    /// wait on a lock: two writers could wait on each other).
+    pub fn try_lock(&self, index: usize) -> Option<MutexGuard<'_, P>> {
+        self.parts[index].try_lock()
+    }
+
     /// The partitions in index order, unlocked.
     pub fn iter(&self) -> impl Iterator<Item = &Mutex<P>> {
         self.parts.iter()

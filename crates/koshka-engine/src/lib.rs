@@ -275,6 +275,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Engine statistics for `stats` (names prefixed by the engine name by convention).
     fn stats(&self) -> Vec<Stat>;
+
+    /// Statistics of a named group other than the general one (`stats slabs`, `stats items`,
+    /// `stats sizes`), as `STAT` lines; `None` if the engine has no such group.
+    fn stats_group(&self, group: &str) -> Option<Vec<Stat>> {
+        let _ = group;
+        None
+    }
+
+    /// Zeroes the engine's counters (`stats reset`); what is stored stays.
+    fn reset_stats(&self) {}
 }
 
 #[cfg(test)]

@@ -28,6 +28,33 @@ use std::ptr::NonNull;
 /// Bytes of the fixed header in front of the key.
 pub const ITEM_HEADER_SIZE: usize = 20;
 
+/// Bytes glibc's malloc keeps in front of each allocation.
+const MALLOC_HEADER_SIZE: usize = 8;
+
+/// glibc's malloc hands out chunks in multiples of 16 bytes ...
+const MALLOC_ALIGN: usize = 16;
+
+/// ... and never smaller than 32 bytes.
+const MALLOC_CHUNK_MIN: usize = 32;
+
+/// What one item costs in the hash table: the 8-byte pointer, its control byte, and the empty
+/// slots a table between 7/16 and 7/8 full keeps per item.
+const TABLE_SLOT_SIZE: usize = 16;
+
+/// Bytes of memory an item with this key and value length accounts for: its allocation as
+/// glibc's malloc rounds it, plus its table slot. The memory limit and `stats` count this.
+#[must_use]
+pub const fn footprint_of(key_len: usize, value_len: usize) -> usize {
+    let len = ITEM_HEADER_SIZE + key_len + value_len;
+    let chunk = (len + MALLOC_HEADER_SIZE).next_multiple_of(MALLOC_ALIGN);
+    let chunk = if chunk < MALLOC_CHUNK_MIN {
+        MALLOC_CHUNK_MIN
+    } else {
+        chunk
+    };
+    chunk + TABLE_SLOT_SIZE
+}
+
 /// Largest cas unique an item can hold (48 bits).
 pub const CAS_MAX: u64 = (1 << 48) - 1;
 
@@ -153,10 +180,10 @@ impl Item {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), ITEM_HEADER_SIZE) }
     }
 
-    /// Bytes of memory this item accounts for: the allocation plus its table slot.
+    /// Bytes of memory this item accounts for: see [`footprint_of`].
     #[must_use]
     pub fn footprint(&self) -> usize {
-        self.len() + 16
+        footprint_of(self.key().len(), self.value().len())
     }
 
     /// The key.
@@ -278,6 +305,24 @@ mod tests {
         let mut bad = item.raw().to_vec();
         bad.push(0);
         assert_eq!(Item::from_raw(&bad), None);
+    }
+
+    #[test]
+    fn footprint_counts_malloc_rounding_and_the_table_slot() {
+        // 20 + 4 + 10 bytes: a 48-byte malloc chunk and a 16-byte slot.
+        assert_eq!(footprint_of(4, 10), 64);
+        assert_eq!(footprint_of(0, 0), 32 + 16);
+        assert_eq!(footprint_of(3, 66_560), 66_592 + 16);
+        let item = Item::new(
+            b"key0",
+            &[b"0123456789"],
+            ItemMeta {
+                flags: 0,
+                exptime: 0,
+                cas: 1,
+            },
+        );
+        assert_eq!(item.footprint(), 64);
     }
 
     #[test]

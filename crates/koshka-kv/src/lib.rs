@@ -4,6 +4,10 @@
 //! # Layout
 //! * [`item`] — one allocation per item (header + key + value);
 //! * [`record`] — the binlog records;
+//! * `memory` — the engine-wide memory limit, per-partition usage, eviction and the
+//!   background sweep of expired items;
+//! * [`classes`] — memcached's size classes, to report items as memcached tools expect;
+//! * `memcached_stats` — `stats slabs|items|sizes` from those classes;
 //! * this file — [`Kv`]: partitions, the command methods the server calls, [`Engine`] impl
 //!   (replay, snapshots, stats).
 //!
@@ -14,12 +18,15 @@
 //!
 //! This crate does not parse the protocol or talk to sockets.
 
+pub mod classes;
 pub mod item;
+mod memcached_stats;
+mod memory;
 pub mod record;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use hashbrown::HashTable;
 use koshka_engine::commit::{self, Locked, Partitions, Positioned};
@@ -28,7 +35,10 @@ use koshka_engine::{
 };
 use parking_lot::MutexGuard;
 
+pub use classes::{ClassCounts, ClassStats};
 pub use item::{Item, ItemMeta};
+pub use memory::SWEEP_INTERVAL;
+use memory::{note_expiry, Removal, Usage};
 use record::Record;
 
 /// Number of partitions. A power of two ≥ 64 so two worker threads rarely meet on one lock;
@@ -65,8 +75,11 @@ fn build(setup: &koshka_engine::EngineSetup) -> Result<koshka_engine::Built> {
         memory_limit: usize::try_from(setup.memory_limit).unwrap_or(usize::MAX),
         value_size_max: setup.value_size_max,
     };
+    let kv = std::sync::Arc::new(Kv::new(config));
+    // Frees expired items in the background, as memcached's LRU crawler does.
+    Kv::spawn_sweeper(&kv)?;
     Ok(koshka_engine::Built {
-        engine: std::sync::Arc::new(Kv::new(config)),
+        engine: kv,
         // A cache keeps no log: nothing of it survives a restart.
         logged: !setup.cache,
     })
@@ -86,7 +99,7 @@ pub enum Mode {
 pub struct KvConfig {
     /// Full behaviour.
     pub mode: Mode,
-    /// Memory limit for items, in bytes.
+    /// Memory limit for items, in bytes, for the whole engine (all partitions together).
     pub memory_limit: usize,
     /// Largest value.
     pub value_size_max: usize,
@@ -108,7 +121,11 @@ struct Partition {
     /// Log position of the last record applied here.
     pos: u64,
     cas_counter: u64,
-    bytes: usize,
+    /// What the partition's items take, in total and per size class.
+    usage: Usage,
+    /// Earliest expiry among the partition's items (0 = none); may be earlier than the true
+    /// one after deletes, never later, so the sweep never misses an expired item.
+    next_expiry: u32,
     /// Eviction clock (cache mode): hashes in insertion order.
     clock: VecDeque<u64>,
     /// Items with a cas at or below this were flushed by a delayed `flush_all` (0 = none).
@@ -191,7 +208,10 @@ pub struct Kv {
     partitions: Partitions<Partition>,
     hasher: ahash::RandomState,
     config: KvConfig,
-    partition_limit: usize,
+    /// Bytes accounted to items across all partitions, checked against the memory limit.
+    used: AtomicUsize,
+    /// Next partition to free memory in when the written one has nothing left (cache mode).
+    evict_cursor: AtomicUsize,
     flush_at: AtomicU32,
     evictions: AtomicU64,
     expired: AtomicU64,
@@ -238,7 +258,8 @@ impl Kv {
             partitions,
             hasher: ahash::RandomState::new(),
             config,
-            partition_limit: (config.memory_limit / PARTITIONS).max(1),
+            used: AtomicUsize::new(0),
+            evict_cursor: AtomicUsize::new(0),
             flush_at: AtomicU32::new(0),
             evictions: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -279,6 +300,8 @@ impl Kv {
         if at != 0 && time >= at && part.flush_seen < at {
             part.flush_cas = part.cas_counter & item::CAS_MAX;
             part.flush_seen = at;
+            // Every item written so far is now dead: let the next sweep free them.
+            note_expiry(part, 1);
         }
     }
 
@@ -299,8 +322,7 @@ impl Kv {
             return Some(entry.into_mut());
         }
         let (item, _) = entry.remove();
-        part.bytes -= item.footprint();
-        self.expired.fetch_add(1, Ordering::Relaxed);
+        self.account_out(&mut part.usage, &item, Removal::Expired);
         None
     }
 
@@ -344,7 +366,7 @@ impl Kv {
     fn apply_record(&self, record: &Record<'_>, locked: &mut Locked<'_, Partition>, time: u32) {
         match *record {
             Record::Flush { at } if at != 0 => self.flush_at.store(at, Ordering::Relaxed),
-            Record::Flush { .. } => locked.fresh_all().for_each(Self::clear),
+            Record::Flush { .. } => locked.fresh_all().for_each(|part| self.clear(part)),
             _ => {
                 let Some(key) = record.key() else {
                     unreachable!("every record but flush names a key")
@@ -377,7 +399,7 @@ impl Kv {
             Record::Delete { key } => {
                 if let Ok(entry) = part.table.find_entry(hash, |item| item.key() == key) {
                     let (item, _) = entry.remove();
-                    part.bytes -= item.footprint();
+                    self.account_out(&mut part.usage, &item, Removal::Deleted);
                 }
             }
             Record::Concat { key, data, append } => {
@@ -393,6 +415,7 @@ impl Kv {
             Record::Touch { key, exptime } => {
                 if let Some(item) = part.table.find_mut(hash, |item| item.key() == key) {
                     item.set_exptime(exptime);
+                    note_expiry(part, exptime);
                 }
             }
             Record::Number { key, value } => {
@@ -411,12 +434,12 @@ impl Kv {
     fn insert(&self, part: &mut Partition, hash: u64, mut item: Item, live: bool) {
         part.cas_counter += 1;
         item.set_cas(part.cas_counter);
-        part.bytes += item.footprint();
+        self.account_in(part, &item);
         let key_hasher = |i: &Item| self.hasher.hash_one(i.key());
         match part.table.find_entry(hash, |old| old.key() == item.key()) {
             Ok(mut entry) => {
                 let old = std::mem::replace(entry.get_mut(), item);
-                part.bytes -= old.footprint();
+                self.account_out(&mut part.usage, &old, Removal::Deleted);
             }
             Err(_) => {
                 part.table.insert_unique(hash, item, key_hasher);
@@ -428,42 +451,6 @@ impl Kv {
         // Counted per partition: a shared atomic here would bounce between the cores on
         // every set.
         part.stored += 1;
-    }
-
-    /// Makes room for `needed` more bytes in a partition: evicts (cache mode) or refuses.
-    fn reserve(&self, part: &mut Partition, needed: usize) -> Result<()> {
-        if part.bytes + needed <= self.partition_limit {
-            return Ok(());
-        }
-        if self.config.mode == Mode::Persistent {
-            return Err(Error::OutOfMemory);
-        }
-        // CLOCK: each queued hash gets a second chance if its item was referenced.
-        let mut budget = part.clock.len() * 2 + 2;
-        while part.bytes + needed > self.partition_limit && budget > 0 {
-            budget -= 1;
-            let Some(hash) = part.clock.pop_front() else {
-                break;
-            };
-            let hasher = &self.hasher;
-            let Ok(mut entry) = part
-                .table
-                .find_entry(hash, |item| hasher.hash_one(item.key()) == hash)
-            else {
-                continue; // Stale: the item was deleted or replaced.
-            };
-            if entry.get_mut().take_referenced() {
-                part.clock.push_back(hash);
-                continue;
-            }
-            let (item, _) = entry.remove();
-            part.bytes -= item.footprint();
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        if part.bytes + needed > self.partition_limit {
-            return Err(Error::OutOfMemory);
-        }
-        Ok(())
     }
 
     fn check_value_size(&self, len: usize) -> Result<()> {
@@ -494,7 +481,7 @@ impl Kv {
         let part = locked.only();
         let existing = self.find_live(part, hash, key, now).map(|item| {
             let meta = item.meta();
-            (meta.cas, item.value().len())
+            (meta.cas, item.value().len(), item.footprint())
         });
         let refuse = |outcome| Ok(Written::nothing(Stored { outcome, cas: 0 }));
         let record = match (mode, existing) {
@@ -502,8 +489,10 @@ impl Kv {
                 return refuse(StoreOutcome::NotStored)
             }
             (M::Cas, None) => return refuse(StoreOutcome::NotFound),
-            (M::Cas, Some((cas, _))) if cas != cas_unique => return refuse(StoreOutcome::Exists),
-            (M::Append | M::Prepend, Some((_, len))) => {
+            (M::Cas, Some((cas, _, _))) if cas != cas_unique => {
+                return refuse(StoreOutcome::Exists)
+            }
+            (M::Append | M::Prepend, Some((_, len, _))) => {
                 self.check_value_size(len + data.len())?;
                 Record::Concat {
                     key,
@@ -521,7 +510,13 @@ impl Kv {
                 }
             }
         };
-        self.reserve(part, item::ITEM_HEADER_SIZE + key.len() + data.len() + 24)?;
+        let value_len = match (&record, existing) {
+            (Record::Concat { .. }, Some((_, len, _))) => len + data.len(),
+            _ => data.len(),
+        };
+        let freed = existing.map_or(0, |(_, _, footprint)| footprint);
+        let needed = item::footprint_of(key.len(), value_len);
+        self.reserve(part, hash, needed, freed)?;
         let pos = self.log_apply(&mut locked, &record, journal)?;
         let cas = locked.only().cas_counter & item::CAS_MAX;
         Ok(Written {
@@ -637,10 +632,8 @@ impl Kv {
                     exptime,
                     value: &text,
                 };
-                self.reserve(
-                    locked.only(),
-                    item::ITEM_HEADER_SIZE + key.len() + text.len() + 24,
-                )?;
+                let needed = item::footprint_of(key.len(), text.len());
+                self.reserve(locked.only(), hash, needed, 0)?;
                 let pos = self.log_apply(&mut locked, &record, journal)?;
                 let cas = locked.only().cas_counter & item::CAS_MAX;
                 return Ok(Written {
@@ -695,12 +688,6 @@ impl Kv {
         self.log_apply(&mut all, &Record::Flush { at: 0 }, journal)
     }
 
-    fn clear(part: &mut Partition) {
-        part.table.clear();
-        part.clock.clear();
-        part.bytes = 0;
-    }
-
     /// Collects up to [`PREFIX_SCAN_ITEMS_MAX`] live items whose key starts with `prefix`, as
     /// `(key, flags, value)`, sorted by key.
     #[must_use]
@@ -727,7 +714,10 @@ impl Kv {
     pub fn usage(&self) -> (u64, u64) {
         self.partitions.iter().fold((0, 0), |(items, bytes), part| {
             let part = part.lock();
-            (items + part.table.len() as u64, bytes + part.bytes as u64)
+            (
+                items + part.table.len() as u64,
+                bytes + part.usage.bytes as u64,
+            )
         })
     }
 
@@ -938,7 +928,7 @@ impl Engine for Kv {
                 {
                     return Err(corrupt("a key appears twice"));
                 }
-                part.bytes += item.footprint();
+                self.account_in(&mut part, &item);
                 let hasher = &self.hasher;
                 part.table
                     .insert_unique(hash, item, |i| hasher.hash_one(i.key()));
@@ -947,8 +937,25 @@ impl Engine for Kv {
         Ok(())
     }
 
+    fn stats_group(&self, group: &str) -> Option<Vec<Stat>> {
+        memcached_stats::group(self, group)
+    }
+
+    fn reset_stats(&self) {
+        Kv::reset_stats(self);
+    }
+
     fn stats(&self) -> Vec<Stat> {
         let (items, bytes) = self.usage();
+        let (reclaimed, crawler_reclaimed) =
+            self.class_stats()
+                .iter()
+                .fold((0, 0), |(all, swept), class| {
+                    (
+                        all + class.counts.reclaimed,
+                        swept + class.counts.crawler_reclaimed,
+                    )
+                });
         vec![
             ("curr_items".into(), items.to_string()),
             ("bytes".into(), bytes.to_string()),
@@ -968,6 +975,8 @@ impl Engine for Kv {
                 "expired_unfetched".into(),
                 self.expired.load(Ordering::Relaxed).to_string(),
             ),
+            ("reclaimed".into(), reclaimed.to_string()),
+            ("crawler_reclaimed".into(), crawler_reclaimed.to_string()),
             (
                 "limit_maxbytes".into(),
                 self.config.memory_limit.to_string(),

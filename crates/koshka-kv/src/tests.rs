@@ -242,6 +242,9 @@ proptest! {
             from_zero.apply(*t, payload, ApplyCtx { pos: a.pos, time: a.time }).unwrap();
         }
         prop_assert_eq!(dump(&from_zero), dump(&live));
+        check_accounting(&live);
+        check_accounting(&from_zero);
+        prop_assert_eq!(from_zero.used_bytes(), live.used_bytes());
         if let Some((bytes, start)) = snapshot {
             let restored = kv();
             restored.load_snapshot(&mut bytes.as_slice()).unwrap();
@@ -250,6 +253,8 @@ proptest! {
                 restored.apply(*t, payload, ApplyCtx { pos: a.pos, time: a.time }).unwrap();
             }
             prop_assert_eq!(dump(&restored), dump(&live));
+            check_accounting(&restored);
+            prop_assert_eq!(restored.used_bytes(), live.used_bytes());
         }
     }
 }
@@ -339,4 +344,217 @@ fn snapshot_with_a_duplicate_key_is_refused() {
     }
     let err = kv().load_snapshot(&mut bytes.as_slice()).unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
+}
+
+/// The engine-wide byte count, each partition's usage and its class counts all agree with
+/// the items actually stored.
+fn check_accounting(kv: &Kv) {
+    let mut total = 0;
+    for part in kv.partitions.iter() {
+        let part = part.lock();
+        let mut classes = [ClassCounts::ZERO; classes::CLASSES];
+        let mut bytes = 0;
+        for item in &part.table {
+            let footprint = item.footprint();
+            let counts = &mut classes[classes::class_index(footprint)];
+            counts.items += 1;
+            counts.bytes += footprint as u64;
+            counts.chunks += classes::chunks_of(footprint);
+            bytes += footprint;
+        }
+        assert_eq!(part.usage.bytes, bytes);
+        for (counted, walked) in part.usage.classes.iter().zip(&classes) {
+            assert_eq!(
+                (counted.items, counted.bytes, counted.chunks),
+                (walked.items, walked.bytes, walked.chunks)
+            );
+        }
+        total += bytes;
+    }
+    assert_eq!(kv.used_bytes(), total);
+}
+
+const MIB: usize = 1024 * 1024;
+
+fn limited(mode: Mode, memory_limit: usize) -> Kv {
+    Kv::new(KvConfig {
+        mode,
+        memory_limit,
+        value_size_max: MIB,
+    })
+}
+
+#[test]
+fn a_large_value_fits_an_empty_engine_in_both_modes() {
+    // The limit is the engine's, not split into per-partition budgets: a 1 MiB value at a
+    // 64 MiB limit (1/64 of it, four times a 1/256 share) is stored.
+    let j = MemoryJournal::default();
+    for mode in [Mode::Persistent, Mode::Cache] {
+        let kv = limited(mode, 64 * MIB);
+        let value = vec![b'v'; MIB];
+        let outcome = kv.store(M::Set, b"big", 0, 0, 0, &value, &j).unwrap();
+        assert_eq!(outcome.outcome.outcome, StoreOutcome::Stored, "{mode:?}");
+        assert_eq!(value_of(&kv, b"big").map(|v| v.len()), Some(MIB));
+        check_accounting(&kv);
+    }
+}
+
+#[test]
+fn persistent_mode_fills_the_whole_limit_then_refuses() {
+    let j = MemoryJournal::default();
+    let kv = limited(Mode::Persistent, 16 * MIB);
+    let value = vec![b'v'; 256 * 1024];
+    let mut stored = 0;
+    for i in 0..100 {
+        match kv.store(M::Set, format!("k{i}").as_bytes(), 0, 0, 0, &value, &j) {
+            Ok(_) => stored += 1,
+            Err(Error::OutOfMemory) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 16 MiB holds 63 such items with their overhead; a per-partition split held 0.
+    assert_eq!(stored, 63);
+    assert!(kv.used_bytes() <= 16 * MIB);
+    // Room freed in any partition serves a write to any other.
+    kv.delete(b"k0", None, &j).unwrap();
+    let stored = kv.store(M::Set, b"elsewhere", 0, 0, 0, &value, &j).unwrap();
+    assert_eq!(stored.outcome.outcome, StoreOutcome::Stored);
+    // Overwriting a key with a value of the same size needs no new room.
+    let stored = kv.store(M::Set, b"k1", 0, 0, 0, &value, &j).unwrap();
+    assert_eq!(stored.outcome.outcome, StoreOutcome::Stored);
+    let refused = kv.store(M::Set, b"more", 0, 0, 0, &value, &j);
+    assert!(matches!(refused, Err(Error::OutOfMemory)));
+    let outofmemory: u64 = kv.class_stats().iter().map(|c| c.counts.outofmemory).sum();
+    assert!(outofmemory >= 1);
+    check_accounting(&kv);
+}
+
+#[test]
+fn cache_mode_keeps_storing_large_values() {
+    // Sustained writes of large values: each one evicts across partitions as needed.
+    let j = MemoryJournal::default();
+    let kv = limited(Mode::Cache, 64 * MIB);
+    let value = vec![b'v'; MIB - 100];
+    for i in 0..1000 {
+        let key = format!("big{i}");
+        let outcome = kv.store(M::Set, key.as_bytes(), 0, 0, 0, &value, &j);
+        assert!(outcome.is_ok(), "write {i}: {outcome:?}");
+        assert!(kv.used_bytes() <= 64 * MIB, "write {i}");
+        assert!(
+            value_of(&kv, key.as_bytes()).is_some(),
+            "write {i} was evicted"
+        );
+    }
+    assert!(kv.evictions.load(Ordering::Relaxed) >= 900);
+    assert!(kv.usage().0 >= 50, "the cache stays nearly full");
+    check_accounting(&kv);
+    // A value larger than the whole limit is refused without emptying the cache.
+    let huge = limited(Mode::Cache, MIB / 2);
+    huge.store(M::Set, b"small", 0, 0, 0, b"v", &j).unwrap();
+    assert!(matches!(
+        huge.store(M::Set, b"huge", 0, 0, 0, &vec![0; MIB - 100], &j),
+        Err(Error::OutOfMemory)
+    ));
+    assert!(value_of(&huge, b"small").is_some());
+}
+
+#[test]
+fn eviction_spares_the_item_being_appended_to() {
+    let j = MemoryJournal::default();
+    let kv = limited(Mode::Cache, 4 * MIB);
+    let value = vec![b'a'; 512 * 1024];
+    kv.store(M::Set, b"base", 0, 0, 0, &value, &j).unwrap();
+    for i in 0..6 {
+        kv.store(M::Set, format!("k{i}").as_bytes(), 0, 0, 0, &value, &j)
+            .unwrap();
+    }
+    // Appending needs room for the whole new value: others go, "base" grows.
+    let outcome = kv.store(M::Append, b"base", 0, 0, 0, &value, &j).unwrap();
+    assert_eq!(outcome.outcome.outcome, StoreOutcome::Stored);
+    assert_eq!(
+        value_of(&kv, b"base").map(|v| v.len()),
+        Some(2 * value.len())
+    );
+    check_accounting(&kv);
+}
+
+#[test]
+fn the_sweep_frees_expired_items() {
+    let j = MemoryJournal::default();
+    let kv = kv();
+    let now = koshka_engine::unix_now();
+    for i in 0..50 {
+        kv.store(M::Set, format!("short{i}").as_bytes(), 0, 100, 0, b"v", &j)
+            .unwrap();
+        kv.store(M::Set, format!("long{i}").as_bytes(), 0, 1000, 0, b"v", &j)
+            .unwrap();
+        kv.store(M::Set, format!("never{i}").as_bytes(), 0, 0, 0, b"v", &j)
+            .unwrap();
+    }
+    let before = kv.used_bytes();
+    assert_eq!(kv.reclaim_expired(now), 0, "nothing has expired yet");
+    assert_eq!(kv.reclaim_expired(now + 500), 50);
+    assert_eq!(kv.usage().0, 100);
+    assert!(kv.used_bytes() < before);
+    assert_eq!(kv.reclaim_expired(now + 500), 0, "already swept");
+    assert_eq!(kv.reclaim_expired(now + 5000), 50);
+    assert_eq!(kv.usage().0, 50);
+    let reclaimed: u64 = kv.class_stats().iter().map(|c| c.counts.reclaimed).sum();
+    let swept: u64 = kv
+        .class_stats()
+        .iter()
+        .map(|c| c.counts.crawler_reclaimed)
+        .sum();
+    assert_eq!((reclaimed, swept), (100, 100));
+    check_accounting(&kv);
+    kv.reset_stats();
+    assert!(kv.class_stats().iter().all(|c| c.counts.reclaimed == 0));
+    assert_eq!(kv.usage().0, 50, "reset keeps what is stored");
+}
+
+#[test]
+fn a_delayed_flush_is_swept_once_due() {
+    let j = MemoryJournal::default();
+    let kv = kv();
+    kv.store(M::Set, b"a", 0, 0, 0, b"v", &j).unwrap();
+    kv.flush_all(100, &j).unwrap();
+    let now = koshka_engine::unix_now();
+    assert_eq!(kv.reclaim_expired(now), 0);
+    assert_eq!(kv.reclaim_expired(now + 200), 1);
+    assert_eq!(kv.usage(), (0, 0));
+}
+
+#[test]
+fn items_are_counted_in_memcached_size_classes() {
+    // memcached's issue_29.t and issue_42.t, against the engine.
+    let j = MemoryJournal::default();
+    let kv = kv();
+    kv.store(M::Set, b"issue29", 0, 0, 0, b"", &j).unwrap();
+    assert_eq!(kv.class_stats()[0].counts.chunks, 1);
+    kv.store(M::Set, b"issue29_b", 0, 0, 0, b"", &j).unwrap();
+    assert_eq!(kv.class_stats()[0].counts.chunks, 2);
+    let kv = self::kv();
+    for i in 0..10 {
+        kv.store(
+            M::Set,
+            format!("key{i}").as_bytes(),
+            0,
+            0,
+            0,
+            &[b'B'; 10],
+            &j,
+        )
+        .unwrap();
+    }
+    let first = kv.class_stats()[0];
+    assert_eq!(first.counts.items, 10);
+    assert!(first.counts.bytes > 500 && first.counts.bytes < 10 * first.chunk_size as u64);
+    // A chained large item takes one largest chunk per 512 KiB.
+    kv.store(M::Set, b"large", 0, 0, 0, &vec![0; 600 * 1024], &j)
+        .unwrap();
+    let largest = kv.class_stats()[classes::CLASSES - 1];
+    assert_eq!((largest.counts.items, largest.counts.chunks), (1, 2));
+    let histogram = kv.size_histogram(32);
+    assert_eq!(histogram.iter().map(|(_, n)| n).sum::<u64>(), 11);
+    assert!(histogram.iter().all(|(size, _)| size % 32 == 0));
 }

@@ -305,6 +305,23 @@ pub fn stats(out: &mut Vec<u8>, group: &[u8]) {
 }
 
 /// Appends `version\r\n`.
+/// `slabs automove <mode>\r\n`
+pub fn slabs_automove(out: &mut Vec<u8>, mode: u32) {
+    out.extend_from_slice(b"slabs automove ");
+    number(out, u64::from(mode));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `slabs reassign <source> <destination>\r\n`
+pub fn slabs_reassign(out: &mut Vec<u8>, source: i32, destination: i32) {
+    out.extend_from_slice(b"slabs reassign ");
+    signed(out, i64::from(source));
+    out.push(b' ');
+    signed(out, i64::from(destination));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `version\r\n`
 pub fn version(out: &mut Vec<u8>) {
     out.extend_from_slice(b"version\r\n");
 }
@@ -455,6 +472,11 @@ impl Command<'_> {
             Command::MetaArith { key, flags } => {
                 meta_flags(out, MetaCommand::Arith, key, flags, None);
             }
+            Command::SlabsAutomove { mode } => slabs_automove(out, u32::from(*mode)),
+            Command::SlabsReassign {
+                source,
+                destination,
+            } => slabs_reassign(out, *source, *destination),
             Command::MetaSet { key, flags, data } => {
                 meta_flags(out, MetaCommand::Set, key, flags, Some(data));
             }

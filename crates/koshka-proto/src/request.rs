@@ -178,6 +178,19 @@ pub enum Command<'a> {
         /// Suppress the reply.
         noreply: bool,
     },
+    /// `slabs automove <0|1|2>`: accepted for memcached's tools; koshka has no slab pages to
+    /// move, so the mode changes nothing.
+    SlabsAutomove {
+        /// The mode asked for (0, 1 or 2).
+        mode: u8,
+    },
+    /// `slabs reassign <source class> <destination class>` (source -1: any class).
+    SlabsReassign {
+        /// Class to take a page from.
+        source: i32,
+        /// Class to give it to.
+        destination: i32,
+    },
     /// `quit`
     Quit,
     /// `mn`
@@ -230,10 +243,14 @@ pub enum BadRequest {
     TooLarge,
     /// A line longer than the limit: `CLIENT_ERROR line too long`; the connection must close.
     LineTooLong,
+    /// Not memcached at all: an HTTP request line, or a command other than a retrieval still
+    /// without its newline after [`koshka_limits::UNTERMINATED_LINE_LEN_MAX`] bytes. As
+    /// memcached does, the connection is closed without a reply.
+    Hangup,
 }
 
 impl BadRequest {
-    /// The reply line for this error.
+    /// The reply line for this error (empty for [`BadRequest::Hangup`]).
     #[must_use]
     pub fn reply(&self) -> Cow<'static, [u8]> {
         match self {
@@ -241,7 +258,14 @@ impl BadRequest {
             Self::Client(reason) => Cow::Owned(format!("CLIENT_ERROR {reason}\r\n").into_bytes()),
             Self::TooLarge => Cow::Borrowed(b"SERVER_ERROR object too large for cache\r\n"),
             Self::LineTooLong => Cow::Borrowed(b"CLIENT_ERROR line too long\r\n"),
+            Self::Hangup => Cow::Borrowed(b""),
         }
+    }
+
+    /// Whether the connection must close after the reply: the stream cannot be trusted.
+    #[must_use]
+    pub fn closes(&self) -> bool {
+        matches!(self, Self::LineTooLong | Self::Hangup)
     }
 }
 
@@ -257,9 +281,9 @@ pub enum Parsed<'a> {
         /// Bytes to drop from the buffer.
         consumed: usize,
     },
-    /// A bad request: reply with `error`, drop `consumed` bytes now and then `swallow` more
-    /// bytes as they arrive (a refused data block), close the connection if
-    /// [`BadRequest::LineTooLong`].
+    /// A bad request: reply with `error` unless `noreply`, drop `consumed` bytes now and then
+    /// `swallow` more bytes as they arrive (a refused data block), close the connection if
+    /// [`BadRequest::closes`].
     Bad {
         /// What was wrong.
         error: BadRequest,
@@ -267,11 +291,41 @@ pub enum Parsed<'a> {
         consumed: usize,
         /// Further bytes to discard as they arrive.
         swallow: usize,
+        /// The line asked for no reply (`… noreply`), which memcached honours for its error
+        /// replies too: the client does not read one, so sending it would shift every later
+        /// reply by one line.
+        noreply: bool,
     },
 }
 
 /// Most space-separated tokens on a non-retrieval line.
 const TOKENS_MAX: usize = 24;
+
+/// Largest data block length a store command may announce: memcached reads it as a signed
+/// 32-bit number with room for the `\r\n` and refuses anything larger as a malformed line
+/// (`CLIENT_ERROR bad command line format`, nothing swallowed) before it compares the length
+/// with the value limit (`SERVER_ERROR object too large for cache`, block swallowed).
+pub const DATA_LEN_MAX: usize = i32::MAX as usize - 2;
+
+/// Most leading spaces before a retrieval word that may still wait for its newline (memcached
+/// hangs up on more).
+const LEADING_SPACES_MAX: usize = 100;
+
+/// Commands whose error replies `noreply` suppresses, as in memcached.
+const NOREPLY_WORDS: [&[u8]; 12] = [
+    b"set",
+    b"add",
+    b"replace",
+    b"append",
+    b"prepend",
+    b"cas",
+    b"incr",
+    b"decr",
+    b"delete",
+    b"touch",
+    b"flush_all",
+    b"verbosity",
+];
 
 const BAD_FORMAT: &str = "bad command line format";
 
@@ -285,10 +339,15 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
         error: BadRequest::LineTooLong,
         consumed: buf.len(),
         swallow: 0,
+        noreply: false,
     };
     let Some(nl) = memchr::memchr(b'\n', scan) else {
         if buf.len() >= window {
             return too_long;
+        }
+        // Room for the longest line that may still come and its "\r".
+        if buf.len() > unterminated_len_max(config) + 1 && !starts_retrieval(buf) {
+            return hangup(buf.len());
         }
         return Parsed::Incomplete;
     };
@@ -300,15 +359,21 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
     if line_end > config.line_len_max {
         return too_long;
     }
+    // The same limit for a line that did arrive whole, so the outcome never depends on how
+    // the bytes were split into reads.
+    if line_end > unterminated_len_max(config) && !starts_retrieval(buf) {
+        return hangup(nl + 1);
+    }
     let line = &buf[..line_end];
     let after = nl + 1;
     let bad = |reason: &'static str| Parsed::Bad {
         error: BadRequest::Client(reason),
         consumed: after,
         swallow: 0,
+        noreply: false,
     };
     let (word, rest) = split_word(line);
-    match word {
+    let parsed = match word {
         b"get" => retrieval(rest, false, None, after, config),
         b"gets" => retrieval(rest, true, None, after, config),
         b"gat" | b"gats" => {
@@ -327,7 +392,71 @@ pub fn parse<'a>(buf: &'a [u8], config: &ParseConfig) -> Parsed<'a> {
         b"cas" => store(StoreMode::Cas, rest, buf, after, config),
         b"ms" => meta_set(rest, buf, after, config),
         _ => simple(word, rest, after, config),
+    };
+    refine_error(parsed, word, line)
+}
+
+/// Applies memcached's two line-wide rules to a refused line: an unknown command whose last
+/// token starts with `HTTP/` is a web client, hung up on without a reply; and `noreply` as the
+/// last token of a command that takes it also silences the error reply.
+fn refine_error<'a>(parsed: Parsed<'a>, word: &[u8], line: &[u8]) -> Parsed<'a> {
+    let Parsed::Bad {
+        error,
+        consumed,
+        swallow,
+        noreply: false,
+    } = parsed
+    else {
+        return parsed;
+    };
+    let last = line
+        .rsplit(|b| *b == b' ')
+        .find(|token| !token.is_empty())
+        .unwrap_or_default();
+    match error {
+        BadRequest::UnknownCommand if last.starts_with(b"HTTP/") => Parsed::Bad {
+            error: BadRequest::Hangup,
+            consumed,
+            swallow: 0,
+            noreply: false,
+        },
+        BadRequest::Client(_) | BadRequest::TooLarge => Parsed::Bad {
+            error,
+            consumed,
+            swallow,
+            noreply: last == b"noreply" && NOREPLY_WORDS.contains(&word),
+        },
+        _ => parsed,
     }
+}
+
+fn hangup<'a>(consumed: usize) -> Parsed<'a> {
+    Parsed::Bad {
+        error: BadRequest::Hangup,
+        consumed,
+        swallow: 0,
+        noreply: false,
+    }
+}
+
+/// Longest line other than a retrieval: memcached's limit on bytes waiting for a newline,
+/// plus the extra key length of a compiled-key port.
+fn unterminated_len_max(config: &ParseConfig) -> usize {
+    koshka_limits::UNTERMINATED_LINE_LEN_MAX
+        + config
+            .key_len_max
+            .saturating_sub(koshka_limits::KEY_LEN_MAX)
+}
+
+/// Whether an unterminated line may still become a long multi-get: at most
+/// [`LEADING_SPACES_MAX`] spaces, then a retrieval word and a space.
+fn starts_retrieval(buf: &[u8]) -> bool {
+    let spaces = buf.iter().take_while(|b| **b == b' ').count();
+    let rest = &buf[spaces..];
+    spaces <= LEADING_SPACES_MAX
+        && [&b"get "[..], b"gets ", b"gat ", b"gats "]
+            .iter()
+            .any(|word| rest.starts_with(word))
 }
 
 /// Commands that fit on one line and carry no data block.
@@ -338,6 +467,7 @@ fn simple<'a>(word: &[u8], rest: &'a [u8], after: usize, config: &ParseConfig) -
             error: BadRequest::Client(BAD_FORMAT),
             consumed: after,
             swallow: 0,
+            noreply: false,
         };
     };
     let tokens = &tokens[..n];
@@ -350,6 +480,7 @@ fn simple<'a>(word: &[u8], rest: &'a [u8], after: usize, config: &ParseConfig) -
             error,
             consumed: after,
             swallow: 0,
+            noreply: false,
         },
     }
 }
@@ -424,20 +555,49 @@ fn simple_command<'a>(
         b"stats" => Ok(Command::Stats { group: trim(rest) }),
         b"version" => Ok(Command::Version),
         b"quit" => Ok(Command::Quit),
+        // As memcached: the level must be a number (`verbosity noreply` is a bad level whose
+        // error `noreply` silences), a second token is ignored unless it is `noreply`.
         b"verbosity" => match tokens {
-            [] => Err(BadRequest::UnknownCommand),
-            [only] if *only == b"noreply" => Ok(Command::Verbosity { noreply: true }),
-            [level] | [level, _] if tokens.len() == 1 || tokens[1] == b"noreply" => {
+            [level] | [level, _] => {
                 parse_u64(level).ok_or(fmt)?;
                 Ok(Command::Verbosity {
-                    noreply: tokens.len() == 2,
+                    noreply: tokens.len() == 2 && tokens[1] == b"noreply",
                 })
             }
             _ => Err(BadRequest::UnknownCommand),
         },
+        b"slabs" => slabs(tokens),
         b"mn" => Ok(Command::MetaNoop),
         b"me" => Ok(Command::MetaDebug { key: key_at(0)? }),
         b"mg" | b"md" | b"ma" => meta_simple(word, rest, config),
+        _ => Err(BadRequest::UnknownCommand),
+    }
+}
+
+/// `slabs automove <mode>` and `slabs reassign <source> <destination>`, answered as memcached
+/// does: a wrong token count is an unknown command, a token that is not a number is
+/// `CLIENT_ERROR bad command line format`, an automove mode other than 0–2 is `ERROR`.
+fn slabs<'a>(tokens: &[&'a [u8]]) -> Result<Command<'a>, BadRequest> {
+    let fmt = BadRequest::Client(BAD_FORMAT);
+    match tokens {
+        // memcached reads the mode unsigned and ignores tokens after it.
+        [b"automove", mode, ..] => match parse_u64(mode).ok_or(fmt)? {
+            mode @ 0..=2 => Ok(Command::SlabsAutomove {
+                mode: u8::try_from(mode).map_err(|_| fmt)?,
+            }),
+            _ => Err(BadRequest::UnknownCommand),
+        },
+        [b"reassign", source, destination] => {
+            let class = |token: &[u8]| {
+                parse_i64(token)
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or(fmt)
+            };
+            Ok(Command::SlabsReassign {
+                source: class(source)?,
+                destination: class(destination)?,
+            })
+        }
         _ => Err(BadRequest::UnknownCommand),
     }
 }
@@ -507,6 +667,7 @@ fn retrieval<'a>(
             error,
             consumed: after,
             swallow: 0,
+            noreply: false,
         };
     }
     if count == 0 {
@@ -537,6 +698,7 @@ fn store<'a>(
         error,
         consumed: after,
         swallow: 0,
+        noreply: false,
     };
     let fields = if mode == StoreMode::Cas { 5 } else { 4 };
     if n < fields {
@@ -551,7 +713,7 @@ fn store<'a>(
     let key = tokens[0];
     let flags = parse_u64(tokens[1]).and_then(|f| u32::try_from(f).ok());
     let exptime = parse_i64(tokens[2]);
-    let bytes = parse_u64(tokens[3]).and_then(|b| usize::try_from(b).ok());
+    let bytes = parse_data_len(tokens[3]);
     let cas_unique = if mode == StoreMode::Cas {
         parse_u64(tokens[4])
     } else {
@@ -587,13 +749,14 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
         error,
         consumed: after,
         swallow: 0,
+        noreply: false,
     };
     let (key, rest) = split_word(rest);
     let (len, flags) = split_word(rest);
     if key.is_empty() {
         return bad(BadRequest::UnknownCommand);
     }
-    let Some(bytes) = parse_u64(len).and_then(|b| usize::try_from(b).ok()) else {
+    let Some(bytes) = parse_data_len(len) else {
         return bad(BadRequest::Client(BAD_FORMAT));
     };
     let flags = MetaFlags::new(flags);
@@ -603,6 +766,7 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
             error: BadRequest::Client(reason),
             consumed: after,
             swallow: bytes.saturating_add(2).min(config.value_size_max + 2),
+            noreply: false,
         };
     }
     let key = match meta_key(key, &flags, config) {
@@ -612,6 +776,7 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
                 error,
                 consumed: after,
                 swallow: bytes.saturating_add(2).min(config.value_size_max + 2),
+                noreply: false,
             }
         }
     };
@@ -641,6 +806,7 @@ fn data_block<'a>(
             error: BadRequest::TooLarge,
             consumed: after,
             swallow: bytes.saturating_add(2),
+            noreply: false,
         });
     }
     let end = after + bytes + 2;
@@ -652,6 +818,7 @@ fn data_block<'a>(
             error: BadRequest::Client("bad data chunk"),
             consumed: end,
             swallow: 0,
+            noreply: false,
         });
     }
     DataBlock::Ok {
@@ -665,6 +832,7 @@ fn unknown<'a>(after: usize) -> Parsed<'a> {
         error: BadRequest::UnknownCommand,
         consumed: after,
         swallow: 0,
+        noreply: false,
     }
 }
 
@@ -716,6 +884,13 @@ pub fn set_key(line: &[u8]) -> Option<&[u8]> {
     }
     let (key, _) = split_word(rest);
     (!key.is_empty()).then_some(key)
+}
+
+/// Parses the announced length of a data block: a decimal of at most [`DATA_LEN_MAX`].
+fn parse_data_len(s: &[u8]) -> Option<usize> {
+    parse_u64(s)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= DATA_LEN_MAX)
 }
 
 /// Parses an unsigned decimal number; `None` on empty input, other bytes or overflow.
@@ -770,8 +945,21 @@ mod tests {
                 error,
                 consumed,
                 swallow,
+                noreply: false,
             } => (error, consumed, swallow),
-            other => panic!("expected an error, got {other:?}"),
+            other => panic!("expected an error with a reply, got {other:?}"),
+        }
+    }
+
+    /// The error of a refused line whose reply `noreply` silences.
+    fn silenced(buf: &[u8]) -> BadRequest {
+        match parse(buf, &cfg()) {
+            Parsed::Bad {
+                error,
+                noreply: true,
+                ..
+            } => error,
+            other => panic!("expected a silenced error, got {other:?}"),
         }
     }
 
@@ -842,25 +1030,180 @@ mod tests {
     #[test]
     fn line_too_long() {
         let max = cfg().line_len_max;
-        // No newline within the window: too long once the window is full, incomplete before.
-        assert_eq!(bad(&vec![b'a'; max + 2]).0, BadRequest::LineTooLong);
-        assert_eq!(parse(&vec![b'a'; max + 1], &cfg()), Parsed::Incomplete);
+        // A multi-get without its newline within the window: too long once the window is
+        // full, incomplete before.
+        let mut get = b"get ".to_vec();
+        get.resize(max + 2, b'a');
+        assert_eq!(bad(&get).0, BadRequest::LineTooLong);
+        assert_eq!(parse(&get[..max + 1], &cfg()), Parsed::Incomplete);
         // Content of exactly the limit is accepted, one byte more is refused, whether the
         // line ends in "\r\n" or a bare "\n".
-        let mut at_limit = b"stats ".to_vec();
-        at_limit.resize(max, b'a');
-        at_limit.extend_from_slice(b"\r\n");
+        let mut at_limit = b"get ".to_vec();
+        at_limit.resize(max - 1, b' ');
+        at_limit.extend_from_slice(b"k\r\n");
         assert!(matches!(parse(&at_limit, &cfg()), Parsed::Done { .. }));
-        let mut over = b"stats ".to_vec();
-        over.resize(max + 1, b'a');
-        over.push(b'\n');
+        let mut over = b"get ".to_vec();
+        over.resize(max, b' ');
+        over.extend_from_slice(b"k\n");
         assert_eq!(bad(&over).0, BadRequest::LineTooLong);
     }
 
     #[test]
-    fn absurd_length_is_refused_without_overflow() {
-        let (error, _, swallow) = bad(b"set a 0 0 18446744073709551615\r\n");
-        assert_eq!((error, swallow), (BadRequest::TooLarge, usize::MAX));
+    fn unterminated_line_hangs_up_unless_a_retrieval() {
+        let limit = koshka_limits::UNTERMINATED_LINE_LEN_MAX;
+        // memcached's getset.t: 2048 spaces inside an incr line without its newline.
+        let mut incr = b"incr ".to_vec();
+        incr.resize(limit, b' ');
+        incr.push(b'\r');
+        assert_eq!(parse(&incr, &cfg()), Parsed::Incomplete);
+        incr.pop();
+        incr.extend_from_slice(b" manyspaces 1");
+        assert_eq!(bad(&incr).0, BadRequest::Hangup);
+        // The same line arriving whole is refused the same way, so the outcome does not
+        // depend on read boundaries; one byte less is a command.
+        incr.extend_from_slice(b"\r\n");
+        assert_eq!(bad(&incr).0, BadRequest::Hangup);
+        let mut stats = b"stats ".to_vec();
+        stats.resize(limit, b'x');
+        stats.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&stats, &cfg()), Parsed::Done { .. }));
+        stats.insert(6, b'x');
+        assert_eq!(bad(&stats).0, BadRequest::Hangup);
+        // A get may go on: it can be a long multi-get.
+        let mut get = b"get ".to_vec();
+        get.resize(limit + 10, b' ');
+        assert_eq!(parse(&get, &cfg()), Parsed::Incomplete);
+        get.extend_from_slice(b"manyspaces\r\n");
+        assert!(matches!(parse(&get, &cfg()), Parsed::Done { .. }));
+        // ... unless too many spaces come first.
+        let mut spaces = vec![b' '; LEADING_SPACES_MAX + 1];
+        spaces.extend_from_slice(b"get ");
+        spaces.resize(limit + 2, b'k');
+        assert_eq!(bad(&spaces).0, BadRequest::Hangup);
+        // A compiled-key port waits for its longer keys.
+        let compiled = ParseConfig {
+            key_len_max: koshka_limits::COMPILED_KEY_LEN_MAX,
+            ..cfg()
+        };
+        let mut set = b"set ".to_vec();
+        set.resize(koshka_limits::COMPILED_KEY_LEN_MAX + 4, b'k');
+        assert_eq!(parse(&set, &compiled), Parsed::Incomplete);
+    }
+
+    #[test]
+    fn http_request_lines_hang_up() {
+        // memcached's malicious-commands.t.
+        for line in [
+            &b"GET / HTTP/1.0\r\n"[..],
+            b"PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n",
+            b"DELETE HTTP/1.1\r\n",
+        ] {
+            assert_eq!(bad(line).0, BadRequest::Hangup, "{line:?}");
+            assert!(bad(line).0.closes() && bad(line).0.reply().is_empty());
+        }
+        // A known command keeps its meaning whatever its last token.
+        assert!(matches!(
+            parse(b"get HTTP/1.1\r\n", &cfg()),
+            Parsed::Done { .. }
+        ));
+    }
+
+    #[test]
+    fn lengths_are_checked_as_memcached_does() {
+        // memcached's issue_70.t: lengths that do not fit its signed 32-bit field are a bad
+        // command line, with nothing swallowed; a fitting one over the limit is too large.
+        for line in [
+            &b"set a 0 0 -1\r\n"[..],
+            b"set a 0 0 4294967295\r\n",
+            b"set a 0 0 2147483647\r\nscoobyscoobydoo",
+            b"set a 0 0 18446744073709551615\r\n",
+            b"ms a 4294967295\r\n",
+        ] {
+            let (error, _, swallow) = bad(line);
+            assert_eq!(
+                (error, swallow),
+                (BadRequest::Client(BAD_FORMAT), 0),
+                "{line:?}"
+            );
+        }
+        let line = format!("set a 0 0 {DATA_LEN_MAX}\r\n");
+        let (error, _, swallow) = bad(line.as_bytes());
+        assert_eq!((error, swallow), (BadRequest::TooLarge, DATA_LEN_MAX + 2));
+    }
+
+    #[test]
+    fn noreply_silences_errors() {
+        // memcached's issue_3.t: "delete <key> 10 noreply" is refused without a reply.
+        assert!(matches!(
+            silenced(b"delete k 10 noreply\r\n"),
+            BadRequest::Client(_)
+        ));
+        assert_eq!(
+            silenced(b"set a 0 0 1000 noreply\r\n"),
+            BadRequest::TooLarge
+        );
+        for line in [
+            &b"set a x 0 1 noreply\r\n"[..],
+            b"incr a x noreply\r\n",
+            b"touch a x noreply\r\n",
+            b"flush_all x noreply\r\n",
+            b"verbosity x noreply\r\n",
+            b"verbosity noreply\r\n",
+        ] {
+            assert!(matches!(silenced(line), BadRequest::Client(_)), "{line:?}");
+        }
+        // Unknown commands and commands without noreply still answer.
+        assert_eq!(bad(b"bogus noreply\r\n").0, BadRequest::UnknownCommand);
+        assert!(matches!(bad(b"delete k 10\r\n").0, BadRequest::Client(_)));
+        assert!(matches!(
+            bad(b"gat x k noreply\r\n").0,
+            BadRequest::Client(_)
+        ));
+    }
+
+    #[test]
+    fn verbosity_and_slabs() {
+        // memcached's strtol-testing.t.
+        assert_eq!(
+            bad(b"verbosity invalid\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            bad(b"slabs automove invalid\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            bad(b"slabs reassign 1 x\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            done(b"verbosity 1 2\r\n").0,
+            Command::Verbosity { noreply: false }
+        );
+        assert_eq!(
+            done(b"slabs automove 2\r\n").0,
+            Command::SlabsAutomove { mode: 2 }
+        );
+        assert_eq!(
+            bad(b"slabs automove -1\r\n").0,
+            BadRequest::Client(BAD_FORMAT)
+        );
+        assert_eq!(
+            done(b"slabs reassign -1 5\r\n").0,
+            Command::SlabsReassign {
+                source: -1,
+                destination: 5
+            }
+        );
+        for line in [
+            &b"verbosity\r\n"[..],
+            b"slabs\r\n",
+            b"slabs automove\r\n",
+            b"slabs automove 3\r\n",
+            b"slabs reassign 1\r\n",
+        ] {
+            assert_eq!(bad(line).0, BadRequest::UnknownCommand, "{line:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::exec::{self, Flow};
 use crate::stats::{bump, Counters};
+use crate::stats_groups::Registration;
 use crate::{EngineSlot, Node};
 
 /// Initial read buffer size; it grows up to one command line plus one value.
@@ -30,6 +31,8 @@ pub(crate) struct Connection<'a> {
     swallow: usize,
     session: Session,
     output: Output,
+    /// The connection's entry in `stats conns`.
+    listed: Registration<'a>,
 }
 
 /// The write side of a connection.
@@ -53,7 +56,9 @@ pub(crate) async fn serve(stream: TcpStream, node: &Node, slot: &EngineSlot, cou
         line_len_max: koshka_limits::LINE_LEN_MAX,
         multiget_keys_max: koshka_limits::MULTIGET_KEYS_MAX,
     };
+    let listed = node.conns.register(&stream);
     let mut connection = Connection {
+        listed,
         node,
         slot,
         counters,
@@ -87,8 +92,10 @@ impl Connection<'_> {
                 return Err(End::Closed);
             }
             bump(&self.counters.bytes_read, n as u64);
+            self.listed.busy();
             let quit = self.process().await?;
             self.flush().await?;
+            self.listed.idle();
             if quit {
                 return Ok(());
             }
@@ -129,15 +136,18 @@ impl Connection<'_> {
                     error,
                     consumed,
                     swallow,
+                    noreply,
                 } => {
                     bump(&self.counters.protocol_errors, 1);
                     if error == BadRequest::TooLarge {
                         self.drop_stale_value(start, consumed);
                     }
-                    self.output.out.extend_from_slice(&error.reply());
+                    if !noreply {
+                        self.output.out.extend_from_slice(&error.reply());
+                    }
                     start += consumed;
                     self.swallow = swallow;
-                    if error == BadRequest::LineTooLong {
+                    if error.closes() {
                         bump(&self.counters.line_too_long, 1);
                         quit = true;
                         break;

@@ -13,7 +13,7 @@ use koshka_proto::meta_reply::{self, MetaItem};
 use koshka_proto::{reply, Command, Keys, MetaCode, MetaFlags};
 
 use crate::stats::{bump, Counters};
-use crate::{reply_error, EngineSlot, Node};
+use crate::{reply_error, stats_groups, EngineSlot, Node};
 
 /// What the connection does after a command.
 pub(crate) enum Flow {
@@ -178,6 +178,11 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, command: &Command<'_>, resume: usize) -
         Command::Version => reply::version(ctx.out, koshka_proto::VERSION),
         Command::Quit => return Flow::Quit,
         Command::Verbosity { noreply } => ctx.reply(*noreply, reply::OK),
+        Command::SlabsAutomove { .. } => stats_groups::slabs_automove(ctx.out),
+        Command::SlabsReassign {
+            source,
+            destination,
+        } => stats_groups::slabs_reassign(*source, *destination, ctx.out),
         Command::MetaNoop => ctx.out.extend_from_slice(reply::MN),
         Command::Stats { group } => crate::stats_cmd::stats(ctx.node, ctx.slot, group, ctx.out),
         Command::Get { keys, cas } => {
@@ -202,6 +207,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, command: &Command<'_>, resume: usize) -
             noreply,
         } => {
             bump(&ctx.counters.cmd_set, 1);
+            ctx.node.detail.set(key);
             let mode = store_mode(*mode);
             if mode != StoreMode::Set && ctx.refuse_unless_item_model() {
                 return Flow::Continue;
@@ -324,6 +330,7 @@ fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume
         match ctx.run(&request, Sink::Classic { cas }) {
             Ok(outcome) => {
                 let hit = outcome == Outcome::Hit;
+                ctx.node.detail.get(key, hit);
                 let c = ctx.counters;
                 bump(if hit { &c.get_hits } else { &c.get_misses }, 1);
                 if touch.is_some() {
@@ -344,6 +351,7 @@ fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume
 }
 
 fn delete(ctx: &mut Ctx<'_>, key: &[u8], noreply: bool) {
+    ctx.node.detail.delete(key);
     match ctx.run(&Request::Delete { key, cas: None }, Sink::None) {
         Ok(Outcome::Deleted) => {
             bump(&ctx.counters.delete_hits, 1);
@@ -446,7 +454,11 @@ fn meta_get(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>) {
             }
         }
     };
-    match ctx.run(&request, Sink::Meta { flags: *flags }) {
+    let result = ctx.run(&request, Sink::Meta { flags: *flags });
+    if let Ok(outcome) = &result {
+        ctx.node.detail.get(key, *outcome == Outcome::Hit);
+    }
+    match result {
         Ok(Outcome::Hit) => bump(&ctx.counters.get_hits, 1),
         Ok(_) => {
             bump(&ctx.counters.get_misses, 1);
@@ -479,6 +491,7 @@ fn meta_store_mode(flags: &MetaFlags<'_>, compare: bool) -> Option<StoreMode> {
 
 fn meta_set(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>, data: &[u8]) {
     bump(&ctx.counters.cmd_set, 1);
+    ctx.node.detail.set(key);
     let (Ok(client_flags), Ok(ttl), Ok(compare)) = (
         meta_number::<u32>(ctx, flags, b'F'),
         meta_number::<i64>(ctx, flags, b'T'),
@@ -526,6 +539,7 @@ fn meta_delete(ctx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags<'_>) {
     let Ok(compare) = meta_number::<u64>(ctx, flags, b'C') else {
         return;
     };
+    ctx.node.detail.delete(key);
     let outcome = match ctx.run(&Request::Delete { key, cas: compare }, Sink::None) {
         Ok(outcome) => outcome,
         Err(e) => return ctx.error(&e),

@@ -9,6 +9,8 @@
 //! * `exec` — a parsed command becomes one engine request per key, run through the
 //!   [`koshka_engine::Engine`] seam; replies are encoded in the form the client used;
 //! * `stats_cmd` — the `stats` command;
+//! * [`stats_groups`] — `stats slabs|items|sizes|conns|detail`, `stats reset`, `slabs …`,
+//!   in memcached's format;
 //! * [`reply_error`] — the one place engine errors become memcached reply lines.
 //!
 //! # Threads
@@ -28,6 +30,7 @@ mod exec;
 mod net;
 pub mod stats;
 mod stats_cmd;
+pub mod stats_groups;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -140,6 +143,10 @@ pub struct Node {
     pub stopping: AtomicBool,
     /// Replies held by clients that do not read, bounded node-wide.
     pub output_budget: OutputBudget,
+    /// Per-prefix counters of `stats detail`.
+    pub detail: stats_groups::Detail,
+    /// Open connections and listeners, for `stats conns`.
+    pub conns: stats_groups::Connections,
 }
 
 impl Node {
@@ -157,6 +164,8 @@ impl Node {
             started_unix: koshka_engine::unix_now(),
             verbosity: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            detail: stats_groups::Detail::default(),
+            conns: stats_groups::Connections::default(),
         }
     }
 

@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, watch};
 use crate::stats::{bump, Counters};
 use crate::{conn, Node};
 
-/// Reply sent to a connection over the limit before it is closed.
-const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many connections\r\n";
+/// Reply sent to a connection over the limit before it is closed: memcached's words, which
+/// its clients and tests (maxconns.t) look for.
+const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 
 /// First pause after a failed `accept` (out of file descriptors, say); it doubles per failure.
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
@@ -103,6 +104,7 @@ pub fn serve(
     );
     let threads = node.config.threads();
     for (slot, listener) in node.slots.iter().zip(&listeners) {
+        node.conns.listening(listener);
         println!(
             "koshka: {} listening on {}",
             slot.name,

@@ -22,6 +22,11 @@ macro_rules! counters {
             pub fn values(&self) -> Vec<u64> {
                 vec![$(self.$name.load(Ordering::Relaxed),)*]
             }
+
+            /// Sets every counter to zero (`stats reset`).
+            pub fn reset(&self) {
+                $(self.$name.store(0, Ordering::Relaxed);)*
+            }
         }
     };
 }
@@ -50,7 +55,7 @@ counters! {
     bytes_written: "bytes written to clients",
     protocol_errors: "requests answered ERROR, CLIENT_ERROR or SERVER_ERROR",
     output_buffer_overflows: "connections dropped because their reply buffer stayed full",
-    line_too_long: "connections closed for a command line over the limit",
+    line_too_long: "connections closed for a command line over its limit or an HTTP request",
     engine_errors: "engine requests that failed (bad compiled key, wrong shard, …)",
 }
 
@@ -87,6 +92,15 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), before, "a counter name is declared twice");
+    }
+
+    #[test]
+    fn reset_zeroes_every_counter() {
+        let counters = Counters::default();
+        bump(&counters.cmd_get, 2);
+        bump(&counters.engine_errors, 1);
+        counters.reset();
+        assert!(counters.values().iter().all(|v| *v == 0));
     }
 
     #[test]

@@ -15,11 +15,14 @@ pub(crate) fn stats(node: &Node, slot: &EngineSlot, group: &[u8], out: &mut Vec<
             reply::stat(out, "snapshot", &status.replace(['\r', '\n'], " "));
         }
         b"reset" => {
-            out.extend_from_slice(b"RESET\r\n");
+            crate::stats_groups::reset(node, slot);
+            out.extend_from_slice(reply::RESET);
             return;
         }
         _ => {
-            out.extend_from_slice(reply::ERROR);
+            if !crate::stats_groups::render(node, slot, group, out) {
+                out.extend_from_slice(reply::ERROR);
+            }
             return;
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{config_file, show, Conn, Node};
 use koshka_limits::{
     COMPILED_KEY_LEN_MAX, CONNECTIONS_MAX, KEY_LEN_MAX, LINE_LEN_MAX, MULTIGET_KEYS_MAX,
-    OUTPUT_BUFFER_MAX, RELATIVE_EXPIRY_SECONDS_MAX, VALUE_SIZE_MAX,
+    OUTPUT_BUFFER_MAX, RELATIVE_EXPIRY_SECONDS_MAX, UNTERMINATED_LINE_LEN_MAX, VALUE_SIZE_MAX,
 };
 use rand::{Rng, SeedableRng};
 
@@ -185,15 +185,23 @@ fn wrong_byte_counts_are_bad_data_chunks() {
 }
 
 #[test]
-fn huge_length_is_too_large() {
+fn huge_length_is_a_bad_command_line() {
+    // memcached's issue_70.t: a length past memcached's signed 32-bit field is a malformed
+    // line, and nothing is swallowed. (koshka used to answer "too large" and then swallow
+    // up to 2^64 bytes; memcached's test proves that wrong.)
     let node = Node::start(&["--engines", "kv", "--threads", "1"]);
     let mut conn = Conn::open(node.port("kv"));
-    conn.send(b"set k 0 0 99999999999\r\n");
+    assert_eq!(
+        conn.exchange(b"set k 0 0 99999999999\r\n"),
+        b"CLIENT_ERROR bad command line format\r\n"
+    );
+    // The largest length memcached reads is too large: refused, and its block swallowed.
+    conn.send(b"set k 0 0 2147483645\r\n");
     assert_eq!(
         conn.read_until(b"SERVER_ERROR object too large for cache\r\n"),
         b"SERVER_ERROR object too large for cache\r\n"
     );
-    // That connection now swallows ~100 GB; everybody else is unaffected.
+    // That connection now swallows 2 GB; everybody else is unaffected.
     assert_serving(node.port("kv"));
     drop(conn);
     assert_serving(node.port("kv"));
@@ -368,12 +376,32 @@ fn line_length_limit() {
     // line end is left out so the server has read every byte when it closes: unread bytes
     // would turn its close into a reset that may discard the reply.)
     let mut conn = Conn::open(port);
-    let mut over = vec![b'g'; LINE_LEN_MAX + 1];
+    let mut over = b"get".to_vec();
+    over.resize(LINE_LEN_MAX + 1, b' ');
     over.push(b'\r');
     conn.send(&over);
     assert_eq!(
         show(&conn.read_to_close()),
         show(b"CLIENT_ERROR line too long\r\n")
+    );
+    // Any other command may wait for its newline only UNTERMINATED_LINE_LEN_MAX bytes; past
+    // that the connection is closed without a reply, as memcached does. (This used to wait
+    // for LINE_LEN_MAX bytes; memcached's getset.t proves it must not.)
+    let mut conn = Conn::open(port);
+    let mut stats = b"stats ".to_vec();
+    stats.resize(UNTERMINATED_LINE_LEN_MAX + 1, b'x');
+    conn.send(&stats);
+    std::thread::sleep(Duration::from_millis(100));
+    conn.send(b"\r\n");
+    assert_eq!(show(&conn.read_to_close()), "");
+    let mut conn = Conn::open(port);
+    let mut stats = b"stats ".to_vec();
+    stats.resize(UNTERMINATED_LINE_LEN_MAX, b'x');
+    stats.extend_from_slice(b"\r\n");
+    assert_eq!(
+        conn.exchange(&stats),
+        b"ERROR\r\n",
+        "at the limit: a command"
     );
     assert_serving(port);
 }
@@ -448,7 +476,7 @@ fn connection_limit() {
     let mut ninth = Conn::open(port);
     assert_eq!(
         show(&ninth.read_to_close()),
-        show(b"SERVER_ERROR too many connections\r\n")
+        show(b"ERROR Too many open connections\r\n")
     );
     // The eight keep working; closing one makes room again.
     assert!(conns[7].exchange(b"version\r\n").starts_with(b"VERSION "));
@@ -459,7 +487,7 @@ fn connection_limit() {
         conn.send(b"version\r\n");
         match conn.try_read_until(b"\r\n") {
             Ok(reply) if reply.starts_with(b"VERSION ") => break,
-            Ok(reply) => assert_eq!(reply, b"SERVER_ERROR too many connections\r\n"),
+            Ok(reply) => assert_eq!(reply, b"ERROR Too many open connections\r\n"),
             Err(_) => {}
         }
         assert!(Instant::now() < deadline, "the freed slot was never reused");

@@ -413,6 +413,15 @@ fn noreply_is_silent() {
             both(b"get n b\r\n", b"END\r\n"),
             // memcached ignores a trailing token that is not `noreply`.
             both(b"set x 0 0 1 norepl\r\nx\r\n", b"STORED\r\n"),
+            // `noreply` silences error replies too (memcached's issue_3.t): the client reads
+            // none, so one would shift every later reply.
+            both(b"delete x 10 noreply\r\n", b""),
+            both(b"incr x y noreply\r\n", b""),
+            both(b"touch x y noreply\r\n", b""),
+            both(b"set e x 0 1 noreply\r\n", b""),
+            both(b"flush_all x noreply\r\n", b""),
+            both(b"verbosity x noreply\r\n", b""),
+            both(b"get x\r\n", b"VALUE x 0 1\r\nx\r\nEND\r\n"),
         ],
     );
 }
@@ -442,6 +451,31 @@ fn misc_commands() {
             ),
             both(b"stats reset\r\n", b"RESET\r\n"),
             both(b"stats bogus\r\n", b"ERROR\r\n"),
+            // memcached's strtol-testing.t and its slabs commands.
+            both(b"verbosity 1 2\r\n", b"OK\r\n"),
+            both(
+                b"verbosity invalid\r\n",
+                b"CLIENT_ERROR bad command line format\r\n",
+            ),
+            both(b"slabs automove 1\r\n", b"OK\r\n"),
+            both(b"slabs automove 3\r\n", b"ERROR\r\n"),
+            both(
+                b"slabs automove invalid\r\n",
+                b"CLIENT_ERROR bad command line format\r\n",
+            ),
+            both(
+                b"slabs reassign 1 1\r\n",
+                b"SAME src and dst class are identical\r\n",
+            ),
+            both(
+                b"slabs reassign 40 1\r\n",
+                b"BADCLASS invalid src or dst class id\r\n",
+            ),
+            both(
+                b"slabs reassign 1 2\r\n",
+                b"NOSPARE source class has no spare pages\r\n",
+            ),
+            both(b"slabs\r\n", b"ERROR\r\n"),
             both(b"flush_all 0\r\n", b"OK\r\n"),
             both(
                 b"flush_all abc\r\n",
@@ -541,6 +575,11 @@ fn malformed_requests() {
             both(b"set k 0 0 3\r\nabcd\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\n"),
             both(b"get k\r\n", b"END\r\n"),
             both(b"set k 0 0 -1\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+            // memcached's issue_70.t: a length past its signed 32-bit field is a bad line,
+            // and nothing is swallowed (the `mn` behind it answers).
+            both(b"set k 0 0 4294967295\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+            both(b"set k 0 0 2147483647\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+            both(b"ms k 4294967295\r\n", b"CLIENT_ERROR bad command line format\r\n"),
             both(b"set k abc 0 1\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
             both(
                 b"set kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk 0 0 1\r\nx\r\n",
@@ -595,6 +634,90 @@ fn too_large_set_removes_the_old_value() {
         show(&conn.exchange(&request)),
         show(b"SERVER_ERROR object too large for cache\r\nEND\r\n")
     );
+}
+
+/// The stats groups memcached tools read answer in memcached's shape, and `stats reset`
+/// resets (memcached's stats-detail.t, issue_29.t, issue_42.t).
+#[test]
+fn stats_groups() {
+    let target = Target::start();
+    run_table(
+        target.port(),
+        &[
+            both(b"stats detail dump\r\n", b"END\r\n"),
+            both(b"stats detail on\r\n", b"OK\r\n"),
+            both(b"set foo:1 0 0 1\r\nx\r\n", b"STORED\r\n"),
+            both(
+                b"get foo:1 foo:2 plain\r\n",
+                b"VALUE foo:1 0 1\r\nx\r\nEND\r\n",
+            ),
+            both(b"delete foo:3\r\n", b"NOT_FOUND\r\n"),
+            both(
+                b"stats detail dump\r\n",
+                b"PREFIX foo get 2 hit 1 set 1 del 1\r\nEND\r\n",
+            ),
+            both(b"stats detail off\r\n", b"OK\r\n"),
+            both(b"get foo:1\r\n", b"VALUE foo:1 0 1\r\nx\r\nEND\r\n"),
+            both(
+                b"stats detail dump\r\n",
+                b"PREFIX foo get 2 hit 1 set 1 del 1\r\nEND\r\n",
+            ),
+            both(
+                b"stats detail\r\n",
+                b"CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+            ),
+            both(b"set issue29 0 0 0\r\n\r\n", b"STORED\r\n"),
+            both(
+                b"stats slabs\r\n",
+                b"STAT 1:chunk_size 96\r\nSTAT 1:chunks_per_page 10922\r\n\
+                  STAT 1:total_pages 1\r\nSTAT 1:total_chunks 10922\r\n\
+                  STAT 1:used_chunks 2\r\nSTAT 1:free_chunks 10920\r\n{...}\
+                  STAT active_slabs 1\r\nSTAT total_malloced 1048576\r\nEND\r\n",
+            ),
+            both(
+                b"stats items\r\n",
+                b"STAT items:1:number 2\r\n{...}STAT items:1:mem_requested {#}\r\n\
+                  {...}STAT items:1:hits_to_temp 0\r\nEND\r\n",
+            ),
+            both(
+                b"stats conns\r\n",
+                b"{...}STAT {#}:addr tcp:127.0.0.1:{#}\r\nSTAT {#}:listen_addr tcp:{*}\r\n\
+                  STAT {#}:state conn_parse_cmd\r\n{...}END\r\n",
+            ),
+            // memcached keeps the size histogram only after `stats sizes_enable`.
+            koshka(b"stats sizes\r\n", b"STAT 64 2\r\nEND\r\n"),
+            both(b"stats reset\r\n", b"RESET\r\n"),
+            both(b"stats detail dump\r\n", b"END\r\n"),
+            both(
+                b"stats\r\n",
+                b"{...}STAT cmd_get 0\r\n{...}STAT get_hits 0\r\n{...}END\r\n",
+            ),
+        ],
+    );
+}
+
+/// memcached hangs up without a reply on an HTTP request line (malicious-commands.t) and on a
+/// command other than a get still without its newline after 2048 bytes (getset.t).
+#[test]
+fn hangs_up_on_what_is_not_memcached() {
+    let target = Target::start();
+    let port = target.port();
+    for line in [
+        &b"GET / HTTP/1.0\r\n"[..],
+        b"PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n",
+        b"DELETE HTTP/1.1\r\n",
+    ] {
+        let mut conn = Conn::open(port);
+        conn.send(line);
+        assert_eq!(show(&conn.read_to_close()), "", "{}", show(line));
+    }
+    let spaces = " ".repeat(2048);
+    let mut conn = Conn::open(port);
+    conn.send(format!("get {spaces} manyspaces").as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(conn.exchange(b"\r\n"), b"END\r\n", "a long get waits");
+    conn.send(format!("incr {spaces} manyspaces 1").as_bytes());
+    assert_eq!(show(&conn.read_to_close()), "");
 }
 
 /// `flush_all <delay>` leaves items readable now and removes them once the delay passed.

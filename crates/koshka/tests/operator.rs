@@ -156,7 +156,7 @@ fn open_many(port: u16, count: usize) -> (usize, usize) {
         if reply.starts_with("VERSION") {
             answered += 1;
         } else {
-            assert_eq!(reply, "SERVER_ERROR too many connections\r\n");
+            assert_eq!(reply, "ERROR Too many open connections\r\n");
             refused += 1;
         }
         streams.push(s);
