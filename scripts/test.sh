@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 unset CARGO_TARGET_DIR
 export CARGO_TERM_COLOR=never
 
-APT_PACKAGES=(memcached libmemcached-tools php-cli php-memcached redis-server fortunes fortunes-ru
+APT_PACKAGES=(memcached libmemcached-tools php-cli php-memcached redis-server fortunes fortunes-ru faketime
     python3-pip)
 PIP_PACKAGES=(pymemcache redis)
 

@@ -35,6 +35,10 @@ use crate::recover::{replay, ReplayOutcome};
 use crate::snapshot::{list_snapshots, open_body, remove_leftover_temps, validate, SnapshotInfo};
 use crate::writer::{Binlog, BinlogConfig, Durability};
 
+/// How often the log clock is recorded in an otherwise idle log, so that a restart resumes
+/// time from no earlier than this before the stop.
+pub const TIME_MARK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the snapshot thread checks whether the log grew past the snapshot threshold.
 pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -583,9 +587,14 @@ fn snapshot_loop(inner: &Inner) {
     };
     let mut retry_at: Option<Instant> = None;
     let mut signal = inner.signal.lock();
+    let mut time_marked = Instant::now();
     loop {
         if signal.stop {
             return;
+        }
+        if time_marked.elapsed() >= TIME_MARK_INTERVAL {
+            binlog.mark_time();
+            time_marked = Instant::now();
         }
         let since = binlog
             .mark()

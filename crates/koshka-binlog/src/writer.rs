@@ -580,6 +580,40 @@ impl Journal for Binlog {
     }
 }
 
+impl Binlog {
+    /// Records the log clock in the log when it has moved past the last recorded time, even
+    /// if nothing else is written: the host calls this about once a second, so a restart
+    /// resumes the log clock from at most a second before the stop, however long the log was
+    /// idle (an item that had expired stays expired even if the wall clock went back). Does
+    /// nothing when the log is poisoned, closing, or out of reserved space (a later append
+    /// records the time anyway).
+    pub fn mark_time(&self) {
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        let mut p = shared.pending.lock();
+        if now <= p.time
+            || p.closing
+            || shared.poison.get().is_some()
+            || p.buf.len() >= BUFFER_BYTES_MAX
+            || admit(shared, &mut p, TIME_RECORD_SIZE as u64).is_some()
+        {
+            return;
+        }
+        let time_payload = now.to_le_bytes();
+        let th = RecordHeader::new(RECORD_TYPE_TIME, &time_payload);
+        p.buf.extend_from_slice(&th.encode());
+        p.buf.extend_from_slice(&time_payload);
+        p.end += TIME_RECORD_SIZE as u64;
+        p.chain = chain_next(p.chain, th.crc);
+        p.time = now;
+        drop(p);
+        // An idle writer parks without a deadline: wake it so the record reaches the file.
+        if shared.writer_parked.load(Ordering::SeqCst) {
+            shared.wake.notify_one();
+        }
+    }
+}
+
 /// Waits (under `pending`) until the buffer has room; fails when the log is poisoned or
 /// closing.
 fn wait_for_room(shared: &Shared, p: &mut OrderedGuard<'_, Pending>) -> koshka_engine::Result<()> {

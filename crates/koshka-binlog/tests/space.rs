@@ -89,8 +89,19 @@ fn available(dir: &Path) -> u64 {
     koshka_binlog::space::available(dir).unwrap()
 }
 
-/// Sums the counter records of the log in `dir` as the engine would (read-only).
+/// Sums the counter records of the log in `dir` as the engine would (read-only). The log
+/// must end on a whole record (a closed log, or a live one the writer is not writing to).
 fn log_state(dir: &Path) -> BTreeMap<u64, i64> {
+    log_state_inner(dir, false)
+}
+
+/// As [`log_state`] for a live log: the writer may be writing the host's once-a-second time
+/// record while it is read, so a torn last record is allowed (it carries no counter).
+fn live_log_state(dir: &Path) -> BTreeMap<u64, i64> {
+    log_state_inner(dir, true)
+}
+
+fn log_state_inner(dir: &Path, live: bool) -> BTreeMap<u64, i64> {
     let mut reader = Reader::open(dir, "counter", ReadOptions::default()).unwrap();
     let mut state = BTreeMap::new();
     while let Some(r) = reader.next_record().unwrap() {
@@ -102,7 +113,9 @@ fn log_state(dir: &Path) -> BTreeMap<u64, i64> {
         let delta = i64::from_le_bytes(r.payload[8..].try_into().unwrap());
         *state.entry(key).or_insert(0) += delta;
     }
-    assert!(reader.cut().is_none(), "{:?}", reader.cut());
+    if !live {
+        assert!(reader.cut().is_none(), "{:?}", reader.cut());
+    }
     state
 }
 
@@ -172,7 +185,7 @@ fn fill_refuse_and_resume(fs: &Tmpfs, segment_size: u64, leave: u64) {
     assert!(snapshot_files(&data).is_empty());
     assert!(!host.binlog().unwrap().is_poisoned());
     // What the log holds is exactly what was accepted.
-    assert_eq!(log_state(&data), model);
+    assert_eq!(live_log_state(&data), model);
 
     // Free the space: the very next append goes through.
     std::fs::remove_file(&filler).unwrap();
