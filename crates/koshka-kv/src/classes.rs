@@ -61,7 +61,7 @@ const fn class_sizes() -> ([usize; CLASSES_BOUND], usize) {
 }
 
 const _: () = assert!(
-    CLASSES == 39,
+    CLASSES == koshka_limits::MEMCACHED_SLAB_CLASSES,
     "memcached 1.6 reports 39 classes with its defaults"
 );
 const _: () = assert!(CHUNK_SIZES[0] == CHUNK_SIZE_MIN);

@@ -75,6 +75,11 @@ pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 512 * 1024 * 1024;
 /// `SERVER_ERROR out of memory`; cache-mode kv evicts.
 pub const MEMORY_LIMIT_DEFAULT: u64 = 1024 * 1024 * 1024;
 
+/// Size classes memcached 1.6 reports with its defaults (`-f 1.25`, 96-byte smallest chunk,
+/// 512 KiB largest). kv reports its items in these classes (`stats slabs`, `stats items`) and
+/// `slabs reassign` accepts class ids up to it; kv checks its table against it at compile time.
+pub const MEMCACHED_SLAB_CLASSES: usize = 39;
+
 /// Most worker threads a node will start.
 pub const THREADS_MAX: usize = 256;
 

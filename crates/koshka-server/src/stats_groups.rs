@@ -29,10 +29,6 @@ const PREFIX_DELIMITER: u8 = b':';
 /// how many), so a client inventing prefixes cannot grow the node's memory without limit.
 pub const DETAIL_PREFIXES_MAX: usize = 10_000;
 
-/// Size classes memcached's `slabs reassign` accepts (its default class count with
-/// `-f 1.25`); koshka has no pages to move between them.
-const SLAB_CLASSES: usize = 63;
-
 /// Answers `stats <group>` for the groups of this module, appending the whole reply to `out`.
 /// Returns `false` (nothing appended) if `group` is not one of them.
 pub(crate) fn render(node: &Node, slot: &EngineSlot, group: &[u8], out: &mut Vec<u8>) -> bool {
@@ -80,7 +76,9 @@ pub(crate) fn slabs_automove(out: &mut Vec<u8>) {
 /// `slabs reassign <source> <destination>`: memcached's answers for the class ids (0 is its
 /// global page pool); for valid ones, `NOSPARE`, which is always true of koshka.
 pub(crate) fn slabs_reassign(source: i32, destination: i32, out: &mut Vec<u8>) {
-    let valid = |class: i32| usize::try_from(class).is_ok_and(|class| class <= SLAB_CLASSES);
+    let valid = |class: i32| {
+        usize::try_from(class).is_ok_and(|class| class <= koshka_limits::MEMCACHED_SLAB_CLASSES)
+    };
     let answer: &[u8] = if source == destination {
         b"SAME src and dst class are identical\r\n"
     } else if !valid(source) || !valid(destination) {
