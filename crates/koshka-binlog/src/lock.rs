@@ -147,7 +147,19 @@ mod tests {
             .collect();
         assert_eq!(names, [LOCK_FILE_NAME]);
         drop(lock);
-        let again = DirLock::acquire(&dir).unwrap();
+        // Another test of this binary may fork a child (`flock(1)`) at any moment; until it
+        // execs, the child holds copies of this process's descriptors, our lock among them
+        // (flock locks follow the open file). Allow that window to pass.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let again = loop {
+            match DirLock::acquire(&dir) {
+                Ok(again) => break again,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
         assert_eq!(again.dir(), dir);
     }
 

@@ -87,6 +87,14 @@ fn a_second_start_under_write_load_touches_nothing() {
             failure.stderr
         );
         assert_eq!(failure.status.and_then(|s| s.code()), Some(1));
+        // One line for the operator, no backtrace.
+        let errors: Vec<&str> = failure
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("koshka: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", failure.stderr);
+        assert!(!failure.stderr.contains("backtrace"), "{}", failure.stderr);
     }
     std::thread::sleep(Duration::from_millis(300));
     server.kill9();
