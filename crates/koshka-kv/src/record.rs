@@ -12,6 +12,7 @@
 //! | 6    | FLUSH   | at u32 (0 = clear now, else invalidate items older)      |
 //! | 7    | NUMBER  | value u64, key (incr/decr result; flags, expiry kept)    |
 
+use koshka_engine::codec::{put_u32, put_u64, Reader};
 use koshka_engine::{Error, LogRecord, Result};
 
 /// Record type: store a whole item.
@@ -116,8 +117,8 @@ impl Record<'_> {
                 exptime,
                 value,
             } => {
-                out.extend_from_slice(&flags.to_le_bytes());
-                out.extend_from_slice(&exptime.to_le_bytes());
+                put_u32(out, *flags);
+                put_u32(out, *exptime);
                 push_key(out, key);
                 out.extend_from_slice(value);
             }
@@ -127,12 +128,12 @@ impl Record<'_> {
                 out.extend_from_slice(data);
             }
             Record::Touch { key, exptime } => {
-                out.extend_from_slice(&exptime.to_le_bytes());
+                put_u32(out, *exptime);
                 out.extend_from_slice(key);
             }
-            Record::Flush { at } => out.extend_from_slice(&at.to_le_bytes()),
+            Record::Flush { at } => put_u32(out, *at),
             Record::Number { key, value } => {
-                out.extend_from_slice(&value.to_le_bytes());
+                put_u64(out, *value);
                 out.extend_from_slice(key);
             }
         }
@@ -143,45 +144,38 @@ impl Record<'_> {
     /// # Errors
     /// [`Error::Corrupt`] for an unknown type or a short payload.
     pub fn decode(record_type: u16, payload: &[u8]) -> Result<Record<'_>> {
-        let short = || Error::corrupt_record(format!("kv record type {record_type} too short"));
+        let mut r = Reader::new(payload, "kv record");
         Ok(match record_type {
             SET => {
-                let flags = u32_at(payload, 0).ok_or_else(short)?;
-                let exptime = u32_at(payload, 4).ok_or_else(short)?;
-                let (key, value) = split_key(&payload[8..]).ok_or_else(short)?;
+                let flags = r.u32()?;
+                let exptime = r.u32()?;
+                let key = read_key(&mut r)?;
                 Record::Set {
                     key,
                     flags,
                     exptime,
-                    value,
+                    value: r.rest(),
                 }
             }
-            DELETE => Record::Delete { key: payload },
-            APPEND | PREPEND => {
-                let (key, data) = split_key(payload).ok_or_else(short)?;
-                Record::Concat {
-                    key,
-                    data,
-                    append: record_type == APPEND,
-                }
-            }
+            DELETE => Record::Delete { key: r.rest() },
+            APPEND | PREPEND => Record::Concat {
+                key: read_key(&mut r)?,
+                data: r.rest(),
+                append: record_type == APPEND,
+            },
             TOUCH => {
-                let exptime = u32_at(payload, 0).ok_or_else(short)?;
+                let exptime = r.u32()?;
                 Record::Touch {
-                    key: &payload[4..],
+                    key: r.rest(),
                     exptime,
                 }
             }
-            FLUSH => Record::Flush {
-                at: u32_at(payload, 0).ok_or_else(short)?,
-            },
+            FLUSH => Record::Flush { at: r.u32()? },
             NUMBER => {
-                let bytes = payload.get(..8).ok_or_else(short)?;
-                let mut b = [0; 8];
-                b.copy_from_slice(bytes);
+                let value = r.u64()?;
                 Record::Number {
-                    key: &payload[8..],
-                    value: u64::from_le_bytes(b),
+                    key: r.rest(),
+                    value,
                 }
             }
             other => {
@@ -199,17 +193,10 @@ fn push_key(out: &mut Vec<u8>, key: &[u8]) {
     out.extend_from_slice(key);
 }
 
-fn split_key(payload: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (&len, rest) = payload.split_first()?;
-    let len = usize::from(len);
-    (rest.len() >= len).then(|| rest.split_at(len))
-}
-
-fn u32_at(payload: &[u8], at: usize) -> Option<u32> {
-    let bytes = payload.get(at..at + 4)?;
-    let mut b = [0; 4];
-    b.copy_from_slice(bytes);
-    Some(u32::from_le_bytes(b))
+/// Reads a `u8`-length-prefixed key.
+fn read_key<'a>(r: &mut Reader<'a>) -> Result<&'a [u8]> {
+    let len = usize::from(r.u8()?);
+    r.bytes(len)
 }
 
 impl LogRecord for Record<'_> {
