@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run a node: every configured engine on its own loopback port.
     Serve(ServeArgs),
+    /// Run the proxy: route keys over shards, split multi-gets, write cross-shard twins.
+    Proxy(ProxyArgs),
     /// Drive memcached-protocol load at a server and report throughput and latency.
     Bench(koshka_bench::BenchArgs),
     /// Inspect binlogs and snapshots.
@@ -102,6 +104,34 @@ struct ServeArgs {
     list_stats: bool,
 }
 
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// TOML cluster map (see config/proxy.toml); re-read on SIGHUP.
+    #[arg(long)]
+    config: PathBuf,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Retrieval deadline in milliseconds (missing shards contribute nothing).
+    #[arg(long)]
+    get_timeout_ms: Option<u64>,
+    /// Write deadline in milliseconds.
+    #[arg(long)]
+    set_timeout_ms: Option<u64>,
+    /// Persistent connections per backend.
+    #[arg(long)]
+    connections_per_backend: Option<usize>,
+    /// The durable twin queue file.
+    #[arg(long)]
+    twin_queue: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print every statistic name with its description and exit.
+    #[arg(long)]
+    list_stats: bool,
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -124,6 +154,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Proxy(args) => proxy(args),
         Command::Bench(args) => koshka_bench::run_and_print(args),
         Command::Binlog { command } => binlog(command),
     }
@@ -242,5 +273,75 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
         })?;
     koshka_node::run(config, &registry, stop_rx)?;
+    Ok(())
+}
+
+fn proxy_config(args: &ProxyArgs) -> anyhow::Result<koshka_proxy::Config> {
+    let mut config = koshka_proxy::Config::from_file(&args.config)?;
+    if let Some(threads) = args.threads {
+        config.proxy.threads = threads;
+    }
+    if let Some(ms) = args.get_timeout_ms {
+        config.proxy.get_timeout_ms = ms;
+    }
+    if let Some(ms) = args.set_timeout_ms {
+        config.proxy.set_timeout_ms = ms;
+    }
+    if let Some(n) = args.connections_per_backend {
+        config.proxy.connections_per_backend = n;
+    }
+    if let Some(queue) = &args.twin_queue {
+        config.twin.queue = Some(queue.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    if args.list_stats {
+        for (name, description) in koshka_proxy::stats::ClusterStats::DESCRIPTIONS {
+            println!("{name}\t{description}");
+        }
+        return Ok(());
+    }
+    let config = proxy_config(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("koshka-signals".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut hangup = signal(SignalKind::hangup())?;
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = term.recv() => break,
+                        _ = hangup.recv() => match proxy_config(&args) {
+                            Ok(config) => {
+                                let (tx, rx) = std::sync::mpsc::channel();
+                                let _ = control.send(koshka_proxy::Control::Reload(Box::new(config), tx));
+                                let answer = tokio::task::spawn_blocking(move || rx.recv()).await;
+                                if let Ok(Ok(Err(e))) = answer {
+                                    tracing::error!("SIGHUP: reload refused: {e}");
+                                }
+                            }
+                            Err(e) => tracing::error!("SIGHUP: {e:#}; the old map stays"),
+                        },
+                    }
+                }
+                tracing::info!("shutting down");
+                let _ = control.send(koshka_proxy::Control::Stop);
+                anyhow::Ok(())
+            })
+        })?;
+    koshka_proxy::run(config, rx)?;
     Ok(())
 }
