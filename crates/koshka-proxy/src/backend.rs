@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,8 @@ struct Waiting {
 struct Pending {
     closed: bool,
     queue: VecDeque<Waiting>,
+    /// The member's count of live connections, once this one is installed.
+    live: Option<Arc<AtomicUsize>>,
 }
 
 /// One pipelined connection.
@@ -146,6 +148,11 @@ impl Conn {
 fn close(pending: &Mutex<Pending>, addr: Option<&str>) {
     let drained: Vec<Waiting> = {
         let mut p = pending.lock();
+        if !p.closed {
+            if let Some(live) = p.live.take() {
+                live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         p.closed = true;
         p.queue.drain(..).collect()
     };
@@ -181,6 +188,7 @@ pub struct Member {
     /// Health counters.
     pub health: Health,
     slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    live: Arc<AtomicUsize>,
     wake: Arc<Notify>,
     last_call: Mutex<Instant>,
     settings: ProxySection,
@@ -206,6 +214,7 @@ impl Member {
             slots: (0..settings.connections_per_backend)
                 .map(|_| Mutex::new(None))
                 .collect(),
+            live: Arc::new(AtomicUsize::new(0)),
             wake: Arc::new(Notify::new()),
             last_call: Mutex::new(Instant::now()),
             settings: settings.clone(),
@@ -227,19 +236,16 @@ impl Member {
         self.wake.notify_one();
     }
 
-    /// Whether the member may be used.
+    /// Whether the member may be used: not failed, and a connection is open.
     #[must_use]
     pub fn usable(&self) -> bool {
-        !self.health.failed.load(Ordering::Relaxed)
+        !self.health.failed.load(Ordering::Relaxed) && self.live.load(Ordering::Relaxed) > 0
     }
 
     /// Live connections.
     #[must_use]
     pub fn live_connections(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.lock().as_ref().is_some_and(|c| !c.closed()))
-            .count()
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Queues `bytes` (a request run producing `frames` reply frames) on a live connection:
@@ -405,8 +411,21 @@ async fn reconnect(member: &Arc<Member>) -> bool {
         }
         slot.lock().take();
         let timeout = Duration::from_millis(member.settings.connect_timeout_ms);
-        match connect(&member.addr, timeout, member.wake.clone()).await {
-            Ok(conn) => *slot.lock() = Some(Arc::new(conn)),
+        let opened = match connect(&member.addr, timeout, member.wake.clone()).await {
+            Ok(conn) => handshake(conn, timeout).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(conn) => {
+                {
+                    let mut p = conn.pending.lock();
+                    if !p.closed {
+                        member.live.fetch_add(1, Ordering::Relaxed);
+                        p.live = Some(member.live.clone());
+                    }
+                }
+                *slot.lock() = Some(Arc::new(conn));
+            }
             Err(e) => {
                 all_live = false;
                 let failures = member
@@ -422,6 +441,28 @@ async fn reconnect(member: &Arc<Member>) -> bool {
         }
     }
     all_live
+}
+
+/// A new connection counts only once it answered `version`: a server that accepts and
+/// closes (a dying process, a listening proxy of a dead host) stays failed.
+async fn handshake(conn: Conn, timeout: Duration) -> std::io::Result<Conn> {
+    let (reply, rx) = oneshot::channel();
+    let call = Call {
+        bytes: Bytes::from_static(b"version\r\n"),
+        frames: 1,
+        reply,
+    };
+    let failed =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, what.to_string());
+    conn.tx
+        .try_send(call)
+        .map_err(|_| failed("connection closed"))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(frames))) if frames.first().is_some_and(|f| f.starts_with(b"VERSION")) => Ok(conn),
+        Ok(Ok(Ok(_))) => Err(failed("no VERSION reply")),
+        Ok(_) => Err(failed("closed before answering version")),
+        Err(_) => Err(failed("no answer to version")),
+    }
 }
 
 /// Closes connections whose oldest call waited past `stuck_ms`.
@@ -497,6 +538,7 @@ async fn connect(addr: &str, timeout: Duration, wake: Arc<Notify>) -> std::io::R
     let pending = Arc::new(Mutex::new(Pending {
         closed: false,
         queue: VecDeque::new(),
+        live: None,
     }));
     let (tx, rx) = mpsc::channel(CONN_QUEUE_MAX);
     let name = peer.to_string();
