@@ -101,13 +101,13 @@ impl Session {
                 self.last_complete = done;
                 self.last_fanout = total;
             }
+            Effect::Invalidate(_) => {}
         }
     }
 }
 
 /// A change to the session a reply carries (applied when the reply's turn comes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // NewId: made by the twin step
 pub enum Effect {
     /// A handshake learned `owner`'s new id for the client's `tag`.
     NewId {
@@ -118,6 +118,8 @@ pub enum Effect {
         /// The id.
         lid: u32,
     },
+    /// These owners' cached keys were invalidated (by the task, before its reply).
+    Invalidate(Vec<i64>),
     /// How complete a retrieval was.
     Complete {
         /// Sub-requests answered in time.
