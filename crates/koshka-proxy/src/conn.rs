@@ -61,7 +61,6 @@ pub struct Session {
 impl Session {
     /// The temp list `tag`, if stored.
     #[must_use]
-    #[allow(dead_code)] // used by the scatter step
     pub fn temp(&self, tag: &str) -> Option<&Vec<u32>> {
         self.temps
             .iter()
