@@ -164,9 +164,7 @@ pub fn write(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> WritePl
                     friend,
                     half: false,
                 }) if split(cluster, user, friend) => WritePlan::FriendDelete { user, friend },
-                Ok(DeleteKey::User { user }) if cluster.count() > 1 => {
-                    WritePlan::UserDelete { user }
-                }
+                Ok(DeleteKey::User { user }) => WritePlan::UserDelete { user },
                 Ok(delete) => match Route::owners(&delete).primary() {
                     Some(owner) => WritePlan::Shard(cluster.shard_of_owner(owner)),
                     None => plain(),

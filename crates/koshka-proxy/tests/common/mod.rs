@@ -209,3 +209,58 @@ pub async fn raw(addr: SocketAddr, request: &[u8], end: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A real memcached on a free loopback port, killed by PID on drop.
+pub struct Memcached {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Memcached {
+    /// `None` when memcached is not installed (scripts/test.sh installs it).
+    pub fn start() -> Option<Memcached> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = std::process::Command::new("memcached");
+        command.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "64",
+        ]);
+        // memcached refuses to run as root without -u.
+        if std::env::var("USER").as_deref() == Ok("root") || std::path::Path::new("/root").exists()
+        {
+            command.args(["-u", "root"]);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "memcached did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Memcached { addr, child })
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
