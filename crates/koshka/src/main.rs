@@ -21,6 +21,13 @@ struct Cli {
 enum Command {
     /// Run a node: every configured engine on its own loopback port.
     Serve(ServeArgs),
+    /// Run the proxy: route keys over shards, split multi-gets, write cross-shard twins.
+    Proxy(ProxyArgs),
+    /// A local cluster for users and tests.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Drive memcached-protocol load at a server and report throughput and latency.
     Bench(koshka_bench::BenchArgs),
     /// Inspect binlogs and snapshots.
@@ -102,6 +109,58 @@ struct ServeArgs {
     list_stats: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Start N nodes, a memcached cache pool and the proxy on loopback; print the ports; stop
+    /// them all on Ctrl-C or SIGTERM.
+    Up(ClusterUpArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterUpArgs {
+    /// Number of shards (one node each).
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    /// memcached servers for the cache tier (0 = none; needs the `memcached` binary).
+    #[arg(long, default_value_t = 2)]
+    cache_servers: u32,
+    /// Data directory (one sub-directory per node); default: a temporary directory removed on
+    /// exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The proxy's first port (kv, then messages, wall, friends); 0 = ephemeral ports.
+    #[arg(long, default_value_t = 11211)]
+    base_port: u16,
+}
+
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// TOML cluster map (see config/proxy.toml); re-read on SIGHUP.
+    #[arg(long)]
+    config: PathBuf,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Retrieval deadline in milliseconds (missing shards contribute nothing).
+    #[arg(long)]
+    get_timeout_ms: Option<u64>,
+    /// Write deadline in milliseconds.
+    #[arg(long)]
+    set_timeout_ms: Option<u64>,
+    /// Persistent connections per backend.
+    #[arg(long)]
+    connections_per_backend: Option<usize>,
+    /// The durable twin queue file.
+    #[arg(long)]
+    twin_queue: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print every statistic name with its description and exit.
+    #[arg(long)]
+    list_stats: bool,
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -124,6 +183,10 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Proxy(args) => proxy(args),
+        Command::Cluster {
+            command: ClusterCommand::Up(args),
+        } => cluster_up(&args),
         Command::Bench(args) => koshka_bench::run_and_print(args),
         Command::Binlog { command } => binlog(command),
     }
@@ -242,5 +305,222 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
         })?;
     koshka_node::run(config, &registry, stop_rx)?;
+    Ok(())
+}
+
+fn proxy_config(args: &ProxyArgs) -> anyhow::Result<koshka_proxy::Config> {
+    let mut config = koshka_proxy::Config::from_file(&args.config)?;
+    if let Some(threads) = args.threads {
+        config.proxy.threads = threads;
+    }
+    if let Some(ms) = args.get_timeout_ms {
+        config.proxy.get_timeout_ms = ms;
+    }
+    if let Some(ms) = args.set_timeout_ms {
+        config.proxy.set_timeout_ms = ms;
+    }
+    if let Some(n) = args.connections_per_backend {
+        config.proxy.connections_per_backend = n;
+    }
+    if let Some(queue) = &args.twin_queue {
+        config.twin.queue = Some(queue.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    if args.list_stats {
+        for (name, description) in koshka_proxy::stats::ClusterStats::DESCRIPTIONS {
+            println!("{name}\t{description}");
+        }
+        return Ok(());
+    }
+    let config = proxy_config(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("koshka-signals".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut hangup = signal(SignalKind::hangup())?;
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = term.recv() => break,
+                        _ = hangup.recv() => match proxy_config(&args) {
+                            Ok(config) => {
+                                let (tx, rx) = std::sync::mpsc::channel();
+                                let _ = control.send(koshka_proxy::Control::Reload(Box::new(config), tx));
+                                let answer = tokio::task::spawn_blocking(move || rx.recv()).await;
+                                if let Ok(Ok(Err(e))) = answer {
+                                    tracing::error!("SIGHUP: reload refused: {e}");
+                                }
+                            }
+                            Err(e) => tracing::error!("SIGHUP: {e:#}; the old map stays"),
+                        },
+                    }
+                }
+                tracing::info!("shutting down");
+                let _ = control.send(koshka_proxy::Control::Stop);
+                anyhow::Ok(())
+            })
+        })?;
+    koshka_proxy::run(config, rx)?;
+    Ok(())
+}
+
+/// A memcached child process, killed by PID when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn cluster_up(args: &ClusterUpArgs) -> anyhow::Result<()> {
+    use koshka_proxy::config::{ClusterConfig, Family, ShardConfig};
+    anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = std::env::temp_dir().join(format!("koshka-cluster-{}", std::process::id()));
+            temp.clone()
+        }
+    };
+    let registry = koshka_node::registry::builtin();
+    let families = [Family::Kv, Family::Messages, Family::Wall, Family::Friends];
+    let mut nodes = Vec::new();
+    for index in 0..args.shards {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.server.threads = 1;
+        config.storage.data_dir = data_dir.join(format!("node{index}"));
+        config.storage.memory_limit = Size(256 * 1024 * 1024);
+        config.engines.shard_index = index;
+        config.engines.shard_count = args.shards;
+        nodes.push(koshka_node::start(config, &registry)?);
+    }
+    let mut caches = Vec::new();
+    let mut cache_addrs = Vec::new();
+    for _ in 0..args.cache_servers {
+        let port = free_port()?;
+        let mut command = std::process::Command::new("memcached");
+        command.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "64",
+            "-u",
+            "root",
+        ]);
+        match command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => {
+                caches.push(Child(child));
+                cache_addrs.push(format!("127.0.0.1:{port}"));
+            }
+            Err(e) => {
+                eprintln!("koshka: no cache tier (cannot start memcached: {e})");
+                break;
+            }
+        }
+    }
+    let mut config = koshka_proxy::Config::default();
+    config.twin.queue = Some(data_dir.join("proxy.twin"));
+    config.cache.servers.clone_from(&cache_addrs);
+    for (i, family) in families.iter().enumerate() {
+        let port = if args.base_port == 0 {
+            0
+        } else {
+            args.base_port + u16::try_from(i)?
+        };
+        config.clusters.push(ClusterConfig {
+            name: family.name().to_string(),
+            engine: *family,
+            listen: format!("127.0.0.1:{port}"),
+            mode: None,
+            step: 1,
+            read_from: koshka_proxy::config::ReadFrom::PrimaryFirst,
+            cache: match family {
+                Family::Wall if !cache_addrs.is_empty() => vec!["status".into(), "statuses".into()],
+                _ => Vec::new(),
+            },
+            shards: nodes
+                .iter()
+                .map(|n| {
+                    n.addr(family.name())
+                        .map(|a| ShardConfig::Addr(a.to_string()))
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| anyhow::anyhow!("a node did not start every engine"))?,
+        });
+    }
+    std::fs::create_dir_all(&data_dir)?;
+    std::fs::write(data_dir.join("proxy.toml"), config.to_toml())?;
+    let proxy = koshka_proxy::start(config)?;
+    for (i, node) in nodes.iter().enumerate() {
+        let ports: Vec<String> = node
+            .addrs()
+            .iter()
+            .map(|(e, a)| format!("{e}={}", a.port()))
+            .collect();
+        println!("node {i}: {}", ports.join(" "));
+    }
+    for addr in &cache_addrs {
+        println!("cache: {addr}");
+    }
+    for family in families {
+        if let Some(addr) = proxy.addr(family.name()) {
+            println!("proxy {}: {addr}", family.name());
+        }
+    }
+    println!("map: {}", data_dir.join("proxy.toml").display());
+    println!("ready; Ctrl-C stops everything");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    eprintln!("koshka: stopping the cluster");
+    drop(proxy);
+    drop(caches);
+    for node in nodes {
+        node.stop()?;
+    }
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     Ok(())
 }

@@ -1,0 +1,184 @@
+//! Where a key goes: a plan per key, decided from the key grammar types alone
+//! (`koshka_keys`), never from engine state.
+
+use koshka_keys::friends::{DeleteKey, GetKey, IncrKey, ListRef, SetKey};
+use koshka_keys::messages::{Query, Update};
+use koshka_keys::{Merge, Route, Verb};
+
+use crate::cluster::Cluster;
+use crate::config::Family;
+
+/// How a retrieval key is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Forward the key unchanged to this shard.
+    Shard(u32),
+    /// `newmsgid<owner>#<tag>`: answered by the proxy from the ids its own handshakes
+    /// learned on this client connection.
+    NewId {
+        /// Mailbox.
+        owner: i64,
+        /// The client's tag.
+        tag: Vec<u8>,
+    },
+    /// A friends key the proxy answers by asking several shards, or that names a temp list
+    /// the proxy holds for this client connection.
+    Friends(GetKey),
+    /// A proxy admin key (`#…`).
+    Admin,
+}
+
+/// How an update is carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritePlan {
+    /// Forward unchanged to this shard's primary.
+    Shard(u32),
+    /// A messages/wall update that allocates an id (`newmsg`, `sendmsg`, `newpost`, `repost`,
+    /// `status`): the proxy runs the new-id handshake, and splits a send between shards.
+    Create(Update),
+    /// `set friend<u>_<f>` with `u` and `f` on different shards: two `friend_half` writes.
+    FriendAdd {
+        /// Owner.
+        user: u32,
+        /// Friend.
+        friend: u32,
+    },
+    /// `delete friend<u>_<f>` with `u` and `f` on different shards.
+    FriendDelete {
+        /// Owner.
+        user: u32,
+        /// Friend.
+        friend: u32,
+    },
+    /// `delete user<u>`: the user's own shard, then `u`'s halves on other shards.
+    UserDelete {
+        /// The user.
+        user: u32,
+    },
+    /// `set temp<tag>`: a temp list the proxy keeps for this client connection.
+    Temp {
+        /// The tag.
+        tag: String,
+    },
+}
+
+/// The plan for a retrieval key.
+#[must_use]
+pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
+    if key.first() == Some(&b'#') {
+        return ReadPlan::Admin;
+    }
+    let (prefix, _) = koshka_keys::idiom::split_route(key);
+    let plain = || ReadPlan::Shard(cluster.shard_of_plain(key));
+    match cluster.family() {
+        Family::Kv => plain(),
+        Family::Messages | Family::Wall => match Query::parse(key) {
+            Ok(Query::NewId { owner, tag }) => ReadPlan::NewId { owner, tag },
+            Ok(_) if prefix.is_some() => plain(),
+            Ok(query) => match query.owner() {
+                Some(owner) => ReadPlan::Shard(cluster.shard_of_owner(owner)),
+                None => ReadPlan::Shard(0),
+            },
+            Err(_) => plain(),
+        },
+        Family::Friends => match GetKey::parse(key) {
+            Ok(get) if prefix.is_none() => friends_read(cluster, get),
+            _ => plain(),
+        },
+    }
+}
+
+fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
+    if matches!(
+        get,
+        GetKey::FriendsAmong {
+            list: ListRef::Temp(_),
+            ..
+        } | GetKey::CommonCounts {
+            list: ListRef::Temp(_),
+            ..
+        }
+    ) {
+        return ReadPlan::Friends(get);
+    }
+    let owners = Route::owners(&get).to_vec();
+    let Some(primary) = owners.first().map(|o| cluster.shard_of_owner(*o)) else {
+        return ReadPlan::Shard(0);
+    };
+    let spread = owners.iter().any(|o| cluster.shard_of_owner(*o) != primary);
+    match get.merge() {
+        Merge::PrivacyCheck | Merge::IntersectIds | Merge::SumCounts if spread => {
+            ReadPlan::Friends(get)
+        }
+        _ => ReadPlan::Shard(primary),
+    }
+}
+
+/// The plan for an update (`verb` with `key`; `value` is the data of a `set`).
+#[must_use]
+pub fn write(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> WritePlan {
+    let (prefix, _) = koshka_keys::idiom::split_route(key);
+    let plain = || WritePlan::Shard(cluster.shard_of_plain(key));
+    if prefix.is_some() {
+        return plain();
+    }
+    let owner_shard = |owner: u32| WritePlan::Shard(cluster.shard_of_owner(i64::from(owner)));
+    match cluster.family() {
+        Family::Kv => plain(),
+        Family::Messages | Family::Wall => {
+            let update = match verb {
+                Verb::Set => Update::parse_set(key, value),
+                Verb::Delete => Update::parse_delete(key),
+                // incr/decr route by owner only: the delta is checked by the node.
+                _ => Update::parse_incr(key, 0),
+            };
+            match update {
+                Ok(
+                    update @ (Update::NewMessage { .. }
+                    | Update::Send { .. }
+                    | Update::NewPost { .. }
+                    | Update::Repost { .. }
+                    | Update::Status { .. }),
+                ) => WritePlan::Create(update),
+                Ok(update) => WritePlan::Shard(cluster.shard_of_owner(Update::owners(&update).0)),
+                Err(_) => plain(),
+            }
+        }
+        Family::Friends => match verb {
+            Verb::Set => match SetKey::parse(key) {
+                Ok(SetKey::Temp { tag }) => WritePlan::Temp { tag },
+                Ok(SetKey::Friend {
+                    user,
+                    friend,
+                    half: false,
+                }) if split(cluster, user, friend) => WritePlan::FriendAdd { user, friend },
+                Ok(set) => match Route::owners(&set).primary() {
+                    Some(owner) => WritePlan::Shard(cluster.shard_of_owner(owner)),
+                    None => plain(),
+                },
+                Err(_) => plain(),
+            },
+            Verb::Delete => match DeleteKey::parse(key) {
+                Ok(DeleteKey::Friend {
+                    user,
+                    friend,
+                    half: false,
+                }) if split(cluster, user, friend) => WritePlan::FriendDelete { user, friend },
+                Ok(DeleteKey::User { user }) => WritePlan::UserDelete { user },
+                Ok(delete) => match Route::owners(&delete).primary() {
+                    Some(owner) => WritePlan::Shard(cluster.shard_of_owner(owner)),
+                    None => plain(),
+                },
+                Err(_) => plain(),
+            },
+            _ => match IncrKey::parse(key) {
+                Ok(incr) => owner_shard(incr.user),
+                Err(_) => plain(),
+            },
+        },
+    }
+}
+
+fn split(cluster: &Cluster, a: u32, b: u32) -> bool {
+    cluster.shard_of_owner(i64::from(a)) != cluster.shard_of_owner(i64::from(b))
+}

@@ -1,0 +1,352 @@
+//! Scatter/gather for friends keys whose owners live on several shards, after the merge rule
+//! each key's grammar type names (`koshka_keys::Merge`), and for keys naming a temp list the
+//! proxy holds for its client (`-tag`).
+//!
+//! * `IntersectIds` (`common_friends<u1>,<u2>`): `friends<u1>` and `friends<u2>` from their
+//!   shards in parallel; the reply is the intersection, `count,id,…` ascending.
+//! * `SumCounts` (`common_friends_num<uid>:<list>`): the owner's shard answers with `-1` for
+//!   listed users elsewhere; meanwhile `friends<uid>` is read; each other shard holding
+//!   listed users gets that list as a temp list and is asked `common_friends<x>:-<tag>` for
+//!   each of them; their counts replace the `-1`s.
+//! * `PrivacyCheck` (`viewer~owner:keys`): the owner's shard answers; when some answer is `1`
+//!   or `2` (friend of a friend decides), `friends<owner>` goes to the viewer's shard as a temp
+//!   list and `common_friends<viewer>:-<tag>` decides: a common friend turns `1` into `3` and
+//!   `2` into `0`, none `1` into `0` and `2` into `3`.
+//!
+//! A temp list always travels in the same call as the get that names it (one backend
+//! connection, contiguous bytes) under a proxy-unique tag.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use koshka_keys::friends::{GetKey, ListRef};
+use koshka_keys::idiom::{encode_id_list, CountedList};
+use koshka_keys::Encode;
+use koshka_proto::{encode, parse_reply, ParsedReply, Reply};
+use tokio::time::Instant;
+
+use crate::backend::{CallError, Frames};
+use crate::cluster::Cluster;
+use crate::conn::{values_part, Part, PartFuture, Session};
+use crate::stats::bump;
+use crate::Shared;
+
+/// Answers a friends key over several shards (or with the session's temp lists).
+pub fn friends(
+    cluster: Arc<Cluster>,
+    shared: Arc<Shared>,
+    key: Vec<u8>,
+    get: GetKey,
+    session: &Session,
+) -> PartFuture {
+    // Resolve the client's temp list now: the session is not shared with the task.
+    let get = match resolve_temp(get, session) {
+        Ok(get) => get,
+        Err(line) => return Box::pin(std::future::ready(Part::Error(line.into()))),
+    };
+    let affinity = session.id;
+    Box::pin(async move {
+        let deadline = Instant::now() + Duration::from_millis(cluster.settings.get_timeout_ms);
+        let gather = Gather {
+            cluster: &cluster,
+            shared: &shared,
+            affinity,
+            deadline,
+        };
+        let answer = match &get {
+            GetKey::CommonFriends { user, other } => gather.intersect(*user, *other).await,
+            GetKey::CommonCounts { user, list } => gather.counts(*user, list).await,
+            GetKey::Check { viewer, owner, .. } => gather.check(&get, *viewer, *owner).await,
+            GetKey::FriendsAmong { user, .. } => gather.on_owner(&get, *user).await,
+            _ => gather.on_owner(&get, 0).await,
+        };
+        match answer {
+            Ok(Some(text)) => {
+                let mut out = Vec::new();
+                koshka_proto::reply::value(&mut out, &key, 0, &text, None);
+                Part::Values(out.into(), 1)
+            }
+            Ok(None) => Part::Values(Bytes::new(), 0),
+            Err(Fail::Reply(line)) => Part::Error(line),
+            Err(Fail::Call(CallError::Timeout { .. })) => {
+                bump(&cluster.stats.shard_timeouts);
+                Part::Missed
+            }
+            Err(Fail::Call(_)) => {
+                bump(&cluster.stats.shard_unavailable);
+                Part::Missed
+            }
+        }
+    })
+}
+
+/// A temp list reference replaced by the list the client stored on this connection.
+fn resolve_temp(get: GetKey, session: &Session) -> Result<GetKey, Vec<u8>> {
+    let lookup = |tag: &str| {
+        session.temp(tag).cloned().ok_or_else(|| {
+            format!("CLIENT_ERROR no temp list {tag:?} on this connection\r\n").into_bytes()
+        })
+    };
+    Ok(match get {
+        GetKey::FriendsAmong {
+            user,
+            list: ListRef::Temp(tag),
+        } => GetKey::FriendsAmong {
+            user,
+            list: ListRef::Inline(lookup(&tag)?),
+        },
+        GetKey::CommonCounts {
+            user,
+            list: ListRef::Temp(tag),
+        } => GetKey::CommonCounts {
+            user,
+            list: ListRef::Inline(lookup(&tag)?),
+        },
+        other => other,
+    })
+}
+
+enum Fail {
+    /// A shard's error line: the client's reply.
+    Reply(Bytes),
+    /// A shard did not answer.
+    Call(CallError),
+}
+
+impl From<CallError> for Fail {
+    fn from(e: CallError) -> Self {
+        Fail::Call(e)
+    }
+}
+
+struct Gather<'a> {
+    cluster: &'a Cluster,
+    shared: &'a Shared,
+    affinity: usize,
+    deadline: Instant,
+}
+
+/// The one value of a retrieval frame, `None` for a miss; an error line is a [`Fail`].
+fn one_value(frame: &Bytes) -> Result<Option<Vec<u8>>, Fail> {
+    match values_part(frame.clone()) {
+        Part::Values(_, 0) => Ok(None),
+        Part::Values(..) => match parse_reply(frame, &koshka_proto::ReplyConfig::DEFAULT) {
+            ParsedReply::Done {
+                reply: Reply::Values(values),
+                ..
+            } => Ok(values.iter().next().map(|v| v.data.to_vec())),
+            _ => Ok(None),
+        },
+        Part::Error(line) => Err(Fail::Reply(line)),
+        Part::Missed => Ok(None),
+    }
+}
+
+fn ids(value: Option<Vec<u8>>) -> Vec<u32> {
+    value
+        .and_then(|v| CountedList::parse(&v).ok())
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|i| u32::try_from(i).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Gather<'_> {
+    async fn call(&self, shard: u32, bytes: Vec<u8>, frames: usize) -> Result<Frames, CallError> {
+        let member = self.cluster.reader(shard)?.clone();
+        member
+            .call(Bytes::from(bytes), frames, self.affinity, self.deadline)
+            .await
+    }
+
+    fn shard(&self, id: u32) -> u32 {
+        self.cluster.shard_of_owner(i64::from(id))
+    }
+
+    /// `get <key>` on `owner`'s shard, a long inline list sent as a temp list.
+    async fn on_owner(&self, get: &GetKey, owner: u32) -> Result<Option<Vec<u8>>, Fail> {
+        let mut bytes = Vec::new();
+        let mut frames = 1;
+        let key = match get {
+            GetKey::FriendsAmong {
+                user,
+                list: ListRef::Inline(list),
+            } => {
+                let tag = self.shared.next_tag();
+                self.temp(&mut bytes, &tag, list);
+                frames = 2;
+                GetKey::FriendsAmong {
+                    user: *user,
+                    list: ListRef::Temp(tag),
+                }
+                .to_bytes()
+            }
+            other => other.to_bytes(),
+        };
+        encode::get(&mut bytes, [&key]);
+        let replies = self.call(self.shard(owner), bytes, frames).await?;
+        self.check_stored(&replies[..frames - 1])?;
+        one_value(&replies[frames - 1])
+    }
+
+    /// Appends `set temp<tag> <ids>`.
+    fn temp(&self, out: &mut Vec<u8>, tag: &str, list: &[u32]) {
+        let mut value = Vec::new();
+        encode_id_list(&mut value, list);
+        encode::set(out, format!("temp{tag}").as_bytes(), &value);
+    }
+
+    fn check_stored(&self, frames: &[Bytes]) -> Result<(), Fail> {
+        match frames.iter().find(|f| f.as_ref() != b"STORED\r\n") {
+            Some(line) => Err(Fail::Reply(line.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
+        let mut bytes = Vec::new();
+        encode::get(&mut bytes, [format!("friends{user}")]);
+        let frames = self.call(self.shard(user), bytes, 1).await?;
+        Ok(ids(one_value(&frames[0])?))
+    }
+
+    /// `common_friends<user>,<other>` over two shards.
+    async fn intersect(&self, user: u32, other: u32) -> Result<Option<Vec<u8>>, Fail> {
+        bump(&self.cluster.stats.fanout_requests);
+        let (a, b) = tokio::join!(self.friends_of(user), self.friends_of(other));
+        let (a, b) = (a?, b?);
+        let mut common = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].cmp(&b[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    common.push(i64::from(a[i]));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        let list = CountedList {
+            total: common.len() as u64,
+            items: common,
+        };
+        let mut out = Vec::new();
+        list.encode(&mut out);
+        Ok(Some(out))
+    }
+
+    /// How many of `list`'s friends each `candidates` user shares with, on `shard`
+    /// (`common_friends<x>:-<tag>` per candidate, the list sent once as a temp list).
+    async fn shared_counts(
+        &self,
+        shard: u32,
+        list: &[u32],
+        candidates: &[u32],
+    ) -> Result<Vec<u64>, Fail> {
+        let tag = self.shared.next_tag();
+        let mut bytes = Vec::new();
+        self.temp(&mut bytes, &tag, list);
+        for x in candidates {
+            let key = GetKey::FriendsAmong {
+                user: *x,
+                list: ListRef::Temp(tag.clone()),
+            }
+            .to_bytes();
+            encode::get(&mut bytes, [&key]);
+        }
+        let frames = self.call(shard, bytes, 1 + candidates.len()).await?;
+        self.check_stored(&frames[..1])?;
+        frames[1..]
+            .iter()
+            .map(|frame| {
+                Ok(one_value(frame)?
+                    .and_then(|v| CountedList::parse(&v).ok())
+                    .map_or(0, |l| l.total))
+            })
+            .collect()
+    }
+
+    /// `common_friends_num<user>:<list>` with listed users on other shards.
+    async fn counts(&self, user: u32, list: &ListRef) -> Result<Option<Vec<u8>>, Fail> {
+        let ListRef::Inline(list) = list else {
+            return Err(Fail::Reply(Bytes::from_static(
+                b"CLIENT_ERROR temp list not resolved\r\n",
+            )));
+        };
+        bump(&self.cluster.stats.fanout_requests);
+        let home = self.shard(user);
+        let tag = self.shared.next_tag();
+        let mut bytes = Vec::new();
+        self.temp(&mut bytes, &tag, list);
+        encode::get(&mut bytes, [format!("friends{user}")]);
+        let key = GetKey::CommonCounts {
+            user,
+            list: ListRef::Temp(tag),
+        }
+        .to_bytes();
+        encode::get(&mut bytes, [&key]);
+        let frames = self.call(home, bytes, 3).await?;
+        self.check_stored(&frames[..1])?;
+        let friends = ids(one_value(&frames[1])?);
+        let Some(vector) = one_value(&frames[2])? else {
+            return Ok(None);
+        };
+        let Ok(mut vector) = CountedList::parse(&vector) else {
+            return Ok(Some(vector));
+        };
+        // The -1 entries, grouped by shard.
+        let mut remote: std::collections::BTreeMap<u32, Vec<(usize, u32)>> = Default::default();
+        for (at, (id, count)) in list.iter().zip(&vector.items).enumerate() {
+            if *count == -1 && self.shard(*id) != home {
+                remote.entry(self.shard(*id)).or_default().push((at, *id));
+            }
+        }
+        let asks = remote.iter().map(|(shard, entries)| {
+            let candidates: Vec<u32> = entries.iter().map(|(_, id)| *id).collect();
+            let friends = &friends;
+            async move { self.shared_counts(*shard, friends, &candidates).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        for ((_, entries), answer) in remote.iter().zip(answers) {
+            for ((at, _), count) in entries.iter().zip(answer?) {
+                vector.items[*at] = i64::try_from(count).unwrap_or(i64::MAX);
+            }
+        }
+        let mut out = Vec::new();
+        vector.encode(&mut out);
+        Ok(Some(out))
+    }
+
+    /// `viewer~owner:keys` with the viewer on another shard.
+    async fn check(&self, get: &GetKey, viewer: u32, owner: u32) -> Result<Option<Vec<u8>>, Fail> {
+        let Some(answer) = self.on_owner(get, owner).await? else {
+            return Ok(None);
+        };
+        if !answer.iter().any(|c| *c == b'1' || *c == b'2') {
+            return Ok(Some(answer));
+        }
+        bump(&self.cluster.stats.privacy_resolved);
+        let friends = self.friends_of(owner).await?;
+        let common = if friends.is_empty() {
+            0
+        } else {
+            self.shared_counts(self.shard(viewer), &friends, &[viewer])
+                .await?[0]
+        };
+        let resolved = answer
+            .iter()
+            .map(|c| match (*c, common > 0) {
+                (b'1', true) | (b'2', false) => b'3',
+                (b'1', false) | (b'2', true) => b'0',
+                (other, _) => other,
+            })
+            .collect();
+        Ok(Some(resolved))
+    }
+}
