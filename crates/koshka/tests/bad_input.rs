@@ -466,9 +466,21 @@ fn connection_limit() {
         "8",
     ]);
     let port = node.port("kv");
-    // The readiness probes' connections may still be counted for a moment.
-    wait_stat(port, "curr_connections", |n| n == 1);
-    let mut conns: Vec<Conn> = (0..MAX).map(|_| Conn::open(port)).collect();
+    // The readiness probes' connections may still be counted for a moment: the first of the
+    // eight asks until it is the only one (a separate probe connection could itself still be
+    // counted when the eight arrive).
+    let mut first = Conn::open(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = first.roundtrip(b"stats\r\n", b"END\r\n");
+        if stat(&String::from_utf8_lossy(&stats), "curr_connections") == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "probe connections never closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut conns = vec![first];
+    conns.extend((1..MAX).map(|_| Conn::open(port)));
     for conn in &mut conns {
         let reply = conn.exchange(b"version\r\n");
         assert!(reply.starts_with(b"VERSION "), "{}", show(&reply));
