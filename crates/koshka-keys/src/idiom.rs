@@ -457,7 +457,6 @@ impl Slice {
 
     /// [`Slice::positions`], at most `max` of them. An iterator, so a read that pages through
     /// a list allocates nothing.
-    #[must_use]
     pub fn resolve(self, len: usize, max: usize) -> std::iter::Take<Positions> {
         self.positions(len).take(max)
     }

@@ -326,7 +326,7 @@ fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume
         if ctx.out.len() >= ctx.output_max {
             return Flow::MoreKeys(index);
         }
-        if prefetch && (index - resume) % PREFETCH_KEYS == 0 {
+        if prefetch && (index - resume).is_multiple_of(PREFETCH_KEYS) {
             let mut window: [&[u8]; PREFETCH_KEYS] = [&[]; PREFETCH_KEYS];
             let mut n = 0;
             for (slot, key) in window.iter_mut().zip(ahead.by_ref()) {
