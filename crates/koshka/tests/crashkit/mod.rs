@@ -317,6 +317,20 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The stderr once `ready` holds for it, or as it is after 10 s. stderr is read by its own
+    /// thread, separately from the stdout lines `start` waits for, so a line the server wrote
+    /// before listening may still be on its way when `start` returns.
+    pub fn stderr_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.stderr();
+            if ready(&text) || Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGKILL by PID and reap; returns the stderr.
     pub fn kill9(mut self) -> String {
         self.kill_inner();
