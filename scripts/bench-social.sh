@@ -99,8 +99,11 @@ start_server() {
     else
         local bin=$KOSHKA_BIN
         [[ $kind == base ]] && bin=$BASELINE_BIN
+        local listen=(--listen "127.0.0.1:0" --port "$workload=$port")
+        # Binaries older than `--port` put the one engine they host on the --listen port.
+        "$bin" serve --help 2>&1 | grep -q -- '--port' || listen=(--listen "127.0.0.1:$port")
         # shellcheck disable=SC2086
-        "$bin" serve --listen "127.0.0.1:0" --port "$workload=$port" --data-dir "$dir" \
+        "$bin" serve "${listen[@]}" --data-dir "$dir" \
             --threads 2 --durability everysec --engines "$workload" $KOSHKA_ARGS >"$dir.log" 2>&1 &
     fi
     pid=$!
