@@ -4,11 +4,18 @@
 #   scripts/bench-kv.sh                       # 5 alternating pairs per scenario, 10 s runs
 #   PAIRS=10 DURATION=10 scripts/bench-kv.sh
 #   KOSHKA_ARGS="--durability everysec" scripts/bench-kv.sh
+#   DURABILITIES="everysec none" BASELINE_BIN=/tmp/old/koshka scripts/bench-kv.sh
 #
 # Environment:
 #   PAIRS=5            alternating (koshka, memcached) pairs per scenario; medians are reported
 #   DURATION=10        seconds per run (koshka bench adds a 1 s warm-up)
 #   KOSHKA_ARGS=""     extra flags for `koshka serve` (e.g. --durability none|everysec)
+#   DURABILITIES=""    e.g. "everysec none": one koshka server per mode (koshka-everysec, …),
+#                      each started with `--durability MODE $KOSHKA_ARGS`, all in the same run
+#   BASELINE_BIN=""    a second koshka binary (e.g. an older commit) raced the same way as
+#                      base[-MODE]; every run uses the same load generator ($KOSHKA_BIN bench)
+#   SCENARIOS=""       only these scenario names (default all: get90-p1 get50-p1 get90-p16
+#                      mget10-p1)
 #   KOSHKA_BIN=target/release/koshka
 #   KOSHKA_BENCH_CMD   load generator command (default "$KOSHKA_BIN bench")
 #   RSS_ITEMS=1000000  items loaded for the memory measurement
@@ -17,7 +24,8 @@
 # Servers (free loopback ports, stopped by PID):
 #   memcached -l 127.0.0.1 -p PORT -U 0 -u root -t 2 -m 4096 -c 4096
 #   koshka serve --listen 127.0.0.1:PORT --data-dir TMP --threads 2 --engines kv $KOSHKA_ARGS
-# Load, per scenario, against each server in turn (order alternates between pairs):
+# Load, per scenario, against each server in turn (the order rotates from pair to pair, so
+# with two servers it alternates):
 #   memcaslap -s 127.0.0.1:PORT -F CFG -c 64 -T 2 -t ${DURATION}s -X 100 [-d 10]
 #       CFG: key 32 32 1 / value 100 100 1 / cmd 0 <set share> + 1 <get share>
 #   koshka bench --server 127.0.0.1:PORT --connections 64 --threads 2 --keys 100000 \
@@ -25,6 +33,8 @@
 #       --duration $DURATION --warmup 1 --preload --json
 #   Scenarios: 90/10 and 50/50 get/set at pipeline 1 (both tools), 90/10 at pipeline 16
 #   (koshka bench only: memcaslap cannot pipeline), 90/10 with 10-key multi-gets (both).
+# CPU: utime + stime of each server process (/proc/PID/stat) over each run gives ops per
+# server CPU-second, the work a server does per unit of CPU whatever its thread count.
 # Memory: a fresh server of each kind is loaded with RSS_ITEMS items of 32-byte keys and
 # 100-byte values (`koshka bench --preload --keys N`, or pymemcache if no `koshka bench`),
 # then VmRSS is read from /proc/PID/status.
@@ -40,6 +50,9 @@ DURATION=${DURATION:-10}
 KOSHKA_ARGS=${KOSHKA_ARGS:-}
 KOSHKA_BIN=${KOSHKA_BIN:-target/release/koshka}
 RSS_ITEMS=${RSS_ITEMS:-1000000}
+DURABILITIES=${DURABILITIES:-}
+BASELINE_BIN=${BASELINE_BIN:-}
+SCENARIOS=${SCENARIOS:-}
 CONNECTIONS=64
 
 for tool in memcached memcaslap python3; do
@@ -74,23 +87,40 @@ else
     echo "NOTE: '$BENCH_CMD' is not available: koshka bench rows skipped" >&2
 fi
 
-# start_server KIND: starts a fresh server, prints "PID PORT".
+# The servers raced: "name binary durability" ("-" = only $KOSHKA_ARGS), memcached last.
+servers=()
+if ((have_koshka)); then
+    for durability in ${DURABILITIES:--}; do
+        suffix=""
+        [[ $durability != - ]] && suffix="-$durability"
+        servers+=("koshka$suffix $KOSHKA_BIN $durability")
+        [[ -n $BASELINE_BIN ]] && servers+=("base$suffix $BASELINE_BIN $durability")
+    done
+fi
+servers+=("memcached - -")
+
+# start_server NAME BIN DURABILITY: starts a fresh server, prints "PID PORT".
 start_server() {
-    local kind=$1 port pid
+    local name=$1 bin=$2 durability=$3 port pid
     port=$(free_port)
-    if [[ $kind == memcached ]]; then
+    if [[ $name == memcached ]]; then
         # shellcheck disable=SC2046
-        memcached $(memcached_args "$port") -t 2 -m 4096 -c 4096 >"$workdir/$kind.log" 2>&1 &
+        memcached $(memcached_args "$port") -t 2 -m 4096 -c 4096 >"$workdir/$name.log" 2>&1 &
     else
-        local data="$workdir/data-$port"
+        local data="$workdir/data-$port" extra=()
+        [[ $durability != - ]] && extra=(--durability "$durability")
         # shellcheck disable=SC2086
-        "$KOSHKA_BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --threads 2 --engines kv \
-            $KOSHKA_ARGS >"$workdir/$kind.log" 2>&1 &
+        "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data" --threads 2 --engines kv \
+            "${extra[@]}" $KOSHKA_ARGS >"$workdir/$name.log" 2>&1 &
     fi
     pid=$!
-    pids+=("$pid")
-    wait_version "$port" "$pid" 60 >&2 || { cat "$workdir/$kind.log" >&2; return 1; }
+    wait_version "$port" "$pid" 60 >&2 || { cat "$workdir/$name.log" >&2; return 1; }
     echo "$pid $port"
+}
+
+# cpu_ticks PID: user + system clock ticks the process has used so far.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
 # run_memcaslap PORT GET_RATIO MULTIGET: prints ops/s (TPS).
@@ -124,7 +154,7 @@ run_bench() {
 }
 
 # Scenarios: name tool get_ratio pipeline multiget
-scenarios=(
+all_scenarios=(
     "get90-p1 memcaslap 0.9 1 1"
     "get90-p1 bench 0.9 1 1"
     "get50-p1 memcaslap 0.5 1 1"
@@ -133,41 +163,61 @@ scenarios=(
     "mget10-p1 memcaslap 0.9 1 10"
     "mget10-p1 bench 0.9 1 10"
 )
-servers=(memcached)
-((have_koshka)) && servers=(koshka memcached)
+scenarios=()
+for scenario in "${all_scenarios[@]}"; do
+    if [[ -z $SCENARIOS ]] || [[ " $SCENARIOS " == *" ${scenario%% *} "* ]]; then
+        scenarios+=("$scenario")
+    fi
+done
 
 results="$workdir/results.tsv"
 : >"$results"
-read -r mc_pid mc_port < <(start_server memcached)
-if ((have_koshka)); then read -r k_pid k_port < <(start_server koshka); fi
+declare -A pid_of=() port_of=()
+for server in "${servers[@]}"; do
+    read -r name bin durability <<<"$server"
+    read -r pid port < <(start_server "$name" "$bin" "$durability")
+    pids+=("$pid")
+    pid_of[$name]=$pid
+    port_of[$name]=$port
+done
+names=()
+for server in "${servers[@]}"; do names+=("${server%% *}"); done
+hz=$(getconf CLK_TCK)
 
 for ((pair = 1; pair <= PAIRS; pair++)); do
     for scenario in "${scenarios[@]}"; do
-        read -r name tool ratio pipeline multiget <<<"$scenario"
+        read -r scenario_name tool ratio pipeline multiget <<<"$scenario"
         [[ $tool == bench ]] && ((have_bench == 0)) && continue
-        order=("${servers[@]}")
-        if ((pair % 2 == 0)) && ((${#servers[@]} == 2)); then order=(memcached koshka); fi
-        for server in "${order[@]}"; do
-            port=$mc_port
-            [[ $server == koshka ]] && port=$k_port
+        # Rotate the order each pair: every server goes first equally often.
+        n=${#names[@]}
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${names[$(((i + pair - 1) % n))]}"); done
+        for name in "${order[@]}"; do
+            port=${port_of[$name]}
             p99=-
+            before=$(cpu_ticks "${pid_of[$name]}")
+            started=$(date +%s.%N)
             if [[ $tool == memcaslap ]]; then
                 ops=$(run_memcaslap "$port" "$ratio" "$multiget")
             else
                 read -r ops p99 < <(run_bench "$port" "$ratio" "$pipeline" "$multiget") || true
             fi
-            echo "pair $pair $name $tool $server: ${ops:-FAILED} ops/s p99 ${p99:--} us" >&2
-            [[ -n $ops ]] && printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$tool" "$server" "$ops" "${p99:--}" >>"$results"
+            after=$(cpu_ticks "${pid_of[$name]}")
+            # Server CPU share over the whole run (koshka bench's preload and warm-up included).
+            util=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v s="$started" -v e="$(date +%s.%N)" \
+                'BEGIN {printf "%.3f", (a - b) / hz / (e - s)}')
+            echo "pair $pair $scenario_name $tool $name: ${ops:-FAILED} ops/s p99 ${p99:--} us, server cpu ${util} cores" >&2
+            [[ -n $ops ]] && printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario_name" "$tool" "$name" "$ops" "${p99:--}" "$util" >>"$results"
         done
     done
 done
-stop_pid "$mc_pid"
-if ((have_koshka)); then stop_pid "$k_pid"; fi
+for name in "${names[@]}"; do stop_pid "${pid_of[$name]}"; done
 
-# rss_after_load KIND: loads RSS_ITEMS items into a fresh server, prints "VmRSS_kB curr_items".
+# rss_after_load NAME BIN DURABILITY: loads RSS_ITEMS items into a fresh server, prints
+# "VmRSS_kB curr_items".
 rss_after_load() {
-    local kind=$1 pid port
-    read -r pid port < <(start_server "$kind")
+    local pid port
+    read -r pid port < <(start_server "$@")
     if ((have_bench)); then
         # shellcheck disable=SC2086
         timeout 600 $BENCH_CMD --server "127.0.0.1:$port" --connections 16 --threads 2 \
@@ -200,10 +250,14 @@ PY
 
 rss_lines=()
 if [[ ${SKIP_RSS:-0} != 1 ]]; then
-    for server in "${servers[@]}"; do
-        read -r rss items < <(rss_after_load "$server")
-        rss_lines+=("$server $rss $items")
-        echo "rss $server: ${rss} kB with $items items" >&2
+    # The first koshka server (if any) and memcached.
+    rss_servers=("${servers[0]}")
+    ((${#servers[@]} > 1)) && rss_servers+=("${servers[-1]}")
+    for server in "${rss_servers[@]}"; do
+        read -r name bin durability <<<"$server"
+        read -r rss items < <(rss_after_load "$name" "$bin" "$durability")
+        rss_lines+=("$name $rss $items")
+        echo "rss $name: ${rss} kB with $items items" >&2
     done
 fi
 
@@ -211,40 +265,49 @@ echo
 echo "## koshka vs memcached, kv ($(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo))"
 echo
 echo "commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), $PAIRS pairs x ${DURATION}s," \
-    "64 connections, 32 B keys, 100 B values, KOSHKA_ARGS='$KOSHKA_ARGS'"
+    "64 connections, 32 B keys, 100 B values, KOSHKA_ARGS='$KOSHKA_ARGS'" \
+    "DURABILITIES='$DURABILITIES' BASELINE_BIN='$BASELINE_BIN'"
 echo
-python3 - "$results" <<'PY'
+python3 - "$results" "${names[@]}" <<'PY'
 import statistics, sys
 from collections import defaultdict
+names = sys.argv[2:]
 runs = defaultdict(list)
 p99s = defaultdict(list)
+cpus = defaultdict(list)
 order = []
 for line in open(sys.argv[1]):
-    name, tool, server, ops, p99 = line.split()
-    if (name, tool) not in order:
-        order.append((name, tool))
-    runs[(name, tool, server)].append(int(ops))
+    scenario, tool, server, ops, p99, cpu = line.split()
+    if (scenario, tool) not in order:
+        order.append((scenario, tool))
+    runs[(scenario, tool, server)].append(int(ops))
+    cpus[(scenario, tool, server)].append(float(cpu))
     if p99 != "-":
-        p99s[(name, tool, server)].append(int(p99))
-print("ops/s = requests/s, except mget10 rows: keys/s (memcaslap counts one op per key)")
+        p99s[(scenario, tool, server)].append(int(p99))
+med = lambda v: statistics.median(v) if v else None
+print("ops/s = requests/s, except mget10 rows: keys/s (memcaslap counts one op per key); medians")
+print("(min-max) over the pairs; 'server CPU' = cores the server process used (user + system,")
+print("averaged over the whole run incl. koshka bench's preload and warm-up); 'per CPU-s' = ops/s")
+print("divided by that, i.e. operations per second of server CPU (median over the pairs).")
 print()
-print("| scenario | load generator | koshka ops/s (median) | memcached ops/s (median) | koshka/memcached | p99 µs koshka / memcached (median) | p99 ratio |")
-print("|---|---|---:|---:|---:|---:|---:|")
-for name, tool in order:
-    k = runs.get((name, tool, "koshka"))
-    m = runs.get((name, tool, "memcached"))
-    km = statistics.median(k) if k else None
-    mm = statistics.median(m) if m else None
-    ratio = f"{km / mm:.2f}x" if km and mm else "n/a"
-    fmt = lambda v: f"{v:,.0f}" if v else "n/a"
+print("| scenario | load generator | server | ops/s (median, min-max) | vs memcached | p99 µs | server CPU | per CPU-s |")
+print("|---|---|---|---:|---:|---:|---:|---:|")
+for scenario, tool in order:
+    mc = med(runs.get((scenario, tool, "memcached")))
     label = "memcaslap" if tool == "memcaslap" else "koshka bench"
-    kp = p99s.get((name, tool, "koshka"))
-    mp = p99s.get((name, tool, "memcached"))
-    kpm = statistics.median(kp) if kp else None
-    mpm = statistics.median(mp) if mp else None
-    lat = f"{kpm:,.0f} / {mpm:,.0f}" if kpm and mpm else "n/a"
-    lat_ratio = f"{kpm / mpm:.2f}x" if kpm and mpm else "n/a"
-    print(f"| {name} | {label} | {fmt(km)} | {fmt(mm)} | {ratio} | {lat} | {lat_ratio} |")
+    for server in names:
+        v = runs.get((scenario, tool, server))
+        if not v:
+            continue
+        m = med(v)
+        ratio = f"**{m / mc:.2f}×**" if mc and server != "memcached" else ("1" if server == "memcached" else "n/a")
+        p = med(p99s.get((scenario, tool, server)))
+        utils = cpus[(scenario, tool, server)]
+        per = [o / u for o, u in zip(v, utils) if u > 0]
+        per_cpu = f"{med(per):,.0f}" if per else "n/a"
+        lat = f"{p:,.0f}" if p else "–"
+        print(f"| {scenario} | {label} | {server} | {m:,.0f} ({min(v):,}-{max(v):,}) | {ratio} | "
+              f"{lat} | {med(utils):.2f} | {per_cpu} |")
 PY
 if ((${#rss_lines[@]} > 0)); then
     echo

@@ -14,6 +14,8 @@
 #   USERS=100000 MESSAGES=1000000 BIG_MAILBOX=10000 TEXT_SIZE=100 EDGES=1000000
 #   KOSHKA_BIN=${CARGO_TARGET_DIR:-target}/release/koshka (built unless KOSHKA_BIN is given)
 #   KOSHKA_ARGS=""       extra flags for `koshka serve`
+#   BASELINE_BIN=""      a second koshka binary (e.g. an older commit), raced as "base" with the
+#                        same flags and data; the load generator is always $KOSHKA_BIN bench
 #   REDIS_SERVER=redis-server
 #
 # Servers, fresh per workload (free loopback ports, temp dirs, stopped by PID):
@@ -34,6 +36,9 @@
 #   friends:  mix (C=$CONNECTIONS, default mix), common1k (C=1, --mix common1k),
 #             privacy20 (C=1, --mix privacy)
 # 1-connection latencies include the loopback round trip: an upper bound on server time.
+# CPU: utime + stime of each server process (/proc/PID/stat) over each measured run, so the
+# tables also give operations per second of server CPU ("per CPU-s"): Redis runs its commands
+# on one thread, koshka on two, so throughput alone compares different amounts of CPU.
 # No taskset: client and servers share both cores. Noise on these 2-core VMs is about ±15 %.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,6 +54,7 @@ BIG_MAILBOX=${BIG_MAILBOX:-10000}
 TEXT_SIZE=${TEXT_SIZE:-100}
 EDGES=${EDGES:-1000000}
 KOSHKA_ARGS=${KOSHKA_ARGS:-}
+BASELINE_BIN=${BASELINE_BIN:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 default_bin="${CARGO_TARGET_DIR:-target}/release/koshka"
 
@@ -64,6 +70,13 @@ if [[ -z ${KOSHKA_BIN:-} ]]; then
     cargo build --release -p koshka >&2
 fi
 [[ -x $KOSHKA_BIN ]] || { echo "no koshka binary at $KOSHKA_BIN" >&2; exit 1; }
+kinds=(koshka redis)
+if [[ -n $BASELINE_BIN ]]; then
+    [[ -x $BASELINE_BIN ]] || { echo "no baseline binary at $BASELINE_BIN" >&2; exit 1; }
+    kinds=(koshka base redis)
+fi
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 workdir=$(mktemp -d /tmp/koshka-bench-social.XXXXXX)
 pids=()
@@ -84,8 +97,13 @@ start_server() {
         "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
             --appendfsync everysec --save '' --daemonize no >"$dir.log" 2>&1 &
     else
+        local bin=$KOSHKA_BIN
+        [[ $kind == base ]] && bin=$BASELINE_BIN
+        local listen=(--listen "127.0.0.1:0" --port "$workload=$port")
+        # Binaries older than `--port` put the one engine they host on the --listen port.
+        "$bin" serve --help 2>&1 | grep -q -- '--port' || listen=(--listen "127.0.0.1:$port")
         # shellcheck disable=SC2086
-        "$KOSHKA_BIN" serve --listen "127.0.0.1:0" --port "$workload=$port" --data-dir "$dir" \
+        "$bin" serve "${listen[@]}" --data-dir "$dir" \
             --threads 2 --durability everysec --engines "$workload" $KOSHKA_ARGS >"$dir.log" 2>&1 &
     fi
     pid=$!
@@ -123,7 +141,7 @@ memory="$workdir/memory.tsv"
 : >"$memory"
 for workload in $WORKLOADS; do
     declare -A pid_of=() port_of=()
-    for kind in koshka redis; do
+    for kind in "${kinds[@]}"; do
         read -r pid port < <(start_server "$kind" "$workload") || true
         [[ -n ${pid:-} && -n ${port:-} ]] || { echo "cannot start $kind" >&2; exit 1; }
         pids+=("$pid") # start_server runs in a subshell: remember the PID here for cleanup
@@ -150,24 +168,32 @@ PY
     for ((pair = 1; pair <= PAIRS; pair++)); do
         for scenario in "${scenarios[@]}"; do
             read -r name connections mix <<<"$scenario"
-            order=(koshka redis)
-            ((pair % 2 == 0)) && order=(redis koshka)
+            # Rotate the order each pair: every server goes first equally often.
+            order=()
+            for ((i = 0; i < ${#kinds[@]}; i++)); do
+                order+=("${kinds[$(((i + pair - 1) % ${#kinds[@]}))]}")
+            done
             for kind in "${order[@]}"; do
                 extra=()
                 [[ $mix != - ]] && extra=(--mix "$mix")
                 out="$workdir/run-$workload-$name-$kind-$pair.json"
+                before=$(cpu_ticks "${pid_of[$kind]}")
+                started=$(date +%s.%N)
                 if bench "$kind" "$workload" "${port_of[$kind]}" --connections "$connections" \
                     --pipeline 1 --duration "$DURATION" --warmup 1 --seed "$pair" \
                     "${extra[@]}" >"$out" 2>"$out.err"; then
-                    python3 - "$out" "$workload" "$name" "$kind" >>"$results" <<'PY'
+                    # Server CPU share over the run (its 1 s warm-up included).
+                    util=$(awk -v a="$(cpu_ticks "${pid_of[$kind]}")" -v b="$before" -v hz="$hz" \
+                        -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", (a - b) / hz / (e - s)}')
+                    python3 - "$out" "$workload" "$name" "$kind" "$util" >>"$results" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 l = r["latency_us"]
 kinds = {k["name"]: k for k in r["social"]["ops_by_kind"]}
 print("\t".join(sys.argv[2:5] + [str(r["ops_per_sec"]), str(l["p50"]), str(l["p99"]),
-                 str(l["p999"]), str(r["errors"]), json.dumps(kinds)]))
+                 str(l["p999"]), str(r["errors"]), json.dumps(kinds), sys.argv[5]]))
 PY
-                    tail -1 "$results" | cut -f1-8 >&2
+                    tail -1 "$results" | cut -f1-8,10 >&2
                 else
                     echo "run failed: $workload $name $kind pair $pair" >&2
                     cat "$out.err" >&2
@@ -175,7 +201,7 @@ PY
             done
         done
     done
-    for kind in koshka redis; do
+    for kind in "${kinds[@]}"; do
         stop_pid "${pid_of[$kind]}"
     done
     unset pid_of port_of
@@ -186,7 +212,7 @@ echo "## koshka vs Redis $redis_version, social workloads ($(nproc) CPUs, $(awk 
 echo
 echo "commit $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown), $PAIRS alternating pairs x ${DURATION}s," \
     "koshka --durability everysec, redis appendonly everysec; $USERS users, zipf activity;" \
-    "KOSHKA_ARGS='$KOSHKA_ARGS'"
+    "KOSHKA_ARGS='$KOSHKA_ARGS' BASELINE_BIN='$BASELINE_BIN'"
 echo
 python3 - "$results" "$memory" <<'PY'
 import json, statistics, sys
@@ -194,12 +220,13 @@ from collections import defaultdict
 runs = defaultdict(list)
 order = []
 for line in open(sys.argv[1]):
-    workload, name, kind, ops, p50, p99, p999, errors, kinds = line.rstrip("\n").split("\t")
+    workload, name, kind, ops, p50, p99, p999, errors, kinds, util = line.rstrip("\n").split("\t")
     if (workload, name) not in order:
         order.append((workload, name))
     runs[(workload, name, kind)].append(
         dict(ops=float(ops), p50=float(p50), p99=float(p99), p999=float(p999),
-             errors=int(errors), kinds=json.loads(kinds)))
+             errors=int(errors), kinds=json.loads(kinds), util=float(util),
+             per_cpu=float(ops) / float(util) if float(util) > 0 else 0.0))
 med = lambda rows, key: statistics.median(r[key] for r in rows) if rows else None
 f0 = lambda v: f"{v:,.0f}" if v is not None else "n/a"
 f1 = lambda v: f"{v:,.0f}" if v is not None and v >= 100 else (f"{v:.1f}" if v is not None else "n/a")
@@ -217,6 +244,23 @@ for workload, name in order:
     conns = "1" if name != "mix" else "many"
     errs = f"{sum(x['errors'] for x in k)}/{sum(x['errors'] for x in r)}"
     print(f"| {workload} | {name} | {conns} | {f0(ko)} | {f0(ro)} | {ratio} | {lat(k)} | {lat(r)} | {errs} |")
+print()
+print("Server CPU: cores the server process used during the run (user + system); per CPU-s =")
+print("operations per second of server CPU (median over the pairs). Redis executes commands on")
+print("one thread; koshka runs two workers. 'base' is BASELINE_BIN, when given.")
+print()
+print("| workload | scenario | koshka CPU | koshka per CPU-s | base ops/s | base per CPU-s | koshka/base | Redis CPU | Redis per CPU-s | koshka/Redis per CPU-s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for workload, name in order:
+    k = runs.get((workload, name, "koshka"), [])
+    b = runs.get((workload, name, "base"), [])
+    r = runs.get((workload, name, "redis"), [])
+    kc, bc, rc = med(k, "per_cpu"), med(b, "per_cpu"), med(r, "per_cpu")
+    ku, ru = med(k, "util"), med(r, "util")
+    fu = lambda v: f"{v:.2f}" if v is not None else "n/a"
+    kb = f"{med(k, 'ops') / med(b, 'ops'):.2f}x" if k and b else "n/a"
+    kr = f"{kc / rc:.2f}x" if kc and rc else "n/a"
+    print(f"| {workload} | {name} | {fu(ku)} | {f0(kc)} | {f0(med(b, 'ops'))} | {f0(bc)} | {kb} | {fu(ru)} | {f0(rc)} | {kr} |")
 print()
 for workload, name in order:
     if name != "mix":

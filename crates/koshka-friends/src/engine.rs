@@ -11,13 +11,14 @@ use koshka_engine::{
     StoreMode,
 };
 use koshka_keys::friends::{
-    parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, SetKey,
+    parse_id_list, parse_incr_key, DeleteKey, GetKey, ListRef, Mode, PrivacyKeys, SetKey,
 };
 use koshka_keys::Slice;
 
 use crate::ops::Record;
-use crate::privacy::{canonicalize, evaluate, parse_rules, render, Viewer};
+use crate::privacy::{canonicalize, evaluate, parse_rules, render_into, Viewer};
 use crate::reply::{push_item, push_u32};
+use crate::scratch;
 use crate::state::{intersect, Census, Friend, Partition, UserRef};
 use crate::{
     snapshot, FRIENDS_PER_USER_MAX, FRIEND_REQUESTS_PER_USER_MAX, MASK_BITS, PARTITIONS,
@@ -272,30 +273,44 @@ impl FriendsEngine {
             format_friends(out, all.len(), |i| all.at(i), mode, slice);
         } else {
             let bit = crate::mask_bit(folder);
-            let list: Vec<Friend> = all
-                .special_masks()
-                .iter()
-                .filter(|m| m.1 & bit != 0)
-                .filter_map(|m| all.get(m.0))
-                .collect();
-            format_friends(out, list.len(), |i| list[i], mode, slice);
+            scratch::with(|scratch| {
+                let list = &mut scratch.friends;
+                list.extend(
+                    all.special_masks()
+                        .iter()
+                        .filter(|m| m.1 & bit != 0)
+                        .filter_map(|m| all.get(m.0)),
+                );
+                format_friends(out, list.len(), |i| list[i], mode, slice);
+            });
         }
     }
 
-    fn get_recent(out: &mut Vec<u8>, items: Vec<(u32, u32, u32)>, slice: Slice) {
-        let mut items = items;
-        // Newest first; equal dates put the larger id first so the order is total.
-        items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
-        push_u32(out, u32::try_from(items.len()).unwrap_or(u32::MAX));
-        for i in slice.indexes(items.len()) {
-            let (id, mask, date) = items[i];
-            push_item(out, id);
-            push_item(out, mask);
-            push_item(out, date);
-        }
+    /// `total,(id,mask,date)…` newest first, from `(id, mask, date)` items in any order.
+    fn get_recent(out: &mut Vec<u8>, items: impl Iterator<Item = (u32, u32, u32)>, slice: Slice) {
+        scratch::with(|scratch| {
+            let list = &mut scratch.dated;
+            list.extend(items);
+            let items = list;
+            // Newest first; equal dates put the larger id first so the order is total.
+            items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
+            push_u32(out, u32::try_from(items.len()).unwrap_or(u32::MAX));
+            for i in slice.indexes(items.len()) {
+                let (id, mask, date) = items[i];
+                push_item(out, id);
+                push_item(out, mask);
+                push_item(out, date);
+            }
+        });
     }
 
-    fn check_privacy(&self, out: &mut Vec<u8>, viewer: u32, owner: u32, keys: &[String]) -> bool {
+    fn check_privacy(
+        &self,
+        out: &mut Vec<u8>,
+        viewer: u32,
+        owner: u32,
+        keys: &PrivacyKeys<'_>,
+    ) -> bool {
         let viewer_local = viewer != 0 && viewer != owner && self.is_local(viewer);
         let locked = if viewer_local {
             self.lock(&[owner, viewer])
@@ -328,18 +343,21 @@ impl FriendsEngine {
             })
         };
         let start = out.len();
-        let mut rules = Vec::new();
-        for key in keys {
-            let found = owner_data.is_some_and(|u| u.privacy_into(key, &mut rules));
-            let answer = if found {
-                evaluate(&rules, owner, Viewer { id: viewer, mask }, &mut fof).as_char()
-            } else if viewer == owner {
-                b'3'
-            } else {
-                b'?'
-            };
-            out.push(answer);
-        }
+        scratch::with(|scratch| {
+            let rules = &mut scratch.rules;
+            for key in keys.iter() {
+                rules.clear();
+                let found = owner_data.is_some_and(|u| u.privacy_into(key, rules));
+                let answer = if found {
+                    evaluate(rules, owner, Viewer { id: viewer, mask }, &mut fof).as_char()
+                } else if viewer == owner {
+                    b'3'
+                } else {
+                    b'?'
+                };
+                out.push(answer);
+            }
+        });
         // A single unknown key is a miss; a batch answers `?` for it.
         !(keys.len() == 1 && out.get(start) == Some(&b'?'))
     }
@@ -361,7 +379,7 @@ impl FriendsEngine {
     }
 
     /// Renders the answer to a read into `out`; `Ok(false)` is a miss.
-    fn render_get(&self, key: GetKey, session: &Session, out: &mut Vec<u8>) -> Result<bool> {
+    fn render_get(&self, key: GetKey<'_>, session: &Session, out: &mut Vec<u8>) -> Result<bool> {
         Ok(match key {
             GetKey::Friends {
                 user,
@@ -386,24 +404,17 @@ impl FriendsEngine {
             GetKey::RecentFriends { user, slice } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
-                let items = self.user(&locked, user).map_or_else(Vec::new, |u| {
-                    u.friends.iter().map(|f| (f.id, f.mask, f.date)).collect()
-                });
-                drop(locked);
-                Self::get_recent(out, items, slice);
+                let user = self.user(&locked, user);
+                let friends = user.into_iter().flat_map(|u| u.friends.iter());
+                Self::get_recent(out, friends.map(|f| (f.id, f.mask, f.date)), slice);
                 true
             }
             GetKey::Requests { user, slice } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
-                let items = self.user(&locked, user).map_or_else(Vec::new, |u| {
-                    u.requests()
-                        .iter()
-                        .map(|r| (r.from, r.mask, r.date))
-                        .collect()
-                });
-                drop(locked);
-                Self::get_recent(out, items, slice);
+                let user = self.user(&locked, user);
+                let requests = user.into_iter().flat_map(|u| u.requests().iter());
+                Self::get_recent(out, requests.map(|r| (r.from, r.mask, r.date)), slice);
                 true
             }
             GetKey::Friend { user, friend } => {
@@ -425,10 +436,14 @@ impl FriendsEngine {
             GetKey::Privacy { user, key } => {
                 self.check_owner(user)?;
                 let locked = self.lock(&[user]);
-                self.user(&locked, user)
-                    .and_then(|u| u.privacy(&key))
-                    .map(|rules| out.extend_from_slice(render(&rules).as_bytes()))
-                    .is_some()
+                let user = self.user(&locked, user);
+                scratch::with(|scratch| {
+                    let found = user.is_some_and(|u| u.privacy_into(&key, &mut scratch.rules));
+                    if found {
+                        render_into(out, &scratch.rules);
+                    }
+                    found
+                })
             }
             GetKey::Check {
                 viewer,

@@ -27,6 +27,7 @@ pub mod engine;
 pub mod ops;
 pub mod privacy;
 mod reply;
+mod scratch;
 pub mod snapshot;
 pub mod state;
 

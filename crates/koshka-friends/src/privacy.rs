@@ -186,20 +186,35 @@ fn parse_operand_number(digits: &[u8], start: usize) -> Result<u64> {
 /// Renders rules in the wire syntax (`+5-7*3/G*A`).
 #[must_use]
 pub fn render(rules: &[Rule]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(rules.len() * 4);
+    let mut out = Vec::with_capacity(rules.len() * 4);
+    render_into(&mut out, rules);
+    // Only ASCII signs, digits and letters were written.
+    String::from_utf8(out).unwrap_or_else(|_| unreachable!("rules render as ASCII"))
+}
+
+/// [`render`] appended to `out` (a reply buffer), allocating nothing.
+pub fn render_into(out: &mut Vec<u8>, rules: &[Rule]) {
     for rule in rules {
-        let (user_sign, group_sign) = if rule.allow { ('+', '*') } else { ('-', '/') };
-        // Writing into a String cannot fail.
-        let _ = match rule.target {
-            Target::User(id) => write!(out, "{user_sign}{id}"),
-            Target::Folder(f) => write!(out, "{group_sign}{f}"),
-            Target::Friends => write!(out, "{group_sign}0"),
-            Target::FriendsOfFriends => write!(out, "{group_sign}G"),
-            Target::Everybody => write!(out, "{group_sign}A"),
+        let (user_sign, group_sign) = if rule.allow {
+            (b'+', b'*')
+        } else {
+            (b'-', b'/')
         };
+        let mut digits = itoa::Buffer::new();
+        match rule.target {
+            Target::User(id) => {
+                out.push(user_sign);
+                out.extend_from_slice(digits.format(id).as_bytes());
+            }
+            Target::Folder(f) => {
+                out.push(group_sign);
+                out.extend_from_slice(digits.format(f).as_bytes());
+            }
+            Target::Friends => out.extend_from_slice(&[group_sign, b'0']),
+            Target::FriendsOfFriends => out.extend_from_slice(&[group_sign, b'G']),
+            Target::Everybody => out.extend_from_slice(&[group_sign, b'A']),
+        }
     }
-    out
 }
 
 /// `a` matches every viewer that `b` matches (friend masks always contain the

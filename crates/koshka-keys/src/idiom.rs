@@ -455,10 +455,10 @@ impl Slice {
         }
     }
 
-    /// [`Slice::positions`] as a vector, truncated to `max` items.
-    #[must_use]
-    pub fn resolve(self, len: usize, max: usize) -> Vec<usize> {
-        self.positions(len).take(max).collect()
+    /// [`Slice::positions`], at most `max` of them. An iterator, so a read that pages through
+    /// a list allocates nothing.
+    pub fn resolve(self, len: usize, max: usize) -> std::iter::Take<Positions> {
+        self.positions(len).take(max)
     }
 
     /// [`Slice::positions`], under the name the friends engine uses.
@@ -527,7 +527,9 @@ pub fn parse_id_list(text: &[u8], max: usize) -> Result<Vec<u32>> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids = Vec::new();
+    // Sized once (one allocation per list, none while growing): commas + 1 ids, within max.
+    let count = text.iter().filter(|b| **b == b',').count() + 1;
+    let mut ids = Vec::with_capacity(count.min(max));
     for item in text.split(|b| *b == b',') {
         if ids.len() == max {
             return Err(KeyError::malformed(format!("id list longer than {max}")));
@@ -657,12 +659,9 @@ pub fn check_privacy_key(key: &[u8], max: usize) -> Result<()> {
 }
 
 /// Parses the `viewer~owner:key,key…` privacy check idiom from a cursor at its start:
-/// `(viewer, owner, keys)`; viewer 0 is the anonymous visitor.
-pub(crate) fn parse_check(
-    cursor: &mut Cursor<'_>,
-    keys_max: usize,
-    key_len_max: usize,
-) -> Result<(i64, i64, Vec<String>)> {
+/// `(viewer, owner, keys)`, the keys still as the text after `:` (the grammar validates them,
+/// see `friends::PrivacyKeys`); viewer 0 is the anonymous visitor.
+pub(crate) fn parse_check<'a>(cursor: &mut Cursor<'a>) -> Result<(i64, i64, &'a [u8])> {
     let shape = || KeyError::malformed("privacy check must look like viewer~owner:key");
     let viewer = check_viewer(cursor.number("viewer id")?)?;
     if !cursor.eat(b'~') {
@@ -672,30 +671,25 @@ pub(crate) fn parse_check(
     if !cursor.eat(b':') {
         return Err(shape());
     }
-    let mut keys = Vec::new();
-    for key in cursor.take_rest().split(|b| *b == b',') {
-        if keys.len() == keys_max {
-            return Err(KeyError::malformed(format!(
-                "more than {keys_max} keys in one privacy check"
-            )));
-        }
-        check_privacy_key(key, key_len_max)?;
-        keys.push(String::from_utf8_lossy(key).into_owned());
-    }
-    Ok((viewer, owner, keys))
+    Ok((viewer, owner, cursor.take_rest()))
 }
 
 /// Appends `viewer~owner:key,key…`.
-pub fn encode_check(out: &mut Vec<u8>, viewer: u32, owner: u32, keys: &[String]) {
+pub fn encode_check<K: AsRef<str>>(
+    out: &mut Vec<u8>,
+    viewer: u32,
+    owner: u32,
+    keys: impl IntoIterator<Item = K>,
+) {
     push_uint(out, u64::from(viewer));
     out.push(b'~');
     push_uint(out, u64::from(owner));
     out.push(b':');
-    for (i, key) in keys.iter().enumerate() {
+    for (i, key) in keys.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key.as_ref().as_bytes());
     }
 }
 
@@ -760,7 +754,7 @@ mod tests {
         assert_eq!(pick(range(1, 3), 5), vec![0, 1, 2]);
         assert_eq!(pick(range(-1, -2), 5), vec![4, 3]);
         assert_eq!(pick(range(-1, 1), 3), vec![2, 1, 0]);
-        assert_eq!(range(1, -1).resolve(3, 2), vec![0, 1]);
+        assert_eq!(range(1, -1).resolve(3, 2).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(pick(range(0, 0), 3), Vec::<usize>::new());
         assert_eq!(pick(range(4, 9), 3), Vec::<usize>::new());
         assert_eq!(pick(range(-1, -10), 0), Vec::<usize>::new());

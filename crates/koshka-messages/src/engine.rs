@@ -893,10 +893,11 @@ fn position(out: &mut Vec<u8>, list: &[u32], lid: u32) -> bool {
 fn dialogs(out: &mut Vec<u8>, mb: &Mailbox, slice: Slice) {
     let total = mb.dialogs.len();
     number(out, total);
-    let positions = slice.resolve(total, PAGE_SIZE_MAX);
-    let (Some(&a), Some(&b)) = (positions.first(), positions.last()) else {
+    let mut positions = slice.resolve(total, PAGE_SIZE_MAX);
+    let Some(a) = positions.next() else {
         return;
     };
+    let b = positions.last().unwrap_or(a);
     let (lo, hi) = (a.min(b), a.max(b));
     let window = mb.dialogs.iter().skip(lo).take(hi - lo + 1);
     let mut write = |(lid, peer): (&u32, &i64)| {

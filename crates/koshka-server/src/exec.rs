@@ -307,6 +307,11 @@ fn store_reply(outcome: Outcome) -> &'static [u8] {
     }
 }
 
+/// Keys of a multi-get announced to the engine at a time ([`Engine::prefetch`]): enough to
+/// overlap the cache misses of a typical multi-get, few enough that what is prefetched is
+/// still cached when its turn comes.
+const PREFETCH_KEYS: usize = 16;
+
 /// `get`/`gets`/`gat`/`gats`: one request per key, values streamed into the output buffer.
 /// A key the engine refuses (a malformed compiled key) fails the whole command.
 fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume: usize) -> Flow {
@@ -314,9 +319,21 @@ fn get(ctx: &mut Ctx<'_>, keys: &Keys<'_>, cas: bool, touch: Option<i64>, resume
         bump(&ctx.counters.cmd_touch, keys.len() as u64);
     }
     let start = ctx.out.len();
+    // A multi-get tells the engine its keys a window ahead (see `Engine::prefetch`).
+    let prefetch = touch.is_none() && keys.len() > 1;
+    let mut ahead = keys.iter().skip(resume);
     for (index, key) in keys.iter().enumerate().skip(resume) {
         if ctx.out.len() >= ctx.output_max {
             return Flow::MoreKeys(index);
+        }
+        if prefetch && (index - resume).is_multiple_of(PREFETCH_KEYS) {
+            let mut window: [&[u8]; PREFETCH_KEYS] = [&[]; PREFETCH_KEYS];
+            let mut n = 0;
+            for (slot, key) in window.iter_mut().zip(ahead.by_ref()) {
+                *slot = key;
+                n += 1;
+            }
+            ctx.engine().prefetch(&window[..n]);
         }
         bump(&ctx.counters.cmd_get, 1);
         let request = match touch {

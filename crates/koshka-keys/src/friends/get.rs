@@ -1,15 +1,19 @@
 //! [`GetKey`]: the `get` keys of the friends grammar.
 
-use super::{check_temp_tag, underscore, unknown, user, ListRef, Mode};
-use super::{folder, parse_id_list, privacy_key, push_name, push_pair, push_privacy, start};
-use super::{PRIVACY_CHECK_KEYS_MAX, PRIVACY_KEY_LEN_MAX};
+use std::borrow::Cow;
+
+use super::PRIVACY_CHECK_KEYS_MAX;
+use super::{check_privacy_key, check_temp_tag, underscore, unknown, user, ListRef, Mode};
+use super::{folder, parse_id_list, privacy_key_ref, push_name, push_pair, push_privacy, start};
 use crate::idiom::{self, push_uint, Cursor, Slice};
 use crate::route::{Access, Merge, Owners, Route};
 use crate::{Encode, KeyError, Result};
 
-/// A key read with `get`.
+/// A key read with `get`. Parsing borrows the privacy key and the keys of a privacy check from
+/// the key text (`'a`), so reading them allocates nothing; [`GetKey::into_owned`] detaches a
+/// parsed key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GetKey {
+pub enum GetKey<'a> {
     /// `friends<uid>[_<folder>][#slice]`, `friends_masks…`, `friends_full…`.
     Friends {
         /// Owner.
@@ -61,7 +65,7 @@ pub enum GetKey {
         /// Owner.
         user: u32,
         /// Privacy key.
-        key: String,
+        key: Cow<'a, str>,
     },
     /// `<viewer>~<owner>:<key>[,<key>…]`.
     Check {
@@ -70,7 +74,7 @@ pub enum GetKey {
         /// Owner.
         owner: u32,
         /// Privacy keys (at least one).
-        keys: Vec<String>,
+        keys: PrivacyKeys<'a>,
     },
     /// `common_friends<u1>,<u2>`.
     CommonFriends {
@@ -95,6 +99,95 @@ pub enum GetKey {
     },
 }
 
+/// The keys of a privacy check, `key,key,…` ([`GetKey::Check`]): 1..=[`PRIVACY_CHECK_KEYS_MAX`]
+/// keys, each valid for [`check_privacy_key`], kept as the text they came in. Parsing
+/// validates every key once and borrows the text, so a check allocates nothing;
+/// [`PrivacyKeys::iter`] splits it again on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivacyKeys<'a> {
+    /// `key,key,…`, already validated.
+    text: Cow<'a, str>,
+    /// How many keys `text` holds.
+    len: usize,
+}
+
+impl<'a> PrivacyKeys<'a> {
+    /// Validates `key,key,…`.
+    ///
+    /// # Errors
+    /// [`KeyError::Malformed`] for a bad key or more than [`PRIVACY_CHECK_KEYS_MAX`] keys.
+    pub fn parse(text: &'a [u8]) -> Result<Self> {
+        let mut len = 0;
+        for key in text.split(|b| *b == b',') {
+            if len == PRIVACY_CHECK_KEYS_MAX {
+                return Err(KeyError::malformed(format!(
+                    "more than {PRIVACY_CHECK_KEYS_MAX} keys in one privacy check"
+                )));
+            }
+            check_privacy_key(key)?;
+            len += 1;
+        }
+        // Every key is ASCII (checked above), and so are the commas between them.
+        let text = std::str::from_utf8(text)
+            .map_err(|_| KeyError::malformed("privacy keys are not ASCII"))?;
+        Ok(Self {
+            text: Cow::Borrowed(text),
+            len,
+        })
+    }
+
+    /// The keys of a check a client builds.
+    ///
+    /// # Errors
+    /// As [`PrivacyKeys::parse`].
+    pub fn new<K: AsRef<str>>(keys: impl IntoIterator<Item = K>) -> Result<PrivacyKeys<'static>> {
+        let mut text = String::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(key.as_ref());
+        }
+        let len = PrivacyKeys::parse(text.as_bytes())?.len;
+        Ok(PrivacyKeys {
+            text: Cow::Owned(text),
+            len,
+        })
+    }
+
+    /// The keys, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.text.split(',')
+    }
+
+    /// Number of keys (at least one).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a check names at least one key.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The keys as given, `key,key,…`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The same keys, owning their text.
+    #[must_use]
+    pub fn into_owned(self) -> PrivacyKeys<'static> {
+        PrivacyKeys {
+            text: Cow::Owned(self.text.into_owned()),
+            len: self.len,
+        }
+    }
+}
+
 /// `:` then an inline id list or `-tag`, to the end of the key.
 fn list_ref(cursor: &mut Cursor<'_>) -> Result<ListRef> {
     if !cursor.eat(b':') {
@@ -110,9 +203,9 @@ fn list_ref(cursor: &mut Cursor<'_>) -> Result<ListRef> {
     }
 }
 
-fn check_key(cursor: &mut Cursor<'_>) -> Result<GetKey> {
-    let (viewer, owner, keys) =
-        idiom::parse_check(cursor, PRIVACY_CHECK_KEYS_MAX, PRIVACY_KEY_LEN_MAX)?;
+fn check_key<'a>(cursor: &mut Cursor<'a>) -> Result<GetKey<'a>> {
+    let (viewer, owner, keys) = idiom::parse_check(cursor)?;
+    let keys = PrivacyKeys::parse(keys)?;
     // NOTE: both ids are within 0..=ID_MAX.
     let id = |id: i64| u32::try_from(id).unwrap_or(u32::MAX);
     Ok(GetKey::Check {
@@ -130,12 +223,12 @@ fn folder_suffix(c: &mut Cursor<'_>) -> Result<u8> {
     }
 }
 
-impl GetKey {
-    /// Parses a `get` key.
+impl<'a> GetKey<'a> {
+    /// Parses a `get` key, borrowing from it.
     ///
     /// # Errors
     /// [`KeyError`] saying what is malformed; [`KeyError::Unknown`] for an unknown name.
-    pub fn parse(key: &[u8]) -> Result<Self> {
+    pub fn parse(key: &'a [u8]) -> Result<Self> {
         let (name, mut c) = start(key);
         if name.is_empty() {
             return check_key(&mut c);
@@ -180,7 +273,7 @@ impl GetKey {
             }
             b"privacy" => Self::Privacy {
                 user,
-                key: privacy_key(&mut c)?,
+                key: Cow::Borrowed(privacy_key_ref(&mut c)?),
             },
             b"common_friends" => {
                 if c.eat(b',') {
@@ -204,9 +297,48 @@ impl GetKey {
         c.end()?;
         Ok(parsed)
     }
+
+    /// The same key, owning whatever it borrowed from the parsed text.
+    #[must_use]
+    pub fn into_owned(self) -> GetKey<'static> {
+        match self {
+            Self::Friends {
+                user,
+                folder,
+                mode,
+                slice,
+            } => GetKey::Friends {
+                user,
+                folder,
+                mode,
+                slice,
+            },
+            Self::FriendCount { user, folder } => GetKey::FriendCount { user, folder },
+            Self::RecentFriends { user, slice } => GetKey::RecentFriends { user, slice },
+            Self::Friend { user, friend } => GetKey::Friend { user, friend },
+            Self::Request { user, from } => GetKey::Request { user, from },
+            Self::Requests { user, slice } => GetKey::Requests { user, slice },
+            Self::Privacy { user, key } => GetKey::Privacy {
+                user,
+                key: Cow::Owned(key.into_owned()),
+            },
+            Self::Check {
+                viewer,
+                owner,
+                keys,
+            } => GetKey::Check {
+                viewer,
+                owner,
+                keys: keys.into_owned(),
+            },
+            Self::CommonFriends { user, other } => GetKey::CommonFriends { user, other },
+            Self::FriendsAmong { user, list } => GetKey::FriendsAmong { user, list },
+            Self::CommonCounts { user, list } => GetKey::CommonCounts { user, list },
+        }
+    }
 }
 
-impl Encode for GetKey {
+impl Encode for GetKey<'_> {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Self::Friends {
@@ -243,7 +375,7 @@ impl Encode for GetKey {
                 viewer,
                 owner,
                 keys,
-            } => idiom::encode_check(out, *viewer, *owner, keys),
+            } => idiom::encode_check(out, *viewer, *owner, keys.iter()),
             Self::CommonFriends { user, other } => {
                 push_name(out, b"common_friends", *user);
                 out.push(b',');
@@ -271,7 +403,7 @@ fn push_folder(out: &mut Vec<u8>, folder: u8) {
     }
 }
 
-impl Route for GetKey {
+impl Route for GetKey<'_> {
     fn owners(&self) -> Owners {
         match self {
             Self::Check { viewer, owner, .. } => {
@@ -346,7 +478,7 @@ mod tests {
             GetKey::Check {
                 viewer: 5,
                 owner: 12,
-                keys: vec!["album17".into(), "priv_phone".into()]
+                keys: PrivacyKeys::new(["album17", "priv_phone"]).unwrap()
             }
         );
         assert_eq!(

@@ -21,7 +21,7 @@
 mod get;
 mod write;
 
-pub use get::GetKey;
+pub use get::{GetKey, PrivacyKeys};
 pub use write::{parse_incr_key, DeleteKey, IncrKey, SetKey};
 
 use crate::idiom::{self, push_uint, Cursor, Dialect};
@@ -152,12 +152,18 @@ fn folder(c: &mut Cursor<'_>, allow_all: bool) -> Result<u8> {
     }
 }
 
-/// A privacy key running to the end of the key, after `_`.
-fn privacy_key(c: &mut Cursor<'_>) -> Result<String> {
+/// A privacy key running to the end of the key, after `_`, borrowed from the key.
+fn privacy_key_ref<'a>(c: &mut Cursor<'a>) -> Result<&'a str> {
     underscore(c, "privacy key")?;
     let key = c.take_rest();
     check_privacy_key(key)?;
-    Ok(String::from_utf8_lossy(key).into_owned())
+    // A valid privacy key is ASCII (checked just above).
+    std::str::from_utf8(key).map_err(|_| KeyError::malformed("privacy key is not ASCII"))
+}
+
+/// A privacy key running to the end of the key, after `_`.
+fn privacy_key(c: &mut Cursor<'_>) -> Result<String> {
+    privacy_key_ref(c).map(str::to_owned)
 }
 
 /// Appends `name<user>`.
