@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use koshka_engine::{Appended, ApplyCtx, Clock, Engine, Journal, ShardSpec, SystemClock};
+use koshka_engine::lanes::{replay_threads, Failed};
+use koshka_engine::{Appended, ApplyCtx, Clock, Engine, Journal, Lanes, ShardSpec, SystemClock};
 use koshka_limits::Limits;
 use parking_lot::{Condvar, Mutex};
 
@@ -27,11 +28,11 @@ use crate::clock::LogClock;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
     check_engine_name, is_reserved, snapshot_file_name, FileHeader, RECORD_HEADER_SIZE,
-    SNAPSHOT_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
 };
 use crate::fsutil::{list, sync_dir};
-use crate::reader::ReadOptions;
-use crate::recover::{replay, ReplayOutcome};
+use crate::reader::{ReadOptions, Record};
+use crate::recover::{replay_to, ReplayOutcome, Sink};
 use crate::snapshot::{list_snapshots, open_body, remove_leftover_temps, validate, SnapshotInfo};
 use crate::writer::{Binlog, BinlogConfig, Durability};
 
@@ -89,6 +90,10 @@ pub struct PersistConfig {
     pub repair: bool,
     /// Print replay progress to stderr on long start-ups.
     pub progress: bool,
+    /// Apply threads for the start-up replay of an engine that says which partition each
+    /// record touches ([`koshka_engine::Engine::replay_partition`]); 0 = one per core, 1 =
+    /// serial (see [`koshka_engine::lanes`]). Engines that do not opt in replay serially.
+    pub replay_threads: usize,
     /// Wall-clock and monotonic time source of the log clock ([`LogClock`]); tests inject a
     /// [`koshka_engine::ManualClock`].
     pub clock: Arc<dyn Clock>,
@@ -110,6 +115,7 @@ impl PersistConfig {
             retention: Retention::default(),
             repair: false,
             progress: true,
+            replay_threads: 0,
             clock: Arc::new(SystemClock),
         }
     }
@@ -533,23 +539,16 @@ fn replay_log(
     };
     let label = format!("koshka {}", config.engine);
     let from = snapshot.map(|s| (s.header.pos, s.header.chain));
-    let outcome = replay(
+    let mut sink = ApplySink {
+        lanes: Lanes::new(Arc::clone(engine), replay_threads(config.replay_threads)),
+        config,
+    };
+    let outcome = replay_to(
         &config.dir,
         &config.engine,
         from,
         opts,
-        &mut |rec| {
-            if is_reserved(rec.record_type) {
-                return Ok(());
-            }
-            let ctx = ApplyCtx {
-                pos: rec.pos,
-                time: rec.time,
-            };
-            engine
-                .apply(rec.record_type, rec.payload, ctx)
-                .map_err(Error::Engine)
-        },
+        &mut sink,
         config.progress.then_some(label.as_str()),
     )
     .map_err(|e| match (e, snapshot) {
@@ -579,6 +578,53 @@ fn replay_log(
         );
     }
     Ok(outcome)
+}
+
+/// Hands replayed engine records to [`Lanes`] (apply threads by partition, or this thread).
+struct ApplySink<'a> {
+    lanes: Lanes,
+    config: &'a PersistConfig,
+}
+
+impl Sink for ApplySink<'_> {
+    fn record(&mut self, rec: &Record<'_>) -> Result<()> {
+        if is_reserved(rec.record_type) {
+            return Ok(());
+        }
+        let ctx = ApplyCtx {
+            pos: rec.pos,
+            time: rec.time,
+        };
+        self.lanes
+            .apply(rec.record_type, rec.payload, ctx)
+            .map_err(|failed| self.locate(failed))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.lanes.finish().map_err(|failed| self.locate(failed))
+    }
+}
+
+impl ApplySink<'_> {
+    /// [`Error::Replay`] naming the segment and offset of the record that failed (with apply
+    /// threads, not necessarily the record the reader is at).
+    fn locate(&self, failed: Failed) -> Error {
+        let start = failed.ctx.pos - (RECORD_HEADER_SIZE + failed.payload_len) as u64;
+        let segment = list(&self.config.dir, Some(&self.config.engine), "bin")
+            .ok()
+            .and_then(|segments| segments.into_iter().rev().find(|s| s.pos <= start));
+        let (path, offset) = segment.map_or_else(
+            || (PathBuf::new(), 0),
+            |s| (s.path, SEGMENT_HEADER_SIZE as u64 + (start - s.pos)),
+        );
+        Error::Replay {
+            path,
+            offset,
+            pos: failed.ctx.pos,
+            record_type: failed.record_type,
+            source: failed.error,
+        }
+    }
 }
 
 fn snapshot_loop(inner: &Inner) {

@@ -21,6 +21,8 @@ fn config(dir: &Path, durability: Durability) -> PersistConfig {
     c.snapshot_log_bytes = 0;
     c.snapshot_on_shutdown = false;
     c.progress = false;
+    // Apply threads even on a one-core machine: the model test covers parallel replay.
+    c.replay_threads = 3;
     c
 }
 
@@ -254,6 +256,7 @@ fn shutdown_snapshot_and_stats() {
 #[derive(Debug, Clone)]
 enum Op {
     Add(u8, i8),
+    Reset,
     Burst(u8),
     Snapshot,
     SnapshotDuringWrites,
@@ -264,6 +267,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (any::<u8>(), any::<i8>()).prop_map(|(k, d)| Op::Add(k, d)),
         3 => any::<u8>().prop_map(Op::Burst),
+        1 => Just(Op::Reset),
         1 => Just(Op::Snapshot),
         1 => Just(Op::SnapshotDuringWrites),
         1 => any::<bool>().prop_map(|clean| Op::Restart { clean }),
@@ -290,10 +294,12 @@ proptest! {
         always in any::<bool>(),
         keep in 0usize..3,
         snapshot_on_shutdown in any::<bool>(),
+        replay_threads in 1usize..4,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path(), if always { Durability::Always } else { Durability::EverySec });
         cfg.snapshot_on_shutdown = snapshot_on_shutdown;
+        cfg.replay_threads = replay_threads;
         cfg.retention = Retention { snapshots_keep: keep, delete_covered_segments: keep > 0 };
         let mut model: BTreeMap<u64, i64> = BTreeMap::new();
         let (mut engine, mut host) = open(&cfg);
@@ -302,6 +308,10 @@ proptest! {
                 Op::Add(k, d) => {
                     engine.add(u64::from(k), i64::from(d), host.journal()).unwrap();
                     *model.entry(u64::from(k)).or_default() += i64::from(d);
+                }
+                Op::Reset => {
+                    engine.reset(host.journal()).unwrap();
+                    model.clear();
                 }
                 Op::Burst(n) => {
                     for i in 0..u64::from(n) {

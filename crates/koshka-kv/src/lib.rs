@@ -862,6 +862,16 @@ impl Engine for Kv {
         Ok(())
     }
 
+    /// A keyed record touches its key's partition only: its apply reads the delayed-flush
+    /// deadline (written only by FLUSH records, which are barriers) and adds to the memory
+    /// and event counters (sums, whatever the order). FLUSH touches every partition or none.
+    fn replay_partition(&self, record_type: u16, payload: &[u8]) -> Option<usize> {
+        match Record::decode(record_type, payload).ok()? {
+            Record::Flush { .. } => None,
+            record => record.key().map(Self::partition_of),
+        }
+    }
+
     fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
         out.write_all(SNAPSHOT_MAGIC)?;
         out.write_all(&(PARTITIONS as u32).to_le_bytes())?;
