@@ -113,6 +113,22 @@ fn stat(host: &Host, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// CPU seconds (user + system) this process has used, all threads (from /proc/self/stat,
+/// in clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat(5) (utime, stime) are 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -135,29 +151,37 @@ fn main() {
     if !has_log {
         build_log(&dir, args.records, args.keys);
     }
-    println!("threads\trun\trecords\tseconds\trecords_per_s\titems");
+    println!("threads\trun\trecords\tseconds\trecords_per_s\tcpu_s\tcpu_ns_per_record\titems");
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); args.threads.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); args.threads.len()];
     for run in 0..args.runs {
         for k in 0..args.threads.len() {
             let slot = (k + run) % args.threads.len();
             let threads = args.threads[slot];
             let kv = kv();
+            let cpu_before = cpu_seconds();
             let host = Host::open(kv.clone(), config(&dir, threads)).expect("open");
+            let cpu_used = cpu_seconds() - cpu_before;
             let records: f64 = stat(&host, "replay_records").parse().unwrap();
             let seconds: f64 = stat(&host, "replay_seconds").parse().unwrap();
             let items = kv.usage().0;
             drop(host);
             drop(kv);
             let rate = records / seconds;
-            println!("{threads}\t{run}\t{records}\t{seconds:.3}\t{rate:.0}\t{items}");
+            let ns = cpu_used * 1e9 / records;
+            println!(
+                "{threads}\t{run}\t{records}\t{seconds:.3}\t{rate:.0}\t{cpu_used:.2}\t{ns:.0}\t{items}"
+            );
             rates[slot].push(rate);
+            cpu[slot].push(ns);
         }
     }
-    for (threads, rates) in args.threads.iter().zip(rates) {
+    for ((threads, rates), cpu) in args.threads.iter().zip(rates).zip(cpu) {
         println!(
-            "median\tthreads={threads}\truns={}\t{:.0} records/s",
+            "median\tthreads={threads}\truns={}\t{:.0} records/s\t{:.0} CPU ns/record",
             rates.len(),
-            median(rates)
+            median(rates),
+            median(cpu)
         );
     }
 }
