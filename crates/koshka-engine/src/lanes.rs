@@ -97,6 +97,8 @@ struct Lane {
 pub struct Lanes {
     engine: Arc<dyn Engine>,
     lanes: Vec<Lane>,
+    /// Apply threads to start with the first record of a partition (0 once started).
+    wanted: usize,
     done_send: Sender<Done>,
     done_recv: Receiver<Done>,
     /// Set by an apply thread whose record failed, so the reader stops early.
@@ -133,42 +135,20 @@ pub fn replay_threads(requested: usize) -> usize {
 }
 
 impl Lanes {
-    /// Starts `threads` apply threads for `engine` (see [`replay_threads`]; 1 or a thread
-    /// that cannot be started means every record is applied on the calling thread).
+    /// Applies records to `engine` on up to `threads` apply threads (see [`replay_threads`]).
+    /// The threads start with the first record of a partition, so an engine that does not
+    /// opt in ([`Engine::replay_partition`]) never gets any; 1, or fewer than two threads
+    /// that could be started, means every record is applied on the calling thread.
     #[must_use]
     pub fn new(engine: Arc<dyn Engine>, threads: usize) -> Self {
         let (done_send, done_recv) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut lanes = Vec::new();
-        if threads > 1 {
-            for index in 0..threads.min(REPLAY_THREADS_MAX) {
-                let (send, recv) = mpsc::sync_channel::<Vec<u8>>(LANE_DEPTH);
-                let (engine, done, stop) = (Arc::clone(&engine), done_send.clone(), stop.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("replay-{index}"))
-                    .spawn(move || lane_loop(index, engine.as_ref(), &recv, &done, &stop));
-                match spawned {
-                    Ok(thread) => lanes.push(Lane {
-                        buf: Vec::new(),
-                        in_flight: 0,
-                        send: Some(send),
-                        thread: Some(thread),
-                    }),
-                    // Fewer threads (the caller sees how many in `threads()`): slower, not wrong.
-                    Err(_) => break,
-                }
-            }
-            if lanes.len() < 2 {
-                // One lane is a serial replay with an extra hand-off: apply here instead.
-                lanes.clear();
-            }
-        }
         Self {
             engine,
-            lanes,
+            lanes: Vec::new(),
+            wanted: threads.min(REPLAY_THREADS_MAX),
             done_send,
             done_recv,
-            stop,
+            stop: Arc::new(AtomicBool::new(false)),
             failed: None,
             spare: Vec::new(),
             barriers: 0,
@@ -176,14 +156,45 @@ impl Lanes {
         }
     }
 
-    /// Apply threads in use (0: every record is applied on the calling thread).
+    /// Starts the apply threads (once).
+    fn start(&mut self) {
+        let wanted = std::mem::take(&mut self.wanted);
+        if wanted < 2 {
+            return;
+        }
+        for index in 0..wanted {
+            let (send, recv) = mpsc::sync_channel::<Vec<u8>>(LANE_DEPTH);
+            let engine = Arc::clone(&self.engine);
+            let (done, stop) = (self.done_send.clone(), Arc::clone(&self.stop));
+            let spawned = std::thread::Builder::new()
+                .name(format!("replay-{index}"))
+                .spawn(move || lane_loop(index, engine.as_ref(), &recv, &done, &stop));
+            match spawned {
+                Ok(thread) => self.lanes.push(Lane {
+                    buf: Vec::new(),
+                    in_flight: 0,
+                    send: Some(send),
+                    thread: Some(thread),
+                }),
+                // Fewer threads (the caller sees how many in `threads()`): slower, not wrong.
+                Err(_) => break,
+            }
+        }
+        if self.lanes.len() < 2 {
+            // One lane is a serial replay with an extra hand-off: apply here instead. Its
+            // thread ends when its channel closes.
+            self.lanes.clear();
+        }
+    }
+
+    /// Apply threads in use (0: every record so far was applied on the calling thread).
     #[must_use]
     pub fn threads(&self) -> usize {
         self.lanes.len()
     }
 
     /// Records so far that were applied on the calling thread between two drains of every
-    /// lane (they touch several partitions or none).
+    /// lane (they touch several partitions or none) while apply threads ran.
     #[must_use]
     pub fn barriers(&self) -> u64 {
         self.barriers
@@ -199,27 +210,32 @@ impl Lanes {
     /// If called again after an error; if an apply thread panicked (with its message).
     pub fn apply(&mut self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<(), Failed> {
         assert!(!self.over, "Lanes::apply after a failure");
-        if self.lanes.is_empty() {
+        if self.lanes.is_empty() && self.wanted < 2 {
+            // A serial replay (asked for, or the threads could not start).
             return self.apply_here(record_type, payload, ctx);
         }
         if self.stop.load(Ordering::Relaxed) {
-            return self.finish();
+            return self.drain();
         }
-        match self.engine.replay_partition(record_type, payload) {
-            Some(partition) => {
-                let lane = partition % self.lanes.len();
-                push_entry(&mut self.lanes[lane].buf, record_type, payload, ctx);
-                if self.lanes[lane].buf.len() >= LANE_BATCH_BYTES {
-                    self.send(lane);
-                }
-                Ok(())
-            }
-            None => {
+        let Some(partition) = self.engine.replay_partition(record_type, payload) else {
+            if !self.lanes.is_empty() {
                 self.barriers += 1;
                 self.drain()?;
-                self.apply_here(record_type, payload, ctx)
+            }
+            return self.apply_here(record_type, payload, ctx);
+        };
+        if self.wanted > 0 {
+            self.start();
+            if self.lanes.is_empty() {
+                return self.apply_here(record_type, payload, ctx);
             }
         }
+        let lane = partition % self.lanes.len();
+        push_entry(&mut self.lanes[lane].buf, record_type, payload, ctx);
+        if self.lanes[lane].buf.len() >= LANE_BATCH_BYTES {
+            self.send(lane);
+        }
+        Ok(())
     }
 
     /// Waits until every record handed to [`Lanes::apply`] has been applied.
