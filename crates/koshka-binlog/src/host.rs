@@ -56,6 +56,16 @@ pub const SNAPSHOT_SPACE_PERCENT: u64 = 120;
 /// all a first snapshot needs): file-system metadata and some room left for everything else.
 pub const SNAPSHOT_SPACE_SLACK: u64 = 1024 * 1024;
 
+/// Nice value of the background snapshot thread (Linux nice values are per thread). A
+/// snapshot competes with the request workers for the cores: copying, checksumming and
+/// writing the whole state takes about one core for its duration. At nice 10 the scheduler
+/// gives it about a tenth of the CPU a nice-0 worker gets while the workers are busy and all
+/// of it while they are idle, so a snapshot under load takes longer instead of taking
+/// throughput; unloaded it runs at full speed. It still finishes under full load (nice is a
+/// weight, not a starvation). A partition lock it holds is released within the copy of one
+/// partition, which the workers waiting on it leave the core free for.
+pub const SNAPSHOT_NICE_DEFAULT: i32 = 10;
+
 /// Which old files to delete after a snapshot. The default keeps everything: replication and
 /// backups need old segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,6 +96,9 @@ pub struct PersistConfig {
     pub snapshot_on_shutdown: bool,
     /// What to delete after a snapshot.
     pub retention: Retention,
+    /// Nice value of the background snapshot thread ([`SNAPSHOT_NICE_DEFAULT`]); 0 leaves it
+    /// at the process's priority.
+    pub snapshot_nice: i32,
     /// Truncate the log at mid-log corruption instead of refusing to start.
     pub repair: bool,
     /// Print replay progress to stderr on long start-ups.
@@ -113,6 +126,7 @@ impl PersistConfig {
             snapshot_log_bytes: limits.snapshot_log_bytes,
             snapshot_on_shutdown: true,
             retention: Retention::default(),
+            snapshot_nice: SNAPSHOT_NICE_DEFAULT,
             repair: false,
             progress: true,
             replay_threads: 0,
@@ -631,6 +645,7 @@ fn snapshot_loop(inner: &Inner) {
     let JournalImpl::Log(binlog) = &inner.journal else {
         return;
     };
+    lower_priority(inner.cfg.snapshot_nice);
     let mut retry_at: Option<Instant> = None;
     let mut signal = inner.signal.lock();
     let mut time_marked = Instant::now();
@@ -667,6 +682,19 @@ fn snapshot_loop(inner: &Inner) {
         inner
             .signal_cv
             .wait_for(&mut signal, SNAPSHOT_CHECK_INTERVAL);
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (see [`SNAPSHOT_NICE_DEFAULT`]); a
+/// failure is logged and ignored (the snapshot still runs, at full priority).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // On Linux, PRIO_PROCESS with "this process" sets the calling thread's nice value only.
+    let current = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(None, current.saturating_add(nice)) {
+        tracing::warn!("cannot lower the snapshot thread's priority by {nice}: {e}");
     }
 }
 

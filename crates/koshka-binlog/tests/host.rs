@@ -376,3 +376,61 @@ fn torn_tail_loses_only_the_torn_record() {
     let (engine, _host) = open(&cfg);
     assert_eq!(engine.state(), state);
 }
+
+/// The nice value of this process's thread named `name`, from /proc (field 19 of stat(5)).
+/// The kernel keeps the first 15 bytes of a thread's name.
+fn thread_nice(name: &str) -> Option<i64> {
+    let name = &name[..name.len().min(15)];
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        return rest.split_whitespace().nth(16)?.parse().ok();
+    }
+    None
+}
+
+#[test]
+fn the_snapshot_thread_runs_at_lower_priority_and_the_rest_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::EverySec);
+    cfg.snapshot_nice = 7;
+    // A name of its own: other tests in this process run snapshot threads too.
+    cfg.engine = "nicetest".into();
+    let own = thread_nice("host-nice-test");
+    let test = std::thread::Builder::new()
+        .name("host-nice-test".into())
+        .spawn(move || {
+            let mine = thread_nice("host-nice-test").unwrap();
+            let (engine, host) = open(&cfg);
+            // The thread lowers itself when it starts: wait for it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let snapshot = loop {
+                match thread_nice("snapshot-nicetest") {
+                    Some(nice) if nice != mine || Instant::now() > deadline => break nice,
+                    None if Instant::now() > deadline => panic!("no snapshot thread"),
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            // Snapshots still work at that priority, and this thread kept its own.
+            engine.add(1, 1, host.journal()).unwrap();
+            host.request_snapshot();
+            while stat(&host.stats(), "snapshots_written") == "0" {
+                assert!(Instant::now() < deadline, "no snapshot at nice {snapshot}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (mine, snapshot, thread_nice("host-nice-test").unwrap())
+        })
+        .unwrap();
+    let (mine, snapshot, after) = test.join().unwrap();
+    assert_eq!(own, None, "the test thread did not exist yet");
+    assert_eq!(
+        snapshot,
+        (mine + 7).min(19),
+        "snapshot thread at {snapshot}, caller at {mine}"
+    );
+    assert_eq!(after, mine, "the caller's priority changed");
+}
