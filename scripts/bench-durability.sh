@@ -21,6 +21,7 @@
 #   WINDOW=10          seconds per window
 #   KOSHKA_BIN=${CARGO_TARGET_DIR:-target}/release/koshka   (built unless SKIP_BUILD=1)
 #   WORK_DIR=/tmp      where the temporary data directories go (same disk as the binlog)
+#   STORAGE_EXTRA=     more koshka [storage] lines (snapshot_nice, snapshot_rate, replay_threads)
 #
 # Servers (free loopback ports, stopped by PID, data deleted at exit):
 #   memcached -l 127.0.0.1 -p PORT -U 0 -u root -t 2 -m 4096 -c 4096
@@ -81,6 +82,8 @@ memory_limit = "8GiB"
 snapshot_log_bytes = "1TiB"
 snapshot_on_shutdown = false
 TOML
+# More [storage] settings for koshka, one per line (e.g. $'snapshot_nice = 0\nreplay_threads = 1').
+[[ -n ${STORAGE_EXTRA:-} ]] && printf '%s\n' "$STORAGE_EXTRA" >>"$cfg"
 
 # The helper: stats, waits, page-cache eviction, the snapshot-under-load sampler, fsync probe.
 helper="$workdir/helper.py"

@@ -12,7 +12,7 @@
 //! file and leaves the log as it was. The log's own disk space is reserved ahead
 //! ([`crate::space`]), so a snapshot filling the disk cannot take it.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,15 +56,11 @@ pub const SNAPSHOT_SPACE_PERCENT: u64 = 120;
 /// all a first snapshot needs): file-system metadata and some room left for everything else.
 pub const SNAPSHOT_SPACE_SLACK: u64 = 1024 * 1024;
 
-/// Nice value of the background snapshot thread (Linux nice values are per thread). A
-/// snapshot competes with the request workers for the cores: copying, checksumming and
-/// writing the whole state takes about one core for its duration. At nice 10 the scheduler
-/// gives it about a tenth of the CPU a nice-0 worker gets while the workers are busy and all
-/// of it while they are idle, so a snapshot under load takes longer instead of taking
-/// throughput; unloaded it runs at full speed. It still finishes under full load (nice is a
-/// weight, not a starvation). A partition lock it holds is released within the copy of one
-/// partition, which the workers waiting on it leave the core free for.
-pub const SNAPSHOT_NICE_DEFAULT: i32 = 10;
+pub use koshka_limits::{SNAPSHOT_NICE_DEFAULT, SNAPSHOT_RATE_DEFAULT};
+
+/// A paced snapshot sleeps only when it is at least this far ahead of its pace: shorter
+/// sleeps cost more in wake-ups than they save.
+pub const SNAPSHOT_PACE_SLEEP_MIN: Duration = Duration::from_millis(1);
 
 /// Which old files to delete after a snapshot. The default keeps everything: replication and
 /// backups need old segments.
@@ -96,9 +92,15 @@ pub struct PersistConfig {
     pub snapshot_on_shutdown: bool,
     /// What to delete after a snapshot.
     pub retention: Retention,
-    /// Nice value of the background snapshot thread ([`SNAPSHOT_NICE_DEFAULT`]); 0 leaves it
-    /// at the process's priority.
+    /// How much the background snapshot thread lowers its CPU priority (nice value,
+    /// [`SNAPSHOT_NICE_DEFAULT`]); 0 leaves it at the process's priority.
     pub snapshot_nice: i32,
+    /// Pace of background snapshots in bytes per second ([`SNAPSHOT_RATE_DEFAULT`]; 0 = as
+    /// fast as they go). The snapshot thread sleeps between the engine's writes (engines
+    /// write each partition after releasing its lock) when it is ahead of the pace. A
+    /// snapshot on shutdown or by [`Host::snapshot_now`] is never paced, nor is the rest of
+    /// one running when the host shuts down.
+    pub snapshot_rate: u64,
     /// Truncate the log at mid-log corruption instead of refusing to start.
     pub repair: bool,
     /// Print replay progress to stderr on long start-ups.
@@ -127,6 +129,7 @@ impl PersistConfig {
             snapshot_on_shutdown: true,
             retention: Retention::default(),
             snapshot_nice: SNAPSHOT_NICE_DEFAULT,
+            snapshot_rate: SNAPSHOT_RATE_DEFAULT,
             repair: false,
             progress: true,
             replay_threads: 0,
@@ -370,7 +373,7 @@ impl Host {
     /// I/O (ENOSPC included) and engine errors: the temp file is removed, the previous
     /// snapshots stay, and the log is unaffected.
     pub fn snapshot_now(&self) -> Result<Option<PathBuf>> {
-        snapshot_now(&self.inner)
+        snapshot_now(&self.inner, Pace::Full)
     }
 
     /// Clean shutdown: stops the snapshot thread, writes a snapshot if configured, writes and
@@ -668,7 +671,7 @@ fn snapshot_loop(inner: &Inner) {
             signal.requested = false;
             drop(signal);
             retry_at = None;
-            if let Err(e) = snapshot_now(inner) {
+            if let Err(e) = snapshot_now(inner, Pace::Configured) {
                 if !matches!(e, Error::NoSpace { .. }) {
                     tracing::error!("snapshot of {} failed: {e}", inner.cfg.engine);
                     inner.snapshot_errors.fetch_add(1, Ordering::Relaxed);
@@ -734,7 +737,46 @@ fn check_snapshot_space(inner: &Inner) -> Result<()> {
     Err(err)
 }
 
-fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
+/// How fast a snapshot is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// As fast as it goes (on request of the caller, on shutdown).
+    Full,
+    /// At [`PersistConfig::snapshot_rate`] (the background thread).
+    Configured,
+}
+
+/// A snapshot body writer that sleeps after a write that put it ahead of `rate` bytes per
+/// second since `started`, until the host closes. Engines write a partition after releasing
+/// its lock, so the sleeps fall between partitions.
+struct Paced<'a> {
+    inner: &'a mut dyn Write,
+    rate: u64,
+    started: Instant,
+    written: u64,
+    closed: &'a AtomicBool,
+}
+
+impl Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        #[expect(clippy::cast_precision_loss)]
+        // NOTE: a pace needs no more than f64 precision.
+        let due = Duration::from_secs_f64(self.written as f64 / self.rate as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= SNAPSHOT_PACE_SLEEP_MIN && !self.closed.load(Ordering::Relaxed) {
+            std::thread::sleep(ahead);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn snapshot_now(inner: &Inner, pace: Pace) -> Result<Option<PathBuf>> {
     let JournalImpl::Log(binlog) = &inner.journal else {
         return Ok(None);
     };
@@ -760,10 +802,27 @@ fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
         created: inner.cfg.clock.now(),
     };
     let engine = &inner.engine;
+    let rate = match pace {
+        Pace::Full => 0,
+        Pace::Configured => inner.cfg.snapshot_rate,
+    };
     let path = crate::snapshot::write(
         &inner.cfg.dir,
         &header,
-        &mut |w| engine.write_snapshot(w).map_err(Error::Engine),
+        &mut |w| {
+            let written = if rate == 0 {
+                engine.write_snapshot(w)
+            } else {
+                engine.write_snapshot(&mut Paced {
+                    inner: w,
+                    rate,
+                    started: Instant::now(),
+                    written: 0,
+                    closed: &inner.closed,
+                })
+            };
+            written.map_err(Error::Engine)
+        },
         // Partitions may hold records appended while the body was written: make the log
         // durable past them before the snapshot can be loaded, or a crash could leave a
         // snapshot ahead of the log.

@@ -434,3 +434,64 @@ fn the_snapshot_thread_runs_at_lower_priority_and_the_rest_does_not() {
     );
     assert_eq!(after, mine, "the caller's priority changed");
 }
+
+/// Waits until `snapshots_written` reaches `n`; returns how long that took.
+fn wait_snapshots(host: &Host, n: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let written: u64 = stat(&host.stats(), "snapshots_written").parse().unwrap();
+        if written >= n {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "snapshot {n} not written in {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn background_snapshots_are_paced_and_shutdown_cuts_the_pace_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::EverySec);
+    // 1000 counters of 20 bytes: a body of about 20 KB, one second at 20 KB/s.
+    cfg.snapshot_rate = 20_000;
+    let (engine, host) = open(&cfg);
+    for key in 0..1000u64 {
+        engine.add(key, 1, host.journal()).unwrap();
+    }
+    // On request of the caller: not paced.
+    let started = Instant::now();
+    host.snapshot_now().unwrap();
+    let full = started.elapsed();
+    // In the background: paced (the lower bound is the pace itself, not a timing guess).
+    engine.add(1, 1, host.journal()).unwrap();
+    host.request_snapshot();
+    let paced = wait_snapshots(&host, 2, Duration::from_secs(60));
+    assert!(paced >= Duration::from_millis(900), "paced snapshot took {paced:?}");
+    assert!(full < paced, "unpaced {full:?}, paced {paced:?}");
+    drop(host);
+
+    // A snapshot paced to take 10 s is finished at full speed when the host shuts down.
+    cfg.snapshot_rate = 2_000;
+    let (engine, host) = open(&cfg);
+    engine.add(2, 1, host.journal()).unwrap();
+    let state = engine.state();
+    host.request_snapshot();
+    // Wait until the snapshot is being written (its temp file exists).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().path().to_string_lossy().ends_with(".snap.tmp"))
+    {
+        assert!(Instant::now() < deadline, "the snapshot did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    host.shutdown().unwrap();
+    let shutdown = started.elapsed();
+    assert!(shutdown < Duration::from_secs(5), "shutdown took {shutdown:?}");
+    drop(host);
+    // The interrupted pace still wrote a whole snapshot, and the restart starts from it.
+    let (engine, host) = open(&cfg);
+    assert_eq!(engine.state(), state);
+    assert_ne!(stat(&host.stats(), "snapshot_loaded_pos"), "-1");
+}

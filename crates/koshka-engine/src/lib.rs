@@ -280,7 +280,9 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
-    /// Writes the whole in-memory state, one partition at a time (see the crate docs).
+    /// Writes the whole in-memory state, one partition at a time (see the crate docs). Copy a
+    /// partition under its lock, write it to `out` after releasing the lock: the host may
+    /// pause inside `out.write` to pace a background snapshot.
     ///
     /// # Errors
     /// I/O errors from `out`.

@@ -42,7 +42,7 @@ fn parse_args() -> Args {
         writers: 2,
         windows: 3,
         window: 5.0,
-        nice: koshka_binlog::host::SNAPSHOT_NICE_DEFAULT,
+        nice: koshka_limits::SNAPSHOT_NICE_DEFAULT,
         dir: None,
     };
     let mut it = std::env::args().skip(1);
