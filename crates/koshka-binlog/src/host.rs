@@ -12,14 +12,15 @@
 //! file and leaves the log as it was. The log's own disk space is reserved ahead
 //! ([`crate::space`]), so a snapshot filling the disk cannot take it.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use koshka_engine::{Appended, ApplyCtx, Clock, Engine, Journal, ShardSpec, SystemClock};
+use koshka_engine::lanes::{replay_threads, Failed};
+use koshka_engine::{Appended, ApplyCtx, Clock, Engine, Journal, Lanes, ShardSpec, SystemClock};
 use koshka_limits::Limits;
 use parking_lot::{Condvar, Mutex};
 
@@ -27,11 +28,11 @@ use crate::clock::LogClock;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
     check_engine_name, is_reserved, snapshot_file_name, FileHeader, RECORD_HEADER_SIZE,
-    SNAPSHOT_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
 };
 use crate::fsutil::{list, sync_dir};
-use crate::reader::ReadOptions;
-use crate::recover::{replay, ReplayOutcome};
+use crate::reader::{ReadOptions, Record};
+use crate::recover::{replay_to, ReplayOutcome, Sink};
 use crate::snapshot::{list_snapshots, open_body, remove_leftover_temps, validate, SnapshotInfo};
 use crate::writer::{Binlog, BinlogConfig, Durability};
 
@@ -54,6 +55,12 @@ pub const SNAPSHOT_SPACE_PERCENT: u64 = 120;
 /// Free space a snapshot needs beyond [`SNAPSHOT_SPACE_PERCENT`] of the previous one (and
 /// all a first snapshot needs): file-system metadata and some room left for everything else.
 pub const SNAPSHOT_SPACE_SLACK: u64 = 1024 * 1024;
+
+pub use koshka_limits::{SNAPSHOT_NICE_DEFAULT, SNAPSHOT_RATE_DEFAULT};
+
+/// A paced snapshot sleeps only when it is at least this far ahead of its pace: shorter
+/// sleeps cost more in wake-ups than they save.
+pub const SNAPSHOT_PACE_SLEEP_MIN: Duration = Duration::from_millis(1);
 
 /// Which old files to delete after a snapshot. The default keeps everything: replication and
 /// backups need old segments.
@@ -85,10 +92,23 @@ pub struct PersistConfig {
     pub snapshot_on_shutdown: bool,
     /// What to delete after a snapshot.
     pub retention: Retention,
+    /// How much the background snapshot thread lowers its CPU priority (nice value,
+    /// [`SNAPSHOT_NICE_DEFAULT`]); 0 leaves it at the process's priority.
+    pub snapshot_nice: i32,
+    /// Pace of background snapshots in bytes per second ([`SNAPSHOT_RATE_DEFAULT`]; 0 = as
+    /// fast as they go). The snapshot thread sleeps between the engine's writes (engines
+    /// write each partition after releasing its lock) when it is ahead of the pace. A
+    /// snapshot on shutdown or by [`Host::snapshot_now`] is never paced, nor is the rest of
+    /// one running when the host shuts down.
+    pub snapshot_rate: u64,
     /// Truncate the log at mid-log corruption instead of refusing to start.
     pub repair: bool,
     /// Print replay progress to stderr on long start-ups.
     pub progress: bool,
+    /// Apply threads for the start-up replay of an engine that says which partition each
+    /// record touches ([`koshka_engine::Engine::replay_partition`]); 0 = one per core, 1 =
+    /// serial (see [`koshka_engine::lanes`]). Engines that do not opt in replay serially.
+    pub replay_threads: usize,
     /// Wall-clock and monotonic time source of the log clock ([`LogClock`]); tests inject a
     /// [`koshka_engine::ManualClock`].
     pub clock: Arc<dyn Clock>,
@@ -108,8 +128,11 @@ impl PersistConfig {
             snapshot_log_bytes: limits.snapshot_log_bytes,
             snapshot_on_shutdown: true,
             retention: Retention::default(),
+            snapshot_nice: SNAPSHOT_NICE_DEFAULT,
+            snapshot_rate: SNAPSHOT_RATE_DEFAULT,
             repair: false,
             progress: true,
+            replay_threads: 0,
             clock: Arc::new(SystemClock),
         }
     }
@@ -350,7 +373,7 @@ impl Host {
     /// I/O (ENOSPC included) and engine errors: the temp file is removed, the previous
     /// snapshots stay, and the log is unaffected.
     pub fn snapshot_now(&self) -> Result<Option<PathBuf>> {
-        snapshot_now(&self.inner)
+        snapshot_now(&self.inner, Pace::Full)
     }
 
     /// Clean shutdown: stops the snapshot thread, writes a snapshot if configured, writes and
@@ -533,23 +556,16 @@ fn replay_log(
     };
     let label = format!("koshka {}", config.engine);
     let from = snapshot.map(|s| (s.header.pos, s.header.chain));
-    let outcome = replay(
+    let mut sink = ApplySink {
+        lanes: Lanes::new(Arc::clone(engine), replay_threads(config.replay_threads)),
+        config,
+    };
+    let outcome = replay_to(
         &config.dir,
         &config.engine,
         from,
         opts,
-        &mut |rec| {
-            if is_reserved(rec.record_type) {
-                return Ok(());
-            }
-            let ctx = ApplyCtx {
-                pos: rec.pos,
-                time: rec.time,
-            };
-            engine
-                .apply(rec.record_type, rec.payload, ctx)
-                .map_err(Error::Engine)
-        },
+        &mut sink,
         config.progress.then_some(label.as_str()),
     )
     .map_err(|e| match (e, snapshot) {
@@ -581,10 +597,58 @@ fn replay_log(
     Ok(outcome)
 }
 
+/// Hands replayed engine records to [`Lanes`] (apply threads by partition, or this thread).
+struct ApplySink<'a> {
+    lanes: Lanes,
+    config: &'a PersistConfig,
+}
+
+impl Sink for ApplySink<'_> {
+    fn record(&mut self, rec: &Record<'_>) -> Result<()> {
+        if is_reserved(rec.record_type) {
+            return Ok(());
+        }
+        let ctx = ApplyCtx {
+            pos: rec.pos,
+            time: rec.time,
+        };
+        self.lanes
+            .apply(rec.record_type, rec.payload, ctx)
+            .map_err(|failed| self.locate(failed))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.lanes.finish().map_err(|failed| self.locate(failed))
+    }
+}
+
+impl ApplySink<'_> {
+    /// [`Error::Replay`] naming the segment and offset of the record that failed (with apply
+    /// threads, not necessarily the record the reader is at).
+    fn locate(&self, failed: Failed) -> Error {
+        let start = failed.ctx.pos - (RECORD_HEADER_SIZE + failed.payload_len) as u64;
+        let segment = list(&self.config.dir, Some(&self.config.engine), "bin")
+            .ok()
+            .and_then(|segments| segments.into_iter().rev().find(|s| s.pos <= start));
+        let (path, offset) = segment.map_or_else(
+            || (PathBuf::new(), 0),
+            |s| (s.path, SEGMENT_HEADER_SIZE as u64 + (start - s.pos)),
+        );
+        Error::Replay {
+            path,
+            offset,
+            pos: failed.ctx.pos,
+            record_type: failed.record_type,
+            source: failed.error,
+        }
+    }
+}
+
 fn snapshot_loop(inner: &Inner) {
     let JournalImpl::Log(binlog) = &inner.journal else {
         return;
     };
+    lower_priority(inner.cfg.snapshot_nice);
     let mut retry_at: Option<Instant> = None;
     let mut signal = inner.signal.lock();
     let mut time_marked = Instant::now();
@@ -607,7 +671,7 @@ fn snapshot_loop(inner: &Inner) {
             signal.requested = false;
             drop(signal);
             retry_at = None;
-            if let Err(e) = snapshot_now(inner) {
+            if let Err(e) = snapshot_now(inner, Pace::Configured) {
                 if !matches!(e, Error::NoSpace { .. }) {
                     tracing::error!("snapshot of {} failed: {e}", inner.cfg.engine);
                     inner.snapshot_errors.fetch_add(1, Ordering::Relaxed);
@@ -621,6 +685,19 @@ fn snapshot_loop(inner: &Inner) {
         inner
             .signal_cv
             .wait_for(&mut signal, SNAPSHOT_CHECK_INTERVAL);
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (see [`SNAPSHOT_NICE_DEFAULT`]); a
+/// failure is logged and ignored (the snapshot still runs, at full priority).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // On Linux, PRIO_PROCESS with "this process" sets the calling thread's nice value only.
+    let current = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(None, current.saturating_add(nice)) {
+        tracing::warn!("cannot lower the snapshot thread's priority by {nice}: {e}");
     }
 }
 
@@ -660,7 +737,46 @@ fn check_snapshot_space(inner: &Inner) -> Result<()> {
     Err(err)
 }
 
-fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
+/// How fast a snapshot is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// As fast as it goes (on request of the caller, on shutdown).
+    Full,
+    /// At [`PersistConfig::snapshot_rate`] (the background thread).
+    Configured,
+}
+
+/// A snapshot body writer that sleeps after a write that put it ahead of `rate` bytes per
+/// second since `started`, until the host closes. Engines write a partition after releasing
+/// its lock, so the sleeps fall between partitions.
+struct Paced<'a> {
+    inner: &'a mut dyn Write,
+    rate: u64,
+    started: Instant,
+    written: u64,
+    closed: &'a AtomicBool,
+}
+
+impl Write for Paced<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        #[expect(clippy::cast_precision_loss)]
+        // NOTE: a pace needs no more than f64 precision.
+        let due = Duration::from_secs_f64(self.written as f64 / self.rate as f64);
+        let ahead = due.saturating_sub(self.started.elapsed());
+        if ahead >= SNAPSHOT_PACE_SLEEP_MIN && !self.closed.load(Ordering::Relaxed) {
+            std::thread::sleep(ahead);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn snapshot_now(inner: &Inner, pace: Pace) -> Result<Option<PathBuf>> {
     let JournalImpl::Log(binlog) = &inner.journal else {
         return Ok(None);
     };
@@ -686,10 +802,27 @@ fn snapshot_now(inner: &Inner) -> Result<Option<PathBuf>> {
         created: inner.cfg.clock.now(),
     };
     let engine = &inner.engine;
+    let rate = match pace {
+        Pace::Full => 0,
+        Pace::Configured => inner.cfg.snapshot_rate,
+    };
     let path = crate::snapshot::write(
         &inner.cfg.dir,
         &header,
-        &mut |w| engine.write_snapshot(w).map_err(Error::Engine),
+        &mut |w| {
+            let written = if rate == 0 {
+                engine.write_snapshot(w)
+            } else {
+                engine.write_snapshot(&mut Paced {
+                    inner: w,
+                    rate,
+                    started: Instant::now(),
+                    written: 0,
+                    closed: &inner.closed,
+                })
+            };
+            written.map_err(Error::Engine)
+        },
         // Partitions may hold records appended while the body was written: make the log
         // durable past them before the snapshot can be loaded, or a crash could leave a
         // snapshot ahead of the log.

@@ -56,6 +56,6 @@ pub use error::{Error, Result};
 pub use host::{Host, PersistConfig, Retention};
 pub use lock::DirLock;
 pub use reader::{Cut, ReadMode, ReadOptions, Reader, Record};
-pub use recover::{replay, ReplayOutcome};
+pub use recover::{replay, replay_to, ReplayOutcome, Sink};
 pub use tools::{dump, dump_engine, stat, verify, Report};
 pub use writer::{Binlog, BinlogConfig, BinlogStats, Durability};

@@ -55,6 +55,60 @@ pub fn replay(
     on_record: &mut dyn FnMut(&Record<'_>) -> Result<()>,
     progress: Option<&str>,
 ) -> Result<ReplayOutcome> {
+    replay_to(
+        dir,
+        engine,
+        from,
+        opts,
+        &mut EachRecord(on_record),
+        progress,
+    )
+}
+
+/// Where [`replay_to`] hands the records it reads.
+pub trait Sink {
+    /// One record, TIME records included, in log order.
+    ///
+    /// # Errors
+    /// Any error stops the replay; an [`Error::Engine`] is reported as [`Error::Replay`]
+    /// naming this record's segment and offset.
+    fn record(&mut self, record: &Record<'_>) -> Result<()>;
+
+    /// Every record has been handed over: finish what is still being applied (apply threads
+    /// drain here). Runs before a torn tail is cut, so a start-up that fails here has
+    /// changed no file.
+    ///
+    /// # Errors
+    /// Any error stops the replay and is returned as it is.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// A closure as a [`Sink`] that has nothing to finish.
+struct EachRecord<'a>(&'a mut dyn FnMut(&Record<'_>) -> Result<()>);
+
+impl Sink for EachRecord<'_> {
+    fn record(&mut self, record: &Record<'_>) -> Result<()> {
+        (self.0)(record)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// [`replay`] into a [`Sink`], whose [`Sink::finish`] runs after the last record and before
+/// the torn tail (if any) is cut.
+///
+/// # Errors
+/// As [`replay`], and errors from [`Sink::finish`].
+pub fn replay_to(
+    dir: &Path,
+    engine: &str,
+    from: Option<(u64, u32)>,
+    opts: ReadOptions,
+    sink: &mut dyn Sink,
+    progress: Option<&str>,
+) -> Result<ReplayOutcome> {
     let started = Instant::now();
     let mut reader = match from {
         Some((pos, chain)) => {
@@ -100,7 +154,7 @@ pub fn replay(
     let mut last_report = started;
     while let Some(record) = reader.next_record()? {
         let (start, end, record_type) = (record.start, record.pos, record.record_type);
-        if let Err(e) = on_record(&record) {
+        if let Err(e) = sink.record(&record) {
             return Err(locate(&reader, (start, end), record_type, e));
         }
         records += 1;
@@ -122,6 +176,7 @@ pub fn replay(
             }
         }
     }
+    sink.finish()?;
     let bytes = reader.pos() - start_pos;
     if let (Some(label), true) = (progress, started.elapsed() >= PROGRESS_AFTER) {
         report(label, bytes, total.max(bytes), records, started.elapsed());

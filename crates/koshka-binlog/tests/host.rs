@@ -21,6 +21,8 @@ fn config(dir: &Path, durability: Durability) -> PersistConfig {
     c.snapshot_log_bytes = 0;
     c.snapshot_on_shutdown = false;
     c.progress = false;
+    // Apply threads even on a one-core machine: the model test covers parallel replay.
+    c.replay_threads = 3;
     c
 }
 
@@ -254,6 +256,7 @@ fn shutdown_snapshot_and_stats() {
 #[derive(Debug, Clone)]
 enum Op {
     Add(u8, i8),
+    Reset,
     Burst(u8),
     Snapshot,
     SnapshotDuringWrites,
@@ -264,6 +267,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (any::<u8>(), any::<i8>()).prop_map(|(k, d)| Op::Add(k, d)),
         3 => any::<u8>().prop_map(Op::Burst),
+        1 => Just(Op::Reset),
         1 => Just(Op::Snapshot),
         1 => Just(Op::SnapshotDuringWrites),
         1 => any::<bool>().prop_map(|clean| Op::Restart { clean }),
@@ -290,10 +294,12 @@ proptest! {
         always in any::<bool>(),
         keep in 0usize..3,
         snapshot_on_shutdown in any::<bool>(),
+        replay_threads in 1usize..4,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path(), if always { Durability::Always } else { Durability::EverySec });
         cfg.snapshot_on_shutdown = snapshot_on_shutdown;
+        cfg.replay_threads = replay_threads;
         cfg.retention = Retention { snapshots_keep: keep, delete_covered_segments: keep > 0 };
         let mut model: BTreeMap<u64, i64> = BTreeMap::new();
         let (mut engine, mut host) = open(&cfg);
@@ -302,6 +308,10 @@ proptest! {
                 Op::Add(k, d) => {
                     engine.add(u64::from(k), i64::from(d), host.journal()).unwrap();
                     *model.entry(u64::from(k)).or_default() += i64::from(d);
+                }
+                Op::Reset => {
+                    engine.reset(host.journal()).unwrap();
+                    model.clear();
                 }
                 Op::Burst(n) => {
                     for i in 0..u64::from(n) {
@@ -365,4 +375,123 @@ fn torn_tail_loses_only_the_torn_record() {
     drop(host);
     let (engine, _host) = open(&cfg);
     assert_eq!(engine.state(), state);
+}
+
+/// The nice value of this process's thread named `name`, from /proc (field 19 of stat(5)).
+/// The kernel keeps the first 15 bytes of a thread's name.
+fn thread_nice(name: &str) -> Option<i64> {
+    let name = &name[..name.len().min(15)];
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        return rest.split_whitespace().nth(16)?.parse().ok();
+    }
+    None
+}
+
+#[test]
+fn the_snapshot_thread_runs_at_lower_priority_and_the_rest_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::EverySec);
+    cfg.snapshot_nice = 7;
+    // A name of its own: other tests in this process run snapshot threads too.
+    cfg.engine = "nicetest".into();
+    let own = thread_nice("host-nice-test");
+    let test = std::thread::Builder::new()
+        .name("host-nice-test".into())
+        .spawn(move || {
+            let mine = thread_nice("host-nice-test").unwrap();
+            let (engine, host) = open(&cfg);
+            // The thread lowers itself when it starts: wait for it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let snapshot = loop {
+                match thread_nice("snapshot-nicetest") {
+                    Some(nice) if nice != mine || Instant::now() > deadline => break nice,
+                    None if Instant::now() > deadline => panic!("no snapshot thread"),
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            // Snapshots still work at that priority, and this thread kept its own.
+            engine.add(1, 1, host.journal()).unwrap();
+            host.request_snapshot();
+            while stat(&host.stats(), "snapshots_written") == "0" {
+                assert!(Instant::now() < deadline, "no snapshot at nice {snapshot}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (mine, snapshot, thread_nice("host-nice-test").unwrap())
+        })
+        .unwrap();
+    let (mine, snapshot, after) = test.join().unwrap();
+    assert_eq!(own, None, "the test thread did not exist yet");
+    assert_eq!(
+        snapshot,
+        (mine + 7).min(19),
+        "snapshot thread at {snapshot}, caller at {mine}"
+    );
+    assert_eq!(after, mine, "the caller's priority changed");
+}
+
+/// Waits until `snapshots_written` reaches `n`; returns how long that took.
+fn wait_snapshots(host: &Host, n: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let written: u64 = stat(&host.stats(), "snapshots_written").parse().unwrap();
+        if written >= n {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "snapshot {n} not written in {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn background_snapshots_are_paced_and_shutdown_cuts_the_pace_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::EverySec);
+    // 1000 counters of 20 bytes: a body of about 20 KB, one second at 20 KB/s.
+    cfg.snapshot_rate = 20_000;
+    let (engine, host) = open(&cfg);
+    for key in 0..1000u64 {
+        engine.add(key, 1, host.journal()).unwrap();
+    }
+    // On request of the caller: not paced.
+    let started = Instant::now();
+    host.snapshot_now().unwrap();
+    let full = started.elapsed();
+    // In the background: paced (the lower bound is the pace itself, not a timing guess).
+    engine.add(1, 1, host.journal()).unwrap();
+    host.request_snapshot();
+    let paced = wait_snapshots(&host, 2, Duration::from_secs(60));
+    assert!(paced >= Duration::from_millis(900), "paced snapshot took {paced:?}");
+    assert!(full < paced, "unpaced {full:?}, paced {paced:?}");
+    drop(host);
+
+    // A snapshot paced to take 10 s is finished at full speed when the host shuts down.
+    cfg.snapshot_rate = 2_000;
+    let (engine, host) = open(&cfg);
+    engine.add(2, 1, host.journal()).unwrap();
+    let state = engine.state();
+    host.request_snapshot();
+    // Wait until the snapshot is being written (its temp file exists).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().path().to_string_lossy().ends_with(".snap.tmp"))
+    {
+        assert!(Instant::now() < deadline, "the snapshot did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    host.shutdown().unwrap();
+    let shutdown = started.elapsed();
+    assert!(shutdown < Duration::from_secs(5), "shutdown took {shutdown:?}");
+    drop(host);
+    // The interrupted pace still wrote a whole snapshot, and the restart starts from it.
+    let (engine, host) = open(&cfg);
+    assert_eq!(engine.state(), state);
+    assert_ne!(stat(&host.stats(), "snapshot_loaded_pos"), "-1");
 }

@@ -23,6 +23,7 @@ fn config(dir: &Path) -> PersistConfig {
     c.snapshot_log_bytes = 0;
     c.snapshot_on_shutdown = false;
     c.progress = false;
+    c.replay_threads = 3;
     c
 }
 
@@ -105,16 +106,17 @@ fn leftover_snapshot_temp_files_are_removed_at_open() {
     assert!(unrelated.exists(), "an unrelated file removed");
 }
 
-#[test]
-fn a_record_the_engine_cannot_apply_is_named_by_file_and_offset() {
+/// A log with a record apply refuses in the middle; start-up must name exactly that record
+/// (with `replay_threads` apply threads: it may fail on one while the reader is further on).
+fn a_record_the_engine_cannot_apply(record_type: u16, payload: &[u8], replay_threads: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    cfg.replay_threads = replay_threads;
     let (engine, host) = open(&cfg).unwrap();
     for i in 0..300u64 {
         engine.add(i % 7, 1, host.journal()).unwrap();
     }
-    // A record of a type the engine refuses at replay.
-    let bad = host.journal().append(9, b"bad").unwrap();
+    let bad = host.journal().append(record_type, payload).unwrap();
     for i in 0..300u64 {
         engine.add(i % 7, 1, host.journal()).unwrap();
     }
@@ -124,28 +126,44 @@ fn a_record_the_engine_cannot_apply_is_named_by_file_and_offset() {
         path,
         offset,
         pos,
-        record_type,
+        record_type: named_type,
         ..
     } = &err
     else {
         panic!("{err}");
     };
-    assert_eq!((*pos, *record_type), (bad.pos, 9));
+    assert_eq!((*pos, *named_type), (bad.pos, record_type));
     // The named file holds that record at that offset.
     let bytes = std::fs::read(path).unwrap();
     let at = usize::try_from(*offset).unwrap();
     let header: [u8; RECORD_HEADER_SIZE] = bytes[at..at + RECORD_HEADER_SIZE].try_into().unwrap();
     let header = RecordHeader::decode(&header).unwrap();
-    assert_eq!((header.record_type, header.len), (9, 3));
     assert_eq!(
-        &bytes[at + RECORD_HEADER_SIZE..at + RECORD_HEADER_SIZE + 3],
-        b"bad"
+        (header.record_type, header.len as usize),
+        (record_type, payload.len())
+    );
+    assert_eq!(
+        &bytes[at + RECORD_HEADER_SIZE..at + RECORD_HEADER_SIZE + payload.len()],
+        payload
     );
     let text = err.to_string();
     assert!(
         text.contains(&name(path)) && text.contains(&format!("offset {offset}")),
         "{text}"
     );
+}
+
+#[test]
+fn a_record_the_engine_cannot_apply_is_named_by_file_and_offset() {
+    // A type the engine refuses: no partition, so it fails on the reading thread.
+    a_record_the_engine_cannot_apply(9, b"bad", 1);
+    a_record_the_engine_cannot_apply(9, b"bad", 3);
+    // An ADD with a key but a bad length: it fails on an apply thread, after the reader
+    // went on; the error still names it.
+    let mut payload = 5u64.to_le_bytes().to_vec();
+    payload.extend_from_slice(b"too long payload");
+    a_record_the_engine_cannot_apply(REC_ADD, &payload, 1);
+    a_record_the_engine_cannot_apply(REC_ADD, &payload, 3);
 }
 
 #[test]

@@ -23,6 +23,7 @@
 //! * [`Engine`] — what every engine implements; [`EngineSpec`] — how it registers with a node;
 //! * [`request`] — [`Request`], [`Outcome`], [`Reply`]: the vocabulary between server and engine;
 //! * [`commit`] — [`Partitions`], the one commit and replay path;
+//! * [`lanes`] — [`Lanes`]: replay on several apply threads, by partition;
 //! * [`direct`] — [`Direct`]: owned-answer calls for tests and tools;
 //! * [`journal`] — [`Journal`], [`MemoryJournal`], [`RecordingJournal`], [`Tracking`];
 //! * [`codec`] — the little-endian record/snapshot byte codec;
@@ -39,6 +40,7 @@ pub mod codec;
 pub mod commit;
 pub mod direct;
 pub mod journal;
+pub mod lanes;
 pub mod request;
 pub mod spec;
 
@@ -46,6 +48,7 @@ pub use clock::{unix_now, Clock, ManualClock, SystemClock};
 pub use commit::{Locked, LogRecord, Partitions, Positioned};
 pub use direct::{Direct, StoreOutcome, Value};
 pub use journal::{Appended, Journal, MemoryJournal, Recorded, RecordingJournal, Tracking};
+pub use lanes::Lanes;
 pub use request::{ArithOptions, Collect, ItemRef, Outcome, Reply, Request, StoreMode};
 pub use spec::{Built, EngineSetup, EngineSpec};
 
@@ -283,7 +286,26 @@ pub trait Engine: Send + Sync + 'static {
     /// [`Error::Corrupt`] for a record the engine cannot decode. Fatal at start-up.
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()>;
 
-    /// Writes the whole in-memory state, one partition at a time (see the crate docs).
+    /// The one partition a logged record touches, so replay may apply records of different
+    /// partitions on different threads ([`Lanes`]); `None` (the default) makes the record a
+    /// barrier, applied alone after every record before it.
+    ///
+    /// An engine that returns `Some(i)` for a record promises that [`Engine::apply`] of it
+    /// reads and writes only state that belongs to partition `i`, plus engine-wide state
+    /// that only barrier records write and counters whose value does not depend on order.
+    /// Two records with the same `i` are applied in log order; the number `i` only has to be
+    /// the same for records of the same partition (the host takes it modulo its thread
+    /// count). A record the engine cannot decode should be `None`, so its error is reported
+    /// from the calling thread like any serial one. Replay in lanes must end in exactly the
+    /// state a serial replay ends in; test that per engine.
+    fn replay_partition(&self, record_type: u16, payload: &[u8]) -> Option<usize> {
+        let _ = (record_type, payload);
+        None
+    }
+
+    /// Writes the whole in-memory state, one partition at a time (see the crate docs). Copy a
+    /// partition under its lock, write it to `out` after releasing the lock: the host may
+    /// pause inside `out.write` to pace a background snapshot.
     ///
     /// # Errors
     /// I/O errors from `out`.

@@ -55,6 +55,11 @@ pub const fn footprint_of(key_len: usize, value_len: usize) -> usize {
     chunk + TABLE_SLOT_SIZE
 }
 
+/// Bytes of an item [`Item::prefetch`] asks for: three cache lines, the whole of a 32-byte
+/// key with a 100-byte value wherever the allocation starts in its line (the hardware
+/// prefetcher follows a longer value once the copy streams through it).
+pub const ITEM_PREFETCH_BYTES: usize = 192;
+
 /// Largest cas unique an item can hold (48 bits).
 pub const CAS_MAX: u64 = (1 << 48) - 1;
 
@@ -202,6 +207,27 @@ impl Item {
     #[must_use]
     pub fn footprint(&self) -> usize {
         footprint_of(self.key().len(), self.value().len())
+    }
+
+    /// Asks the CPU to start loading the first [`ITEM_PREFETCH_BYTES`] of the item (header,
+    /// key and a small value) into the cache, without waiting: a loop over many items (a
+    /// snapshot copying a partition) calls it a few items ahead, so their cache misses
+    /// overlap instead of coming one after the other. A hint only: it changes nothing, and
+    /// is a no-op off x86-64.
+    #[inline]
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        for offset in (0..ITEM_PREFETCH_BYTES).step_by(64) {
+            let line = self.ptr.as_ptr().wrapping_add(offset);
+            // SAFETY: PREFETCHT0 is a hint that never faults and has no visible effect,
+            // whatever the address (past the allocation's end included); SSE is part of the
+            // x86-64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    line.cast::<i8>(),
+                );
+            }
+        }
     }
 
     /// The key.

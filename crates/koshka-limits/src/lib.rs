@@ -71,6 +71,21 @@ pub const BINLOG_SEGMENT_SIZE_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Default log bytes written since the last snapshot that trigger a new one (512 MiB).
 pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 512 * 1024 * 1024;
 
+/// Default nice value of the background snapshot thread (Linux nice values are per thread).
+/// A snapshot copies, checksums and writes the whole state, about one core for its duration,
+/// taken from the request workers. At nice 10 the scheduler gives it about a tenth of a
+/// nice-0 worker's share while the workers are busy and all the idle CPU otherwise: under
+/// load a snapshot takes longer instead of taking throughput. Nice is a weight, so it still
+/// finishes under full load.
+pub const SNAPSHOT_NICE_DEFAULT: i32 = 10;
+
+/// Highest nice value (Linux): the lowest priority short of `SCHED_IDLE`.
+pub const SNAPSHOT_NICE_MAX: i32 = 19;
+
+/// Default pace of background snapshots in bytes per second; 0 writes as fast as the snapshot
+/// thread gets CPU and disk.
+pub const SNAPSHOT_RATE_DEFAULT: u64 = 0;
+
 /// Default memory limit for engine data (1 GiB). At the limit, persistent kv answers
 /// `SERVER_ERROR out of memory`; cache-mode kv evicts.
 pub const MEMORY_LIMIT_DEFAULT: u64 = 1024 * 1024 * 1024;

@@ -60,6 +60,9 @@ pub(crate) fn open(
     };
     persist.durability = durability;
     persist.snapshot_on_shutdown = config.storage.snapshot_on_shutdown;
+    persist.snapshot_nice = config.storage.snapshot_nice;
+    persist.snapshot_rate = config.storage.snapshot_rate.0;
+    persist.replay_threads = config.storage.replay_threads;
     persist.repair = config.storage.repair;
     let started = std::time::Instant::now();
     let host = Host::open(engine.clone(), persist).map_err(|source| crate::Error::Persistence {

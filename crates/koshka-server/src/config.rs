@@ -18,6 +18,9 @@
 //! segment_size = "256MiB"
 //! snapshot_log_bytes = "512MiB"
 //! snapshot_on_shutdown = true
+//! snapshot_nice = 10           # background snapshots run at this lower CPU priority
+//! snapshot_rate = "0"          # bytes/s a background snapshot is paced to; 0 = unpaced
+//! replay_threads = 0           # start-up replay apply threads; 0 = one per core
 //!
 //! [engines]
 //! enabled = ["kv", "messages", "wall", "friends"]
@@ -216,6 +219,14 @@ pub struct StorageSection {
     pub snapshot_log_bytes: Size,
     /// Write a snapshot on clean shutdown.
     pub snapshot_on_shutdown: bool,
+    /// How much the background snapshot thread lowers its CPU priority (a nice value,
+    /// 0..=19).
+    pub snapshot_nice: i32,
+    /// Bytes per second a background snapshot is paced to; 0 = as fast as it goes.
+    pub snapshot_rate: Size,
+    /// Apply threads of the start-up replay, for engines whose records each touch one
+    /// partition (kv); 0 = one per core, 1 = serial.
+    pub replay_threads: usize,
     /// Truncate the log at the first corrupt record instead of refusing to start.
     pub repair: bool,
 }
@@ -230,6 +241,9 @@ impl Default for StorageSection {
             segment_size: Size(koshka_limits::BINLOG_SEGMENT_SIZE_DEFAULT),
             snapshot_log_bytes: Size(koshka_limits::SNAPSHOT_LOG_BYTES_DEFAULT),
             snapshot_on_shutdown: true,
+            snapshot_nice: koshka_limits::SNAPSHOT_NICE_DEFAULT,
+            snapshot_rate: Size(koshka_limits::SNAPSHOT_RATE_DEFAULT),
+            replay_threads: 0,
             repair: false,
         }
     }
@@ -337,6 +351,13 @@ impl Config {
         if self.engines.enabled.is_empty() {
             return Err(ConfigError::Invalid("engines.enabled is empty".into()));
         }
+        if !(0..=koshka_limits::SNAPSHOT_NICE_MAX).contains(&self.storage.snapshot_nice) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.snapshot_nice {} must be in 0..={} (it only lowers the priority)",
+                self.storage.snapshot_nice,
+                koshka_limits::SNAPSHOT_NICE_MAX
+            )));
+        }
         Ok(listen)
     }
 
@@ -418,5 +439,12 @@ mod tests {
         let mut config = Config::default();
         config.engines.shard_index = 3;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.storage.snapshot_nice = -1;
+        assert!(config.validate().is_err());
+        config.storage.snapshot_nice = koshka_limits::SNAPSHOT_NICE_MAX + 1;
+        assert!(config.validate().is_err());
+        config.storage.snapshot_nice = koshka_limits::SNAPSHOT_NICE_MAX;
+        assert!(config.validate().is_ok());
     }
 }

@@ -11,6 +11,8 @@ use parking_lot::Mutex;
 
 pub const PARTITIONS: usize = 8;
 pub const REC_ADD: u16 = 1;
+/// Clears every partition: touches them all, so replay applies it as a barrier.
+pub const REC_RESET: u16 = 2;
 
 #[derive(Default)]
 struct Partition {
@@ -45,6 +47,17 @@ impl CounterEngine {
                 time: appended.time,
             },
         );
+        Ok(appended.pos)
+    }
+
+    /// Clears every counter: one record over every partition (locked in index order).
+    pub fn reset(&self, journal: &dyn Journal) -> Result<u64> {
+        let mut parts: Vec<_> = self.parts.iter().map(|p| p.lock()).collect();
+        let appended = journal.append(REC_RESET, &[])?;
+        for part in &mut parts {
+            part.map.clear();
+            part.pos = appended.pos;
+        }
         Ok(appended.pos)
     }
 
@@ -89,6 +102,16 @@ impl Engine for CounterEngine {
     }
 
     fn apply(&self, record_type: u16, payload: &[u8], ctx: ApplyCtx) -> Result<()> {
+        if record_type == REC_RESET && payload.is_empty() {
+            for p in &self.parts {
+                let mut part = p.lock();
+                if part.pos < ctx.pos {
+                    part.map.clear();
+                    part.pos = ctx.pos;
+                }
+            }
+            return Ok(());
+        }
         if record_type != REC_ADD || payload.len() != 16 {
             return Err(Error::corrupt_record(format!(
                 "type {record_type} len {}",
@@ -100,6 +123,14 @@ impl Engine for CounterEngine {
         let mut part = self.parts[(key % PARTITIONS as u64) as usize].lock();
         Self::apply_locked(&mut part, key, delta, ctx);
         Ok(())
+    }
+
+    /// An ADD touches its key's partition (even one whose length apply then refuses, so
+    /// tests reach a failure on an apply thread); RESET and anything else are barriers.
+    fn replay_partition(&self, record_type: u16, payload: &[u8]) -> Option<usize> {
+        let key = payload.get(..8)?;
+        let key = u64::from_le_bytes(key.try_into().ok()?);
+        (record_type == REC_ADD).then_some((key % PARTITIONS as u64) as usize)
     }
 
     fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
