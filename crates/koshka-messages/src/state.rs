@@ -416,7 +416,8 @@ impl Mailbox {
             }
         }
         let (was, now) = (is_reply(self.flavour, old), is_reply(self.flavour, new));
-        if was != now && parent != 0 {
+        let parent_alive = self.slot(parent).is_some_and(|i| self.messages[i].alive());
+        if was != now && parent != 0 && (parent_alive || !now) {
             let list = self.replies.entry(parent).or_default();
             sorted_toggle(list, lid, now);
             if list.is_empty() {
@@ -594,14 +595,15 @@ impl Mailbox {
         self.peers.clear();
         self.dialogs.clear();
         self.replies.clear();
-        let messages = std::mem::take(&mut self.messages);
-        for (i, m) in messages.iter().enumerate() {
+        // NOTE: a reply is listed under its post only while the post is alive (`reindex`);
+        // a removed post took its replies list with it.
+        for i in 0..self.messages.len() {
+            let m = self.messages[i];
             if m.alive() {
                 let lid = self.first_lid + u32::try_from(i).unwrap_or(u32::MAX);
                 self.reindex(lid, m.peer, m.peer_lid, REMOVED, m.flags);
             }
         }
-        self.messages = messages;
     }
 
     /// Rebuilds every derived index, search included (after a snapshot load).
