@@ -938,8 +938,8 @@ mod tests {
             assert_eq!(step, Some(Step::new(Frame::Resp, 12 + 2 * words)));
             let text = String::from_utf8_lossy(&out);
             let from = op.owner;
-            let head = format!("*1\r\n$5\r\nMULTI\r\n*10\r\n$4\r\nHSET\r\n");
-            assert!(text.starts_with(&head), "{text}");
+            let head = "*1\r\n$5\r\nMULTI\r\n*10\r\n$4\r\nHSET\r\n";
+            assert!(text.starts_with(head), "{text}");
             assert!(text.contains(&format!("m:{from}:42\r\n")), "{text}");
             assert!(text.contains(&format!("m:{}:7\r\n", op.peer)), "{text}");
             assert!(text.ends_with("*1\r\n$4\r\nEXEC\r\n"));
