@@ -530,7 +530,14 @@ fn bytes_per_message_stay_in_budget() {
     let per_copy = stat("messages_bytes_per_message");
     eprintln!("bytes per stored copy: {per_copy}");
     assert!(per_copy <= 230, "{per_copy} B per stored copy");
-    let parts = ["text", "metadata", "dialogs", "search", "history", "mailboxes"];
+    let parts = [
+        "text",
+        "metadata",
+        "dialogs",
+        "search",
+        "history",
+        "mailboxes",
+    ];
     let sum: u64 = parts
         .iter()
         .map(|part| stat(&format!("messages_memory_{part}_bytes")))
