@@ -10,7 +10,8 @@
 #   PAIRS=5             alternating rounds per scenario (each round runs every system once,
 #                       the order rotating); medians are reported
 #   DURATION=10         seconds per run (koshka bench adds a 1 s warm-up)
-#   SYSTEMS="koshka redis-plain redis-indexed"
+#   SYSTEMS="koshka redis-plain redis-indexed"   (add koshka-baseline to compare two builds)
+#   KOSHKA_BASELINE_BIN=   the koshka binary run as system koshka-baseline (same flags)
 #   USERS=100000 SENDS=300000 TEXT_CAP=300      the data (see below)
 #   SCENARIOS="mix8x16 mix64x1"                 connections x pipeline depth of the mix runs
 #   SEARCH=1            also run search10k (fresh koshka and redis-indexed, a 10 000-message
@@ -90,8 +91,10 @@ start_server() {
         "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
             --appendfsync everysec --save '' --daemonize no >"$dir.log" 2>&1 &
     else
+        local bin=$KOSHKA_BIN
+        [[ $system == koshka-baseline ]] && bin=${KOSHKA_BASELINE_BIN:?KOSHKA_BASELINE_BIN is not set}
         # shellcheck disable=SC2086
-        "$KOSHKA_BIN" serve --listen "127.0.0.1:0" --port "messages=$port" --data-dir "$dir" \
+        "$bin" serve --listen "127.0.0.1:0" --port "messages=$port" --data-dir "$dir" \
             --threads 2 --durability everysec --engines messages $KOSHKA_ARGS >"$dir.log" 2>&1 &
     fi
     pid=$!
@@ -174,7 +177,7 @@ for system in $SYSTEMS; do
         --preload-only >"$workdir/preload-$system.json"
     sleep 2 # let Redis's everysec fsync and koshka's binlog writer settle
     after=$(rss_kb "$pid")
-    if [[ $system == koshka ]]; then
+    if [[ $system == koshka* ]]; then
         detail=$(info "$port" stats | grep -E '^STAT messages_' | tr -d '\r' | cut -d' ' -f2- |
             tr ' ' '=' | paste -sd' ')
     else

@@ -25,7 +25,9 @@
 //!   of a mailbox with many dialogs, the search index of a large mailbox) live in [`More`],
 //!   allocated on first use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use crate::blob::Blob;
 use crate::flags::{DELETED, OUTBOX, UNREAD, WALL_REPLY};
@@ -952,7 +954,7 @@ fn sorted_toggle(list: &mut Vec<u32>, lid: u32, present: bool) {
 pub struct Partition {
     /// Position just past the last record applied to this partition.
     pub pos: u64,
-    /// Mailboxes by owner id.
+    /// Mailboxes by owner id (hashed with foldhash: every request looks one up).
     pub mailboxes: HashMap<i64, Mailbox>,
 }
 
