@@ -13,7 +13,8 @@
 #   SYSTEMS="koshka redis-plain redis-indexed"   (add koshka-baseline to compare two builds)
 #   KOSHKA_BASELINE_BIN=   the koshka binary run as system koshka-baseline (same flags)
 #   USERS=100000 SENDS=300000 TEXT_CAP=300      the data (see below)
-#   SCENARIOS="mix8x16 mix64x1"                 connections x pipeline depth of the mix runs
+#   SCENARIOS="mix8x16 mix64x1 send1x1"         NAME<connections>x<depth>: mix = the default
+#                       mix, send = sends only (send latency at depth 1)
 #   SEARCH=1            also run search10k (fresh koshka and redis-indexed, a 10 000-message
 #                       mailbox, 1 connection, pipeline 1)
 #   KOSHKA_BIN=${CARGO_TARGET_DIR:-target}/release/koshka (built unless KOSHKA_BIN is given)
@@ -38,8 +39,8 @@
 # Throughput, on the same loaded servers, per scenario and round (order rotating):
 #   koshka bench ... (same data flags) --connections C --pipeline D --duration $DURATION \
 #       --warmup 1 --seed ROUND --server-pid PID --json
-#   default mix send=10,dialogs=35,conversation=35,unread=20; the server's CPU seconds over
-#   the measured window come from /proc/PID/stat (--server-pid).
+#   default mix send=10,dialogs=35,conversation=35,unread=20 (send1x1: --mix send); the
+#   server's CPU seconds over the measured window come from /proc/PID/stat (--server-pid).
 # No taskset: client and servers share both cores; alternate and use medians.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,7 +52,7 @@ SYSTEMS=${SYSTEMS:-koshka redis-plain redis-indexed}
 USERS=${USERS:-100000}
 SENDS=${SENDS:-300000}
 TEXT_CAP=${TEXT_CAP:-300}
-SCENARIOS=${SCENARIOS:-mix8x16 mix64x1}
+SCENARIOS=${SCENARIOS:-mix8x16 mix64x1 send1x1}
 SEARCH=${SEARCH:-1}
 KOSHKA_ARGS=${KOSHKA_ARGS:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
@@ -196,9 +197,12 @@ done
 systems=($SYSTEMS)
 for ((round = 1; round <= PAIRS; round++)); do
     for scenario in $SCENARIOS; do
-        connections=${scenario#mix}
+        name=${scenario%%[0-9]*}
+        connections=${scenario#"$name"}
         connections=${connections%x*}
         depth=${scenario##*x}
+        mix=()
+        [[ $name == send ]] && mix=(--mix send)
         # Rotate the order of the systems from round to round.
         order=()
         for ((i = 0; i < ${#systems[@]}; i++)); do
@@ -208,7 +212,7 @@ for ((round = 1; round <= PAIRS; round++)); do
             out="$workdir/run-$scenario-$system-$round.json"
             if bench "$system" "${port_of[$system]}" --messages "$SENDS" --big-mailbox 0 \
                 --connections "$connections" --pipeline "$depth" --duration "$DURATION" \
-                --warmup 1 --seed "$round" --server-pid "${pid_of[$system]}" \
+                --warmup 1 --seed "$round" --server-pid "${pid_of[$system]}" "${mix[@]}" \
                 >"$out" 2>"$out.err"; then
                 python3 - "$out" "$scenario" "$system" >>"$results" <<'PY'
 import json, sys

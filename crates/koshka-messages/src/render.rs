@@ -196,14 +196,17 @@ pub fn search(
     let mut total = 0usize;
     let mut ids: smallvec::SmallVec<[u32; 32]> = smallvec::SmallVec::new();
     let query = lexicon.query(words).unwrap_or_default();
+    let dated = filter.min_date != 0 || filter.max_date != 0;
     mb.search(&query, |lid, slot| {
+        // Flags and peer are in the slot; the date only in the text, read when filtered on.
         let flags = slot.flags();
-        let date = slot.date();
         let visible = flags & crate::flags::DELETED == 0
             && in_sublist(flags, filter.mask.0, filter.mask.1)
             && (filter.peer == 0 || mb.peer(slot) == filter.peer)
-            && date >= filter.min_date
-            && (filter.max_date == 0 || date <= filter.max_date);
+            && (!dated || {
+                let date = slot.date();
+                date >= filter.min_date && (filter.max_date == 0 || date <= filter.max_date)
+            });
         if visible {
             total += 1;
             if total <= limit {

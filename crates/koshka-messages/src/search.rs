@@ -14,9 +14,10 @@
 //! * [`PostingIndex`]: a mailbox with many messages also keeps an inverted index, stem →
 //!   ascending local ids, delta-encoded variable-length integers in one byte array with a
 //!   skip table, plus a small unsorted tail of recent postings merged in when it grows.
-//!   Removed and edited messages leave stale postings behind; every candidate is checked
-//!   against the message's own stem ids, and the index is rebuilt from the texts once a
-//!   quarter of it is stale.
+//!   Removed and edited messages leave stale postings behind: a removed message's slot is
+//!   empty, and a hit on a message edited since the index was built is checked against the
+//!   message's own stem ids; the index is rebuilt from the texts once a quarter of it is
+//!   stale.
 
 use std::sync::OnceLock;
 
@@ -322,6 +323,10 @@ pub struct PostingIndex {
     tail: Vec<(u32, u32)>,
     /// Postings of removed or edited messages still in `data` or `tail`.
     stale: usize,
+    /// Ascending ids of messages edited since the index was built: their postings may name
+    /// stems their text no longer has, so a hit on them is checked against the text. (A
+    /// removed message's postings need no check: its slot is empty.)
+    edited: Vec<u32>,
 }
 
 impl PostingIndex {
@@ -489,6 +494,19 @@ impl PostingIndex {
         self.stale += postings;
     }
 
+    /// Remembers that message `lid` was edited (see `edited`).
+    pub fn edit(&mut self, lid: u32) {
+        if let Err(at) = self.edited.binary_search(&lid) {
+            self.edited.insert(at, lid);
+        }
+    }
+
+    /// True when message `lid` was edited since the index was built.
+    #[must_use]
+    pub fn was_edited(&self, lid: u32) -> bool {
+        self.edited.binary_search(&lid).is_ok()
+    }
+
     /// True when a quarter of the postings are stale: time to rebuild from the texts.
     #[must_use]
     pub fn needs_rebuild(&self) -> bool {
@@ -512,7 +530,10 @@ impl PostingIndex {
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         let vec = |bytes: usize| if bytes == 0 { 0 } else { bytes + 16 };
-        vec(self.data.capacity()) + vec(self.skips.capacity() * 8) + vec(self.tail.capacity() * 8)
+        vec(self.data.capacity())
+            + vec(self.skips.capacity() * 8)
+            + vec(self.tail.capacity() * 8)
+            + vec(self.edited.capacity() * 4)
     }
 }
 

@@ -623,6 +623,7 @@ impl Mailbox {
         let new_len = u32::try_from(blob.text_len()).unwrap_or(u32::MAX);
         if let Some(index) = self.more.as_mut().and_then(|m| m.index.as_mut()) {
             index.add(lid, blob.terms());
+            index.edit(lid);
         }
         let Some(old) = self.slots[index].blob.replace(blob) else {
             unreachable!("checked alive");
@@ -735,12 +736,16 @@ impl Mailbox {
         if terms.is_empty() {
             return;
         }
-        let check = |lid: u32| {
-            self.get(lid)
-                .filter(|s| s.blob.as_ref().is_some_and(|b| b.has_terms(terms)))
-        };
         match self.more.as_ref().and_then(|m| m.index.as_ref()) {
             Some(index) => {
+                // Postings of removed messages point at empty slots; only messages edited
+                // since the index was built need their text checked.
+                let check = |lid: u32| {
+                    self.get(lid).filter(|s| {
+                        !index.was_edited(lid)
+                            || s.blob.as_ref().is_some_and(|b| b.has_terms(terms))
+                    })
+                };
                 let lists = terms.iter().map(|&t| index.ids(t)).collect();
                 crate::search::intersect(lists, |lid| match check(lid) {
                     Some(slot) => visit(lid, slot),
