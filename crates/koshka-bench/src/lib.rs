@@ -48,7 +48,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::keys::Distribution;
+pub use crate::messages::RedisModel;
 pub use crate::report::{Latency, Machine, OpReport, Report, SocialReport};
+pub use crate::text::Texts;
 
 /// The operations a run issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -144,12 +146,23 @@ pub struct BenchArgs {
     /// messages: messages sent by the preload phase.
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
-    /// messages: text length in bytes (fortunes cut at a UTF-8 boundary).
+    /// messages: text length in bytes (fortunes cut at a UTF-8 boundary); with `--texts
+    /// ru`, the cap on each whole text.
     #[arg(long, default_value_t = 100)]
     pub text_size: usize,
-    /// messages: correspondents per user.
+    /// messages: how texts are made from the fortunes.
+    #[arg(long, value_enum, default_value_t = Texts::Cut)]
+    pub texts: Texts,
+    /// messages: correspondents per user; 0 = recipients drawn uniformly over all users.
     #[arg(long, default_value_t = 20)]
     pub dialog_peers: u64,
+    /// messages: how the data is modelled in Redis (`--protocol redis`).
+    #[arg(long, value_enum, default_value_t = RedisModel::Plain)]
+    pub redis_model: RedisModel,
+    /// Social workloads: the server's process id; the report then gives the server's CPU
+    /// seconds (user + system, /proc/PID/stat) over the measured window.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// messages: size of the one big mailbox (user USERS+1) that `bigsearch` searches.
     #[arg(long, default_value_t = 10_000)]
     pub big_mailbox: u64,
@@ -294,29 +307,40 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
             )?;
             let plan = Arc::new(messages::Messages::new(messages::MessagesConfig {
                 protocol: args.protocol,
+                model: args.redis_model,
                 users: args.users,
                 messages: args.messages,
                 big_mailbox: args.big_mailbox,
                 circle: args.dialog_peers,
+                texts: args.texts,
                 text_size: args.text_size,
                 chooser,
                 weights,
                 seed: args.seed,
-            }));
+            })?);
+            let peers = if args.dialog_peers == 0 {
+                "recipients uniform".to_owned()
+            } else {
+                format!("{} correspondents per user", args.dialog_peers)
+            };
             let info = SocialReport {
                 users: args.users,
-                data_kind: "messages".into(),
-                data_items: args.messages + args.big_mailbox,
+                data_kind: "message copies".into(),
+                data_items: plan.copies(),
                 mix: args.mix.clone().unwrap_or(messages::DEFAULT_MIX.into()),
                 detail: format!(
-                    "{} B texts from {}; big mailbox user {} ({} messages)",
-                    args.text_size,
+                    "{} sends, {peers}, users {:?}; texts: {}; big mailbox user {} ({} \
+                     messages); Redis model {:?}",
+                    args.messages,
+                    args.distribution,
                     plan.text_source(),
                     args.users + 1,
-                    args.big_mailbox
+                    args.big_mailbox,
+                    args.redis_model,
                 ),
                 preload_items: None,
                 ops_by_kind: Vec::new(),
+                server_cpu_s: None,
             };
             drive_social(args, threads, version, plan, info).await
         }
@@ -354,10 +378,23 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                 ),
                 preload_items: None,
                 ops_by_kind: Vec::new(),
+                server_cpu_s: None,
             };
             drive_social(args, threads, version, plan, info).await
         }
     }
+}
+
+/// User + system CPU seconds of process `pid` so far (`/proc/PID/stat`), if readable.
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // NOTE: the kernel reports clock ticks, USER_HZ = 100 on every Linux we run.
+    Some((utime + stime) as f64 / 100.0)
 }
 
 async fn drive_social<W: social::Social>(
@@ -384,6 +421,14 @@ async fn drive_social<W: social::Social>(
             start,
             end: start + Duration::from_secs_f64(args.duration),
         };
+        let cpu = args.server_pid.map(|pid| {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(window.start.into()).await;
+                let start = process_cpu_s(pid);
+                tokio::time::sleep_until(window.end.into()).await;
+                Some(process_cpu_s(pid)? - start?)
+            })
+        });
         let mut tasks = Vec::with_capacity(args.connections);
         for (index, stream) in streams.into_iter().enumerate() {
             let seed = args
@@ -402,6 +447,9 @@ async fn drive_social<W: social::Social>(
         for task in tasks {
             let counters = task.await.context("a connection task panicked")??;
             total.merge(&counters)?;
+        }
+        if let Some(cpu) = cpu {
+            info.server_cpu_s = cpu.await.context("the CPU sampler panicked")?;
         }
     }
     Ok(Report::social(

@@ -53,6 +53,9 @@ pub struct SocialReport {
     pub preload_items: Option<u64>,
     /// Per-operation results.
     pub ops_by_kind: Vec<OpReport>,
+    /// The server's CPU seconds (user + system) over the measured window, with
+    /// `--server-pid`.
+    pub server_cpu_s: Option<f64>,
 }
 
 /// Latency percentiles in microseconds.
@@ -323,6 +326,13 @@ impl Report {
                 "  ops/s:     {:.0}  ({} logical operations, {} errors)",
                 self.ops_per_sec, self.ops, self.errors
             )?;
+            if let Some(cpu_s) = social.server_cpu_s {
+                writeln!(
+                    f,
+                    "  server CPU: {cpu_s:.2} s ({:.0} ops per CPU-second)",
+                    self.ops as f64 / cpu_s.max(1e-9)
+                )?;
+            }
             let latency = &self.latency_us;
             writeln!(
                 f,

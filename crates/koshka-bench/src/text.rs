@@ -1,9 +1,15 @@
 //! Message texts for the `messages` workload: real English and Russian sentences from
 //! Debian's `fortunes` and `fortunes-ru` packages when installed, generated words otherwise.
 //!
-//! Each text is cut to the requested size at a UTF-8 boundary, whitespace collapsed (no TAB,
-//! so koshka never sees a subject), and tokenised once into lowercase words for the Redis
-//! model's inverted index and for search queries.
+//! Two ways to make texts ([`Texts`]):
+//! * `cut` — English and Russian fortunes, whitespace collapsed, joined and cut into texts of
+//!   exactly the requested size at a UTF-8 boundary;
+//! * `ru` — every Russian fortune (`fortunes-ru`) whole: the `%` separators stripped, tabs
+//!   turned into spaces, other control characters but the newline dropped, capped at the
+//!   requested size at a UTF-8 boundary (with a 300-byte cap the mean is about 157 bytes).
+//!
+//! Texts hold no TAB, so koshka never sees a subject. Each is tokenised once into lowercase
+//! words for the Redis model's inverted index and for search queries.
 
 use std::path::Path;
 
@@ -15,7 +21,20 @@ use rand::{Rng, SeedableRng};
 const FORTUNES_DIR: &str = "/usr/share/games/fortunes";
 
 /// Most texts kept in the pool.
-const POOL_TEXTS_MAX: usize = 20_000;
+const POOL_TEXTS_MAX: usize = 40_000;
+
+/// Where Debian installs `fortunes-ru`.
+const FORTUNES_RU_DIR: &str = "/usr/share/games/fortunes/ru";
+
+/// How texts are made from the fortunes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Texts {
+    /// English and Russian fortunes joined and cut to exactly `--text-size` bytes.
+    Cut,
+    /// Each Russian fortune whole, capped at `--text-size` bytes.
+    Ru,
+}
 
 /// Shortest word offered as a search query word (bytes).
 const QUERY_WORD_BYTES_MIN: usize = 3;
@@ -41,6 +60,44 @@ pub(crate) struct TextPool {
 }
 
 impl TextPool {
+    /// Builds the pool the way `texts` says.
+    pub(crate) fn new(texts: Texts, size: usize, seed: u64) -> TextPool {
+        match texts {
+            Texts::Cut => TextPool::load(size, seed),
+            Texts::Ru => TextPool::load_whole(size, seed),
+        }
+    }
+
+    /// Every Russian fortune as one text, capped at `cap` bytes, in a seeded order; falls
+    /// back to [`TextPool::load`] when `fortunes-ru` is not installed.
+    pub(crate) fn load_whole(cap: usize, seed: u64) -> TextPool {
+        let mut entries = whole_entries(Path::new(FORTUNES_RU_DIR));
+        if entries.len() < 100 {
+            return TextPool::load(cap, seed);
+        }
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x7e47);
+        entries.shuffle(&mut rng);
+        entries.truncate(POOL_TEXTS_MAX);
+        let texts: Vec<Text> = entries
+            .iter()
+            .map(|entry| {
+                let mut cut = cap.min(entry.len());
+                while !entry.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                Text::new(entry[..cut].trim_end().as_bytes())
+            })
+            .collect();
+        let mean = texts.iter().map(|text| text.body.len()).sum::<usize>() / texts.len();
+        TextPool {
+            source: format!(
+                "{} whole fortunes from {FORTUNES_RU_DIR}, capped at {cap} B, mean {mean} B",
+                texts.len()
+            ),
+            texts,
+        }
+    }
+
     /// Builds texts of about `size` bytes from the fortunes, or generated words.
     pub(crate) fn load(size: usize, seed: u64) -> TextPool {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x7e47);
@@ -192,6 +249,50 @@ fn fortune_entries(dir: &Path) -> Vec<String> {
     entries
 }
 
+/// Every entry of every fortune file in `dir`: separators stripped, tabs as spaces, other
+/// control characters but the newline dropped, trimmed; empty entries skipped.
+fn whole_entries(dir: &Path) -> Vec<String> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = listing
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.is_file()
+                && path
+                    .extension()
+                    .is_none_or(|ext| ext != "dat" && ext != "u8")
+        })
+        .collect();
+    files.sort();
+    let mut entries = Vec::new();
+    for path in files {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        for entry in text.split("\n%\n") {
+            let clean: String = entry
+                .chars()
+                .filter_map(|c| match c {
+                    '\t' => Some(' '),
+                    '\n' => Some('\n'),
+                    c if c.is_control() => None,
+                    c => Some(c),
+                })
+                .collect();
+            let clean = clean.trim_matches(|c: char| c == '%' || c.is_whitespace());
+            if !clean.is_empty() {
+                entries.push(clean.to_owned());
+            }
+        }
+    }
+    entries
+}
+
 /// Pseudo-words from syllables, when no fortunes are installed.
 fn generated_entries(rng: &mut SmallRng) -> Vec<String> {
     const SYLLABLES: [&str; 16] = [
@@ -223,6 +324,16 @@ mod tests {
         let words = tokenize("Ёлка, ёлка! Hello-world hello");
         let words: Vec<&[u8]> = words.iter().map(|word| &word[..]).collect();
         assert_eq!(words, vec!["елка".as_bytes(), b"hello", b"world"]);
+    }
+
+    #[test]
+    fn whole_russian_texts_are_capped_and_clean() {
+        let pool = TextPool::load_whole(300, 1);
+        for text in &pool.texts {
+            assert!(!text.body.is_empty() && text.body.len() <= 300);
+            assert!(!text.body.contains(&b'\t'));
+            assert!(std::str::from_utf8(&text.body).is_ok());
+        }
     }
 
     #[test]

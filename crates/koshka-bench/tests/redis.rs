@@ -94,8 +94,10 @@ fn messages_and_friends_run_cleanly_against_redis() -> anyhow::Result<()> {
         "3000",
         "--big-mailbox",
         "200",
+        "--redis-model",
+        "indexed",
         "--mix",
-        "send=1,dialogs=1,conversation=1,read=1,search=1,bigsearch=1",
+        "send=1,dialogs=1,conversation=1,read=1,search=1,bigsearch=1,unread=1",
     ];
     let report = koshka_bench::run(args(redis.port, &messages))?;
     assert!(report.server_version.starts_with("redis "), "{report}");
@@ -104,7 +106,34 @@ fn messages_and_friends_run_cleanly_against_redis() -> anyhow::Result<()> {
         .social
         .as_ref()
         .map(|social| social.ops_by_kind.len());
-    assert_eq!(social, Some(6), "{report}");
+    assert_eq!(social, Some(7), "{report}");
+
+    // The plain model (no search), recipients uniform, whole Russian texts.
+    let plain = [
+        "--workload",
+        "messages",
+        "--users",
+        "500",
+        "--messages",
+        "3000",
+        "--big-mailbox",
+        "0",
+        "--dialog-peers",
+        "0",
+        "--texts",
+        "ru",
+        "--text-size",
+        "300",
+        "--redis-model",
+        "plain",
+    ];
+    let report = koshka_bench::run(args(redis.port, &plain))?;
+    assert_eq!(report.errors, 0, "{report}");
+    let social = report
+        .social
+        .as_ref()
+        .map(|social| social.ops_by_kind.len());
+    assert_eq!(social, Some(4), "{report}");
 
     let friends = [
         "--workload",

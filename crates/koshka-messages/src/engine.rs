@@ -5,15 +5,18 @@ use koshka_engine::{
     ApplyCtx, Cx, Engine, Error, Journal, Outcome, Request, Result, Session, ShardSpec, Stat,
     StoreMode,
 };
-use koshka_keys::messages::{mode, Query, Update};
-use koshka_keys::Slice;
+use koshka_keys::messages::{Query, Update};
 
+use crate::blob::Blob;
 use crate::flags::{WALL_COPIED, WALL_COPY, WALL_REPLY, WALL_STATUS};
+use crate::history::event;
 use crate::ops::{ExtraOp, FlagOp, Record, Text};
+use crate::render::{self, number, SearchFilter};
 use crate::search::Lexicon;
-use crate::state::{event, in_sublist, Mailbox, Message, Partition};
+use crate::state::{in_sublist, Mailbox, Partition, Usage};
 use crate::{
-    snapshot, Flavour, MAILBOX_TEXT_BYTES_MAX, MESSAGES_PER_MAILBOX_MAX, PAGE_SIZE_MAX, PARTITIONS,
+    snapshot, Flavour, Layout, MAILBOX_TEXT_BYTES_MAX, MESSAGES_PER_MAILBOX_MAX, PAGE_SIZE_MAX,
+    PARTITIONS,
 };
 
 /// The messages (or wall) engine: mailboxes partitioned by owner id into [`PARTITIONS`]
@@ -24,6 +27,7 @@ pub struct MessagesEngine {
     partitions: Partitions<Partition>,
     /// Stem ids shared by every mailbox's search index.
     lexicon: Lexicon,
+    layout: Layout,
 }
 
 impl Positioned for Partition {
@@ -61,13 +65,55 @@ impl MessagesEngine {
     /// An empty engine of `flavour` holding shard `shard`.
     #[must_use]
     pub fn new(flavour: Flavour, shard: ShardSpec) -> Self {
+        Self::with_layout(flavour, shard, Layout::production())
+    }
+
+    /// An empty engine with the given layout thresholds ([`Layout::test_min`] makes every
+    /// mailbox of a test take the large-mailbox paths).
+    #[must_use]
+    pub fn with_layout(flavour: Flavour, shard: ShardSpec, layout: Layout) -> Self {
         let partitions = Partitions::new(PARTITIONS, Partition::default);
         Self {
             flavour,
             shard,
             partitions,
             lexicon: Lexicon::default(),
+            layout,
         }
+    }
+
+    /// Checks every mailbox's derived state against its slots, and the stem dictionary's
+    /// holder counts against the stored copies (tests; O(everything)).
+    ///
+    /// # Errors
+    /// A description of the first inconsistency.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let mut held = vec![0u32; self.lexicon.capacity()];
+        for (index, partition) in self.partitions.iter().enumerate() {
+            let part = partition.lock();
+            for (owner, mb) in &part.mailboxes {
+                mb.check()
+                    .map_err(|e| format!("partition {index}, mailbox {owner}: {e}"))?;
+                for (_, slot) in mb.slots() {
+                    for term in slot.blob.iter().flat_map(Blob::terms) {
+                        match held.get_mut(term as usize) {
+                            Some(count) => *count += 1,
+                            None => return Err(format!("stem {term} is not in the lexicon")),
+                        }
+                    }
+                }
+            }
+        }
+        for (id, &count) in held.iter().enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            if self.lexicon.holders(id) != count {
+                return Err(format!(
+                    "stem {id} held {} times, stored in {count} copies",
+                    self.lexicon.holders(id)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The flavour of this instance.
@@ -111,8 +157,12 @@ impl MessagesEngine {
         let first_index = self.partition_of(first);
         let second_index = second.map(|o| self.partition_of(o));
         let flavour = self.flavour;
-        let lexicon = &self.lexicon;
-        let terms = |text: &Text| lexicon.terms(&[&text.subject, &text.body]);
+        let (lexicon, layout) = (&self.lexicon, &self.layout);
+        // One stored text (and one stemming) for every copy the record creates here.
+        let blob = |text: &Text, holders: u32| {
+            let terms = lexicon.hold_text(&[&text.subject, &text.body], holders);
+            Blob::new(time, [&text.kludges, &text.subject, &text.body], &terms)
+        };
         let added = |result: std::result::Result<(), String>| {
             assert!(
                 result.is_ok(),
@@ -129,9 +179,8 @@ impl MessagesEngine {
                 text,
             } => {
                 if let Some(p) = locked.fresh(first_index) {
-                    let terms = terms(text);
                     let mb = mailbox(p, *owner, flavour);
-                    added(mb.add(*lid, *peer, *peer_lid, *flags, text, time, &terms));
+                    added(mb.add(*lid, *peer, *peer_lid, *flags, blob(text, 1), layout));
                 }
             }
             Record::Send {
@@ -143,15 +192,22 @@ impl MessagesEngine {
                 to_flags,
                 text,
             } => {
-                // Stemmed once for both copies.
-                let terms = terms(text);
+                let fresh_from = locked.fresh(first_index).is_some();
+                let fresh_to = second_index.and_then(|i| locked.fresh(i)).is_some();
+                let holders = u32::from(fresh_from) + u32::from(fresh_to);
+                if holders == 0 {
+                    return;
+                }
+                // Stored once, shared by both copies.
+                let shared = blob(text, holders);
                 if let Some(p) = locked.fresh(first_index) {
                     let mb = mailbox(p, *from, flavour);
-                    added(mb.add(*from_lid, *to, *to_lid, *from_flags, text, time, &terms));
+                    let copy = shared.clone();
+                    added(mb.add(*from_lid, *to, *to_lid, *from_flags, copy, layout));
                 }
                 if let Some(p) = second_index.and_then(|i| locked.fresh(i)) {
                     let mb = mailbox(p, *to, flavour);
-                    added(mb.add(*to_lid, *from, *from_lid, *to_flags, text, time, &terms));
+                    added(mb.add(*to_lid, *from, *from_lid, *to_flags, shared, layout));
                 }
             }
             Record::Repost {
@@ -164,16 +220,28 @@ impl MessagesEngine {
                 text,
             } => {
                 if let Some(p) = locked.fresh(first_index) {
-                    let terms = terms(text);
                     let mb = mailbox(p, *owner, flavour);
-                    added(mb.add(*lid, *author, 0, *flags, text, time, &terms));
-                    mb.origins.insert(*lid, (*orig_owner, *orig_id));
+                    added(mb.add(*lid, *author, 0, *flags, blob(text, 1), layout));
+                    mb.set_origin(*lid, (*orig_owner, *orig_id));
                 }
                 if let Some(p) = second_index.and_then(|i| locked.fresh(i)) {
                     if let Some(mb) = p.mailboxes.get_mut(orig_owner) {
-                        if let Some(m) = mb.get(*orig_id).copied() {
+                        if let Some(flags) = mb.get(*orig_id).map(crate::state::Slot::flags) {
                             let ev = (event::FLAGS_ADDED, i64::from(WALL_COPIED));
-                            mb.set_flags(*orig_id, m.flags | WALL_COPIED, ev);
+                            mb.set_flags(*orig_id, flags | WALL_COPIED, ev);
+                        }
+                    }
+                }
+            }
+            Record::Edit { lid, text, .. } => {
+                if let Some(p) = locked.fresh(first_index) {
+                    if let Some(mb) = p.mailboxes.get_mut(&first) {
+                        // The edited copy keeps its date; its twin keeps the old text.
+                        if let Some(date) = mb.get(*lid).map(crate::state::Slot::date) {
+                            let terms = lexicon.hold_text(&[&text.subject, &text.body], 1);
+                            let parts = [&text.kludges[..], &text.subject, &text.body];
+                            let new = Blob::new(date, parts, &terms);
+                            mb.edit(*lid, new, lexicon, layout);
                         }
                     }
                 }
@@ -181,7 +249,7 @@ impl MessagesEngine {
             _ => {
                 if let Some(p) = locked.fresh(first_index) {
                     if let Some(mb) = p.mailboxes.get_mut(&first) {
-                        apply_single(mb, record, lexicon);
+                        apply_single(mb, record, lexicon, layout);
                     }
                 }
             }
@@ -209,8 +277,26 @@ impl MessagesEngine {
                 _ => Ok(()),
             }
         };
+        let peer = |peer: i64| -> Result<()> {
+            if u32::try_from(peer).is_err() {
+                return Err(Error::corrupt_record(format!("peer id {peer}")));
+            }
+            Ok(())
+        };
         match record {
-            Record::Add { owner, lid, .. } | Record::Repost { owner, lid, .. } => {
+            Record::Add {
+                owner,
+                lid,
+                peer: p,
+                ..
+            } => {
+                peer(*p)?;
+                check(*owner, *lid)
+            }
+            Record::Repost {
+                owner, lid, author, ..
+            } => {
+                peer(*author)?;
                 check(*owner, *lid)
             }
             Record::Send {
@@ -220,6 +306,8 @@ impl MessagesEngine {
                 to_lid,
                 ..
             } => {
+                peer(*from)?;
+                peer(*to)?;
                 check(*from, *from_lid)?;
                 check(*to, *to_lid)
             }
@@ -326,15 +414,18 @@ impl MessagesEngine {
                 };
                 let Some(m) = orig
                     .get(*orig_id)
-                    .filter(|m| m.flags & crate::flags::DELETED == 0)
+                    .filter(|m| m.flags() & crate::flags::DELETED == 0)
                 else {
                     return Ok(None);
                 };
-                let (kludges, subject, body) = orig.text(m);
+                let Some(blob) = &m.blob else {
+                    return Ok(None);
+                };
+                let [kludges, subject, body] = blob.to_parts();
                 let text = Text {
-                    kludges: kludges.to_vec(),
-                    subject: subject.to_vec(),
-                    body: body.to_vec(),
+                    kludges,
+                    subject,
+                    body,
                 };
                 let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, &text)?;
                 Record::Repost {
@@ -401,7 +492,7 @@ impl MessagesEngine {
                     .mailboxes
                     .get(owner)
                     .and_then(|m| m.get(*lid))
-                    .map(|m| m.flags);
+                    .map(crate::state::Slot::flags);
                 i64::from(flags.unwrap_or(0))
             }
             (
@@ -500,11 +591,9 @@ impl MessagesEngine {
         })
     }
 
-    /// The newest status of a wall, if any.
-    fn statuses(&self, mb: &Mailbox) -> Option<usize> {
-        self.sublist_index(WALL_STATUS | crate::flags::DELETED, WALL_STATUS)
-            .ok()
-            .filter(|&index| index < mb.sublists.len())
+    /// The statuses sublist of a wall.
+    fn statuses(&self) -> (u32, u32) {
+        (WALL_STATUS | crate::flags::DELETED, WALL_STATUS)
     }
 
     fn render_mailbox(&self, mb: &Mailbox, query: &Query, out: &mut Vec<u8>) -> bool {
@@ -513,59 +602,44 @@ impl MessagesEngine {
             Query::Message {
                 lid, mode, max_len, ..
             } => {
-                let Some(m) = mb.get(*lid) else { return false };
-                render(out, flavour, mb, *lid, m, *mode, *max_len);
+                let Some(slot) = mb.get(*lid) else {
+                    return false;
+                };
+                render::message(out, flavour, mb, *lid, slot, *mode, *max_len);
             }
             Query::Flags { lid, .. } => {
-                let Some(m) = mb.get(*lid) else { return false };
-                number(out, m.flags);
+                let Some(slot) = mb.get(*lid) else {
+                    return false;
+                };
+                number(out, slot.flags());
             }
             Query::Extra { lid, field, .. } => {
                 if mb.get(*lid).is_none() {
                     return false;
                 }
-                signed(out, mb.extra(*lid, *field));
+                number(out, mb.extra(*lid, *field));
             }
             Query::Sublist {
                 and, xor, slice, ..
-            } => {
-                let Ok(index) = self.sublist_index(*and, *xor) else {
-                    return false;
-                };
-                page(out, &mb.sublists[index], *slice);
-            }
+            } => render::sublist(out, mb, (*and, *xor), *slice),
             Query::SublistPos { and, xor, lid, .. } => {
-                let Ok(index) = self.sublist_index(*and, *xor) else {
-                    return false;
-                };
-                return position(out, &mb.sublists[index], *lid);
+                return render::sublist_position(out, mb, (*and, *xor), *lid);
             }
-            Query::PeerList { peer, slice, .. } => {
-                page(
-                    out,
-                    mb.peers.get(peer).map_or(&[][..], |c| &*c.lids),
-                    *slice,
-                );
-            }
+            Query::PeerList { peer, slice, .. } => render::conversation(out, mb, *peer, *slice),
             Query::PeerListPos { peer, lid, .. } => {
-                let Some(conversation) = mb.peers.get(peer) else {
-                    return false;
-                };
-                return position(out, &conversation.lids, *lid);
+                return render::conversation_position(out, mb, *peer, *lid);
             }
             Query::Replies { post, slice, .. } => {
-                page(out, mb.replies.get(post).map_or(&[][..], |l| l), *slice);
+                let replies = mb.more().and_then(|m| m.replies.get(post));
+                render::page(out, replies.map_or(&[][..], |l| l), *slice);
             }
-            Query::Dialogs { slice, .. } => dialogs(out, mb, *slice),
+            Query::Dialogs { slice, .. } => render::dialogs(out, mb, *slice),
             Query::Unread {
                 peer: Some(peer), ..
-            } => number(out, mb.peers.get(peer).map_or(0, |c| c.unread)),
-            Query::Unread { peer: None, .. } => {
-                let total: u64 = mb.peers.values().map(|c| u64::from(c.unread)).sum();
-                number(out, total);
-            }
-            Query::Timestamp { .. } => number(out, mb.history.ts),
-            Query::History { ts, limit, .. } => history(out, mb, *ts, *limit),
+            } => number(out, mb.dialog(*peer).map_or(0, |d| d.unread)),
+            Query::Unread { peer: None, .. } => number(out, mb.unread()),
+            Query::Timestamp { .. } => number(out, mb.history.ts()),
+            Query::History { ts, limit, .. } => render::history(out, mb, *ts, *limit),
             Query::Search {
                 mask,
                 peer,
@@ -581,33 +655,36 @@ impl MessagesEngine {
                     min_date: *min_date,
                     max_date: *max_date,
                 };
-                search(out, mb, &self.lexicon, &filter, *limit, words);
+                render::search(out, mb, &self.lexicon, &filter, *limit, words);
             }
             Query::Status { .. } => {
-                let Some(index) = self.statuses(mb) else {
+                let (and, xor) = self.statuses();
+                let newest = mb
+                    .slots()
+                    .rev()
+                    .find(|(_, s)| in_sublist(s.flags(), and, xor));
+                let Some((lid, slot)) = newest else {
                     return false;
                 };
-                let Some(&lid) = mb.sublists[index].last() else {
-                    return false;
-                };
-                let Some(m) = mb.get(lid) else { return false };
-                render(out, flavour, mb, lid, m, 0, None);
+                render::message(out, flavour, mb, lid, slot, 0, None);
             }
             Query::Statuses { slice, .. } => {
-                let Some(index) = self.statuses(mb) else {
-                    return false;
-                };
-                let list = &mb.sublists[index];
+                let (and, xor) = self.statuses();
+                let list: Vec<u32> = mb
+                    .slots()
+                    .filter(|(_, s)| in_sublist(s.flags(), and, xor))
+                    .map(|(lid, _)| lid)
+                    .collect();
                 out.extend_from_slice(b"{\"items\":[");
                 let mut first = true;
-                for i in slice.resolve(list.len(), PAGE_SIZE_MAX) {
+                for i in slice.positions(list.len()).take(PAGE_SIZE_MAX) {
                     let lid = list[i];
-                    if let Some(m) = mb.get(lid) {
+                    if let Some(slot) = mb.get(lid) {
                         if !first {
                             out.push(b',');
                         }
                         first = false;
-                        render(out, flavour, mb, lid, m, 0, None);
+                        render::message(out, flavour, mb, lid, slot, 0, None);
                     }
                 }
                 out.extend_from_slice(b"],\"total\":");
@@ -745,7 +822,7 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
             }
         }
         Update::ReadUpto { owner, peer, lid } => {
-            if !mb.peers.contains_key(peer) {
+            if mb.dialog(*peer).is_none_or(|d| d.count == 0) {
                 return Ok(None);
             }
             Record::ReadUpto {
@@ -755,7 +832,7 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
             }
         }
         Update::DeleteDialog { owner, peer } => {
-            if !mb.messages.iter().any(|m| m.alive() && m.peer == *peer) {
+            if !mb.slots().any(|(_, s)| s.alive() && mb.peer(s) == *peer) {
                 return Ok(None);
             }
             Record::DeleteDialog {
@@ -764,7 +841,7 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
             }
         }
         Update::Trim { owner, min_lid } => {
-            if *min_lid <= mb.first_lid || mb.live == 0 {
+            if *min_lid <= mb.first_lid() || mb.live() == 0 {
                 return Ok(None);
             }
             Record::Trim {
@@ -784,11 +861,12 @@ fn plan_single(mb: &Mailbox, update: &Update, flavour: Flavour) -> Result<Option
     Ok(Some(record))
 }
 
-/// Applies a one-mailbox record that creates nothing.
-fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon) {
+/// Applies a one-mailbox record that creates nothing (edits are applied by the caller,
+/// which makes the new text).
+fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon, layout: &Layout) {
     match record {
         Record::Flags { lid, op, value, .. } => {
-            let Some(old) = mb.get(*lid).map(|m| m.flags) else {
+            let Some(old) = mb.get(*lid).map(crate::state::Slot::flags) else {
                 return;
             };
             let (new, ev) = match op {
@@ -796,27 +874,21 @@ fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon) {
                 FlagOp::Or => (old | value, (event::FLAGS_ADDED, i64::from(*value))),
                 FlagOp::AndNot => (old & !value, (event::FLAGS_CLEARED, i64::from(*value))),
             };
-            let new = (new & crate::flags::USER_MASK) | (old & !crate::flags::USER_MASK);
-            mb.set_flags(*lid, new, ev);
+            mb.set_flags(*lid, new & crate::flags::USER_MASK, ev);
         }
         Record::ReadUpto { peer, lid, .. } => mb.read_upto(*peer, *lid),
-        Record::Edit { lid, text, .. } => {
-            mb.edit(*lid, text, lexicon);
-        }
         Record::Delete { lid, .. } => {
-            mb.remove(&[*lid], lexicon);
+            mb.remove_logged(&[*lid], lexicon, layout);
         }
         Record::DeleteDialog { peer, .. } => {
             let lids: Vec<u32> = mb
-                .messages
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.alive() && m.peer == *peer)
-                .map(|(i, _)| mb.first_lid + u32::try_from(i).unwrap_or(u32::MAX))
+                .slots()
+                .filter(|(_, s)| s.alive() && mb.peer(s) == *peer)
+                .map(|(lid, _)| lid)
                 .collect();
-            mb.remove(&lids, lexicon);
+            mb.remove_logged(&lids, lexicon, layout);
         }
-        Record::Trim { min_lid, .. } => mb.trim(*min_lid, lexicon),
+        Record::Trim { min_lid, .. } => mb.trim(*min_lid, lexicon, layout),
         Record::PeerLink { lid, peer_lid, .. } => mb.set_peer_lid(*lid, *peer_lid),
         Record::Extra {
             lid,
@@ -829,7 +901,7 @@ fn apply_single(mb: &mut Mailbox, record: &Record, lexicon: &Lexicon) {
                 mb.change_extra(*lid, *field, *op == ExtraOp::Add, *value);
             }
         }
-        Record::Add { .. } | Record::Send { .. } | Record::Repost { .. } => {}
+        Record::Add { .. } | Record::Send { .. } | Record::Repost { .. } | Record::Edit { .. } => {}
     }
 }
 
@@ -851,258 +923,6 @@ fn empty_answer(query: &Query, out: &mut Vec<u8>) -> bool {
     };
     out.extend_from_slice(answer);
     true
-}
-
-/// Appends an unsigned decimal number.
-fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(n).as_bytes());
-}
-
-/// Appends a signed decimal number.
-fn signed(out: &mut Vec<u8>, n: i64) {
-    number(out, n);
-}
-
-/// Appends `,<n>`.
-fn item(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.push(b',');
-    number(out, n);
-}
-
-/// `total,lid,lid,…` for a slice of an ascending list.
-fn page(out: &mut Vec<u8>, list: &[u32], slice: Slice) {
-    number(out, list.len());
-    for i in slice.resolve(list.len(), PAGE_SIZE_MAX) {
-        item(out, list[i]);
-    }
-}
-
-/// The 1-based position of `lid` in an ascending list.
-fn position(out: &mut Vec<u8>, list: &[u32], lid: u32) -> bool {
-    match list.binary_search(&lid) {
-        Ok(i) => {
-            number(out, i + 1);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// `total,(lid,peer,unread)…` of the dialogs list (position 1 = the oldest dialog).
-fn dialogs(out: &mut Vec<u8>, mb: &Mailbox, slice: Slice) {
-    let total = mb.dialogs.len();
-    number(out, total);
-    let mut positions = slice.resolve(total, PAGE_SIZE_MAX);
-    let Some(a) = positions.next() else {
-        return;
-    };
-    let b = positions.last().unwrap_or(a);
-    let (lo, hi) = (a.min(b), a.max(b));
-    let window = mb.dialogs.iter().skip(lo).take(hi - lo + 1);
-    let mut write = |(lid, peer): (&u32, &i64)| {
-        let unread = mb.peers.get(peer).map_or(0, |c| c.unread);
-        item(out, *lid);
-        item(out, *peer);
-        item(out, unread);
-    };
-    if a > b {
-        window.rev().for_each(&mut write);
-    } else {
-        window.for_each(&mut write);
-    }
-}
-
-/// `new_ts,(kind,lid,value)…` or `resync,<ts>`.
-fn history(out: &mut Vec<u8>, mb: &Mailbox, ts: u64, limit: usize) {
-    match mb.history.since(ts, limit) {
-        None => {
-            out.extend_from_slice(b"resync,");
-            number(out, mb.history.ts);
-        }
-        Some((new_ts, events)) => {
-            number(out, new_ts);
-            for e in events {
-                item(out, e.kind);
-                item(out, e.lid);
-                item(out, e.value);
-            }
-        }
-    }
-}
-
-struct SearchFilter {
-    mask: (u32, u32),
-    peer: i64,
-    min_date: u32,
-    max_date: u32,
-}
-
-/// `total,lid…` newest first; deleted messages never match. The total is only known at the
-/// end, so the ids are collected first (at most `limit`).
-fn search(
-    out: &mut Vec<u8>,
-    mb: &Mailbox,
-    lexicon: &Lexicon,
-    filter: &SearchFilter,
-    limit: usize,
-    words: &[u8],
-) {
-    let mut total = 0usize;
-    let mut ids: smallvec::SmallVec<[u32; 32]> = smallvec::SmallVec::new();
-    let query = lexicon.query(words).unwrap_or_default();
-    mb.search.intersect(&query, |lid| {
-        let Some(m) = mb.get(lid) else { return true };
-        let visible = m.flags & crate::flags::DELETED == 0
-            && in_sublist(m.flags, filter.mask.0, filter.mask.1)
-            && (filter.peer == 0 || m.peer == filter.peer)
-            && m.date >= filter.min_date
-            && (filter.max_date == 0 || m.date <= filter.max_date);
-        if visible {
-            total += 1;
-            if total <= limit {
-                ids.push(lid);
-            }
-        }
-        true
-    });
-    number(out, total);
-    for lid in ids {
-        item(out, lid);
-    }
-}
-
-/// `bytes` as text, cut to at most `max` bytes at a UTF-8 boundary. Borrows unless the bytes
-/// are not valid UTF-8.
-fn truncated(bytes: &[u8], max: Option<usize>) -> std::borrow::Cow<'_, str> {
-    let text = String::from_utf8_lossy(bytes);
-    match max {
-        Some(max) if text.len() > max => {
-            let mut end = max;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            match text {
-                std::borrow::Cow::Borrowed(t) => std::borrow::Cow::Borrowed(&t[..end]),
-                std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(t[..end].to_string()),
-            }
-        }
-        _ => text,
-    }
-}
-
-/// Appends `"<name>":`.
-fn key(out: &mut Vec<u8>, name: &str, first: &mut bool) {
-    if !*first {
-        out.push(b',');
-    }
-    *first = false;
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
-/// Appends a JSON string.
-fn string(out: &mut Vec<u8>, text: &str) {
-    // NOTE: writing a str into a Vec cannot fail.
-    let written = serde_json::to_writer(&mut *out, text);
-    debug_assert!(written.is_ok());
-}
-
-/// The JSON form of one message, rendered straight into `out`. Keys are in sorted order, the
-/// order clients have always seen.
-fn render(
-    out: &mut Vec<u8>,
-    flavour: Flavour,
-    mb: &Mailbox,
-    lid: u32,
-    m: &Message,
-    mode_bits: u32,
-    max_len: Option<usize>,
-) {
-    let (kludges, subject, body) = mb.text(m);
-    let first = &mut true;
-    out.push(b'{');
-    if flavour == Flavour::Wall {
-        key(out, "author", first);
-        signed(out, m.peer);
-    }
-    key(out, "date", first);
-    number(out, m.date);
-    if mode_bits & mode::EXTRAS != 0 {
-        key(out, "extra", first);
-        extras(out, mb, lid);
-    }
-    key(out, "flags", first);
-    number(out, m.flags);
-    key(out, "id", first);
-    number(out, lid);
-    if mode_bits & mode::KLUDGES != 0 {
-        key(out, "kludges", first);
-        string(out, &String::from_utf8_lossy(kludges));
-    }
-    match flavour {
-        Flavour::Messages => {
-            key(out, "peer", first);
-            signed(out, m.peer);
-            key(out, "peer_msg_id", first);
-            number(out, m.peer_lid);
-        }
-        Flavour::Wall => {
-            if let Some((owner, id)) = mb.origins.get(&lid) {
-                key(out, "origin", first);
-                out.extend_from_slice(b"{\"id\":");
-                number(out, *id);
-                out.extend_from_slice(b",\"owner\":");
-                signed(out, *owner);
-                out.push(b'}');
-            }
-            if m.peer_lid != 0 {
-                key(out, "reply_to", first);
-                number(out, m.peer_lid);
-            }
-        }
-    }
-    if mode_bits & mode::NO_TEXT == 0 {
-        key(out, "subject", first);
-        string(out, &String::from_utf8_lossy(subject));
-        key(out, "text", first);
-        string(out, &truncated(body, max_len));
-    }
-    out.push(b'}');
-}
-
-/// `{"<field>":<value>,…}` of a message's extra fields, fields in text order (as JSON object
-/// keys always were).
-fn extras(out: &mut Vec<u8>, mb: &Mailbox, lid: u32) {
-    let mut fields: smallvec::SmallVec<[(u8, i64); 8]> = mb
-        .extras
-        .range((lid, 0)..=(lid, u8::MAX))
-        .map(|((_, k), v)| (*k, *v))
-        .collect();
-    let text = |k: u8| {
-        let mut digits = itoa::Buffer::new();
-        let s = digits.format(k);
-        let mut key = [0u8; 3];
-        key[..s.len()].copy_from_slice(s.as_bytes());
-        (key, s.len())
-    };
-    fields.sort_unstable_by(|a, b| {
-        let (ka, la) = text(a.0);
-        let (kb, lb) = text(b.0);
-        ka[..la].cmp(&kb[..lb])
-    });
-    out.push(b'{');
-    for (i, (field, value)) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        number(out, *field);
-        out.extend_from_slice(b"\":");
-        signed(out, *value);
-    }
-    out.push(b'}');
 }
 
 impl Engine for MessagesEngine {
@@ -1192,33 +1012,57 @@ impl Engine for MessagesEngine {
     fn load_snapshot(&self, input: &mut dyn std::io::Read) -> Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        for (index, partition) in snapshot::decode(&bytes, self.flavour, &self.lexicon)? {
+        // NOTE: snapshots are loaded into a new, empty engine: the stems it holds are
+        // exactly those of the snapshot's copies.
+        self.lexicon.clear();
+        let partitions = snapshot::decode(&bytes, self.flavour, &self.lexicon, &self.layout)?;
+        for (index, partition) in partitions {
             *self.partitions.lock(index) = partition;
         }
         Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {
-        let (mut mailboxes, mut live, mut text, mut heap) = (0usize, 0u64, 0usize, 0usize);
+        let (mut mailboxes, mut live, mut text) = (0usize, 0u64, 0usize);
+        let mut usage = Usage::default();
         for partition in self.partitions.iter() {
             let part = partition.lock();
             mailboxes += part.mailboxes.len();
+            // The table of mailboxes: a slot per capacity, a control byte each.
+            usage.mailboxes += part.mailboxes.capacity() * (8 + 1);
             for mb in part.mailboxes.values() {
-                live += u64::from(mb.live);
+                live += u64::from(mb.live());
                 text += mb.text_bytes();
-                heap += mb.heap_bytes();
+                usage += mb.account();
             }
         }
-        // NOTE: the stem dictionary is shared by all mailboxes; its share counts per message.
-        heap += self.lexicon.heap_bytes();
-        let per_message = (heap as u64).checked_div(live).unwrap_or(0);
+        // NOTE: the stem dictionary is shared by all mailboxes; it counts as search.
+        usage.search += self.lexicon.heap_bytes();
+        let heap = usage.total();
+        let per = |bytes: usize| (bytes as u64).checked_div(live).unwrap_or(0);
         let name = self.flavour.name();
-        vec![
+        let mut stats = vec![
             (format!("{name}_mailboxes"), mailboxes.to_string()),
             (format!("{name}_messages"), live.to_string()),
             (format!("{name}_text_bytes"), text.to_string()),
+            (format!("{name}_stems"), self.lexicon.len().to_string()),
             (format!("{name}_heap_bytes"), heap.to_string()),
-            (format!("{name}_bytes_per_message"), per_message.to_string()),
-        ]
+            (format!("{name}_bytes_per_message"), per(heap).to_string()),
+        ];
+        for (part, bytes) in [
+            ("text", usage.text),
+            ("metadata", usage.metadata),
+            ("dialogs", usage.dialogs),
+            ("search", usage.search),
+            ("history", usage.history),
+            ("mailboxes", usage.mailboxes),
+        ] {
+            stats.push((format!("{name}_memory_{part}_bytes"), bytes.to_string()));
+            stats.push((
+                format!("{name}_memory_{part}_bytes_per_message"),
+                per(bytes).to_string(),
+            ));
+        }
+        stats
     }
 }

@@ -10,9 +10,14 @@
 //!
 //! # Layout
 //! * [`ops`] — binlog record types and their little-endian encodings;
-//! * [`state`] — partitions, mailboxes, compact message storage, sublists, dialogs, history;
-//! * [`search`] — the tokeniser, the engine-wide stem dictionary and the per-mailbox
-//!   postings (8 bytes per (message, stem));
+//! * [`blob`] — one stored text: date, text (Russian packed to a byte per letter), stem ids;
+//!   shared by the two copies of a send between two mailboxes of this node;
+//! * [`state`] — partitions and mailboxes: 32 bytes of metadata per copy, conversations as
+//!   chains, the dialogs list, flags scanned for sublists;
+//! * [`history`] — the per-mailbox event ring, a few bytes per event;
+//! * [`search`] — the tokeniser, the engine-wide reference-counted stem dictionary, and the
+//!   delta-encoded postings of large mailboxes;
+//! * [`render`] — answers rendered straight into the output buffer (lists, JSON);
 //! * [`snapshot`] — the per-partition snapshot format.
 //!
 //! # What this crate is not
@@ -20,7 +25,10 @@
 //! is the proxy's job, done with two one-sided `newmsg` records), and keeps no on-disk index:
 //! all state is in memory and is rebuilt from a snapshot plus the binlog tail.
 
+pub mod blob;
+pub mod history;
 pub mod ops;
+pub mod render;
 pub mod search;
 pub mod snapshot;
 pub mod state;
@@ -202,3 +210,31 @@ pub const WORD_BYTES_MAX: usize = 64;
 pub const HISTORY_EVENTS_MAX: usize = 256;
 
 const _: () = assert!(HISTORY_READ_MAX <= HISTORY_EVENTS_MAX);
+
+/// Size thresholds of the in-memory layout: tunables within fixed ceilings, chosen once per
+/// engine. [`Layout::test_min`] makes small test mailboxes take the large-mailbox paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// A mailbox with at least this many live messages keeps an inverted search index
+    /// (and drops it below half of it); smaller ones are searched by scanning their
+    /// messages' stem ids (256 scans take about as long as one index lookup).
+    pub search_index_min: usize,
+}
+
+impl Layout {
+    /// The production thresholds.
+    #[must_use]
+    pub const fn production() -> Self {
+        Self {
+            search_index_min: 256,
+        }
+    }
+
+    /// Tiny thresholds, so tests reach every path.
+    #[must_use]
+    pub const fn test_min() -> Self {
+        Self {
+            search_index_min: 4,
+        }
+    }
+}

@@ -1,26 +1,31 @@
-//! Full-text search: tokeniser, the engine-wide stem dictionary and per-mailbox postings.
+//! Full-text search: the tokeniser, the engine-wide stem dictionary and the postings of large
+//! mailboxes.
 //!
 //! Words are split by Unicode word boundaries (UAX #29), lower-cased, `ё` folded to `е`, and
 //! stemmed with the Russian stemmer when they contain Cyrillic letters, the English one
 //! otherwise.
 //!
-//! Each distinct stem gets one `u32` id from the engine-wide [`Lexicon`] (interned once, never
-//! freed until restart; queries never intern). A mailbox's [`SearchIndex`] stores one `u64`
-//! posting `term << 32 | lid` per (message, stem): a sorted `main` array plus a small unsorted
-//! `tail` of recent postings that is merged into `main` when it reaches about 1/8 of it, so
-//! appends are amortised O(1) and a posting costs 8 bytes. Removals turn a posting of `main`
-//! into a tombstone in place (a copy of its predecessor, or `term << 32` with local id 0), so
-//! `main` stays sorted; tombstones are dropped by the next merge. A query collects each
-//! stem's ids (binary search in `main`, a scan of `tail`) and intersects them from the newest
-//! id down.
+//! * [`Lexicon`]: each distinct stem gets one `u32` id, shared by every mailbox and counted:
+//!   a stem is held once per stored message copy whose subject or body has it, and forgotten
+//!   (its id reused) when the last such copy goes, so the dictionary shrinks with the data.
+//!   Ids are in memory only; indexes are rebuilt from the texts on load.
+//! * A message's ascending stem ids are stored with its text ([`crate::blob::Blob`]): a small
+//!   mailbox is searched by scanning its messages' ids, newest first.
+//! * [`PostingIndex`]: a mailbox with many messages also keeps an inverted index, stem →
+//!   ascending local ids, delta-encoded variable-length integers in one byte array with a
+//!   skip table, plus a small unsorted tail of recent postings merged in when it grows.
+//!   Removed and edited messages leave stale postings behind: a removed message's slot is
+//!   empty, and a hit on a message edited since the index was built is checked against the
+//!   message's own stem ids; the index is rebuilt from the texts once a quarter of it is
+//!   stale.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_segmentation::UnicodeSegmentation;
 
+use crate::blob::{get_var, put_var};
 use crate::WORD_BYTES_MAX;
 
 struct Stemmers {
@@ -83,217 +88,436 @@ fn fold(c: char) -> char {
     }
 }
 
-/// The engine-wide stem dictionary: stem → dense `u32` id. Ids are in-memory only (indexes
-/// are rebuilt from texts on load), so they need not be stable across restarts.
+/// One stem of the [`Lexicon`]: its text and how many stored copies hold it (0 = a free id).
+#[derive(Debug, Default)]
+struct Entry {
+    stem: Box<str>,
+    holders: u32,
+}
+
+#[derive(Debug, Default)]
+struct Dictionary {
+    /// Ids of the live entries, hashed by their stem.
+    table: hashbrown::HashTable<u32>,
+    entries: Vec<Entry>,
+    /// Ids of free entries, for reuse.
+    free: Vec<u32>,
+    /// Bytes of the stems' own allocations.
+    stem_bytes: usize,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Dictionary {
+    fn hash(&self, stem: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(stem)
+    }
+
+    fn find(&self, stem: &str) -> Option<u32> {
+        let hash = self.hash(stem);
+        self.table
+            .find(hash, |&id| &*self.entries[id as usize].stem == stem)
+            .copied()
+    }
+
+    /// The id of `stem`, interning it (with no holders yet) if new.
+    fn intern(&mut self, stem: &str) -> u32 {
+        if let Some(id) = self.find(stem) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.entries.push(Entry::default());
+                u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.entries[id as usize] = Entry {
+            stem: stem.into(),
+            holders: 0,
+        };
+        self.stem_bytes += stem.len();
+        let hash = self.hash(stem);
+        let Self {
+            table,
+            entries,
+            hasher,
+            ..
+        } = self;
+        table.insert_unique(hash, id, |&other| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(&*entries[other as usize].stem)
+        });
+        id
+    }
+
+    fn forget(&mut self, id: u32) {
+        let stem = std::mem::take(&mut self.entries[id as usize].stem);
+        let hash = self.hash(&stem);
+        if let Ok(found) = self.table.find_entry(hash, |&other| other == id) {
+            found.remove();
+        }
+        self.stem_bytes -= stem.len();
+        self.free.push(id);
+    }
+}
+
+/// The engine-wide stem dictionary; see the module docs.
 #[derive(Debug, Default)]
 pub struct Lexicon {
-    ids: RwLock<HashMap<Box<str>, u32>>,
+    dictionary: Mutex<Dictionary>,
+}
+
+/// Stems of one text, gathered before the dictionary is locked.
+#[derive(Debug, Default)]
+struct Stems {
+    text: String,
+    ends: smallvec::SmallVec<[u32; 48]>,
+}
+
+impl Stems {
+    fn of(parts: &[&[u8]]) -> Self {
+        let mut stems = Self::default();
+        for part in parts {
+            for_each_stem(part, |stem| {
+                stems.text.push_str(stem);
+                stems
+                    .ends
+                    .push(u32::try_from(stems.text.len()).unwrap_or(u32::MAX));
+            });
+        }
+        stems
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let stem = &self.text[start..end as usize];
+            start = end as usize;
+            stem
+        })
+    }
 }
 
 impl Lexicon {
-    /// The ids of the stems of `parts` (subject, body), interning new ones; ascending, no
-    /// repeats.
+    /// The ids of the stems of `parts` (subject, body), ascending, no repeats; each is held
+    /// `holders` more times (once per copy that will store the text).
     #[must_use]
-    pub fn terms(&self, parts: &[&[u8]]) -> Vec<u32> {
-        let mut words: Vec<String> = Vec::new();
-        let mut out = Vec::new();
-        {
-            let ids = self.ids.read();
-            for part in parts {
-                for_each_stem(part, |stem| match ids.get(stem) {
-                    Some(&id) => out.push(id),
-                    None => words.push(stem.to_string()),
-                });
+    pub fn hold_text(&self, parts: &[&[u8]], holders: u32) -> Vec<u32> {
+        let stems = Stems::of(parts);
+        let mut dictionary = self.dictionary.lock();
+        let mut ids: Vec<u32> = stems.iter().map(|stem| dictionary.intern(stem)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for &id in &ids {
+            dictionary.entries[id as usize].holders += holders;
+        }
+        ids
+    }
+
+    /// Holds the existing ids `ids` `holders` more times (a copy that shares a stored text).
+    pub fn hold(&self, ids: impl Iterator<Item = u32>, holders: u32) {
+        let mut dictionary = self.dictionary.lock();
+        for id in ids {
+            let entry = &mut dictionary.entries[id as usize];
+            assert!(entry.holders > 0, "stem {id} is not held");
+            entry.holders += holders;
+        }
+    }
+
+    /// Lets go of the ids `ids` once (a copy was removed or edited); a stem nobody holds any
+    /// more is forgotten and its id reused.
+    ///
+    /// # Panics
+    /// If an id is not held (a holder was released twice).
+    pub fn release(&self, ids: impl Iterator<Item = u32>) {
+        let mut dictionary = self.dictionary.lock();
+        for id in ids {
+            let entry = &mut dictionary.entries[id as usize];
+            assert!(entry.holders > 0, "stem {id} released more often than held");
+            entry.holders -= 1;
+            if entry.holders == 0 {
+                dictionary.forget(id);
             }
         }
-        if !words.is_empty() {
-            let mut ids = self.ids.write();
-            for word in words {
-                let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-                out.push(*ids.entry(word.into_boxed_str()).or_insert(next));
-            }
+    }
+
+    /// The ids of the stems of a query, ascending, deduplicated; `None` when a stem is not in
+    /// the dictionary (nothing can match). Never interns.
+    #[must_use]
+    pub fn query(&self, words: &[u8]) -> Option<smallvec::SmallVec<[u32; 16]>> {
+        let stems = Stems::of(&[words]);
+        let dictionary = self.dictionary.lock();
+        let mut out = smallvec::SmallVec::new();
+        for stem in stems.iter() {
+            out.push(dictionary.find(stem)?);
         }
         out.sort_unstable();
         out.dedup();
-        out
+        Some(out)
     }
 
-    /// The ids of the stems of a query, deduplicated; `None` when a stem was never indexed
-    /// (nothing can match). Never interns.
-    #[must_use]
-    pub fn query(&self, words: &[u8]) -> Option<Vec<u32>> {
-        let ids = self.ids.read();
-        let mut out = Vec::new();
-        let mut known = true;
-        for_each_stem(words, |stem| match ids.get(stem) {
-            Some(&id) => out.push(id),
-            None => known = false,
-        });
-        out.sort_unstable();
-        out.dedup();
-        known.then_some(out)
+    /// Forgets everything (before a snapshot is loaded into an empty engine).
+    pub fn clear(&self) {
+        *self.dictionary.lock() = Dictionary::default();
     }
 
-    /// Distinct stems interned so far.
+    /// Distinct stems held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.ids.read().len()
+        let dictionary = self.dictionary.lock();
+        dictionary.entries.len() - dictionary.free.len()
     }
 
-    /// True when nothing was interned.
+    /// True when no stem is held.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Approximate heap bytes (table slots plus one allocation per stem).
+    /// How many copies hold stem `id` (0 = free or unknown); for invariant checks.
+    #[must_use]
+    pub fn holders(&self, id: u32) -> u32 {
+        let dictionary = self.dictionary.lock();
+        dictionary.entries.get(id as usize).map_or(0, |e| e.holders)
+    }
+
+    /// Ids ever allocated (live and free); for invariant checks.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.dictionary.lock().entries.len()
+    }
+
+    /// Heap bytes: the table, the entries, the free list and the stems (each with 16 bytes
+    /// of allocator overhead).
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        let ids = self.ids.read();
-        ids.capacity() * 25 + ids.keys().map(|k| k.len().max(8) + 16).sum::<usize>()
+        let d = self.dictionary.lock();
+        let live = d.entries.len() - d.free.len();
+        d.table.capacity() * 5
+            + d.entries.capacity() * std::mem::size_of::<Entry>()
+            + d.free.capacity() * 4
+            + d.stem_bytes
+            + live * 16
     }
 }
 
-const LID_MASK: u64 = 0xFFFF_FFFF;
+/// Every [`SKIP`]-th stem of a [`PostingIndex`] starts a block: its id is stored whole and
+/// the skip table points at it.
+const SKIP: usize = 16;
 
-fn key(term: u32, lid: u32) -> u64 {
-    (u64::from(term) << 32) | u64::from(lid)
+/// The inverted index of a large mailbox; see the module docs.
+///
+/// ```text
+/// data:  per stem, ascending:  stem var (delta from the previous stem; whole at a block
+///        start) | postings var | lid var (delta from the previous lid, the first whole)…
+/// skips: (first stem id, byte offset) of every SKIP-th stem
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct PostingIndex {
+    data: Vec<u8>,
+    skips: Vec<(u32, u32)>,
+    /// Postings in `data`.
+    postings: usize,
+    /// Recent postings `(stem, lid)`, unsorted.
+    tail: Vec<(u32, u32)>,
+    /// Postings of removed or edited messages still in `data` or `tail`.
+    stale: usize,
+    /// Ascending ids of messages edited since the index was built: their postings may name
+    /// stems their text no longer has, so a hit on them is checked against the text. (A
+    /// removed message's postings need no check: its slot is empty.)
+    edited: Vec<u32>,
 }
 
-fn lid_of(posting: u64) -> u32 {
-    (posting & LID_MASK) as u32
-}
-
-/// The postings of one mailbox; see the module docs for the layout.
-#[derive(Debug, Default)]
-pub struct SearchIndex {
-    /// Sorted (non-decreasing) postings and tombstones.
-    main: Vec<u64>,
-    /// Recent postings, unsorted.
-    tail: Vec<u64>,
-    /// Tombstones in `main`.
-    dead: usize,
-}
-
-impl SearchIndex {
-    /// Builds an index from unsorted postings `(term, lid)`.
+impl PostingIndex {
+    /// Builds an index from postings `(stem, lid)` in any order.
     #[must_use]
-    pub fn from_postings(mut postings: Vec<u64>) -> Self {
+    pub fn build(mut postings: Vec<(u32, u32)>) -> Self {
         postings.sort_unstable();
         postings.dedup();
-        postings.shrink_to_fit();
-        Self {
-            main: postings,
-            tail: Vec::new(),
-            dead: 0,
-        }
+        let mut index = Self::default();
+        index.encode(&postings);
+        index
     }
 
-    /// The posting key of `(term, lid)`.
-    #[must_use]
-    pub fn posting(term: u32, lid: u32) -> u64 {
-        key(term, lid)
-    }
-
-    /// Indexes message `lid` under `terms` (each at most once per message).
-    pub fn add(&mut self, lid: u32, terms: &[u32]) {
-        if self.tail.capacity() - self.tail.len() < terms.len() {
-            let want = self.tail_limit().max(self.tail.len() + terms.len());
-            self.tail.reserve_exact(want - self.tail.len());
-        }
-        self.tail.extend(terms.iter().map(|&t| key(t, lid)));
-        if self.tail.len() >= self.tail_limit() {
-            self.merge(|_| true);
-        }
-    }
-
-    fn tail_limit(&self) -> usize {
-        // NOTE: every query scans the tail once per word, so it stays small (≤ 4 096
-        // postings, 32 KiB); a merge rewrites `main`, so it grows with √main.
-        let root = (self.main.len() as f64).sqrt() as usize;
-        (root * 2).clamp(16, 4096)
-    }
-
-    /// Removes message `lid` from the lists of `terms`.
-    pub fn remove(&mut self, lid: u32, terms: &[u32]) {
-        for &term in terms {
-            let k = key(term, lid);
-            if let Some(at) = self.tail.iter().position(|&p| p == k) {
-                self.tail.swap_remove(at);
-                continue;
+    fn encode(&mut self, sorted: &[(u32, u32)]) {
+        let mut data = Vec::with_capacity(sorted.len() * 2);
+        let mut skips = Vec::new();
+        let mut stems = 0usize;
+        let mut previous_stem = 0u32;
+        let mut at = 0;
+        while at < sorted.len() {
+            let stem = sorted[at].0;
+            let run = sorted[at..].partition_point(|&(s, _)| s == stem);
+            if stems.is_multiple_of(SKIP) {
+                skips.push((stem, u32::try_from(data.len()).unwrap_or(u32::MAX)));
+                put_var(&mut data, u64::from(stem));
+            } else {
+                put_var(&mut data, u64::from(stem - previous_stem));
             }
-            let lo = self.main.partition_point(|&p| p < k);
-            let hi = self.main.partition_point(|&p| p <= k);
-            if lo == hi {
-                continue;
+            put_var(&mut data, run as u64);
+            let mut previous_lid = 0;
+            for &(_, lid) in &sorted[at..at + run] {
+                put_var(&mut data, u64::from(lid - previous_lid));
+                previous_lid = lid;
             }
-            let before = match lo.checked_sub(1).map(|i| self.main[i]) {
-                Some(p) if p >> 32 == u64::from(term) => p,
-                _ => key(term, 0),
+            previous_stem = stem;
+            stems += 1;
+            at += run;
+        }
+        data.shrink_to_fit();
+        skips.shrink_to_fit();
+        self.data = data;
+        self.skips = skips;
+        self.postings = sorted.len();
+    }
+
+    /// Every posting of `data`, in order.
+    fn decode(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::with_capacity(self.postings);
+        let mut at = 0;
+        let mut stems = 0usize;
+        let mut stem = 0u64;
+        while at < self.data.len() {
+            let (value, used) = get_var(&self.data[at..]);
+            at += used;
+            stem = if stems.is_multiple_of(SKIP) {
+                value
+            } else {
+                stem + value
             };
-            for p in &mut self.main[lo..hi] {
-                *p = before;
+            let (count, used) = get_var(&self.data[at..]);
+            at += used;
+            let mut lid = 0u64;
+            for _ in 0..count {
+                let (delta, used) = get_var(&self.data[at..]);
+                at += used;
+                lid += delta;
+                // NOTE: written from u32 values.
+                out.push((stem as u32, lid as u32));
             }
-            self.dead += 1;
+            stems += 1;
         }
-        if self.dead > 16 && self.dead * 4 > self.main.len() {
-            self.merge(|_| true);
+        out
+    }
+
+    /// Appends the ascending ids of stem `stem` in `data` to `out`.
+    fn ids_in_data(&self, stem: u32, out: &mut Vec<u32>) {
+        let block = self.skips.partition_point(|&(first, _)| first <= stem);
+        let Some(&(first, offset)) = block.checked_sub(1).map(|b| &self.skips[b]) else {
+            return;
+        };
+        let end = self
+            .skips
+            .get(block)
+            .map_or(self.data.len(), |&(_, next)| next as usize);
+        let mut at = offset as usize;
+        let mut current = u64::from(first);
+        let mut start = true;
+        while at < end {
+            let (value, used) = get_var(&self.data[at..]);
+            at += used;
+            if !start {
+                current += value;
+            }
+            start = false;
+            let (count, used) = get_var(&self.data[at..]);
+            at += used;
+            if current == u64::from(stem) {
+                let mut lid = 0u64;
+                for _ in 0..count {
+                    let (delta, used) = get_var(&self.data[at..]);
+                    at += used;
+                    lid += delta;
+                    // NOTE: written from u32 values.
+                    out.push(lid as u32);
+                }
+                return;
+            }
+            if current > u64::from(stem) {
+                return;
+            }
+            for _ in 0..count {
+                at += get_var(&self.data[at..]).1;
+            }
         }
     }
 
-    /// Drops every posting whose id fails `keep` (bulk removals; O(postings)).
-    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
-        self.merge(keep);
+    /// The ascending, deduplicated ids indexed under `stem` (stale ones included).
+    #[must_use]
+    pub fn ids(&self, stem: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.ids_in_data(stem, &mut out);
+        let before = out.len();
+        out.extend(self.tail.iter().filter(|p| p.0 == stem).map(|p| p.1));
+        if out.len() > before {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
     }
 
-    /// Folds `tail` into `main`, dropping tombstones and ids failing `keep`; `main` gets an
-    /// exact-size allocation.
-    fn merge(&mut self, keep: impl Fn(u32) -> bool) {
-        self.tail.sort_unstable();
-        let live = self.main.len() - self.dead + self.tail.len();
-        let mut out = Vec::with_capacity(live);
-        let (mut a, mut b) = (self.main.iter().peekable(), self.tail.iter().peekable());
-        let mut last = 0u64;
+    /// Indexes message `lid` under `stems`.
+    pub fn add(&mut self, lid: u32, stems: impl Iterator<Item = u32>) {
+        self.tail.extend(stems.map(|stem| (stem, lid)));
+        let limit = (self.postings / 8).clamp(256, 4096);
+        if self.tail.len() >= limit {
+            self.merge();
+        }
+    }
+
+    /// Folds the tail into `data` (stale postings stay).
+    fn merge(&mut self) {
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.sort_unstable();
+        let main = self.decode();
+        let mut merged = Vec::with_capacity(main.len() + tail.len());
+        let (mut a, mut b) = (main.into_iter().peekable(), tail.into_iter().peekable());
         loop {
             let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) => {
-                    if x <= y {
-                        a.next();
-                        x
-                    } else {
-                        b.next();
-                        y
-                    }
-                }
-                (Some(&&x), None) => {
-                    a.next();
-                    x
-                }
-                (None, Some(&&y)) => {
-                    b.next();
-                    y
-                }
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
                 (None, None) => break,
             };
-            let lid = lid_of(next);
-            if lid != 0 && next != last && keep(lid) {
-                out.push(next);
-                last = next;
+            if let Some(p) = next {
+                if merged.last() != Some(&p) {
+                    merged.push(p);
+                }
             }
         }
-        out.shrink_to_fit();
-        self.main = out;
-        self.tail.clear();
-        if self.tail.capacity() > self.tail_limit() {
-            self.tail = Vec::new();
-        }
-        self.dead = 0;
+        self.encode(&merged);
     }
 
-    /// Live postings.
+    /// Counts `postings` postings as stale (their message was removed or edited).
+    pub fn stale(&mut self, postings: usize) {
+        self.stale += postings;
+    }
+
+    /// Remembers that message `lid` was edited (see `edited`).
+    pub fn edit(&mut self, lid: u32) {
+        if let Err(at) = self.edited.binary_search(&lid) {
+            self.edited.insert(at, lid);
+        }
+    }
+
+    /// True when message `lid` was edited since the index was built.
+    #[must_use]
+    pub fn was_edited(&self, lid: u32) -> bool {
+        self.edited.binary_search(&lid).is_ok()
+    }
+
+    /// True when a quarter of the postings are stale: time to rebuild from the texts.
+    #[must_use]
+    pub fn needs_rebuild(&self) -> bool {
+        let all = self.postings + self.tail.len();
+        self.stale > 64 && self.stale * 4 > all
+    }
+
+    /// Postings held (stale ones included).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.main.len() - self.dead + self.tail.len()
+        self.postings + self.tail.len()
     }
 
     /// True when nothing is indexed.
@@ -302,74 +526,45 @@ impl SearchIndex {
         self.len() == 0
     }
 
-    /// Heap bytes held by postings.
+    /// Heap bytes (capacities plus 16 bytes of allocator overhead per allocation).
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        let vec = |len: usize| if len == 0 { 0 } else { len * 8 + 16 };
-        vec(self.main.capacity()) + vec(self.tail.capacity())
+        let vec = |bytes: usize| if bytes == 0 { 0 } else { bytes + 16 };
+        vec(self.data.capacity())
+            + vec(self.skips.capacity() * 8)
+            + vec(self.tail.capacity() * 8)
+            + vec(self.edited.capacity() * 4)
     }
+}
 
-    /// The ascending ids indexed under `term`.
-    fn ids(&self, term: u32) -> Vec<u32> {
-        let lo = self.main.partition_point(|&p| p < key(term, 0));
-        let hi = self.main.partition_point(|&p| p >> 32 <= u64::from(term));
-        let mut out: Vec<u32> = Vec::with_capacity(hi - lo);
-        for &p in &self.main[lo..hi] {
-            let lid = lid_of(p);
-            if lid != 0 && out.last() != Some(&lid) {
-                out.push(lid);
-            }
-        }
-        let mut recent: Vec<u32> = self
-            .tail
-            .iter()
-            .filter(|&&p| p >> 32 == u64::from(term))
-            .map(|&p| lid_of(p))
-            .collect();
-        if !recent.is_empty() {
-            out.append(&mut recent);
-            out.sort_unstable();
-        }
-        out
-    }
-
-    /// Calls `visit` with every id indexed under all `terms`, newest first, until it returns
-    /// false. An empty query matches nothing.
-    pub fn intersect(&self, terms: &[u32], mut visit: impl FnMut(u32) -> bool) {
-        let mut lists: Vec<Vec<u32>> = Vec::with_capacity(terms.len());
-        for &term in terms {
-            let list = self.ids(term);
-            if list.is_empty() {
-                return;
-            }
-            lists.push(list);
-        }
-        lists.sort_by_key(Vec::len);
-        let Some((first, rest)) = lists.split_first() else {
-            return;
-        };
-        // Lists of similar length are walked with a cursor each (O(sum)); much longer ones
-        // are binary-searched (O(short · log long)).
-        let mut cursors: Vec<usize> = rest.iter().map(Vec::len).collect();
-        for &lid in first.iter().rev() {
-            let mut all = true;
-            for (list, cursor) in rest.iter().zip(cursors.iter_mut()) {
-                let found = if list.len() > first.len() * 32 {
-                    list.binary_search(&lid).is_ok()
-                } else {
-                    while *cursor > 0 && list[*cursor - 1] > lid {
-                        *cursor -= 1;
-                    }
-                    *cursor > 0 && list[*cursor - 1] == lid
-                };
-                if !found {
-                    all = false;
-                    break;
+/// Intersects ascending id lists, newest first: calls `visit` with every id present in all
+/// of them until it returns false. No lists match nothing.
+pub fn intersect(mut lists: smallvec::SmallVec<[Vec<u32>; 4]>, mut visit: impl FnMut(u32) -> bool) {
+    lists.sort_by_key(Vec::len);
+    let Some((first, rest)) = lists.split_first() else {
+        return;
+    };
+    // Lists of similar length are walked with a cursor each (O(sum)); much longer ones are
+    // binary-searched (O(short · log long)).
+    let mut cursors: smallvec::SmallVec<[usize; 4]> = rest.iter().map(Vec::len).collect();
+    for &lid in first.iter().rev() {
+        let mut all = true;
+        for (list, cursor) in rest.iter().zip(cursors.iter_mut()) {
+            let found = if list.len() > first.len() * 32 {
+                list.binary_search(&lid).is_ok()
+            } else {
+                while *cursor > 0 && list[*cursor - 1] > lid {
+                    *cursor -= 1;
                 }
+                *cursor > 0 && list[*cursor - 1] == lid
+            };
+            if !found {
+                all = false;
+                break;
             }
-            if all && !visit(lid) {
-                return;
-            }
+        }
+        if all && !visit(lid) {
+            return;
         }
     }
 }
@@ -377,17 +572,6 @@ impl SearchIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn collect(index: &SearchIndex, lex: &Lexicon, q: &str) -> Vec<u32> {
-        let mut got = Vec::new();
-        if let Some(terms) = lex.query(q.as_bytes()) {
-            index.intersect(&terms, |lid| {
-                got.push(lid);
-                true
-            });
-        }
-        got
-    }
 
     #[test]
     fn stems_fold_case_and_inflection() {
@@ -398,24 +582,32 @@ mod tests {
     }
 
     #[test]
-    fn intersect_newest_first() {
+    fn lexicon_counts_holders_and_reuses_ids() {
         let lex = Lexicon::default();
-        let mut index = SearchIndex::default();
-        index.add(1, &lex.terms(&[b"red apple"]));
-        index.add(2, &lex.terms(&[b"green apple"]));
-        index.add(3, &lex.terms(&[b"red apples"]));
-        assert_eq!(collect(&index, &lex, "apple red"), vec![3, 1]);
-        index.remove(3, &lex.terms(&[b"red apples"]));
-        assert_eq!(collect(&index, &lex, "red"), vec![1]);
-        assert!(collect(&index, &lex, "red blue").is_empty());
+        let a = lex.hold_text(&[b"red apple", b"apples"], 2);
+        assert_eq!(a.len(), 2);
+        assert_eq!(lex.holders(a[0]), 2);
+        let b = lex.hold_text(&[b"green apple"], 1);
+        assert_eq!(lex.len(), 3);
+        assert_eq!(lex.query(b"APPLE red").as_deref(), Some(&a[..]));
         assert_eq!(lex.query(b"blue"), None);
+        lex.release(a.iter().copied());
+        lex.release(a.iter().copied());
+        assert_eq!(lex.len(), 2, "red is gone, apple and green stay");
+        assert_eq!(lex.query(b"red"), None);
+        let c = lex.hold_text(&[b"blue"], 1);
+        assert!(a.contains(&c[0]), "a freed id is reused");
+        lex.release(b.iter().copied());
+        lex.release(c.iter().copied());
+        assert!(lex.is_empty());
+        assert_eq!(lex.heap_bytes() > 0, lex.capacity() > 0);
     }
 
-    /// Random adds and removes, with merges and tombstones, against a naive model.
+    /// Random adds, merges and rebuilds against a naive model.
     #[test]
     fn postings_match_a_model() {
-        let mut index = SearchIndex::default();
-        let mut model: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut index = PostingIndex::default();
+        let mut model: Vec<(u32, u32)> = Vec::new();
         let mut seed = 7u64;
         let mut rand = |n: u64| {
             seed = seed
@@ -423,46 +615,36 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) % n
         };
-        for lid in 1..3000u32 {
-            let mut terms: Vec<u32> = (0..rand(6)).map(|_| rand(40) as u32).collect();
-            terms.sort_unstable();
-            terms.dedup();
-            index.add(lid, &terms);
-            model.push((lid, terms));
-            if rand(3) == 0 {
-                let at = rand(model.len() as u64) as usize;
-                let (gone, terms) = model.swap_remove(at);
-                index.remove(gone, &terms);
+        for lid in 1..6000u32 {
+            let mut stems: Vec<u32> = (0..rand(12)).map(|_| rand(400) as u32).collect();
+            stems.sort_unstable();
+            stems.dedup();
+            index.add(lid, stems.iter().copied());
+            model.extend(stems.iter().map(|&s| (s, lid)));
+            if rand(1500) == 0 {
+                index = PostingIndex::build(model.clone());
             }
-            if rand(500) == 0 {
-                let cut = lid / 2;
-                index.retain(|l| l >= cut);
-                model.retain(|(l, _)| *l >= cut);
-            }
-            if lid % 97 == 0 {
-                for q in [
-                    vec![rand(40) as u32],
-                    vec![rand(40) as u32, rand(40) as u32],
-                ] {
-                    let mut want: Vec<u32> = model
-                        .iter()
-                        .filter(|(_, t)| q.iter().all(|x| t.contains(x)))
-                        .map(|(l, _)| *l)
-                        .collect();
-                    want.sort_unstable_by(|a, b| b.cmp(a));
-                    let mut q = q;
-                    q.sort_unstable();
-                    q.dedup();
-                    let mut got = Vec::new();
-                    index.intersect(&q, |l| {
-                        got.push(l);
-                        true
-                    });
-                    assert_eq!(got, want, "query {q:?} after lid {lid}");
+            if lid % 301 == 0 {
+                for stem in [0, 1, rand(400) as u32, 399, 400, 100_000] {
+                    let want: Vec<u32> =
+                        model.iter().filter(|p| p.0 == stem).map(|p| p.1).collect();
+                    assert_eq!(index.ids(stem), want, "stem {stem} after lid {lid}");
                 }
-                let total: usize = model.iter().map(|(_, t)| t.len()).sum();
-                assert_eq!(index.len(), total);
+                assert_eq!(index.len(), model.len());
             }
         }
+        let mut got = Vec::new();
+        let lists = [7u32, 9].iter().map(|&s| index.ids(s)).collect();
+        intersect(lists, |lid| {
+            got.push(lid);
+            true
+        });
+        let mut want: Vec<u32> = model
+            .iter()
+            .filter(|p| p.0 == 7 && model.contains(&(9, p.1)))
+            .map(|p| p.1)
+            .collect();
+        want.reverse();
+        assert_eq!(got, want);
     }
 }

@@ -1,6 +1,11 @@
 //! The snapshot format: a header, then one frame per partition written under that
 //! partition's lock, then a trailer. Derived indexes are not stored; they are rebuilt on load.
 //!
+//! This is still the format of the first engine (`KMSGSNP1`): each copy is written with its
+//! own text, so a partition frame needs no other partition. On load the two copies of a send
+//! (linked through `peer_lid`, with the same date and text) share one stored text again.
+//! `tests/fixtures.rs` loads snapshots written by the first engine.
+//!
 //! ```text
 //! header:    "KMSGSNP1" | flavour u8 | partitions u32
 //! partition: index u32 | pos u64 | mailboxes u32 | mailbox…
@@ -14,10 +19,14 @@
 
 use koshka_engine::{Error, Result};
 
+use std::collections::HashMap;
+
+use crate::blob::Blob;
+use crate::history::{Event, History};
 use crate::ops::{put_i64, put_text, put_u32, read_text, Reader, Text};
 use crate::search::Lexicon;
-use crate::state::{Event, History, Mailbox, Message, Partition};
-use crate::{Flavour, HISTORY_EVENTS_MAX, PARTITIONS};
+use crate::state::{Mailbox, Partition, REMOVED};
+use crate::{Flavour, Layout, HISTORY_EVENTS_MAX, PARTITIONS};
 
 /// First bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KMSGSNP1";
@@ -47,42 +56,51 @@ pub fn encode_partition(index: u32, partition: &Partition, w: &mut Vec<u8>) {
     for owner in owners {
         let mb = &partition.mailboxes[owner];
         put_i64(w, *owner);
-        put_u32(w, mb.first_lid);
-        put_u32(w, count(mb.messages.len()));
-        for m in &mb.messages {
-            put_i64(w, m.peer);
-            put_u32(w, m.peer_lid);
-            put_u32(w, m.date);
-            put_u32(w, m.flags);
-            let (kludges, subject, body) = if m.alive() {
-                mb.text(m)
-            } else {
-                (&[][..], &[][..], &[][..])
-            };
-            put_text(
-                w,
-                &Text {
-                    kludges: kludges.to_vec(),
-                    subject: subject.to_vec(),
-                    body: body.to_vec(),
-                },
-            );
+        put_u32(w, mb.first_lid());
+        put_u32(w, count(mb.slot_count()));
+        for (_, slot) in mb.slots() {
+            match &slot.blob {
+                Some(blob) => {
+                    put_i64(w, mb.peer(slot));
+                    put_u32(w, slot.peer_lid);
+                    put_u32(w, blob.date());
+                    put_u32(w, slot.flags());
+                    let [kludges, subject, body] = blob.to_parts();
+                    put_text(
+                        w,
+                        &Text {
+                            kludges,
+                            subject,
+                            body,
+                        },
+                    );
+                }
+                None => {
+                    put_i64(w, 0);
+                    put_u32(w, 0);
+                    put_u32(w, 0);
+                    put_u32(w, REMOVED);
+                    put_text(w, &Text::default());
+                }
+            }
         }
-        put_u32(w, count(mb.extras.len()));
-        for (&(lid, field), &value) in &mb.extras {
+        let empty = crate::state::More::default();
+        let more = mb.more().unwrap_or(&empty);
+        put_u32(w, count(more.extras.len()));
+        for (&(lid, field), &value) in &more.extras {
             put_u32(w, lid);
             w.push(field);
             put_i64(w, value);
         }
-        put_u32(w, count(mb.origins.len()));
-        for (&lid, &(owner, id)) in &mb.origins {
+        put_u32(w, count(more.origins.len()));
+        for (&lid, &(owner, id)) in &more.origins {
             put_u32(w, lid);
             put_i64(w, owner);
             put_u32(w, id);
         }
-        w.extend_from_slice(&mb.history.ts.to_le_bytes());
-        put_u32(w, count(mb.history.events.len()));
-        for e in &mb.history.events {
+        w.extend_from_slice(&mb.history.ts().to_le_bytes());
+        put_u32(w, count(mb.history.len()));
+        for e in mb.history.events() {
             w.push(e.kind);
             put_u32(w, e.lid);
             put_i64(w, e.value);
@@ -104,7 +122,8 @@ fn relabel(e: Error) -> Error {
     }
 }
 
-/// Decodes a whole snapshot into `(index, partition)` pairs.
+/// Decodes a whole snapshot into `(index, partition)` pairs, holding every copy's stems in
+/// `lexicon` (which should be empty).
 ///
 /// # Errors
 /// [`Error::Corrupt`] (what = "snapshot") for a bad magic, flavour, count or a short frame.
@@ -112,14 +131,20 @@ pub fn decode(
     bytes: &[u8],
     flavour: Flavour,
     lexicon: &Lexicon,
+    layout: &Layout,
 ) -> Result<Vec<(usize, Partition)>> {
-    decode_inner(bytes, flavour, lexicon).map_err(relabel)
+    decode_inner(bytes, flavour, lexicon, layout).map_err(relabel)
 }
+
+/// Texts of copies whose twin has not been decoded yet: `(twin owner, twin lid)` → the text,
+/// so the twin shares it.
+type Twins = HashMap<(i64, u32), Blob>;
 
 fn decode_inner(
     bytes: &[u8],
     flavour: Flavour,
     lexicon: &Lexicon,
+    layout: &Layout,
 ) -> Result<Vec<(usize, Partition)>> {
     let mut r = Reader::new(bytes, "messages snapshot");
     if r.bytes(8)? != SNAPSHOT_MAGIC {
@@ -138,6 +163,7 @@ fn decode_inner(
             "{partitions} partitions, expected {PARTITIONS}"
         )));
     }
+    let mut twins = Twins::new();
     let mut out = Vec::with_capacity(PARTITIONS);
     for _ in 0..PARTITIONS {
         let index = r.u32()? as usize;
@@ -150,7 +176,7 @@ fn decode_inner(
         };
         for _ in 0..r.u32()? {
             let owner = r.i64()?;
-            let mb = decode_mailbox(&mut r, flavour, lexicon)?;
+            let mb = decode_mailbox(&mut r, owner, flavour, lexicon, layout, &mut twins)?;
             partition.mailboxes.insert(owner, mb);
         }
         out.push((index, partition));
@@ -161,42 +187,71 @@ fn decode_inner(
     Ok(out)
 }
 
-fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour, lexicon: &Lexicon) -> Result<Mailbox> {
+/// The stored text of a live copy: its twin's when the twin was decoded first with the same
+/// date and text, a new one otherwise (left for the twin to share).
+fn copy_text(
+    key: ((i64, u32), (i64, u32)),
+    date: u32,
+    text: &Text,
+    flavour: Flavour,
+    lexicon: &Lexicon,
+    twins: &mut Twins,
+) -> Blob {
+    let (me, twin) = key;
+    let parts = [&text.kludges[..], &text.subject[..], &text.body[..]];
+    if let Some(blob) = twins.remove(&me) {
+        if blob.same_text(date, parts) {
+            lexicon.hold(blob.terms(), 1);
+            return blob;
+        }
+    }
+    let terms = lexicon.hold_text(&[&text.subject, &text.body], 1);
+    let blob = Blob::new(date, parts, &terms);
+    if flavour == Flavour::Messages && twin.1 != 0 {
+        twins.insert(twin, blob.clone());
+    }
+    blob
+}
+
+fn decode_mailbox(
+    r: &mut Reader<'_>,
+    owner: i64,
+    flavour: Flavour,
+    lexicon: &Lexicon,
+    layout: &Layout,
+    twins: &mut Twins,
+) -> Result<Mailbox> {
     let mut mb = Mailbox::new(flavour);
-    mb.first_lid = r.u32()?;
+    let first_lid = r.u32()?;
+    mb.restore_first_lid(first_lid);
     let slots = r.u32()?;
     if slots > crate::MESSAGES_PER_MAILBOX_MAX {
         return Err(corrupt(format!("{slots} messages in one mailbox")));
     }
-    mb.messages.reserve(slots as usize);
-    for _ in 0..slots {
-        let mut m = Message {
-            peer: r.i64()?,
-            peer_lid: r.u32()?,
-            date: r.u32()?,
-            ..Message::default()
-        };
-        m.flags = r.u32()?;
+    for i in 0..slots {
+        let (peer, peer_lid, date, flags) = (r.i64()?, r.u32()?, r.u32()?, r.u32()?);
         let text = read_text(r)?;
-        m.text_off = u32::try_from(mb.arena.len()).map_err(|_| corrupt("arena too large"))?;
-        m.kludges_len = u16::try_from(text.kludges.len()).unwrap_or(u16::MAX);
-        m.subject_len = u16::try_from(text.subject.len()).unwrap_or(u16::MAX);
-        m.body_len = u32::try_from(text.body.len()).unwrap_or(u32::MAX);
-        mb.arena.extend_from_slice(&text.kludges);
-        mb.arena.extend_from_slice(&text.subject);
-        mb.arena.extend_from_slice(&text.body);
-        if m.alive() {
-            mb.live += 1;
+        if flags & REMOVED != 0 {
+            mb.restore_slot(0, 0, 0, None);
+            continue;
         }
-        mb.messages.push(m);
+        if u32::try_from(peer).is_err() || flags > crate::flags::USER_MASK {
+            return Err(corrupt(format!(
+                "message of mailbox {owner} with peer {peer} and flags {flags}"
+            )));
+        }
+        let lid = first_lid.wrapping_add(i);
+        let key = ((owner, lid), (peer, peer_lid));
+        let blob = copy_text(key, date, &text, flavour, lexicon, twins);
+        mb.restore_slot(peer, peer_lid, flags, Some(blob));
     }
     for _ in 0..r.u32()? {
-        let key = (r.u32()?, r.u8()?);
-        mb.extras.insert(key, r.i64()?);
+        let (lid, field) = (r.u32()?, r.u8()?);
+        mb.change_extra(lid, field, false, r.i64()?);
     }
     for _ in 0..r.u32()? {
         let lid = r.u32()?;
-        mb.origins.insert(lid, (r.i64()?, r.u32()?));
+        mb.set_origin(lid, (r.i64()?, r.u32()?));
     }
     let ts = r.u64()?;
     let events = r.u32()? as usize;
@@ -205,20 +260,16 @@ fn decode_mailbox(r: &mut Reader<'_>, flavour: Flavour, lexicon: &Lexicon) -> Re
             "{events} history events at timestamp {ts}"
         )));
     }
-    let mut history = History {
-        ts,
-        events: Default::default(),
-    };
+    let mut list = Vec::with_capacity(events);
     for _ in 0..events {
-        history.events.push_back(Event {
+        list.push(Event {
             kind: r.u8()?,
             lid: r.u32()?,
             value: r.i64()?,
         });
     }
-    mb.history = history;
-    mb.arena.shrink_to_fit();
-    mb.rebuild_indexes(lexicon);
+    mb.history = History::restore(ts, &list);
+    mb.finish_restore(layout);
     Ok(mb)
 }
 

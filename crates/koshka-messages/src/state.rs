@@ -1,61 +1,121 @@
-//! In-memory state: partitions of mailboxes, compact message storage and derived indexes.
+//! In-memory state: partitions of mailboxes, each a compact table of message copies with its
+//! dialogs, history and (when large) a search index.
 //!
-//! A mailbox keeps its messages as fixed-size [`Message`] structs in one `Vec` indexed by
-//! `local_id - first_lid`, and all their texts in one byte arena. Derived indexes (sublists,
-//! conversations, dialogs, replies, search) hold local ids only and are rebuilt from the
-//! messages when a snapshot is loaded.
+//! # One mailbox
+//!
+//! ```text
+//! slots[lid - first_lid]: Slot { blob, peer_lid, prev, dialog, flags }   32 bytes per copy
+//!                          │                 │       │
+//!                          │                 │       └─► dialogs[dialog]: Dialog { peer, last,
+//!                          │                 │                 count, unread, newer, older }
+//!                          │                 └─ the next older copy of the same conversation
+//!                          └─► Blob: date, text, stem ids (shared by both copies of a send)
+//! ```
+//!
+//! * A copy is 32 bytes here plus its share of the [`Blob`]; its peer is an index into the
+//!   mailbox's dialog table, its date lives in the blob (both copies of a send have the same
+//!   date and text).
+//! * A conversation is a chain through `prev`, newest first from its dialog's `last`: a
+//!   page of the newest messages touches only the messages it returns.
+//! * The dialogs list (dialogs by their newest message) is a doubly linked list through
+//!   `newer`/`older`, newest first from `newest`: new messages move their dialog to the front
+//!   in O(1), and a page of the newest dialogs touches only the dialogs it returns.
+//! * Sublists (`and:xor` flag filters) are not stored: a sublist read scans the flags.
+//! * Rarely used parts (extra fields, repost origins, wall replies, the peer → dialog map
+//!   of a mailbox with many dialogs, the search index of a large mailbox) live in [`More`],
+//!   allocated on first use.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 
+use hashbrown::HashMap;
+
+use crate::blob::Blob;
 use crate::flags::{DELETED, OUTBOX, UNREAD, WALL_REPLY};
-use crate::ops::Text;
-use crate::search::{Lexicon, SearchIndex};
-use crate::{Flavour, HISTORY_EVENTS_MAX};
+use crate::history::{event, History};
+use crate::search::{Lexicon, PostingIndex};
+use crate::{Flavour, Layout};
 
 /// Engine-internal flag: the slot's message was removed for good (delete, trim, dialog
-/// delete). Never visible to clients (they may only set [`crate::flags::USER_MASK`] bits).
+/// delete). Never visible to clients (they may only set [`crate::flags::USER_MASK`] bits);
+/// written to snapshots as the flags of a removed slot.
 pub const REMOVED: u32 = 1 << 31;
 
-/// One message, 32 bytes; its text lives in the mailbox arena.
-///
-/// ```text
-/// +---------+-------------+---------+----------+-------------+-------------+-------------+--------------+
-/// | peer i64| peer_lid u32| date u32| flags u32| text_off u32| body_len u32| subj_len u16| kludge_len u16|
-/// +---------+-------------+---------+----------+-------------+-------------+-------------+--------------+
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Message {
-    /// Correspondent (mail) or author (wall).
-    pub peer: i64,
+/// One message copy; its text and date are in its [`Blob`]. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Slot {
+    /// The text, date and stems; `None` = removed.
+    pub blob: Option<Blob>,
     /// Twin message in the peer's mailbox (mail) or parent post (wall reply); 0 = none.
     pub peer_lid: u32,
-    /// Unix seconds, from the log.
-    pub date: u32,
-    /// Flags; [`REMOVED`] marks an empty slot.
-    pub flags: u32,
-    /// Offset of the kludges in the arena; subject and body follow.
-    pub text_off: u32,
-    /// Body length.
-    pub body_len: u32,
-    /// Subject length.
-    pub subject_len: u16,
-    /// Kludges length.
-    pub kludges_len: u16,
+    /// The next older copy of the same conversation (0 = none), while in one.
+    prev: u32,
+    /// Index of the dialog (the peer) in [`Mailbox::dialog`].
+    pub dialog: u32,
+    /// Flags (the low 16 bits are all a client may set).
+    pub flags: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<Message>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
+const _: () = assert!(crate::flags::USER_MASK == u16::MAX as u32);
 
-impl Message {
+impl Slot {
     /// True unless removed.
     #[must_use]
     pub fn alive(&self) -> bool {
-        self.flags & REMOVED == 0
+        self.blob.is_some()
     }
 
-    fn text_len(&self) -> usize {
-        usize::from(self.kludges_len) + usize::from(self.subject_len) + self.body_len as usize
+    /// Flags as the engine reads them: [`REMOVED`] for a removed slot.
+    #[must_use]
+    pub fn flags(&self) -> u32 {
+        if self.alive() {
+            u32::from(self.flags)
+        } else {
+            REMOVED
+        }
+    }
+
+    /// The date (0 for a removed slot).
+    #[must_use]
+    pub fn date(&self) -> u32 {
+        self.blob.as_ref().map_or(0, Blob::date)
     }
 }
+
+/// One correspondent (wall: one author) of a mailbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dialog {
+    /// The peer's id.
+    pub peer: u32,
+    /// The newest message of the conversation; 0 = empty.
+    pub last: u32,
+    /// Messages in the conversation (alive, not DELETED).
+    pub count: u32,
+    /// Unread inbox messages among them (mail flavour).
+    pub unread: u32,
+    /// The next newer non-empty dialog, index + 1 (0 = none).
+    newer: u32,
+    /// The next older non-empty dialog, index + 1 (0 = none).
+    older: u32,
+}
+
+/// The rarely used parts of a mailbox.
+#[derive(Debug, Default)]
+pub struct More {
+    /// Extra integer fields `(lid, field) → value` (absent = 0).
+    pub extras: BTreeMap<(u32, u8), i64>,
+    /// Wall: repost id → (original wall, original id).
+    pub origins: BTreeMap<u32, (i64, u32)>,
+    /// Wall: ascending ids of the replies to each live post.
+    pub replies: HashMap<u32, Vec<u32>>,
+    /// Peer → dialog index, once the mailbox has more than [`DIALOG_SCAN_MAX`] dialogs.
+    by_peer: HashMap<u32, u32>,
+    /// The inverted index of a mailbox with at least [`Layout::search_index_min`] messages.
+    index: Option<PostingIndex>,
+}
+
+/// Dialogs found by a linear scan; past this a mailbox keeps a peer → dialog map.
+pub const DIALOG_SCAN_MAX: usize = 16;
 
 /// Does a message with `flags` belong to sublist `(and, xor)`?
 #[must_use]
@@ -77,191 +137,63 @@ fn is_reply(flavour: Flavour, flags: u32) -> bool {
     flavour == Flavour::Wall && in_conversation(flags) && flags & WALL_REPLY != 0
 }
 
-/// One history event kind (VK numbering).
-pub mod event {
-    /// Message removed: `(lid, 0)`.
-    pub const DELETED: u8 = 0;
-    /// Flags replaced: `(lid, new flags)`.
-    pub const FLAGS_SET: u8 = 1;
-    /// Flags ORed: `(lid, mask)`.
-    pub const FLAGS_ADDED: u8 = 2;
-    /// Flags cleared: `(lid, mask)`.
-    pub const FLAGS_CLEARED: u8 = 3;
-    /// New message: `(lid, flags)`.
-    pub const NEW: u8 = 4;
-    /// Text edited: `(lid, 0)`.
-    pub const EDITED: u8 = 5;
-    /// Incoming messages read up to: `(lid, peer)`.
-    pub const READ_UPTO: u8 = 6;
+/// Bytes held by a mailbox, by part (see [`Mailbox::account`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Texts: each blob's text part divided among its holders.
+    pub text: usize,
+    /// The slots (per-copy metadata) and extra fields.
+    pub metadata: usize,
+    /// Dialog tables, peer maps, wall replies and origins.
+    pub dialogs: usize,
+    /// Stem ids in blobs (divided among holders) and posting indexes.
+    pub search: usize,
+    /// History rings.
+    pub history: usize,
+    /// The mailbox records themselves and their table slots.
+    pub mailboxes: usize,
 }
 
-/// One event of a mailbox's history ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Event {
-    /// Kind, see [`event`].
-    pub kind: u8,
-    /// Local id.
-    pub lid: u32,
-    /// Flags, mask or peer, by kind.
-    pub value: i64,
-}
-
-/// The bounded event ring of one mailbox. Event `i` of the ring has timestamp
-/// `ts - (len - 1 - i)`; `ts` only grows.
-#[derive(Debug, Default, Clone)]
-pub struct History {
-    /// Timestamp of the newest event (0 = none yet).
-    pub ts: u64,
-    /// The newest [`HISTORY_EVENTS_MAX`] events, oldest first.
-    pub events: VecDeque<Event>,
-}
-
-impl History {
-    fn push(&mut self, kind: u8, lid: u32, value: i64) {
-        if self.events.len() == HISTORY_EVENTS_MAX {
-            self.events.pop_front();
-        } else if self.events.len() == self.events.capacity() {
-            // Grow by a quarter, not double: most rings never fill.
-            let len = self.events.len();
-            let want = (len + len / 4).clamp(4, HISTORY_EVENTS_MAX);
-            self.events.reserve_exact(want.max(len + 1) - len);
-        }
-        self.events.push_back(Event { kind, lid, value });
-        self.ts += 1;
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Self) {
+        self.text += other.text;
+        self.metadata += other.metadata;
+        self.dialogs += other.dialogs;
+        self.search += other.search;
+        self.history += other.history;
+        self.mailboxes += other.mailboxes;
     }
+}
 
-    /// Events after cursor `ts`, at most `limit`; `None` when the cursor fell out of the ring
-    /// (or is from the future) and the client must resync.
+impl Usage {
+    /// All parts together.
     #[must_use]
-    pub fn since(&self, ts: u64, limit: usize) -> Option<(u64, Vec<Event>)> {
-        let oldest_cursor = self.ts - self.events.len() as u64;
-        if ts < oldest_cursor || ts > self.ts {
-            return None;
-        }
-        let skip = usize::try_from(ts - oldest_cursor).ok()?;
-        let events: Vec<Event> = self.events.iter().skip(skip).take(limit).copied().collect();
-        Some((ts + events.len() as u64, events))
+    pub fn total(&self) -> usize {
+        self.text + self.metadata + self.dialogs + self.search + self.history + self.mailboxes
     }
-}
-
-/// Ascending local ids: up to four inline (zero-padded; ids are never 0), more on the heap.
-/// Most conversations of a mailbox hold one or two messages, so this saves an allocation
-/// (about 40 bytes with allocator overhead) per conversation.
-#[derive(Debug, Clone)]
-pub enum Lids {
-    /// At most four ids, then zeros.
-    Inline([u32; 4]),
-    /// Five or more ids.
-    Heap(Vec<u32>),
-}
-
-const _: () = assert!(std::mem::size_of::<Lids>() == 24);
-
-impl Default for Lids {
-    fn default() -> Self {
-        Self::Inline([0; 4])
-    }
-}
-
-impl std::ops::Deref for Lids {
-    type Target = [u32];
-
-    fn deref(&self) -> &[u32] {
-        match self {
-            Self::Inline(ids) => &ids[..ids.iter().position(|&l| l == 0).unwrap_or(4)],
-            Self::Heap(ids) => ids,
-        }
-    }
-}
-
-impl Lids {
-    /// Inserts (`present`) or removes `lid`.
-    fn toggle(&mut self, lid: u32, present: bool) {
-        match self {
-            Self::Heap(ids) => {
-                sorted_toggle(ids, lid, present);
-                if ids.len() <= 2 {
-                    let mut inline = [0; 4];
-                    inline[..ids.len()].copy_from_slice(ids);
-                    *self = Self::Inline(inline);
-                }
-            }
-            Self::Inline(ids) => {
-                let len = ids.iter().position(|&l| l == 0).unwrap_or(4);
-                let at = ids[..len].partition_point(|&l| l < lid);
-                let found = at < len && ids[at] == lid;
-                match (present, found) {
-                    (true, false) if len < 4 => {
-                        ids.copy_within(at..len, at + 1);
-                        ids[at] = lid;
-                    }
-                    (true, false) => {
-                        let mut heap = Vec::with_capacity(6);
-                        heap.extend_from_slice(&ids[..at]);
-                        heap.push(lid);
-                        heap.extend_from_slice(&ids[at..]);
-                        *self = Self::Heap(heap);
-                    }
-                    (false, true) => {
-                        ids.copy_within(at + 1..len, at);
-                        ids[len - 1] = 0;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Heap bytes (allocator overhead included).
-    #[must_use]
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            Self::Inline(_) => 0,
-            Self::Heap(ids) => ids.capacity() * 4 + 16,
-        }
-    }
-}
-
-/// A conversation with one peer: its message ids and unread inbox count.
-#[derive(Debug, Default, Clone)]
-pub struct Conversation {
-    /// Ascending local ids of non-deleted messages with this peer.
-    pub lids: Lids,
-    /// Unread inbox messages among them.
-    pub unread: u32,
 }
 
 /// One user's mailbox (or wall).
 #[derive(Debug)]
 pub struct Mailbox {
-    /// Flavour of the engine.
-    pub flavour: Flavour,
-    /// Local id of `messages[0]`; ids below were trimmed.
-    pub first_lid: u32,
-    /// Slots, removed ones included, indexed by `lid - first_lid`.
-    pub messages: Vec<Message>,
-    /// Text bytes of all slots (removed ones' bytes count as garbage).
-    pub arena: Vec<u8>,
-    /// Arena bytes no live message points at.
-    pub garbage: usize,
-    /// Live (not removed) messages.
-    pub live: u32,
-    /// Ascending ids per predefined sublist, parallel to [`Flavour::sublists`].
-    pub sublists: Vec<Vec<u32>>,
-    /// Conversations by peer (wall: posts by author).
-    pub peers: HashMap<i64, Conversation>,
-    /// The dialogs list: the newest message id of each conversation → its peer.
-    pub dialogs: BTreeMap<u32, i64>,
-    /// Wall: ascending ids of the replies to each post.
-    pub replies: HashMap<u32, Vec<u32>>,
-    /// Extra integer fields `(lid, field) → value` (absent = 0).
-    pub extras: BTreeMap<(u32, u8), i64>,
-    /// Wall: repost id → (original wall, original id).
-    pub origins: BTreeMap<u32, (i64, u32)>,
+    slots: Vec<Slot>,
+    dialogs: Vec<Dialog>,
     /// Event ring.
     pub history: History,
-    /// Full-text index.
-    pub search: SearchIndex,
+    more: Option<Box<More>>,
+    first_lid: u32,
+    /// Live (not removed) messages.
+    live: u32,
+    /// Live text bytes (original lengths).
+    text_bytes: u32,
+    /// Unread inbox messages in all conversations.
+    unread: u32,
+    /// Non-empty dialogs.
+    dialogs_live: u32,
+    /// Newest and oldest non-empty dialog, index + 1 (0 = none).
+    newest: u32,
+    oldest: u32,
+    flavour: Flavour,
 }
 
 impl Mailbox {
@@ -269,95 +201,200 @@ impl Mailbox {
     #[must_use]
     pub fn new(flavour: Flavour) -> Self {
         Self {
-            flavour,
-            first_lid: 1,
-            messages: Vec::new(),
-            arena: Vec::new(),
-            garbage: 0,
-            live: 0,
-            sublists: vec![Vec::new(); flavour.sublists().len()],
-            peers: HashMap::new(),
-            dialogs: BTreeMap::new(),
-            replies: HashMap::new(),
-            extras: BTreeMap::new(),
-            origins: BTreeMap::new(),
+            slots: Vec::new(),
+            dialogs: Vec::new(),
             history: History::default(),
-            search: SearchIndex::default(),
+            more: None,
+            first_lid: 1,
+            live: 0,
+            text_bytes: 0,
+            unread: 0,
+            dialogs_live: 0,
+            newest: 0,
+            oldest: 0,
+            flavour,
         }
     }
 
     /// The id the next message will get.
     #[must_use]
     pub fn next_lid(&self) -> u32 {
-        self.first_lid + u32::try_from(self.messages.len()).unwrap_or(u32::MAX)
+        self.first_lid + u32::try_from(self.slots.len()).unwrap_or(u32::MAX)
     }
 
-    fn slot(&self, lid: u32) -> Option<usize> {
+    /// Local id of the oldest slot kept (ids below were trimmed).
+    #[must_use]
+    pub fn first_lid(&self) -> u32 {
+        self.first_lid
+    }
+
+    /// Live (not removed) messages.
+    #[must_use]
+    pub fn live(&self) -> u32 {
+        self.live
+    }
+
+    /// Unread inbox messages (not deleted).
+    #[must_use]
+    pub fn unread(&self) -> u32 {
+        self.unread
+    }
+
+    /// Live text bytes (original lengths).
+    #[must_use]
+    pub fn text_bytes(&self) -> usize {
+        self.text_bytes as usize
+    }
+
+    fn index_of(&self, lid: u32) -> Option<usize> {
         let index = usize::try_from(lid.checked_sub(self.first_lid)?).ok()?;
-        (index < self.messages.len()).then_some(index)
+        (index < self.slots.len()).then_some(index)
+    }
+
+    /// Slots, removed ones included.
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Every slot with its local id, removed ones included, oldest first.
+    pub fn slots(&self) -> impl DoubleEndedIterator<Item = (u32, &Slot)> + '_ {
+        let first = self.first_lid;
+        self.slots
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| (first + u32::try_from(i).unwrap_or(u32::MAX), s))
     }
 
     /// The live message `lid`.
     #[must_use]
-    pub fn get(&self, lid: u32) -> Option<&Message> {
-        self.slot(lid)
-            .map(|i| &self.messages[i])
-            .filter(|m| m.alive())
+    pub fn get(&self, lid: u32) -> Option<&Slot> {
+        self.index_of(lid)
+            .map(|i| &self.slots[i])
+            .filter(|s| s.alive())
     }
 
-    /// The `(kludges, subject, body)` of a message.
+    /// The peer of a slot.
     #[must_use]
-    pub fn text(&self, m: &Message) -> (&[u8], &[u8], &[u8]) {
-        let start = m.text_off as usize;
-        let k = start + usize::from(m.kludges_len);
-        let s = k + usize::from(m.subject_len);
-        let b = s + m.body_len as usize;
-        (&self.arena[start..k], &self.arena[k..s], &self.arena[s..b])
+    pub fn peer(&self, slot: &Slot) -> i64 {
+        i64::from(self.dialogs[slot.dialog as usize].peer)
     }
 
-    /// Live text bytes.
+    /// The dialog with `peer`, if the mailbox ever had one.
     #[must_use]
-    pub fn text_bytes(&self) -> usize {
-        self.arena.len() - self.garbage
+    pub fn dialog(&self, peer: i64) -> Option<&Dialog> {
+        self.find_dialog(peer).map(|d| &self.dialogs[d as usize])
     }
 
-    /// Stem ids of a message's subject and body.
-    fn terms_of(&self, m: &Message, lexicon: &Lexicon) -> Vec<u32> {
-        let (_, subject, body) = self.text(m);
-        lexicon.terms(&[subject, body])
+    fn find_dialog(&self, peer: i64) -> Option<u32> {
+        let peer = u32::try_from(peer).ok()?;
+        match self.more.as_ref().filter(|m| !m.by_peer.is_empty()) {
+            Some(more) => more.by_peer.get(&peer).copied(),
+            None => self
+                .dialogs
+                .iter()
+                .position(|d| d.peer == peer)
+                .map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+        }
     }
 
-    #[expect(clippy::cast_possible_truncation)]
-    fn store_text(&mut self, m: &mut Message, text: &Text) {
-        // NOTE: the arena stays below MAILBOX_TEXT_BYTES_MAX (checked before logging and
-        // kept by compaction), and part lengths are checked against their limits, so the
-        // casts cannot truncate.
-        m.text_off = self.arena.len() as u32;
-        m.kludges_len = text.kludges.len() as u16;
-        m.subject_len = text.subject.len() as u16;
-        m.body_len = text.body.len() as u32;
-        reserve_tight(&mut self.arena, text.len());
-        self.arena.extend_from_slice(&text.kludges);
-        self.arena.extend_from_slice(&text.subject);
-        self.arena.extend_from_slice(&text.body);
+    /// The dialog of `peer`, created (empty) if new.
+    fn dialog_for(&mut self, peer: i64) -> u32 {
+        if let Some(d) = self.find_dialog(peer) {
+            return d;
+        }
+        // NOTE: peers are checked to be u32 before anything is logged or applied
+        // (`MessagesEngine::check_replay`, the key grammar, the snapshot decoder).
+        let peer = u32::try_from(peer).unwrap_or_else(|_| unreachable!("peer {peer} checked"));
+        let d = u32::try_from(self.dialogs.len()).unwrap_or(u32::MAX);
+        reserve_tight(&mut self.dialogs, 1);
+        self.dialogs.push(Dialog {
+            peer,
+            ..Dialog::default()
+        });
+        if self.dialogs.len() > DIALOG_SCAN_MAX {
+            let more = self.more.get_or_insert_with(Box::default);
+            if more.by_peer.is_empty() {
+                more.by_peer = self
+                    .dialogs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (d.peer, u32::try_from(i).unwrap_or(u32::MAX)))
+                    .collect();
+            } else {
+                more.by_peer.insert(peer, d);
+            }
+        }
+        d
     }
 
-    /// Appends message `lid`, which must be [`Mailbox::next_lid`], indexed for search under
-    /// `terms` (the [`Lexicon::terms`] of its subject and body, computed once per record).
+    /// Non-empty dialogs, newest first: `(dialog, its newest lid)`.
+    pub fn dialogs_newest_first(&self) -> impl Iterator<Item = &Dialog> + '_ {
+        let mut next = self.newest;
+        std::iter::from_fn(move || {
+            let d = &self.dialogs[next.checked_sub(1)? as usize];
+            next = d.older;
+            Some(d)
+        })
+    }
+
+    /// Non-empty dialogs, oldest first.
+    pub fn dialogs_oldest_first(&self) -> impl Iterator<Item = &Dialog> + '_ {
+        let mut next = self.oldest;
+        std::iter::from_fn(move || {
+            let d = &self.dialogs[next.checked_sub(1)? as usize];
+            next = d.newer;
+            Some(d)
+        })
+    }
+
+    /// Non-empty dialogs.
+    #[must_use]
+    pub fn dialogs_live(&self) -> usize {
+        self.dialogs_live as usize
+    }
+
+    /// The conversation of `dialog`, newest first.
+    pub fn conversation(&self, dialog: &Dialog) -> impl Iterator<Item = u32> + '_ {
+        let mut next = dialog.last;
+        std::iter::from_fn(move || {
+            let lid = next;
+            if lid == 0 {
+                return None;
+            }
+            next = self.slots[self.index_of(lid)?].prev;
+            Some(lid)
+        })
+    }
+
+    /// The extras, origins and replies, if any were ever stored.
+    #[must_use]
+    pub fn more(&self) -> Option<&More> {
+        self.more.as_deref()
+    }
+
+    fn more_mut(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// Wall: repost `lid` copies `(owner, id)`.
+    pub fn set_origin(&mut self, lid: u32, origin: (i64, u32)) {
+        self.more_mut().origins.insert(lid, origin);
+    }
+
+    /// Appends message `lid`, which must be [`Mailbox::next_lid`], storing `blob` (whose
+    /// stems the caller holds in the lexicon for this copy).
     ///
     /// # Errors
     /// A description of the mismatch when `lid` is not the next id (a corrupt log).
-    // NOTE: one argument per field of the record it applies; a struct would only rename them.
-    #[expect(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         lid: u32,
         peer: i64,
         peer_lid: u32,
         flags: u32,
-        text: &Text,
-        date: u32,
-        terms: &[u32],
+        blob: Blob,
+        layout: &Layout,
     ) -> Result<(), String> {
         if lid != self.next_lid() {
             return Err(format!(
@@ -365,78 +402,185 @@ impl Mailbox {
                 self.next_lid()
             ));
         }
-        let mut m = Message {
-            peer,
+        let dialog = self.dialog_for(peer);
+        self.text_bytes += u32::try_from(blob.text_len()).unwrap_or(u32::MAX);
+        if let Some(index) = self.more.as_mut().and_then(|m| m.index.as_mut()) {
+            index.add(lid, blob.terms());
+        }
+        reserve_tight(&mut self.slots, 1);
+        // NOTE: flags beyond the low 16 bits are refused before anything is logged.
+        self.slots.push(Slot {
+            blob: Some(blob),
             peer_lid,
-            date,
-            flags: flags & !REMOVED,
-            ..Message::default()
-        };
-        self.store_text(&mut m, text);
-        reserve_tight(&mut self.messages, 1);
-        self.messages.push(m);
+            prev: 0,
+            dialog,
+            flags: (flags & crate::flags::USER_MASK) as u16,
+        });
         self.live += 1;
-        self.search.add(lid, terms);
-        self.reindex(lid, m.peer, m.peer_lid, REMOVED, m.flags);
-        self.history.push(event::NEW, lid, i64::from(m.flags));
+        self.reindex(lid, REMOVED, flags & crate::flags::USER_MASK);
+        self.history.push(event::NEW, lid, i64::from(flags));
+        self.maybe_index(layout);
         Ok(())
     }
 
-    /// Moves message `lid` between derived indexes for a flags change `old → new`.
-    fn reindex(&mut self, lid: u32, peer: i64, parent: u32, old: u32, new: u32) {
-        for (i, &(and, xor)) in self.flavour.sublists().iter().enumerate() {
-            let (was, now) = (in_sublist(old, and, xor), in_sublist(new, and, xor));
-            if was != now {
-                sorted_toggle(&mut self.sublists[i], lid, now);
-            }
-        }
+    /// Moves message `lid` between derived indexes for a flags change `old → new`
+    /// ([`REMOVED`] for a message that is not / no longer there). The slot already holds
+    /// `new` (or, for a removal, is about to be emptied).
+    fn reindex(&mut self, lid: u32, old: u32, new: u32) {
         let (was, now) = (in_conversation(old), in_conversation(new));
-        let unread_delta =
+        let unread =
             i64::from(unread_inbox(self.flavour, new)) - i64::from(unread_inbox(self.flavour, old));
-        if was != now || unread_delta != 0 {
-            let conversation = self.peers.entry(peer).or_default();
-            let old_last = conversation.lids.last().copied();
-            if was != now {
-                conversation.lids.toggle(lid, now);
-            }
-            conversation.unread = conversation
-                .unread
-                .saturating_add_signed(i32::try_from(unread_delta).unwrap_or_default());
-            let new_last = conversation.lids.last().copied();
-            if conversation.lids.is_empty() {
-                self.peers.remove(&peer);
-            }
-            if old_last != new_last {
-                if let Some(l) = old_last {
-                    self.dialogs.remove(&l);
-                }
-                if let Some(l) = new_last {
-                    self.dialogs.insert(l, peer);
-                }
-            }
+        let Some(index) = self.index_of(lid) else {
+            unreachable!("reindex of a missing slot {lid}");
+        };
+        let d = self.slots[index].dialog;
+        match (was, now) {
+            (false, true) => self.link(lid),
+            (true, false) => self.unlink(lid),
+            _ => {}
+        }
+        if unread != 0 {
+            let dialog = &mut self.dialogs[d as usize];
+            dialog.unread = dialog.unread.saturating_add_signed(unread as i32);
+            self.unread = self.unread.saturating_add_signed(unread as i32);
         }
         let (was, now) = (is_reply(self.flavour, old), is_reply(self.flavour, new));
+        let parent = self.slots[index].peer_lid;
         if was != now && parent != 0 {
-            let list = self.replies.entry(parent).or_default();
-            sorted_toggle(list, lid, now);
-            if list.is_empty() {
-                self.replies.remove(&parent);
+            let parent_alive = self.get(parent).is_some();
+            let replies = &mut self.more_mut().replies;
+            if now && parent_alive {
+                sorted_toggle(replies.entry(parent).or_default(), lid, true);
+            } else if let Some(list) = replies.get_mut(&parent) {
+                sorted_toggle(list, lid, false);
+                if list.is_empty() {
+                    replies.remove(&parent);
+                }
             }
         }
     }
 
-    /// Changes the flags of live message `lid` (the high reserved bits are kept); returns the
-    /// new flags, or `None` if there is no such message.
-    pub fn set_flags(&mut self, lid: u32, new: u32, event: (u8, i64)) -> Option<u32> {
-        let index = self.slot(lid)?;
-        let m = self.messages[index];
-        if !m.alive() {
-            return None;
+    /// Puts message `lid` into its conversation (in lid order) and the conversation into
+    /// place in the dialogs list.
+    fn link(&mut self, lid: u32) {
+        let Some(index) = self.index_of(lid) else {
+            unreachable!("link of a missing slot {lid}");
+        };
+        let d = self.slots[index].dialog as usize;
+        let last = self.dialogs[d].last;
+        if lid > last {
+            self.slots[index].prev = last;
+            self.dialogs[d].last = lid;
+        } else {
+            // An older message comes back (DELETED cleared): walk to its place.
+            let mut newer = last;
+            loop {
+                let at = self
+                    .index_of(newer)
+                    .unwrap_or_else(|| unreachable!("chain"));
+                let prev = self.slots[at].prev;
+                if prev < lid {
+                    self.slots[index].prev = prev;
+                    self.slots[at].prev = lid;
+                    break;
+                }
+                newer = prev;
+            }
         }
-        let new = new & !REMOVED;
-        if new != m.flags {
-            self.messages[index].flags = new;
-            self.reindex(lid, m.peer, m.peer_lid, m.flags, new);
+        self.dialogs[d].count += 1;
+        if self.dialogs[d].last != last {
+            if last != 0 {
+                self.list_remove(d);
+            }
+            self.list_insert(d);
+        }
+    }
+
+    /// Takes message `lid` out of its conversation.
+    fn unlink(&mut self, lid: u32) {
+        let Some(index) = self.index_of(lid) else {
+            unreachable!("unlink of a missing slot {lid}");
+        };
+        let d = self.slots[index].dialog as usize;
+        let prev = self.slots[index].prev;
+        let last = self.dialogs[d].last;
+        if last == lid {
+            self.dialogs[d].last = prev;
+        } else {
+            let mut newer = last;
+            loop {
+                let at = self
+                    .index_of(newer)
+                    .unwrap_or_else(|| unreachable!("chain"));
+                if self.slots[at].prev == lid {
+                    self.slots[at].prev = prev;
+                    break;
+                }
+                newer = self.slots[at].prev;
+            }
+        }
+        self.slots[index].prev = 0;
+        self.dialogs[d].count -= 1;
+        if self.dialogs[d].last != last {
+            self.list_remove(d);
+            if self.dialogs[d].last != 0 {
+                self.list_insert(d);
+            }
+        }
+    }
+
+    /// Unlinks dialog `d` from the dialogs list.
+    fn list_remove(&mut self, d: usize) {
+        let Dialog { newer, older, .. } = self.dialogs[d];
+        match newer.checked_sub(1) {
+            Some(n) => self.dialogs[n as usize].older = older,
+            None => self.newest = older,
+        }
+        match older.checked_sub(1) {
+            Some(o) => self.dialogs[o as usize].newer = newer,
+            None => self.oldest = newer,
+        }
+        self.dialogs[d].newer = 0;
+        self.dialogs[d].older = 0;
+        self.dialogs_live -= 1;
+    }
+
+    /// Links non-empty dialog `d` into the dialogs list by its newest message; from the
+    /// newest end, so a dialog with a new message costs one step.
+    fn list_insert(&mut self, d: usize) {
+        let last = self.dialogs[d].last;
+        let (mut newer, mut older) = (0, self.newest);
+        while let Some(o) = older.checked_sub(1) {
+            if self.dialogs[o as usize].last < last {
+                break;
+            }
+            newer = older;
+            older = self.dialogs[o as usize].older;
+        }
+        let me = u32::try_from(d + 1).unwrap_or(u32::MAX);
+        self.dialogs[d].newer = newer;
+        self.dialogs[d].older = older;
+        match newer.checked_sub(1) {
+            Some(n) => self.dialogs[n as usize].older = me,
+            None => self.newest = me,
+        }
+        match older.checked_sub(1) {
+            Some(o) => self.dialogs[o as usize].newer = me,
+            None => self.oldest = me,
+        }
+        self.dialogs_live += 1;
+    }
+
+    /// Changes the flags of live message `lid` (only the low 16 bits are stored); returns
+    /// the new flags, or `None` if there is no such message.
+    pub fn set_flags(&mut self, lid: u32, new: u32, event: (u8, i64)) -> Option<u32> {
+        let index = self.index_of(lid)?;
+        let old = self.slots.get(index).filter(|s| s.alive())?.flags();
+        let new = new & crate::flags::USER_MASK;
+        if new != old {
+            // NOTE: masked to 16 bits just above.
+            self.slots[index].flags = new as u16;
+            self.reindex(lid, old, new);
         }
         self.history.push(event.0, lid, event.1);
         Some(new)
@@ -444,196 +588,179 @@ impl Mailbox {
 
     /// Marks incoming messages from `peer` read up to `upto` (0 = all).
     ///
-    /// One pass over the conversation's prefix plus one merge pass per changed sublist:
-    /// O(conversation + sublists), however many messages become read.
+    /// Walks the conversation from its newest message and stops once no unread message is
+    /// left in it: reading a dialog touches its unread messages (and the read ones newer
+    /// than `upto`), not the whole conversation.
     pub fn read_upto(&mut self, peer: i64, upto: u32) {
         let mut last = 0;
-        let mut changes: Vec<(u32, u32, u32)> = Vec::new();
-        let mut unread_delta = 0i64;
-        if let Some(c) = self.peers.get(&peer) {
-            let end = if upto == 0 {
-                c.lids.len()
-            } else {
-                c.lids.partition_point(|&l| l <= upto)
-            };
-            for &lid in &c.lids[..end] {
-                let Some(index) = lid
-                    .checked_sub(self.first_lid)
-                    .map(|i| i as usize)
-                    .filter(|&i| i < self.messages.len())
-                else {
-                    continue;
-                };
-                let m = &mut self.messages[index];
-                if m.flags & (UNREAD | OUTBOX) == UNREAD {
-                    let old = m.flags;
-                    m.flags &= !UNREAD;
-                    changes.push((lid, old, m.flags));
-                    unread_delta += i64::from(unread_inbox(self.flavour, m.flags))
-                        - i64::from(unread_inbox(self.flavour, old));
-                }
-                last = lid;
-            }
-        }
-        if !changes.is_empty() {
-            // NOTE: reading changes neither conversation membership (DELETED and REMOVED
-            // are untouched) nor wall replies (mail flavour only), so only the sublists and
-            // the unread counter move.
-            for (i, &(and, xor)) in self.flavour.sublists().iter().enumerate() {
-                let (mut gone, mut come) = (Vec::new(), Vec::new());
-                for &(lid, old, new) in &changes {
-                    match (in_sublist(old, and, xor), in_sublist(new, and, xor)) {
-                        (true, false) => gone.push(lid),
-                        (false, true) => come.push(lid),
-                        _ => {}
+        if let Some(d) = self.find_dialog(peer).map(|d| d as usize) {
+            last = self.dialogs[d].last;
+            let mut lid = self.dialogs[d].last;
+            while lid != 0 && self.dialogs[d].unread > 0 {
+                let index = self.index_of(lid).unwrap_or_else(|| unreachable!("chain"));
+                let next = self.slots[index].prev;
+                if upto == 0 || lid <= upto {
+                    let old = u32::from(self.slots[index].flags);
+                    if old & (UNREAD | OUTBOX) == UNREAD {
+                        self.slots[index].flags &= !(UNREAD as u16);
+                        self.reindex(lid, old, old & !UNREAD);
                     }
                 }
-                if !gone.is_empty() || !come.is_empty() {
-                    sorted_merge(&mut self.sublists[i], &gone, &come);
-                }
-            }
-            if let Some(c) = self.peers.get_mut(&peer) {
-                c.unread = c
-                    .unread
-                    .saturating_add_signed(i32::try_from(unread_delta).unwrap_or_default());
+                lid = next;
             }
         }
         self.history
             .push(event::READ_UPTO, if upto == 0 { last } else { upto }, peer);
     }
 
-    /// Replaces the text of live message `lid`; false if there is none.
-    pub fn edit(&mut self, lid: u32, text: &Text, lexicon: &Lexicon) -> bool {
-        let Some(index) = self.slot(lid) else {
+    /// Replaces the text of live message `lid` with `blob` (whose stems the caller holds
+    /// for this copy); releases the old text's stems. False if there is no such message.
+    pub fn edit(&mut self, lid: u32, blob: Blob, lexicon: &Lexicon, layout: &Layout) -> bool {
+        let Some(index) = self.index_of(lid).filter(|&i| self.slots[i].alive()) else {
+            lexicon.release(blob.terms());
             return false;
         };
-        let mut m = self.messages[index];
-        if !m.alive() {
-            return false;
+        let new_len = u32::try_from(blob.text_len()).unwrap_or(u32::MAX);
+        if let Some(index) = self.more.as_mut().and_then(|m| m.index.as_mut()) {
+            index.add(lid, blob.terms());
+            index.edit(lid);
         }
-        let old_terms = self.terms_of(&m, lexicon);
-        self.search.remove(lid, &old_terms);
-        self.garbage += m.text_len();
-        self.store_text(&mut m, text);
-        self.messages[index] = m;
-        let terms = self.terms_of(&m, lexicon);
-        self.search.add(lid, &terms);
+        let Some(old) = self.slots[index].blob.replace(blob) else {
+            unreachable!("checked alive");
+        };
+        self.forget_text(&old, lexicon);
+        self.text_bytes += new_len;
         self.history.push(event::EDITED, lid, 0);
-        self.maybe_compact();
+        self.maybe_index(layout);
         true
     }
 
-    /// Removes the live messages among `lids` for good (ascending order not required).
-    /// Returns how many were removed.
-    pub fn remove(&mut self, lids: &[u32], lexicon: &Lexicon) -> usize {
+    /// Accounts for a text leaving the mailbox.
+    fn forget_text(&mut self, blob: &Blob, lexicon: &Lexicon) {
+        self.text_bytes -= u32::try_from(blob.text_len()).unwrap_or(u32::MAX);
+        lexicon.release(blob.terms());
+        if let Some(index) = self.more.as_mut().and_then(|m| m.index.as_mut()) {
+            index.stale(blob.terms().count());
+        }
+    }
+
+    /// Removes the live messages among `lids` (ascending) for good, without history events;
+    /// returns how many were removed.
+    fn remove(&mut self, lids: &[u32], lexicon: &Lexicon, layout: &Layout) -> usize {
+        // Newest first: a conversation then loses its newest message each time, O(1).
         let mut removed = 0;
-        for &lid in lids {
-            let Some(index) = self.slot(lid) else {
+        for &lid in lids.iter().rev() {
+            let Some(index) = self.index_of(lid).filter(|&i| self.slots[i].alive()) else {
                 continue;
             };
-            let m = self.messages[index];
-            if !m.alive() {
-                continue;
-            }
-            if lids.len() == 1 {
-                let terms = self.terms_of(&m, lexicon);
-                self.search.remove(lid, &terms);
-                self.reindex(lid, m.peer, m.peer_lid, m.flags, REMOVED);
-            }
-            self.messages[index] = Message {
-                flags: REMOVED,
-                ..Message::default()
+            let old = self.slots[index].flags();
+            self.reindex(lid, old, REMOVED);
+            let Some(blob) = self.slots[index].blob.take() else {
+                unreachable!("checked alive");
             };
-            self.garbage += m.text_len();
+            self.forget_text(&blob, lexicon);
+            self.slots[index] = Slot::default();
             self.live -= 1;
-            self.origins.remove(&lid);
-            self.replies.remove(&lid);
-            let extras: Vec<(u32, u8)> = self
-                .extras
-                .range((lid, 0)..=(lid, u8::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in extras {
-                self.extras.remove(&k);
+            if let Some(more) = self.more.as_mut() {
+                more.origins.remove(&lid);
+                more.replies.remove(&lid);
+                let keys: Vec<(u32, u8)> = more
+                    .extras
+                    .range((lid, 0)..=(lid, u8::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    more.extras.remove(&k);
+                }
             }
-            self.history.push(event::DELETED, lid, 0);
             removed += 1;
         }
-        if lids.len() > 1 && removed > 0 {
-            let (messages, first) = (&self.messages, self.first_lid);
-            self.search.retain(|lid| {
-                lid.checked_sub(first)
-                    .and_then(|i| messages.get(i as usize))
-                    .is_some_and(Message::alive)
-            });
-            self.rebuild_indexes_without_search();
+        self.maybe_index(layout);
+        removed
+    }
+
+    /// Removes the live messages among the ascending `lids`, pushing a DELETED event for
+    /// each one removed, in `lids` order; returns how many were removed.
+    pub fn remove_logged(&mut self, lids: &[u32], lexicon: &Lexicon, layout: &Layout) -> usize {
+        let live: Vec<u32> = lids
+            .iter()
+            .copied()
+            .filter(|&lid| self.get(lid).is_some())
+            .collect();
+        let removed = self.remove(&live, lexicon, layout);
+        for &lid in &live {
+            self.history.push(event::DELETED, lid, 0);
         }
-        self.maybe_compact();
         removed
     }
 
     /// Removes every message with a local id below `min_lid` and forgets their slots.
-    pub fn trim(&mut self, min_lid: u32, lexicon: &Lexicon) {
+    pub fn trim(&mut self, min_lid: u32, lexicon: &Lexicon, layout: &Layout) {
         let min_lid = min_lid.min(self.next_lid());
         if min_lid <= self.first_lid {
             return;
         }
         let lids: Vec<u32> = (self.first_lid..min_lid).collect();
-        self.remove(&lids, lexicon);
+        self.remove_logged(&lids, lexicon, layout);
         let drop = (min_lid - self.first_lid) as usize;
-        self.messages.drain(..drop);
+        self.slots.drain(..drop);
         self.first_lid = min_lid;
     }
 
-    /// Rebuilds sublists, conversations, dialogs and replies from the slots (after bulk
-    /// removals and snapshot loads; O(messages)).
-    pub fn rebuild_indexes_without_search(&mut self) {
-        for list in &mut self.sublists {
-            list.clear();
-        }
-        self.peers.clear();
-        self.dialogs.clear();
-        self.replies.clear();
-        let messages = std::mem::take(&mut self.messages);
-        for (i, m) in messages.iter().enumerate() {
-            if m.alive() {
-                let lid = self.first_lid + u32::try_from(i).unwrap_or(u32::MAX);
-                self.reindex(lid, m.peer, m.peer_lid, REMOVED, m.flags);
+    /// Builds the search index once the mailbox is large, drops it once small, rebuilds it
+    /// once a quarter is stale.
+    fn maybe_index(&mut self, layout: &Layout) {
+        let live = self.live as usize;
+        let has = self.more.as_ref().is_some_and(|m| m.index.is_some());
+        let stale = self
+            .more
+            .as_ref()
+            .and_then(|m| m.index.as_ref())
+            .is_some_and(PostingIndex::needs_rebuild);
+        if has && live < layout.search_index_min / 2 {
+            self.more_mut().index = None;
+        } else if (!has && live >= layout.search_index_min) || stale {
+            let mut postings = Vec::new();
+            for (lid, slot) in self.slots() {
+                if let Some(blob) = &slot.blob {
+                    postings.extend(blob.terms().map(|term| (term, lid)));
+                }
             }
+            self.more_mut().index = Some(PostingIndex::build(postings));
         }
-        self.messages = messages;
     }
 
-    /// Rebuilds every derived index, search included (after a snapshot load).
-    pub fn rebuild_indexes(&mut self, lexicon: &Lexicon) {
-        let mut postings = Vec::new();
-        for (i, m) in self.messages.iter().enumerate() {
-            if m.alive() {
-                let lid = self.first_lid + u32::try_from(i).unwrap_or(u32::MAX);
-                let terms = self.terms_of(m, lexicon);
-                postings.extend(terms.iter().map(|&t| SearchIndex::posting(t, lid)));
-            }
-        }
-        self.search = SearchIndex::from_postings(postings);
-        self.rebuild_indexes_without_search();
-    }
-
-    /// Rewrites the arena without garbage once garbage is over half of it.
-    fn maybe_compact(&mut self) {
-        if self.garbage < 64 * 1024 || self.garbage * 2 < self.arena.len() {
+    /// Calls `visit` with every live message whose text has all the ascending `terms`,
+    /// newest first, until it returns false. No terms match nothing.
+    pub fn search(&self, terms: &[u32], mut visit: impl FnMut(u32, &Slot) -> bool) {
+        if terms.is_empty() {
             return;
         }
-        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
-        for m in &mut self.messages {
-            if m.alive() {
-                let start = m.text_off as usize;
-                let len = m.text_len();
-                m.text_off = u32::try_from(arena.len()).unwrap_or(u32::MAX);
-                arena.extend_from_slice(&self.arena[start..start + len]);
+        match self.more.as_ref().and_then(|m| m.index.as_ref()) {
+            Some(index) => {
+                // Postings of removed messages point at empty slots; only messages edited
+                // since the index was built need their text checked.
+                let check = |lid: u32| {
+                    self.get(lid).filter(|s| {
+                        !index.was_edited(lid)
+                            || s.blob.as_ref().is_some_and(|b| b.has_terms(terms))
+                    })
+                };
+                let lists = terms.iter().map(|&t| index.ids(t)).collect();
+                crate::search::intersect(lists, |lid| match check(lid) {
+                    Some(slot) => visit(lid, slot),
+                    None => true,
+                });
+            }
+            None => {
+                for (lid, slot) in self.slots().rev() {
+                    let hit = slot.blob.as_ref().is_some_and(|b| b.has_terms(terms));
+                    if hit && !visit(lid, slot) {
+                        return;
+                    }
+                }
             }
         }
-        self.arena = arena;
-        self.garbage = 0;
     }
 
     /// Sets the twin id of live message `lid` (mail flavour only: on walls `peer_lid` is the
@@ -642,62 +769,162 @@ impl Mailbox {
         if self.flavour != Flavour::Messages {
             return;
         }
-        if let Some(index) = self.slot(lid) {
-            if self.messages[index].alive() {
-                self.messages[index].peer_lid = peer_lid;
-            }
+        if let Some(index) = self.index_of(lid).filter(|&i| self.slots[i].alive()) {
+            self.slots[index].peer_lid = peer_lid;
         }
     }
 
     /// Extra field `field` of message `lid` (absent = 0).
     #[must_use]
     pub fn extra(&self, lid: u32, field: u8) -> i64 {
-        self.extras.get(&(lid, field)).copied().unwrap_or(0)
+        self.more
+            .as_ref()
+            .and_then(|m| m.extras.get(&(lid, field)).copied())
+            .unwrap_or(0)
     }
 
     /// Sets or adds to an extra field; returns the new value.
     pub fn change_extra(&mut self, lid: u32, field: u8, add: bool, value: i64) -> i64 {
-        let slot = self.extras.entry((lid, field)).or_insert(0);
+        let extras = &mut self.more_mut().extras;
+        let slot = extras.entry((lid, field)).or_insert(0);
         *slot = if add { slot.wrapping_add(value) } else { value };
         let new = *slot;
         if new == 0 {
-            self.extras.remove(&(lid, field));
+            extras.remove(&(lid, field));
         }
         new
     }
 
-    /// Approximate heap bytes held by this mailbox, itself included: capacities, hash-table
-    /// slots, and 16 bytes of allocator overhead per allocation.
+    /// Restores one slot from a snapshot: appends message `lid` (the next id) as stored, or
+    /// an empty slot when `blob` is `None`. Derived indexes follow in
+    /// [`Mailbox::finish_restore`].
+    pub fn restore_slot(&mut self, peer: i64, peer_lid: u32, flags: u32, blob: Option<Blob>) {
+        let dialog = match blob {
+            Some(_) => self.dialog_for(peer),
+            None => 0,
+        };
+        if let Some(blob) = &blob {
+            self.text_bytes += u32::try_from(blob.text_len()).unwrap_or(u32::MAX);
+            self.live += 1;
+        }
+        self.slots.push(Slot {
+            blob,
+            peer_lid,
+            prev: 0,
+            dialog,
+            flags: (flags & crate::flags::USER_MASK) as u16,
+        });
+    }
+
+    /// Sets where a restored mailbox starts (before its slots are restored).
+    pub fn restore_first_lid(&mut self, first_lid: u32) {
+        self.first_lid = first_lid;
+    }
+
+    /// Links the restored slots into conversations, dialogs and replies, and indexes a large
+    /// mailbox.
+    pub fn finish_restore(&mut self, layout: &Layout) {
+        self.slots.shrink_to_fit();
+        self.dialogs.shrink_to_fit();
+        for index in 0..self.slots.len() {
+            if self.slots[index].alive() {
+                let lid = self.first_lid + u32::try_from(index).unwrap_or(u32::MAX);
+                self.reindex(lid, REMOVED, u32::from(self.slots[index].flags));
+            }
+        }
+        self.maybe_index(layout);
+    }
+
+    /// Bytes held, by part. A blob's bytes are divided among its holders (the copies of a
+    /// send share one), so summing over mailboxes counts each blob once.
     #[must_use]
-    pub fn heap_bytes(&self) -> usize {
+    pub fn account(&self) -> Usage {
         const ALLOC: usize = 16;
         let vec = |bytes: usize| if bytes == 0 { 0 } else { bytes + ALLOC };
-        std::mem::size_of::<Self>()
-            + vec(self.messages.capacity() * std::mem::size_of::<Message>())
-            + vec(self.arena.capacity())
-            + vec(self.sublists.capacity() * std::mem::size_of::<Vec<u32>>())
-            + self
-                .sublists
-                .iter()
-                .map(|l| vec(l.capacity() * 4))
-                .sum::<usize>()
-            + vec(self.peers.capacity() * (std::mem::size_of::<(i64, Conversation)>() + 1))
-            + self
-                .peers
-                .values()
-                .map(|c| c.lids.heap_bytes())
-                .sum::<usize>()
-            + self.dialogs.len() * 24
-            + vec(self.replies.capacity() * (std::mem::size_of::<(u32, Vec<u32>)>() + 1))
-            + self
-                .replies
-                .values()
-                .map(|l| vec(l.capacity() * 4))
-                .sum::<usize>()
-            + self.extras.len() * 24
-            + self.origins.len() * 24
-            + vec(self.history.events.capacity() * std::mem::size_of::<Event>())
-            + self.search.heap_bytes()
+        let mut usage = Usage {
+            metadata: vec(self.slots.capacity() * std::mem::size_of::<Slot>()),
+            dialogs: vec(self.dialogs.capacity() * std::mem::size_of::<Dialog>()),
+            history: vec(self.history.capacity()),
+            mailboxes: std::mem::size_of::<Self>(),
+            ..Usage::default()
+        };
+        for blob in self.slots.iter().filter_map(|s| s.blob.as_ref()) {
+            // Arc<[u8]>: two counters before the bytes, and the allocator's overhead.
+            let holders = blob.holders().max(1);
+            let text = blob.text_part_len() + 16 + ALLOC;
+            usage.text += text / holders;
+            usage.search += (blob.len() - blob.text_part_len()) / holders;
+        }
+        if let Some(more) = &self.more {
+            usage.mailboxes += vec(std::mem::size_of::<More>());
+            usage.metadata += more.extras.len() * 24;
+            usage.dialogs += more.origins.len() * 24
+                + vec(more.by_peer.capacity() * 9)
+                + vec(more.replies.capacity() * 33)
+                + more
+                    .replies
+                    .values()
+                    .map(|l| vec(l.capacity() * 4))
+                    .sum::<usize>();
+            usage.search += more.index.as_ref().map_or(0, PostingIndex::heap_bytes);
+        }
+        usage
+    }
+
+    /// Checks the derived state against the slots (tests and `verify` builds); returns the
+    /// first difference found.
+    ///
+    /// # Errors
+    /// A description of the first inconsistency.
+    pub fn check(&self) -> Result<(), String> {
+        let mut count = vec![0u32; self.dialogs.len()];
+        let mut unread = vec![0u32; self.dialogs.len()];
+        let (mut live, mut text) = (0u32, 0usize);
+        for (_, slot) in self.slots() {
+            if let Some(blob) = &slot.blob {
+                live += 1;
+                text += blob.text_len();
+                if in_conversation(slot.flags()) {
+                    count[slot.dialog as usize] += 1;
+                    unread[slot.dialog as usize] +=
+                        u32::from(unread_inbox(self.flavour, slot.flags()));
+                }
+            }
+        }
+        if live != self.live || text != self.text_bytes as usize {
+            return Err(format!("live {live}/{} text {text}", self.live));
+        }
+        for (d, dialog) in self.dialogs.iter().enumerate() {
+            let chain: Vec<u32> = self.conversation(dialog).collect();
+            let want: Vec<u32> = self
+                .slots()
+                .rev()
+                .filter(|(_, s)| s.dialog as usize == d && in_conversation(s.flags()))
+                .map(|(lid, _)| lid)
+                .collect();
+            if chain != want || dialog.count != count[d] || dialog.unread != unread[d] {
+                return Err(format!("dialog {dialog:?}: chain {chain:?}, want {want:?}"));
+            }
+        }
+        let listed: Vec<u32> = self.dialogs_newest_first().map(|d| d.last).collect();
+        let mut want: Vec<u32> = self
+            .dialogs
+            .iter()
+            .map(|d| d.last)
+            .filter(|&l| l != 0)
+            .collect();
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        if listed != want || self.dialogs_live as usize != want.len() {
+            return Err(format!("dialogs list {listed:?}, want {want:?}"));
+        }
+        let backwards: Vec<u32> = self.dialogs_oldest_first().map(|d| d.last).collect();
+        if backwards.iter().rev().ne(listed.iter()) {
+            return Err(format!("dialogs list backwards {backwards:?}"));
+        }
+        if self.unread != unread.iter().sum::<u32>() {
+            return Err(format!("unread {}", self.unread));
+        }
+        Ok(())
     }
 }
 
@@ -712,49 +939,17 @@ fn reserve_tight<T>(list: &mut Vec<T>, extra: usize) {
     }
 }
 
-/// Removes the ascending ids `gone` from and inserts the ascending ids `come` into the
-/// ascending `list` in one linear pass.
-fn sorted_merge(list: &mut Vec<u32>, gone: &[u32], come: &[u32]) {
-    let mut out = Vec::with_capacity(list.len() - gone.len().min(list.len()) + come.len());
-    let (mut g, mut c) = (gone.iter().peekable(), come.iter().peekable());
-    for &lid in list.iter() {
-        while let Some(&&x) = c.peek() {
-            if x >= lid {
-                break;
-            }
-            out.push(x);
-            c.next();
-        }
-        while g.next_if(|&&x| x < lid).is_some() {}
-        if g.next_if(|&&x| x == lid).is_some() {
-            continue;
-        }
-        if c.next_if(|&&x| x == lid).is_some() {
-            // already present
-        }
-        out.push(lid);
-    }
-    out.extend(c);
-    *list = out;
-}
-
 /// Inserts (`present`) or removes `lid` in an ascending vector.
 fn sorted_toggle(list: &mut Vec<u32>, lid: u32, present: bool) {
-    if present {
-        match list.last() {
-            Some(&last) if last >= lid => {
-                if let Err(at) = list.binary_search(&lid) {
-                    reserve_tight(list, 1);
-                    list.insert(at, lid);
-                }
-            }
-            _ => {
-                reserve_tight(list, 1);
-                list.push(lid);
-            }
+    match list.binary_search(&lid) {
+        Err(at) if present => {
+            reserve_tight(list, 1);
+            list.insert(at, lid);
         }
-    } else if let Ok(at) = list.binary_search(&lid) {
-        list.remove(at);
+        Ok(at) if !present => {
+            list.remove(at);
+        }
+        _ => {}
     }
 }
 
@@ -764,7 +959,7 @@ fn sorted_toggle(list: &mut Vec<u32>, lid: u32, present: bool) {
 pub struct Partition {
     /// Position just past the last record applied to this partition.
     pub pos: u64,
-    /// Mailboxes by owner id.
+    /// Mailboxes by owner id (hashed with foldhash: every request looks one up).
     pub mailboxes: HashMap<i64, Mailbox>,
 }
 
@@ -772,89 +967,77 @@ pub struct Partition {
 mod tests {
     use super::*;
 
-    fn text(body: &str) -> Text {
-        Text {
-            body: body.as_bytes().to_vec(),
-            ..Text::default()
-        }
+    fn blob(lex: &Lexicon, body: &str) -> Blob {
+        let terms = lex.hold_text(&[body.as_bytes()], 1);
+        Blob::new(1, [b"", b"", body.as_bytes()], &terms)
     }
 
-    #[test]
-    fn history_cursor() {
-        let mut h = History::default();
-        assert_eq!(h.since(0, 10), Some((0, vec![])));
-        for i in 0..(HISTORY_EVENTS_MAX as u32 + 5) {
-            h.push(event::NEW, i, 0);
-        }
-        assert!(h.since(0, 10).is_none());
-        assert!(h.since(4, 10).is_none());
-        let (ts, events) = h.since(5, 3).unwrap();
-        assert_eq!((ts, events.len(), events[0].lid), (8, 3, 5));
-        assert!(h.since(h.ts + 1, 3).is_none());
+    fn dialogs(mb: &Mailbox) -> Vec<(u32, u32)> {
+        mb.dialogs_newest_first()
+            .map(|d| (d.last, d.peer))
+            .collect()
     }
 
     #[test]
     fn dialogs_follow_conversations() {
         let lex = Lexicon::default();
+        let layout = Layout::production();
         let mut mb = Mailbox::new(Flavour::Messages);
-        mb.add(1, 7, 0, UNREAD, &text("a"), 1, &[]).unwrap();
-        mb.add(2, 8, 0, OUTBOX, &text("b"), 1, &[]).unwrap();
-        mb.add(3, 7, 0, UNREAD, &text("c"), 1, &[]).unwrap();
-        assert_eq!(
-            mb.dialogs.iter().map(|(l, p)| (*l, *p)).collect::<Vec<_>>(),
-            [(2, 8), (3, 7)]
-        );
-        assert_eq!(mb.peers[&7].unread, 2);
+        mb.add(1, 7, 0, UNREAD, blob(&lex, "a"), &layout).unwrap();
+        mb.add(2, 8, 0, OUTBOX, blob(&lex, "b"), &layout).unwrap();
+        mb.add(3, 7, 0, UNREAD, blob(&lex, "c"), &layout).unwrap();
+        assert_eq!(dialogs(&mb), [(3, 7), (2, 8)]);
+        assert_eq!(mb.dialog(7).map(|d| d.unread), Some(2));
         mb.read_upto(7, 1);
-        assert_eq!(mb.peers[&7].unread, 1);
-        mb.remove(&[3], &lex);
-        assert_eq!(
-            mb.dialogs.iter().map(|(l, p)| (*l, *p)).collect::<Vec<_>>(),
-            [(1, 7), (2, 8)]
-        );
-        mb.trim(2, &lex);
-        assert_eq!(mb.dialogs.len(), 1);
+        assert_eq!(mb.dialog(7).map(|d| d.unread), Some(1));
+        mb.remove_logged(&[3], &lex, &layout);
+        assert_eq!(dialogs(&mb), [(2, 8), (1, 7)]);
+        mb.check().unwrap();
+        mb.trim(2, &lex, &layout);
+        assert_eq!(mb.dialogs_live(), 1);
         assert_eq!(mb.next_lid(), 4);
-        assert!(mb.add(3, 1, 0, 0, &text("x"), 1, &[]).is_err());
+        assert!(mb.add(3, 1, 0, 0, blob(&lex, "x"), &layout).is_err());
+        mb.check().unwrap();
     }
 
+    /// Random adds, flag changes, reads and removals keep the chains and the dialogs list
+    /// equal to what the slots say.
     #[test]
-    fn read_upto_matches_a_rebuild() {
+    fn chains_and_dialogs_match_the_slots() {
+        let lex = Lexicon::default();
+        let layout = Layout::test_min();
         let mut mb = Mailbox::new(Flavour::Messages);
-        for lid in 1..=60 {
-            let (peer, flags) = match lid % 3 {
-                0 => (8, UNREAD),
-                1 => (7, UNREAD | crate::flags::IMPORTANT),
-                _ => (7, OUTBOX | UNREAD),
-            };
-            mb.add(lid, peer, 0, flags, &text("x"), 1, &[]).unwrap();
-        }
-        mb.read_upto(7, 40);
-        let (sublists, unread) = (mb.sublists.clone(), mb.peers[&7].unread);
-        mb.rebuild_indexes_without_search();
-        assert_eq!(mb.sublists, sublists);
-        assert_eq!((unread, mb.peers[&7].unread), (6, 6));
-        mb.read_upto(7, 0);
-        let sublists = mb.sublists.clone();
-        mb.rebuild_indexes_without_search();
-        assert_eq!(mb.sublists, sublists);
-        assert_eq!(mb.peers[&7].unread, 0);
-        assert_eq!(mb.peers[&8].unread, 20);
-    }
-
-    #[test]
-    fn lids_match_a_vec() {
-        let mut lids = Lids::default();
-        let mut model: Vec<u32> = Vec::new();
         let mut seed = 3u64;
-        for _ in 0..5000 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let lid = 1 + ((seed >> 33) % 9) as u32;
-            let present = !(seed >> 20).is_multiple_of(3) || model.len() > 6;
-            let present = present && model.len() < 8;
-            lids.toggle(lid, present);
-            sorted_toggle(&mut model, lid, present);
-            assert_eq!(&*lids, &model[..]);
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for step in 0..3000 {
+            let next = mb.next_lid();
+            match rand(6) {
+                0 | 1 => {
+                    let flags = [UNREAD, OUTBOX, 0, DELETED | UNREAD][rand(4) as usize];
+                    let peer = 1 + rand(25) as i64;
+                    let text = ["red", "red apple", "green"][rand(3) as usize];
+                    mb.add(next, peer, 0, flags, blob(&lex, text), &layout)
+                        .unwrap();
+                }
+                2 => {
+                    let lid = 1 + rand(u64::from(next)) as u32;
+                    let flags = [0, DELETED, UNREAD, OUTBOX][rand(4) as usize];
+                    mb.set_flags(lid, flags, (event::FLAGS_SET, 0));
+                }
+                3 => mb.read_upto(1 + rand(25) as i64, rand(u64::from(next)) as u32),
+                4 => {
+                    let lid = 1 + rand(u64::from(next)) as u32;
+                    mb.remove_logged(&[lid], &lex, &layout);
+                }
+                _ if step % 500 == 0 => mb.trim(next / 3, &lex, &layout),
+                _ => {}
+            }
+            mb.check().unwrap_or_else(|e| panic!("step {step}: {e}"));
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{get, Recorder};
 use koshka_engine::{Direct, Engine, Session, ShardSpec, StoreOutcome};
 use koshka_messages::search::stems;
-use koshka_messages::{Flavour, MessagesEngine, MESSAGE_SUBLISTS};
+use koshka_messages::{Flavour, Layout, MessagesEngine, MESSAGE_SUBLISTS};
 use proptest::prelude::*;
 
 const USERS: [i64; 4] = [1, 2, 3, 65]; // 1 and 65 share a partition
@@ -153,6 +153,7 @@ fn split(text: &str) -> (String, String) {
 }
 
 struct World {
+    layout: Layout,
     engine: Arc<MessagesEngine>,
     journal: Recorder,
     snapshot: Option<(Vec<u8>, u64)>,
@@ -160,10 +161,15 @@ struct World {
 }
 
 impl World {
-    fn new() -> Self {
-        let engine = Arc::new(MessagesEngine::new(Flavour::Messages, ShardSpec::default()));
+    fn new(layout: Layout) -> Self {
+        let engine = Arc::new(MessagesEngine::with_layout(
+            Flavour::Messages,
+            ShardSpec::default(),
+            layout,
+        ));
         let model = USERS.iter().map(|&u| (u, MBox::new())).collect();
         Self {
+            layout,
             engine,
             journal: Recorder::default(),
             snapshot: None,
@@ -428,7 +434,11 @@ impl World {
                 self.snapshot = Some((bytes, pos));
             }
             Op::Restart { from_zero } => {
-                let fresh = Arc::new(MessagesEngine::new(Flavour::Messages, ShardSpec::default()));
+                let fresh = Arc::new(MessagesEngine::with_layout(
+                    Flavour::Messages,
+                    ShardSpec::default(),
+                    self.layout,
+                ));
                 match (&self.snapshot, from_zero) {
                     (Some((bytes, pos)), false) => {
                         fresh.load_snapshot(&mut bytes.as_slice()).unwrap();
@@ -446,6 +456,9 @@ impl World {
     }
 
     fn check(&self) {
+        if let Err(broken) = self.engine.check_invariants() {
+            panic!("invariant: {broken}");
+        }
         let e: &dyn Engine = &*self.engine;
         for (&owner, mb) in &self.model {
             for lid in 1..=mb.next {
@@ -491,6 +504,13 @@ impl World {
                         "1"
                     );
                 }
+                for (from, to) in [(2, 3), (-2, -3), (3, -1)] {
+                    assert_eq!(
+                        get(e, &format!("sublist{owner}_{and}:{xor}#{from},{to}")).unwrap(),
+                        slice(&ids, from, to),
+                        "sublist {and}:{xor}#{from},{to} of {owner}"
+                    );
+                }
             }
             let mut dialogs = Vec::new();
             let mut unread_total = 0;
@@ -501,6 +521,19 @@ impl World {
                     get(e, &format!("peermsglist{owner}_{peer}#1,-1")).unwrap(),
                     list(ids.len(), ids.iter())
                 );
+                for (from, to) in [(-1, -2), (2, 3), (-3, -2), (2, -1)] {
+                    assert_eq!(
+                        get(e, &format!("peermsglist{owner}_{peer}#{from},{to}")).unwrap(),
+                        slice(&ids, from, to),
+                        "peermsglist{owner}_{peer}#{from},{to}"
+                    );
+                }
+                for (position, lid) in ids.iter().enumerate() {
+                    assert_eq!(
+                        get(e, &format!("peermsglistpos{owner}_{peer}:{lid}")).unwrap(),
+                        (position + 1).to_string()
+                    );
+                }
                 let unread = conv.iter().filter(|m| m.flags & 3 == 1).count();
                 unread_total += unread;
                 assert_eq!(
@@ -525,6 +558,24 @@ impl World {
                 expect,
                 "dialogs of {owner}"
             );
+            dialogs.reverse();
+            let triples: Vec<String> = dialogs
+                .iter()
+                .map(|(lid, peer, unread)| format!("{lid},{peer},{unread}"))
+                .collect();
+            for (from, to) in [(2, 3), (-1, -2), (-3, -2), (1, 2)] {
+                let picked = slice_items(&triples, from, to);
+                let mut expect = triples.len().to_string();
+                for t in picked {
+                    expect.push(',');
+                    expect.push_str(t);
+                }
+                assert_eq!(
+                    get(e, &format!("topmsglist{owner}#{from},{to}")).unwrap(),
+                    expect,
+                    "topmsglist{owner}#{from},{to}"
+                );
+            }
             assert_eq!(
                 get(e, &format!("timestamp{owner}")).unwrap(),
                 mb.ts.to_string(),
@@ -555,6 +606,24 @@ impl World {
     }
 }
 
+/// The items a `#from,to` slice selects from an ascending list, in reply order (the rule of
+/// docs/protocol/messages.md, written out naively).
+fn slice_items<T>(items: &[T], from: i64, to: i64) -> Vec<&T> {
+    let n = items.len() as i64;
+    let absolute = |i: i64| if i < 0 { n + 1 + i } else { i };
+    let (a, b) = (absolute(from), absolute(to));
+    let (lo, hi) = (a.min(b).max(1), a.max(b).min(n));
+    let mut picked: Vec<&T> = (lo..=hi).map(|i| &items[(i - 1) as usize]).collect();
+    if a > b {
+        picked.reverse();
+    }
+    picked
+}
+
+fn slice(ids: &[u32], from: i64, to: i64) -> String {
+    list(ids.len(), slice_items(ids, from, to).into_iter())
+}
+
 fn list<'a>(total: usize, ids: impl Iterator<Item = &'a u32>) -> String {
     let mut out = total.to_string();
     for id in ids {
@@ -567,8 +636,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_model(ops in prop::collection::vec(op(), 1..60)) {
-        let mut world = World::new();
+    fn engine_matches_model(ops in prop::collection::vec(op(), 1..60), small in any::<bool>()) {
+        let layout = if small { Layout::test_min() } else { Layout::production() };
+        let mut world = World::new(layout);
         for op in &ops {
             world.run(op);
             world.check();
