@@ -173,24 +173,6 @@ impl Item {
         ITEM_HEADER_SIZE + usize::from(h[KEY_LEN_AT]) + vlen as usize
     }
 
-    /// Starts loading the item's first two cache lines (header, key and the start of the
-    /// value) without waiting for them: a multi-get prefetches every key's item before reading
-    /// any, so the cache misses overlap. Only a hint: it reads nothing and never faults.
-    pub fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let at = self.ptr.as_ptr().cast::<i8>().cast_const();
-            // SAFETY: a prefetch only hints the cache; it does not access memory and cannot
-            // fault, and `wrapping_add` computes the second line's address without claiming it
-            // is inside the allocation.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(at);
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
-            }
-        }
-    }
-
     /// The raw bytes (snapshot write).
     #[must_use]
     pub fn raw(&self) -> &[u8] {
