@@ -14,7 +14,8 @@
 //! * [`registry`] — the engines this build knows: the one place an engine registers;
 //! * `persist` — the binlog [`koshka_binlog::Host`] as the server's
 //!   [`koshka_server::Persistence`];
-//! * this file — [`start`] (in the background, for tests), [`run`] (blocking, for the binary).
+//! * this file — [`start`] (in the background, for tests), [`start_with_clock`] (the same with
+//!   an injected log clock), [`run`] (blocking, for the binary).
 //!
 //! This crate opens sockets and files but speaks no protocol: the server does that.
 
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use koshka_engine::{EngineSetup, EngineSpec, ShardSpec};
+use koshka_engine::{Clock, EngineSetup, EngineSpec, ShardSpec};
 use koshka_server::config::{Durability, KvMode};
 use koshka_server::{EngineSlot, NoPersistence, Node, Persistence};
 use tokio::sync::watch;
@@ -222,7 +223,11 @@ struct Prepared {
     _lock: koshka_binlog::DirLock,
 }
 
-fn prepare(mut config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
+fn prepare(
+    mut config: Config,
+    registry: &[EngineSpec],
+    clock: Option<&Arc<dyn Clock>>,
+) -> Result<Prepared> {
     let planned = plan(&config, registry)?;
     config.server.max_connections =
         fit_connections_to_file_limit(config.server.max_connections, planned.len());
@@ -237,7 +242,7 @@ fn prepare(mut config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
     let mut slots = Vec::new();
     for (planned, listener) in planned.iter().zip(&listeners) {
         let listen = listener.local_addr().map_err(Error::Io)?;
-        slots.push(Arc::new(open_engine(&config, planned.spec, listen)?));
+        slots.push(Arc::new(open_engine(&config, planned.spec, listen, clock)?));
     }
     Ok(Prepared {
         node: Arc::new(Node::new(config, slots)),
@@ -246,8 +251,14 @@ fn prepare(mut config: Config, registry: &[EngineSpec]) -> Result<Prepared> {
     })
 }
 
-/// Builds one engine and opens (recovers) its persistence.
-fn open_engine(config: &Config, spec: EngineSpec, listen: SocketAddr) -> Result<EngineSlot> {
+/// Builds one engine and opens (recovers) its persistence; `clock`, when given, replaces the
+/// system clock as the source of log time.
+fn open_engine(
+    config: &Config,
+    spec: EngineSpec,
+    listen: SocketAddr,
+    clock: Option<&Arc<dyn Clock>>,
+) -> Result<EngineSlot> {
     let setup = EngineSetup {
         shard: ShardSpec {
             index: config.engines.shard_index,
@@ -267,10 +278,12 @@ fn open_engine(config: &Config, spec: EngineSpec, listen: SocketAddr) -> Result<
         (Durability::Always, true) => koshka_binlog::Durability::Always,
         (Durability::Everysec, true) => koshka_binlog::Durability::EverySec,
     };
-    let persistence: Arc<dyn Persistence> = if durability == koshka_binlog::Durability::None {
-        Arc::new(NoPersistence::default())
-    } else {
-        persist::open(spec.name, &built.engine, config, durability)?
+    let persistence: Arc<dyn Persistence> = match (durability, clock) {
+        (koshka_binlog::Durability::None, None) => Arc::new(NoPersistence::default()),
+        (koshka_binlog::Durability::None, Some(clock)) => {
+            Arc::new(persist::Memory::with_clock(clock.clone()))
+        }
+        _ => persist::open(spec.name, &built.engine, config, durability, clock)?,
     };
     Ok(EngineSlot {
         name: spec.name.into(),
@@ -309,7 +322,7 @@ fn serve(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<()> {
 /// # Errors
 /// Anything that stops start-up (see the crate docs), or a failed shutdown.
 pub fn run(config: Config, registry: &[EngineSpec], shutdown: watch::Receiver<bool>) -> Result<()> {
-    serve(prepare(config, registry)?, shutdown)
+    serve(prepare(config, registry, None)?, shutdown)
 }
 
 /// A node running on its own threads; stops (cleanly) when dropped.
@@ -372,7 +385,25 @@ impl Drop for Running {
 /// # Errors
 /// Anything that stops start-up (see the crate docs).
 pub fn start(config: Config, registry: &[EngineSpec]) -> Result<Running> {
-    let prepared = prepare(config, registry)?;
+    start_prepared(prepare(config, registry, None)?)
+}
+
+/// [`start`] with every engine's log time taken from `clock` instead of the system clock: the
+/// dates records carry (a message's `date`, a friend's date added) and what expiry compares
+/// against. Tests that compare several nodes share one [`koshka_engine::ManualClock`], so the
+/// same workload gives the same dates everywhere.
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with_clock(
+    config: Config,
+    registry: &[EngineSpec],
+    clock: Arc<dyn Clock>,
+) -> Result<Running> {
+    start_prepared(prepare(config, registry, Some(&clock))?)
+}
+
+fn start_prepared(prepared: Prepared) -> Result<Running> {
     let addrs = prepared
         .node
         .slots

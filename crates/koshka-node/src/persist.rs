@@ -3,8 +3,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use koshka_binlog::Host;
-use koshka_engine::{Journal, Stat};
+use koshka_engine::{Clock, Journal, MemoryJournal, Stat};
 use koshka_server::Persistence;
 
 /// A persistence host as the server sees it.
@@ -45,13 +47,59 @@ impl Persistence for HostPersistence {
     }
 }
 
+/// Durability `none` with an injected clock (`koshka_server::NoPersistence` uses the system
+/// clock): keeps nothing, takes log time from the clock.
+#[derive(Debug)]
+pub(crate) struct Memory {
+    journal: MemoryJournal,
+}
+
+impl Memory {
+    pub(crate) fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            journal: MemoryJournal::with_clock(clock),
+        }
+    }
+}
+
+impl Persistence for Memory {
+    fn journal(&self) -> &dyn Journal {
+        &self.journal
+    }
+
+    fn acked_pos(&self) -> u64 {
+        u64::MAX
+    }
+
+    fn wait_acked(
+        &self,
+        _pos: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn request_snapshot(&self) -> String {
+        "durability none: nothing to snapshot".into()
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        vec![("durability".into(), "none".into())]
+    }
+
+    fn shutdown(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Opens (recovers) the binlog host of one engine: newest snapshot + replay of the log tail.
+/// `clock`, when given, replaces the system clock of the log.
 pub(crate) fn open(
     name: &str,
-    engine: &std::sync::Arc<dyn koshka_engine::Engine>,
+    engine: &Arc<dyn koshka_engine::Engine>,
     config: &koshka_server::Config,
     durability: koshka_binlog::Durability,
-) -> crate::Result<std::sync::Arc<dyn Persistence>> {
+    clock: Option<&Arc<dyn Clock>>,
+) -> crate::Result<Arc<dyn Persistence>> {
     let dir = config.storage.data_dir.join(name);
     let mut persist = koshka_binlog::PersistConfig::new(&dir, name, &config.limits());
     persist.shard = koshka_engine::ShardSpec {
@@ -64,6 +112,9 @@ pub(crate) fn open(
     persist.snapshot_rate = config.storage.snapshot_rate.0;
     persist.replay_threads = config.storage.replay_threads;
     persist.repair = config.storage.repair;
+    if let Some(clock) = clock {
+        persist.clock = clock.clone();
+    }
     let started = std::time::Instant::now();
     let host = Host::open(engine.clone(), persist).map_err(|source| crate::Error::Persistence {
         engine: name.into(),
@@ -73,5 +124,5 @@ pub(crate) fn open(
         "{name}: ready in {:.2}s ({durability:?})",
         started.elapsed().as_secs_f64()
     );
-    Ok(std::sync::Arc::new(HostPersistence(host)))
+    Ok(Arc::new(HostPersistence(host)))
 }

@@ -40,8 +40,9 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Temp lists a client connection may hold (as the friends engine: the oldest is evicted).
 pub const TEMP_LISTS_MAX: usize = 16;
 /// Ids remembered from the proxy's new-id handshakes per client connection (the oldest is
-/// forgotten).
-pub const NEW_IDS_MAX: usize = 64;
+/// forgotten): as many as a node's session keeps (`koshka_engine::SESSION_TEMP_ENTRIES_MAX`,
+/// checked by the differential test), so `get newmsgid…` answers as one node would.
+pub const NEW_IDS_MAX: usize = 16;
 /// Bytes reserved in the input buffer before each read.
 const READ_CHUNK_SIZE: usize = 16 * 1024;
 
@@ -446,6 +447,17 @@ impl Conn<'_> {
                         self.shared.clone(),
                         key.to_vec(),
                         get,
+                        None,
+                        self.session,
+                    ));
+                }
+                ReadPlan::Pinned { get, shard } => {
+                    parts.push(crate::scatter::friends(
+                        self.cluster.clone(),
+                        self.shared.clone(),
+                        key.to_vec(),
+                        get,
+                        Some(shard),
                         self.session,
                     ));
                 }

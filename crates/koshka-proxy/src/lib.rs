@@ -54,6 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
+pub use conn::{NEW_IDS_MAX, TEMP_LISTS_MAX};
 
 use crate::backend::Member;
 use crate::cluster::Cluster;

@@ -24,6 +24,14 @@ pub enum ReadPlan {
     /// A friends key the proxy answers by asking several shards, or that names a temp list
     /// the proxy holds for this client connection.
     Friends(GetKey),
+    /// A friends key with an `N@` prefix that names a temp list: shard `N` answers alone (the
+    /// prefix chose it), with the client's list sent along.
+    Pinned {
+        /// The key.
+        get: GetKey,
+        /// The shard the prefix names.
+        shard: u32,
+    },
     /// A proxy admin key (`#…`).
     Admin,
 }
@@ -82,14 +90,34 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
             Err(_) => plain(),
         },
         Family::Friends => match GetKey::parse(key) {
-            Ok(get) if prefix.is_none() => friends_read(cluster, get),
-            _ => plain(),
+            Ok(get) => match prefix {
+                None => friends_read(cluster, get),
+                Some(_) => pin_read(cluster, key, get),
+            },
+            Err(_) => plain(),
         },
     }
 }
 
-fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
-    if matches!(
+/// A friends key with an `N@` prefix. A prefix that names the shard of the key's primary
+/// owner (what VK clients write) changes nothing: merges and temp lists work as without it.
+/// Another shard answers alone, as the prefix asks (a node there refuses owners it does not
+/// hold), with the client's temp list sent along.
+fn pin_read(cluster: &Cluster, key: &[u8], get: GetKey) -> ReadPlan {
+    let pinned = cluster.shard_of_plain(key);
+    let owner = Route::owners(&get).primary();
+    if owner.is_some_and(|o| cluster.shard_of_owner(o) == pinned) {
+        return friends_read(cluster, get);
+    }
+    if names_temp(&get) {
+        return ReadPlan::Pinned { get, shard: pinned };
+    }
+    ReadPlan::Shard(pinned)
+}
+
+/// Whether `get` names a temp list (`…:-<tag>`), which lives in the proxy's session.
+fn names_temp(get: &GetKey) -> bool {
+    matches!(
         get,
         GetKey::FriendsAmong {
             list: ListRef::Temp(_),
@@ -98,7 +126,11 @@ fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
             list: ListRef::Temp(_),
             ..
         }
-    ) {
+    )
+}
+
+fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
+    if names_temp(&get) {
         return ReadPlan::Friends(get);
     }
     let owners = Route::owners(&get).to_vec();
@@ -114,14 +146,34 @@ fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
     }
 }
 
-/// The plan for an update (`verb` with `key`; `value` is the data of a `set`).
+/// The plan for an update (`verb` with `key`; `value` is the data of a `set`). An `N@`
+/// prefix that names the shard of the key's primary owner changes nothing (cross-shard sends
+/// and friendships are still split, handshakes still run); one that names another shard sends
+/// the update there unchanged, as the prefix asks.
 #[must_use]
 pub fn write(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> WritePlan {
-    let (prefix, _) = koshka_keys::idiom::split_route(key);
-    let plain = || WritePlan::Shard(cluster.shard_of_plain(key));
-    if prefix.is_some() {
-        return plain();
+    let plan = write_by_owner(cluster, verb, key, value);
+    if koshka_keys::idiom::split_route(key).0.is_none() {
+        return plan;
     }
+    let pinned = cluster.shard_of_plain(key);
+    let primary = match &plan {
+        WritePlan::Shard(shard) => Some(*shard),
+        WritePlan::Create(update) => Some(cluster.shard_of_owner(Update::owners(update).0)),
+        WritePlan::FriendAdd { user, .. }
+        | WritePlan::FriendDelete { user, .. }
+        | WritePlan::UserDelete { user } => Some(cluster.shard_of_owner(i64::from(*user))),
+        // The proxy keeps temp lists whatever the prefix.
+        WritePlan::Temp { .. } => None,
+    };
+    match primary {
+        Some(shard) if shard != pinned => WritePlan::Shard(pinned),
+        _ => plan,
+    }
+}
+
+fn write_by_owner(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> WritePlan {
+    let plain = || WritePlan::Shard(cluster.shard_of_plain(key));
     let owner_shard = |owner: u32| WritePlan::Shard(cluster.shard_of_owner(i64::from(owner)));
     match cluster.family() {
         Family::Kv => plain(),

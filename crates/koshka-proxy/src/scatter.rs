@@ -32,12 +32,14 @@ use crate::conn::{values_part, Part, PartFuture, Session};
 use crate::stats::bump;
 use crate::Shared;
 
-/// Answers a friends key over several shards (or with the session's temp lists).
+/// Answers a friends key over several shards (or with the session's temp lists); `pinned`
+/// (an `N@` prefix) makes that one shard answer alone.
 pub fn friends(
     cluster: Arc<Cluster>,
     shared: Arc<Shared>,
     key: Vec<u8>,
     get: GetKey,
+    pinned: Option<u32>,
     session: &Session,
 ) -> PartFuture {
     // Resolve the client's temp list now: the session is not shared with the task.
@@ -54,12 +56,17 @@ pub fn friends(
             affinity,
             deadline,
         };
-        let answer = match &get {
-            GetKey::CommonFriends { user, other } => gather.intersect(*user, *other).await,
-            GetKey::CommonCounts { user, list } => gather.counts(*user, list).await,
-            GetKey::Check { viewer, owner, .. } => gather.check(&get, *viewer, *owner).await,
-            GetKey::FriendsAmong { user, .. } => gather.on_owner(&get, *user).await,
-            _ => gather.on_owner(&get, 0).await,
+        let answer = match (&get, pinned) {
+            (_, Some(shard)) => gather.on_shard(&get, shard).await,
+            (GetKey::CommonFriends { user, other }, None) => gather.intersect(*user, *other).await,
+            (GetKey::CommonCounts { user, list }, None) => gather.counts(*user, list).await,
+            (GetKey::Check { viewer, owner, .. }, None) => {
+                gather.check(&get, *viewer, *owner).await
+            }
+            (GetKey::FriendsAmong { user, .. }, None) => {
+                gather.on_shard(&get, gather.shard(*user)).await
+            }
+            (_, None) => gather.on_shard(&get, 0).await,
         };
         match answer {
             Ok(Some(text)) => {
@@ -167,28 +174,33 @@ impl Gather<'_> {
         self.cluster.shard_of_owner(i64::from(id))
     }
 
-    /// `get <key>` on `owner`'s shard, a long inline list sent as a temp list.
-    async fn on_owner(&self, get: &GetKey, owner: u32) -> Result<Option<Vec<u8>>, Fail> {
+    /// `get <key>` on `shard`, an id list (a resolved temp list) sent as a temp list.
+    async fn on_shard(&self, get: &GetKey, shard: u32) -> Result<Option<Vec<u8>>, Fail> {
         let mut bytes = Vec::new();
         let mut frames = 1;
         let key = match get {
             GetKey::FriendsAmong {
                 user,
                 list: ListRef::Inline(list),
+            }
+            | GetKey::CommonCounts {
+                user,
+                list: ListRef::Inline(list),
             } => {
                 let tag = self.shared.next_tag();
                 self.temp(&mut bytes, &tag, list);
                 frames = 2;
-                GetKey::FriendsAmong {
-                    user: *user,
-                    list: ListRef::Temp(tag),
+                let list = ListRef::Temp(tag);
+                match get {
+                    GetKey::FriendsAmong { .. } => GetKey::FriendsAmong { user: *user, list },
+                    _ => GetKey::CommonCounts { user: *user, list },
                 }
                 .to_bytes()
             }
             other => other.to_bytes(),
         };
         encode::get(&mut bytes, [&key]);
-        let replies = self.call(self.shard(owner), bytes, frames).await?;
+        let replies = self.call(shard, bytes, frames).await?;
         self.check_stored(&replies[..frames - 1])?;
         one_value(&replies[frames - 1])
     }
@@ -325,7 +337,7 @@ impl Gather<'_> {
 
     /// `viewer~owner:keys` with the viewer on another shard.
     async fn check(&self, get: &GetKey, viewer: u32, owner: u32) -> Result<Option<Vec<u8>>, Fail> {
-        let Some(answer) = self.on_owner(get, owner).await? else {
+        let Some(answer) = self.on_shard(get, self.shard(owner)).await? else {
             return Ok(None);
         };
         if !answer.iter().any(|c| *c == b'1' || *c == b'2') {

@@ -497,10 +497,13 @@ impl Steps<'_> {
             Ok(frames) => {
                 let mut outcome = Outcome::reply(frames[0].to_vec());
                 if stored(&frames[0]) {
-                    for (frame, id) in frames[1..]
+                    // A node remembers a send's recipient id first, then the sender's: the
+                    // same order evicts the same entry when the memory is full.
+                    let ids: Vec<(&Bytes, i64)> = frames[1..]
                         .iter()
                         .zip([Some(owner), second].into_iter().flatten())
-                    {
+                        .collect();
+                    for (frame, id) in ids.into_iter().rev() {
                         if let Some(lid) = lid_of(frame) {
                             outcome.effects.push(Effect::NewId {
                                 owner: id,
@@ -571,12 +574,13 @@ impl Steps<'_> {
             text: String::from_utf8_lossy(&text_value).into_owned(),
         };
         let mut outcome = Outcome::reply(koshka_proto::reply::STORED.to_vec());
-        outcome.effects.push(Effect::NewId {
+        outcome.effects.push(Effect::Invalidate(vec![from, to]));
+        // Remembered after the recipient's id, as a node does (see `create`).
+        let sender_id = Effect::NewId {
             owner: from,
             tag: client_tag.clone(),
             lid: from_lid,
-        });
-        outcome.effects.push(Effect::Invalidate(vec![from, to]));
+        };
         let id = match self.shared.twin.add(half.clone()) {
             Ok(id) => id,
             Err(e) => {
@@ -600,6 +604,7 @@ impl Steps<'_> {
             }
             Err(_) => bump(&cluster.stats.twin_queued),
         }
+        outcome.effects.push(sender_id);
         outcome
     }
 

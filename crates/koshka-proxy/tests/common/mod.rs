@@ -32,13 +32,19 @@ pub struct Shards {
 
 impl Shards {
     pub fn start(count: u32) -> Shards {
+        Shards::start_with(count, None)
+    }
+
+    /// `count` shards whose log time comes from `clock` (shared with a reference node, so
+    /// both give the same dates).
+    pub fn start_with(count: u32, clock: Option<&Arc<dyn koshka_engine::Clock>>) -> Shards {
         let dirs: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
         let nodes = dirs
             .iter()
             .enumerate()
             .map(|(i, dir)| {
                 let config = node_config(dir.path(), u32::try_from(i).unwrap(), count);
-                Some(koshka_node::start(config, &koshka_node::registry::builtin()).unwrap())
+                Some(start_node(config, clock))
             })
             .collect();
         Shards { nodes, dirs }
@@ -82,9 +88,28 @@ pub fn cluster(family: Family, addrs: Vec<String>) -> ClusterConfig {
     }
 }
 
+fn start_node(
+    config: NodeConfig,
+    clock: Option<&Arc<dyn koshka_engine::Clock>>,
+) -> koshka_node::Running {
+    let registry = koshka_node::registry::builtin();
+    match clock {
+        Some(clock) => koshka_node::start_with_clock(config, &registry, clock.clone()).unwrap(),
+        None => koshka_node::start(config, &registry).unwrap(),
+    }
+}
+
 /// One node holding every shard (the reference of the differential test).
 pub fn single_node(dir: &Path) -> koshka_node::Running {
-    koshka_node::start(node_config(dir, 0, 1), &koshka_node::registry::builtin()).unwrap()
+    single_node_with(dir, None)
+}
+
+/// [`single_node`] with log time from `clock`.
+pub fn single_node_with(
+    dir: &Path,
+    clock: Option<&Arc<dyn koshka_engine::Clock>>,
+) -> koshka_node::Running {
+    start_node(node_config(dir, 0, 1), clock)
 }
 
 /// A TCP relay in front of a server: can add a delay to every chunk it forwards, or be cut
