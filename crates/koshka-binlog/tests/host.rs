@@ -443,7 +443,10 @@ fn wait_snapshots(host: &Host, n: u64, limit: Duration) -> Duration {
         if written >= n {
             return started.elapsed();
         }
-        assert!(started.elapsed() < limit, "snapshot {n} not written in {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "snapshot {n} not written in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -466,7 +469,10 @@ fn background_snapshots_are_paced_and_shutdown_cuts_the_pace_short() {
     engine.add(1, 1, host.journal()).unwrap();
     host.request_snapshot();
     let paced = wait_snapshots(&host, 2, Duration::from_secs(60));
-    assert!(paced >= Duration::from_millis(900), "paced snapshot took {paced:?}");
+    assert!(
+        paced >= Duration::from_millis(900),
+        "paced snapshot took {paced:?}"
+    );
     assert!(full < paced, "unpaced {full:?}, paced {paced:?}");
     drop(host);
 
@@ -488,7 +494,10 @@ fn background_snapshots_are_paced_and_shutdown_cuts_the_pace_short() {
     let started = Instant::now();
     host.shutdown().unwrap();
     let shutdown = started.elapsed();
-    assert!(shutdown < Duration::from_secs(5), "shutdown took {shutdown:?}");
+    assert!(
+        shutdown < Duration::from_secs(5),
+        "shutdown took {shutdown:?}"
+    );
     drop(host);
     // The interrupted pace still wrote a whole snapshot, and the restart starts from it.
     let (engine, host) = open(&cfg);

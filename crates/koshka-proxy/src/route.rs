@@ -23,12 +23,12 @@ pub enum ReadPlan {
     },
     /// A friends key the proxy answers by asking several shards, or that names a temp list
     /// the proxy holds for this client connection.
-    Friends(GetKey),
+    Friends(GetKey<'static>),
     /// A friends key with an `N@` prefix that names a temp list: shard `N` answers alone (the
     /// prefix chose it), with the client's list sent along.
     Pinned {
         /// The key.
-        get: GetKey,
+        get: GetKey<'static>,
         /// The shard the prefix names.
         shard: u32,
     },
@@ -89,7 +89,8 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
             },
             Err(_) => plain(),
         },
-        Family::Friends => match GetKey::parse(key) {
+        // The plan outlives `key` (the scatter task owns it): detach the parsed key.
+        Family::Friends => match GetKey::parse(key).map(GetKey::into_owned) {
             Ok(get) => match prefix {
                 None => friends_read(cluster, get),
                 Some(_) => pin_read(cluster, key, get),
@@ -103,7 +104,7 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
 /// owner (what VK clients write) changes nothing: merges and temp lists work as without it.
 /// Another shard answers alone, as the prefix asks (a node there refuses owners it does not
 /// hold), with the client's temp list sent along.
-fn pin_read(cluster: &Cluster, key: &[u8], get: GetKey) -> ReadPlan {
+fn pin_read(cluster: &Cluster, key: &[u8], get: GetKey<'static>) -> ReadPlan {
     let pinned = cluster.shard_of_plain(key);
     let owner = Route::owners(&get).primary();
     if owner.is_some_and(|o| cluster.shard_of_owner(o) == pinned) {
@@ -116,7 +117,7 @@ fn pin_read(cluster: &Cluster, key: &[u8], get: GetKey) -> ReadPlan {
 }
 
 /// Whether `get` names a temp list (`…:-<tag>`), which lives in the proxy's session.
-fn names_temp(get: &GetKey) -> bool {
+fn names_temp(get: &GetKey<'_>) -> bool {
     matches!(
         get,
         GetKey::FriendsAmong {
@@ -129,7 +130,7 @@ fn names_temp(get: &GetKey) -> bool {
     )
 }
 
-fn friends_read(cluster: &Cluster, get: GetKey) -> ReadPlan {
+fn friends_read(cluster: &Cluster, get: GetKey<'static>) -> ReadPlan {
     if names_temp(&get) {
         return ReadPlan::Friends(get);
     }

@@ -38,7 +38,7 @@ pub fn friends(
     cluster: Arc<Cluster>,
     shared: Arc<Shared>,
     key: Vec<u8>,
-    get: GetKey,
+    get: GetKey<'static>,
     pinned: Option<u32>,
     session: &Session,
 ) -> PartFuture {
@@ -89,7 +89,7 @@ pub fn friends(
 }
 
 /// A temp list reference replaced by the list the client stored on this connection.
-fn resolve_temp(get: GetKey, session: &Session) -> Result<GetKey, Vec<u8>> {
+fn resolve_temp(get: GetKey<'static>, session: &Session) -> Result<GetKey<'static>, Vec<u8>> {
     let lookup = |tag: &str| {
         session.temp(tag).cloned().ok_or_else(|| {
             format!("CLIENT_ERROR no temp list {tag:?} on this connection\r\n").into_bytes()
@@ -175,7 +175,7 @@ impl Gather<'_> {
     }
 
     /// `get <key>` on `shard`, an id list (a resolved temp list) sent as a temp list.
-    async fn on_shard(&self, get: &GetKey, shard: u32) -> Result<Option<Vec<u8>>, Fail> {
+    async fn on_shard(&self, get: &GetKey<'_>, shard: u32) -> Result<Option<Vec<u8>>, Fail> {
         let mut bytes = Vec::new();
         let mut frames = 1;
         let key = match get {
@@ -336,7 +336,12 @@ impl Gather<'_> {
     }
 
     /// `viewer~owner:keys` with the viewer on another shard.
-    async fn check(&self, get: &GetKey, viewer: u32, owner: u32) -> Result<Option<Vec<u8>>, Fail> {
+    async fn check(
+        &self,
+        get: &GetKey<'_>,
+        viewer: u32,
+        owner: u32,
+    ) -> Result<Option<Vec<u8>>, Fail> {
         let Some(answer) = self.on_shard(get, self.shard(owner)).await? else {
             return Ok(None);
         };
