@@ -43,7 +43,7 @@ pub const UNTERMINATED_LINE_LEN_MAX: usize = 2048;
 pub const MULTIGET_KEYS_MAX: usize = 100_000;
 
 /// Default most simultaneous client connections per node. Past it a new connection receives
-/// `SERVER_ERROR too many connections` and is closed.
+/// memcached's `ERROR Too many open connections` and is closed.
 pub const CONNECTIONS_DEFAULT: usize = 4096;
 
 /// Ceiling for the configurable connection count.

@@ -161,7 +161,7 @@ pub const FDS_RESERVED_BASE: u64 = 32;
 /// Raises the soft `RLIMIT_NOFILE` as far as `max_connections` needs and the hard limit
 /// allows. Returns the connection limit the node can honour: `max_connections`, or fewer
 /// (with a warning) when the descriptors are not there, so clients past it get
-/// `SERVER_ERROR too many connections` instead of hanging in an accept queue.
+/// memcached's `ERROR Too many open connections` instead of hanging in an accept queue.
 fn fit_connections_to_file_limit(max_connections: usize, engines: usize) -> usize {
     let reserved = FDS_RESERVED_BASE + FDS_RESERVED_PER_ENGINE * engines as u64;
     let wanted = max_connections as u64 + reserved;
