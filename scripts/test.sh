@@ -10,7 +10,7 @@
 #    cargo test --workspace --release (release, so crash and compat tests run fast).
 # 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`,
 #    then `scripts/compat.sh --through-proxy`: the same suites through `koshka proxy` in front
-#    of three kv nodes.
+#    of three nodes.
 # 4. scripts/conformance.sh: memcached's own t/*.t files against `koshka serve`, when
 #    ../shared/conformance is present (skipped otherwise).
 # Ends with one line `N passed, N failed` (cargo tests + compat checks, direct and through the
