@@ -206,6 +206,9 @@ def check_wall_repost(ctx):
     # one node (docs/protocol/README.md, `set repost<owner>`: Single). With one shard this is
     # uid(62).
     r = shard_id(ctx, o, 62, same=True)
+    if ctx.args.shards > 1:
+        print(f"note check_wall_repost: {ctx.args.shards} shards, so the reposting wall {r} is "
+              f"chosen on the original's shard (a repost needs both walls on one node)")
     w.set(f"newpost{o}#p", f"0,{o}\nOriginal text".encode())
     assert w.set(f"repost{r}#c", f"{o},1,{r}".encode()) is True
     assert text(w, f"newpostid{r}#c") == "1"
