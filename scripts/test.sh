@@ -8,12 +8,14 @@
 #    python3-pip), then the Python clients pymemcache and redis.
 # 2. cargo fmt --check; cargo clippy --workspace --all-targets -- -D warnings;
 #    cargo test --workspace --release (release, so crash and compat tests run fast).
-# 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`.
+# 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`,
+#    then `scripts/compat.sh --through-proxy`: the same suites through `koshka proxy` in front
+#    of three nodes.
 # 4. scripts/conformance.sh: memcached's own t/*.t files against `koshka serve`, when
 #    ../shared/conformance is present (skipped otherwise).
-# Ends with one line `N passed, N failed` (cargo tests + compat checks + conformance files +
-# failed steps) and exits non-zero if anything failed. Uses the repository's own target/
-# directory.
+# Ends with one line `N passed, N failed` (cargo tests + compat checks, direct and through the
+# proxy + conformance files + failed steps) and exits non-zero if anything failed. Uses the
+# repository's own target/ directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 unset CARGO_TARGET_DIR
@@ -69,6 +71,8 @@ step test bash -c 'set -o pipefail; cargo test --workspace --release 2>&1 | tee 
 # `cargo test --release` built target/release/koshka for the integration tests; reuse it.
 step compat bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/compat.sh 2>&1 |
     tee "$1"' _ "$logdir/compat.log"
+step compat-proxy bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/compat.sh \
+    --through-proxy 2>&1 | tee "$1"' _ "$logdir/compat-proxy.log"
 step conformance bash -c 'set -o pipefail; KOSHKA_BIN=target/release/koshka scripts/conformance.sh 2>&1 |
     tee "$1"' _ "$logdir/conformance.log"
 
@@ -77,37 +81,36 @@ read -r cargo_passed cargo_failed < <(awk '
     /^test result:/ { for (i = 1; i <= NF; i++) {
         if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } }
     END { print p + 0, f + 0 }' "$logdir/cargo-test.log" 2>/dev/null || echo "0 0")
-compat_line=$(grep -Eo '^compat: [0-9]+ passed, [0-9]+ failed' "$logdir/compat.log" 2>/dev/null |
-    tail -1 || true)
-compat_passed=0
-compat_failed=0
-if [[ -n $compat_line ]]; then
-    compat_passed=$(sed -E 's/^compat: ([0-9]+) passed.*/\1/' <<<"$compat_line")
-    compat_failed=$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$compat_line")
-fi
+# counts PREFIX LOG: prints "PASSED FAILED" from the last `PREFIX: N passed, M failed` line of
+# LOG ("0 0" when there is none).
+counts() {
+    local line
+    line=$(grep -Eo "^$1: [0-9]+ passed, [0-9]+ failed" "$2" 2>/dev/null | tail -1 || true)
+    if [[ -n $line ]]; then
+        sed -E 's/^[^:]*: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/' <<<"$line"
+    else
+        echo "0 0"
+    fi
+}
+read -r compat_passed compat_failed < <(counts compat "$logdir/compat.log")
+read -r proxy_passed proxy_failed < <(counts compat-proxy "$logdir/compat-proxy.log")
+read -r conformance_passed conformance_failed < <(counts conformance "$logdir/conformance.log")
 
-conformance_line=$(grep -Eo '^conformance: [0-9]+ passed, [0-9]+ failed' \
-    "$logdir/conformance.log" 2>/dev/null | tail -1 || true)
-conformance_passed=0
-conformance_failed=0
-if [[ -n $conformance_line ]]; then
-    conformance_passed=$(sed -E 's/^conformance: ([0-9]+) passed.*/\1/' <<<"$conformance_line")
-    conformance_failed=$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$conformance_line")
-fi
-
-passed=$((cargo_passed + compat_passed + conformance_passed))
-failed=$((cargo_failed + compat_failed + conformance_failed))
+passed=$((cargo_passed + compat_passed + proxy_passed + conformance_passed))
+failed=$((cargo_failed + compat_failed + proxy_failed + conformance_failed))
 # A failed step with no failed test counted (fmt, clippy, a build error) still counts once.
 for name in "${failed_steps[@]}"; do
     case $name in
         test) ((cargo_failed > 0)) || failed=$((failed + 1)) ;;
         compat) ((compat_failed > 0)) || failed=$((failed + 1)) ;;
+        compat-proxy) ((proxy_failed > 0)) || failed=$((failed + 1)) ;;
         conformance) ((conformance_failed > 0)) || failed=$((failed + 1)) ;;
         *) failed=$((failed + 1)) ;;
     esac
 done
 echo "== summary: cargo tests $cargo_passed passed, $cargo_failed failed;" \
     "compat $compat_passed passed, $compat_failed failed;" \
+    "compat through the proxy $proxy_passed passed, $proxy_failed failed;" \
     "conformance $conformance_passed passed, $conformance_failed failed;" \
     "failed steps: ${failed_steps[*]:-none}"
 echo "$passed passed, $failed failed"

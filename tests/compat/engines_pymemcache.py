@@ -3,10 +3,12 @@
 
 Usage:
   python3 tests/compat/engines_pymemcache.py --port-messages P --port-friends P --port-wall P
-                                             [--host 127.0.0.1]
+                                             [--host 127.0.0.1] [--shards N]
 
 The ports are those `koshka serve` prints (`koshka: <engine> listening on <addr>`); the node
-must run with one shard. Every check uses fresh user ids (derived from the time and pid), so the
+must run with one shard. With `--shards N` the ports are a `koshka proxy` over N shards
+(owner id `u` on shard `u mod N`): ids that the protocol requires on one node are then chosen
+on one shard. Every check uses fresh user ids (derived from the time and pid), so the
 suite can run again against the same node. It prints one line per check, then
 `engines-pymemcache: N passed, M failed`, and exits non-zero if any check failed.
 """
@@ -189,9 +191,24 @@ def check_wall_posts_and_statuses(ctx):
     expect_client_error(lambda: w.get(f"topmsglist{o}"), "not supported by the wall")
 
 
+def shard_id(ctx, owner, first, same):
+    """The first id from uid(first) on (`same`) or off owner's shard."""
+    n = first
+    while (uid(n) % ctx.args.shards == owner % ctx.args.shards) != same:
+        n += 1
+    return uid(n)
+
+
 def check_wall_repost(ctx):
     w = ctx.wall
-    o, r = uid(61), uid(62)
+    o = uid(61)
+    # A repost copies the original from the reposting wall's node: both walls must live on
+    # one node (docs/protocol/README.md, `set repost<owner>`: Single). With one shard this is
+    # uid(62).
+    r = shard_id(ctx, o, 62, same=True)
+    if ctx.args.shards > 1:
+        print(f"note check_wall_repost: {ctx.args.shards} shards, so the reposting wall {r} is "
+              f"chosen on the original's shard (a repost needs both walls on one node)")
     w.set(f"newpost{o}#p", f"0,{o}\nOriginal text".encode())
     assert w.set(f"repost{r}#c", f"{o},1,{r}".encode()) is True
     assert text(w, f"newpostid{r}#c") == "1"
@@ -199,6 +216,13 @@ def check_wall_repost(ctx):
     assert copy["origin"] == {"owner": o, "id": 1}, copy
     assert copy["text"] == "Original text"
     assert json.loads(text(w, f"post{o}_1"))["flags"] & 256 == 256
+    if ctx.args.shards > 1:
+        # Across shards the node refuses it in its own words, and nothing is written.
+        other = shard_id(ctx, o, 62, same=False)
+        expect_client_error(lambda: w.set(f"repost{other}#x", f"{o},1,{other}".encode()),
+                            "wrong shard")
+        assert text(w, f"newpostid{other}#x") is None
+        assert text(w, f"post{other}_1") is None
 
 
 # --- friends ----------------------------------------------------------------------------
@@ -286,6 +310,8 @@ def main():
     parser.add_argument("--port-messages", type=int, required=True)
     parser.add_argument("--port-friends", type=int, required=True)
     parser.add_argument("--port-wall", type=int, required=True)
+    parser.add_argument("--shards", type=int, default=1,
+                        help="shards behind the ports (a koshka proxy); 1 = one node")
     args = parser.parse_args()
     passed = failed = 0
     for check in CHECKS:

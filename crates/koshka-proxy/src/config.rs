@@ -51,6 +51,10 @@ pub const CONNECTIONS_PER_BACKEND_MAX: usize = 64;
 pub const CLIENT_CONNECTIONS_DEFAULT: usize = 4096;
 /// Most shards one cluster may have (the fan-out of one scatter/gather).
 pub const SHARDS_MAX: usize = 4096;
+/// Default for how long a client may leave its replies unread (the proxy's write to it makes
+/// no progress) before its connection is closed, in milliseconds: a node's own
+/// `write_stall_timeout_ms`. Until then the connection holds at most one batch of replies.
+pub const WRITE_STALL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Default time to live of a cached value.
 pub const CACHE_TTL_SECONDS_DEFAULT: u32 = 60;
 /// Default deadline of a cache-pool request; a late cache answer counts as a miss.
@@ -121,6 +125,8 @@ pub struct ProxySection {
     pub max_connections: usize,
     /// Largest value a client may store, in bytes (the nodes' own limit applies too).
     pub value_size_max: usize,
+    /// A client whose replies stay unread this long is disconnected, in milliseconds.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for ProxySection {
@@ -137,6 +143,7 @@ impl Default for ProxySection {
             stuck_ms: STUCK_MS_DEFAULT,
             max_connections: CLIENT_CONNECTIONS_DEFAULT,
             value_size_max: koshka_limits::VALUE_SIZE_DEFAULT,
+            write_stall_timeout_ms: WRITE_STALL_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -386,6 +393,7 @@ impl Config {
             ("ping_interval_ms", p.ping_interval_ms),
             ("reconnect_min_ms", p.reconnect_min_ms),
             ("stuck_ms", p.stuck_ms),
+            ("write_stall_timeout_ms", p.write_stall_timeout_ms),
         ] {
             if value == 0 || value > 600_000 {
                 return bad(format!("proxy.{name} must be 1..=600000"));

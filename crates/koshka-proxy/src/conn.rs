@@ -7,6 +7,14 @@
 //! steps, any write in a cluster with a cache tier) is a *barrier*: the batch stops there and
 //! the rest is planned after its reply. All requests of one client connection to one backend
 //! travel on the same backend connection (affinity), so a client reads its own writes.
+//!
+//! # Memory of a client that does not read
+//! Replies are written to the client whenever [`FLUSH_BYTES`] have gathered, and no input is
+//! read while a write is pending, so a connection holds at most one batch: the replies of
+//! [`BATCH_COMMANDS_MAX`] commands (each frame at most
+//! `koshka_proto::response::REPLY_FRAME_SIZE_MAX`) plus [`FLUSH_BYTES`]. A client that
+//! leaves its replies unread for `write_stall_timeout_ms` is disconnected and that memory is
+//! released (`proxy_output_stalls`), as a node drops such a client.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -18,7 +26,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use koshka_keys::Verb;
 use koshka_proto::encode::{self, Retrieval};
 use koshka_proto::{
-    parse, parse_reply, Command, Keys, Parsed, ParsedReply, Reply as Parsed2, StoreMode,
+    parse, parse_reply, BadRequest, Command, Keys, Parsed, ParsedReply, Reply as Parsed2, StoreMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::backend::{CallError, Member, Reply};
 use crate::cluster::Cluster;
+use crate::config::Family;
 use crate::route::{self, ReadPlan, WritePlan};
 use crate::stats::{add, bump};
 use crate::{admin, Shared};
@@ -227,26 +236,62 @@ pub async fn serve(
         let (slots, close, more, swallow_more) = conn.plan_batch(&mut input);
         swallow += swallow_more;
         pending_parse = more;
+        let mut writer = Writer {
+            stream: &mut stream,
+            stall: std::time::Duration::from_millis(cluster.settings.write_stall_timeout_ms),
+            cluster: &cluster,
+        };
         for slot in slots {
-            if resolve(slot, &cluster, &mut session, &mut out, &mut stream)
+            if resolve(slot, &cluster, &mut session, &mut out, &mut writer)
                 .await
                 .is_err()
             {
                 return;
             }
-        }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if out.len() >= FLUSH_BYTES && writer.write(&mut out).await.is_err() {
                 return;
             }
-            out.clear();
-            if out.capacity() > 4 * FLUSH_BYTES {
-                out.shrink_to(READ_CHUNK_SIZE);
-            }
+        }
+        if writer.write(&mut out).await.is_err() {
+            return;
+        }
+        if out.capacity() > 4 * FLUSH_BYTES {
+            out.shrink_to(READ_CHUNK_SIZE);
         }
         if close {
             return;
         }
+    }
+}
+
+/// The client side of a connection: writes that give up when the client stops reading.
+struct Writer<'a> {
+    stream: &'a mut TcpStream,
+    stall: std::time::Duration,
+    cluster: &'a Cluster,
+}
+
+impl Writer<'_> {
+    /// Writes and clears `out`. An error when the client is gone, or when it took nothing for
+    /// the stall timeout (counted): the connection must close.
+    async fn write(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < out.len() {
+            match tokio::time::timeout(self.stall, self.stream.write(&out[written..])).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    bump(&self.cluster.stats.output_stalls);
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            }
+        }
+        out.clear();
+        Ok(())
     }
 }
 
@@ -275,6 +320,11 @@ impl Conn<'_> {
                     swallow,
                     noreply,
                 } => {
+                    if error == BadRequest::TooLarge {
+                        if let Some(slot) = self.delete_stale(&input[..consumed]) {
+                            slots.push(slot);
+                        }
+                    }
                     if !noreply {
                         let line = error.reply().into_owned();
                         if !line.is_empty() {
@@ -394,6 +444,26 @@ impl Conn<'_> {
                 (self.meta(key, raw, drop), cached)
             }
         }
+    }
+
+    /// A `set` whose value is over the limit removes the old value, as on a node (and in
+    /// memcached), so a refused write never leaves a stale value readable: the proxy sends
+    /// the shard a `delete` whose reply it drops. Plain kv only (a compiled key names an
+    /// update, not a value); `None` for any other line.
+    fn delete_stale(&mut self, line: &[u8]) -> Option<Slot> {
+        if self.cluster.family() != Family::Kv {
+            return None;
+        }
+        let key = koshka_proto::request::set_key(line.trim_ascii_end())?.to_vec();
+        bump(&self.cluster.stats.stale_deletes);
+        let command = Command::Delete {
+            key: &key,
+            noreply: true,
+        };
+        let plan = WritePlan::Shard(self.plain_or_owner(&key));
+        let cached = !self.cluster.config.cache.is_empty();
+        let (slot, _barrier) = self.write(plan, &command, b"", true, cached);
+        Some(slot)
     }
 
     fn plain_or_owner(&self, key: &[u8]) -> u32 {
@@ -864,7 +934,7 @@ async fn resolve(
     cluster: &Cluster,
     session: &mut Session,
     out: &mut Vec<u8>,
-    stream: &mut TcpStream,
+    writer: &mut Writer<'_>,
 ) -> std::io::Result<()> {
     let stats = &cluster.stats;
     match slot {
@@ -911,8 +981,7 @@ async fn resolve(
                     Part::Missed => {}
                 }
                 if out.len() >= FLUSH_BYTES {
-                    stream.write_all(out).await?;
-                    out.clear();
+                    writer.write(out).await?;
                 }
             }
             if done < total {

@@ -50,6 +50,8 @@ counters! {
     cache_invalidations: "owners whose cached keys a write invalidated",
     connections_accepted: "client connections accepted",
     connections_refused: "client connections refused at max_connections",
+    output_stalls: "clients closed after leaving replies unread for write_stall_timeout_ms",
+    stale_deletes: "old values deleted after a too-large set was refused, as a node does",
 }
 
 /// Adds one to a counter.

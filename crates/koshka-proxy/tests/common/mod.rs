@@ -35,6 +35,21 @@ impl Shards {
         Shards::start_with(count, None)
     }
 
+    /// `count` shards, each node's configuration adjusted by `edit` (limits, …).
+    pub fn start_configured(count: u32, edit: impl Fn(&mut NodeConfig)) -> Shards {
+        let dirs: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let mut config = node_config(dir.path(), u32::try_from(i).unwrap(), count);
+                edit(&mut config);
+                Some(start_node(config, None))
+            })
+            .collect();
+        Shards { nodes, dirs }
+    }
+
     /// `count` shards whose log time comes from `clock` (shared with a reference node, so
     /// both give the same dates).
     pub fn start_with(count: u32, clock: Option<&Arc<dyn koshka_engine::Clock>>) -> Shards {
