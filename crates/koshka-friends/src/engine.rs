@@ -286,12 +286,18 @@ impl FriendsEngine {
         }
     }
 
-    /// `total,(id,mask,date)…` newest first, from `(id, mask, date)` items in any order.
-    fn get_recent(out: &mut Vec<u8>, items: impl Iterator<Item = (u32, u32, u32)>, slice: Slice) {
+    /// `total,(id,mask,date)…` newest first, from the `(id, mask, date)` items `collect` adds
+    /// in any order. `collect` runs under the partition lock it takes; the sort (the whole
+    /// list, up to thousands of entries for a popular user) runs after the lock is released,
+    /// so other workers reading or writing that partition do not wait for it.
+    fn get_recent(
+        out: &mut Vec<u8>,
+        collect: impl FnOnce(&mut Vec<(u32, u32, u32)>),
+        slice: Slice,
+    ) {
         scratch::with(|scratch| {
-            let list = &mut scratch.dated;
-            list.extend(items);
-            let items = list;
+            let items = &mut scratch.dated;
+            collect(items);
             // Newest first; equal dates put the larger id first so the order is total.
             items.sort_unstable_by_key(|&(id, _, date)| std::cmp::Reverse((date, id)));
             push_u32(out, u32::try_from(items.len()).unwrap_or(u32::MAX));
@@ -403,18 +409,24 @@ impl FriendsEngine {
             }
             GetKey::RecentFriends { user, slice } => {
                 self.check_owner(user)?;
-                let locked = self.lock(&[user]);
-                let user = self.user(&locked, user);
-                let friends = user.into_iter().flat_map(|u| u.friends.iter());
-                Self::get_recent(out, friends.map(|f| (f.id, f.mask, f.date)), slice);
+                let collect = |items: &mut Vec<(u32, u32, u32)>| {
+                    let locked = self.lock(&[user]);
+                    if let Some(u) = self.user(&locked, user) {
+                        items.extend(u.friends.iter().map(|f| (f.id, f.mask, f.date)));
+                    }
+                };
+                Self::get_recent(out, collect, slice);
                 true
             }
             GetKey::Requests { user, slice } => {
                 self.check_owner(user)?;
-                let locked = self.lock(&[user]);
-                let user = self.user(&locked, user);
-                let requests = user.into_iter().flat_map(|u| u.requests().iter());
-                Self::get_recent(out, requests.map(|r| (r.from, r.mask, r.date)), slice);
+                let collect = |items: &mut Vec<(u32, u32, u32)>| {
+                    let locked = self.lock(&[user]);
+                    if let Some(u) = self.user(&locked, user) {
+                        items.extend(u.requests().iter().map(|r| (r.from, r.mask, r.date)));
+                    }
+                };
+                Self::get_recent(out, collect, slice);
                 true
             }
             GetKey::Friend { user, friend } => {
