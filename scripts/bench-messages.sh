@@ -94,8 +94,11 @@ start_server() {
     else
         local bin=$KOSHKA_BIN
         [[ $system == koshka-baseline ]] && bin=${KOSHKA_BASELINE_BIN:?KOSHKA_BASELINE_BIN is not set}
+        local listen=(--listen "127.0.0.1:0" --port "messages=$port")
+        # Binaries older than `--port` put the one engine they host on the --listen port.
+        "$bin" serve --help 2>&1 | grep -q -- '--port' || listen=(--listen "127.0.0.1:$port")
         # shellcheck disable=SC2086
-        "$bin" serve --listen "127.0.0.1:0" --port "messages=$port" --data-dir "$dir" \
+        "$bin" serve "${listen[@]}" --data-dir "$dir" \
             --threads 2 --durability everysec --engines messages $KOSHKA_ARGS >"$dir.log" 2>&1 &
     fi
     pid=$!

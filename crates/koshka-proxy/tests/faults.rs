@@ -141,6 +141,10 @@ async fn a_cut_shard_gives_partial_answers_in_time_and_recovers() {
     }
 }
 
+/// Multi-get rounds the slow-shard test may use to see three whole answers from the fast
+/// shards (a loaded machine can make a fast shard miss the deadline once in a while).
+const SLOW_SHARD_ROUNDS_MAX: usize = 10;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_shard_does_not_slow_the_others() {
     let (_shards, relays, proxy) = relayed(300).await;
@@ -156,8 +160,12 @@ async fn a_slow_shard_does_not_slow_the_others() {
         }
     }
     relays[5].set_delay(1000);
-    // Multi-gets end at the deadline with the slow shard's part missing.
-    for _ in 0..3 {
+    // Multi-gets end at the deadline with the slow shard's part missing: never waiting for the
+    // slow shard, never answering for it. On a loaded machine a fast shard may itself miss a
+    // 300 ms deadline now and then, so every round is checked for what must always hold and
+    // the rounds must include whole answers from the seven fast shards.
+    let mut whole_rounds = 0;
+    for _ in 0..SLOW_SHARD_ROUNDS_MAX {
         let start = Instant::now();
         let items = client.get_multi(&keys).await.unwrap();
         let took = start.elapsed();
@@ -165,9 +173,26 @@ async fn a_slow_shard_does_not_slow_the_others() {
             took >= Duration::from_millis(250) && took < Duration::from_millis(900),
             "{took:?}"
         );
-        assert_eq!(items.len(), fast.len());
-        assert_eq!(last_complete(&mut client).await, 7);
+        let complete = last_complete(&mut client).await;
+        assert!(complete <= 7, "the slow shard answered within the deadline");
+        assert!(
+            items
+                .iter()
+                .all(|item| fast.iter().any(|k| k.as_bytes() == item.key.as_slice())),
+            "a slow shard's key was answered"
+        );
+        if complete == 7 {
+            assert_eq!(items.len(), fast.len());
+            whole_rounds += 1;
+            if whole_rounds == 3 {
+                break;
+            }
+        }
     }
+    assert_eq!(
+        whole_rounds, 3,
+        "fewer than 3 of {SLOW_SHARD_ROUNDS_MAX} rounds were whole"
+    );
     // Single keys of the other shards, from another connection, stay fast meanwhile.
     let mut other = Client::connect(proxy.addr("kv").unwrap()).await.unwrap();
     let mut slowest = Duration::ZERO;
