@@ -201,7 +201,9 @@ async fn a_slow_shard_does_not_slow_the_others() {
         assert!(other.get(key).await.unwrap().is_some());
         slowest = slowest.max(start.elapsed());
     }
-    assert!(slowest < Duration::from_millis(150), "{slowest:?}");
+    // Half the slow shard's delay: a get that waited for it would take at least 1 s; the
+    // margin is for a loaded machine, not for the proxy.
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
     relays[5].set_delay(0);
 }
 
