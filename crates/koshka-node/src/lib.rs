@@ -281,7 +281,7 @@ fn open_engine(
     let persistence: Arc<dyn Persistence> = match (durability, clock) {
         (koshka_binlog::Durability::None, None) => Arc::new(NoPersistence::default()),
         (koshka_binlog::Durability::None, Some(clock)) => {
-            Arc::new(persist::Memory::with_clock(clock.clone()))
+            Arc::new(NoPersistence::with_clock(clock.clone()))
         }
         _ => persist::open(spec.name, &built.engine, config, durability, clock)?,
     };

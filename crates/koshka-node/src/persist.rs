@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use koshka_binlog::Host;
-use koshka_engine::{Clock, Journal, MemoryJournal, Stat};
+use koshka_engine::{Clock, Journal, Stat};
 use koshka_server::Persistence;
 
 /// A persistence host as the server sees it.
@@ -44,50 +44,6 @@ impl Persistence for HostPersistence {
 
     fn shutdown(&self) -> Result<(), String> {
         self.0.shutdown().map_err(|e| e.to_string())
-    }
-}
-
-/// Durability `none` with an injected clock (`koshka_server::NoPersistence` uses the system
-/// clock): keeps nothing, takes log time from the clock.
-#[derive(Debug)]
-pub(crate) struct Memory {
-    journal: MemoryJournal,
-}
-
-impl Memory {
-    pub(crate) fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            journal: MemoryJournal::with_clock(clock),
-        }
-    }
-}
-
-impl Persistence for Memory {
-    fn journal(&self) -> &dyn Journal {
-        &self.journal
-    }
-
-    fn acked_pos(&self) -> u64 {
-        u64::MAX
-    }
-
-    fn wait_acked(
-        &self,
-        _pos: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn request_snapshot(&self) -> String {
-        "durability none: nothing to snapshot".into()
-    }
-
-    fn stats(&self) -> Vec<Stat> {
-        vec![("durability".into(), "none".into())]
-    }
-
-    fn shutdown(&self) -> Result<(), String> {
-        Ok(())
     }
 }
 

@@ -80,6 +80,17 @@ pub struct NoPersistence {
     journal: MemoryJournal,
 }
 
+impl NoPersistence {
+    /// Durability `none` with log time from `clock` instead of the system clock (tests that
+    /// compare several nodes share one [`koshka_engine::ManualClock`]).
+    #[must_use]
+    pub fn with_clock(clock: Arc<dyn koshka_engine::Clock>) -> Self {
+        Self {
+            journal: MemoryJournal::with_clock(clock),
+        }
+    }
+}
+
 impl Persistence for NoPersistence {
     fn journal(&self) -> &dyn Journal {
         &self.journal
