@@ -2,7 +2,7 @@
 //! into the local directory ([`crate::repl::Receiver`]) and applies each new record through
 //! the engine's replay path on one thread, until promoted to a [`Binlog`] of its own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -16,8 +16,9 @@ use crate::end::LogEnd;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{is_reserved, SEGMENT_HEADER_SIZE};
 use crate::fsutil::list;
-use crate::reader::{ReadMode, ReadOptions, Reader};
-use crate::repl::{FollowerState, Receiver, ReplicaEnd, RECONNECT_MAX, RECONNECT_MIN};
+use crate::repl::{
+    FollowerState, Receiver, ReplicaEnd, ShipSink, Shipped, RECONNECT_MAX, RECONNECT_MIN,
+};
 use crate::writer::{Binlog, BinlogConfig};
 
 /// Where the applied log ends (what a promotion continues from).
@@ -87,20 +88,13 @@ impl ReplicaLog {
             primary,
             state,
         )?;
-        let opts = ReadOptions {
-            mode: ReadMode::Tail,
-            shard: Some(writer_cfg.shard),
-            ..Default::default()
-        };
-        let reader = Reader::open_at(&writer_cfg.dir, &writer_cfg.engine, end.pos, opts)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut follower = Follower {
             engine,
             dir: writer_cfg.dir.clone(),
             engine_name: writer_cfg.engine.clone(),
             progress: Arc::clone(&progress),
-            reader: Some(reader),
-            opts,
+            applied: 0,
         };
         let stop_in = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -267,15 +261,15 @@ struct Follower {
     dir: PathBuf,
     engine_name: String,
     progress: Arc<Progress>,
-    reader: Option<Reader>,
-    opts: ReadOptions,
+    /// Records applied in the current burst (added to the counter per burst).
+    applied: u64,
 }
 
 impl Follower {
     fn run(&mut self, mut receiver: Receiver, stop: &AtomicBool) {
         let mut pause = RECONNECT_MIN;
         while !stop.load(Ordering::Acquire) {
-            let end = match self.end() {
+            let (end, time) = match self.end() {
                 Ok(end) => end,
                 Err(e) => {
                     self.fail(&e.to_string());
@@ -283,7 +277,7 @@ impl Follower {
                 }
             };
             let connected_before = self.progress.state.connections.load(Ordering::Relaxed);
-            let result = receiver.run_once(&end, stop, &mut || self.apply_available());
+            let result = receiver.run_once(&end, time, stop, self);
             if let Err(e) = result {
                 if self.progress.failed.lock().is_some() {
                     return;
@@ -308,7 +302,6 @@ impl Follower {
             pause = (pause * 2).min(RECONNECT_MAX);
         }
         let _ = receiver.sync();
-        let _ = self.apply_available();
     }
 
     fn fail(&self, reason: &str) {
@@ -317,69 +310,53 @@ impl Follower {
         *self.progress.state.last_error.lock() = reason.to_string();
     }
 
-    fn end(&self) -> Result<ReplicaEnd> {
+    fn end(&self) -> Result<(ReplicaEnd, u32)> {
         let applied = *self.progress.applied.lock();
-        let last = list(&self.dir, Some(&self.engine_name), "bin")?.pop();
-        Ok(ReplicaEnd {
-            last_segment: last.map(|s| (s.pos, s.len)),
-            pos: applied.pos,
-            chain: applied.chain,
-        })
+        let end =
+            crate::repl::replica_end(&self.dir, &self.engine_name, applied.pos, applied.chain)?;
+        Ok((end, applied.time))
     }
 
-    /// Applies every whole record received so far (loading a bootstrap snapshot first).
-    fn apply_available(&mut self) -> Result<()> {
-        let snapshot = self.progress.state.snapshot.lock().take();
-        if let Some(path) = snapshot {
-            self.load_snapshot(&path)?;
-        }
-        if self.reader.is_none() {
-            let pos = self.progress.applied.lock().pos;
-            match Reader::open_at(&self.dir, &self.engine_name, pos, self.opts) {
-                Ok(r) => self.reader = Some(r),
-                Err(Error::Position { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        let reader = self.reader.as_mut().expect("opened above");
-        let mut applied = 0u64;
-        loop {
-            let (pos, time) = {
-                let Some(rec) = reader.next_record()? else {
-                    break;
-                };
-                if !is_reserved(rec.record_type) {
-                    let ctx = ApplyCtx {
-                        pos: rec.pos,
-                        time: rec.time,
-                    };
-                    if let Err(e) = self.engine.apply(rec.record_type, rec.payload, ctx) {
-                        let reason = format!(
-                            "record of type {:#06x} at log position {} does not apply: {e}",
-                            rec.record_type, rec.start
-                        );
-                        self.fail(&reason);
-                        return Err(Error::Replication(reason));
-                    }
-                    applied += 1;
-                }
-                (rec.pos, rec.time)
-            };
-            let chain = reader.chain();
-            *self.progress.applied.lock() = Applied { pos, chain, time };
-            self.progress.applied_pos.store(pos, Ordering::Release);
-        }
-        self.progress.records.fetch_add(applied, Ordering::Relaxed);
+    fn caught_up_check(&self) {
         let primary = self.progress.state.primary_pos.load(Ordering::Acquire);
         if self.progress.applied_pos.load(Ordering::Acquire) >= primary {
             *self.progress.caught_up_at.lock() = Instant::now();
         }
+    }
+}
+
+impl ShipSink for Follower {
+    fn record(&mut self, rec: &Shipped<'_>) -> Result<()> {
+        if !is_reserved(rec.record_type) {
+            let ctx = ApplyCtx {
+                pos: rec.pos,
+                time: rec.time,
+            };
+            if let Err(e) = self.engine.apply(rec.record_type, rec.payload, ctx) {
+                let reason = format!(
+                    "record of type {:#06x} ending at log position {} does not apply: {e}",
+                    rec.record_type, rec.pos
+                );
+                self.fail(&reason);
+                return Err(Error::Replication(reason));
+            }
+            self.applied += 1;
+            if self.applied >= 1024 {
+                self.progress
+                    .records
+                    .fetch_add(std::mem::take(&mut self.applied), Ordering::Relaxed);
+            }
+        }
+        *self.progress.applied.lock() = Applied {
+            pos: rec.pos,
+            chain: rec.chain,
+            time: rec.time,
+        };
+        self.progress.applied_pos.store(rec.pos, Ordering::Release);
         Ok(())
     }
 
-    /// Loads a snapshot the primary sent to this empty replica; records apply from its
-    /// position on.
-    fn load_snapshot(&mut self, path: &std::path::Path) -> Result<()> {
+    fn snapshot(&mut self, path: &Path) -> Result<()> {
         let info = crate::snapshot::validate(path)?;
         crate::host::load_snapshot(self.engine.as_ref(), &info)?;
         *self.progress.applied.lock() = Applied {
@@ -390,7 +367,13 @@ impl Follower {
         self.progress
             .applied_pos
             .store(info.header.pos, Ordering::Release);
-        self.reader = None;
         Ok(())
+    }
+
+    fn burst_done(&mut self) {
+        self.progress
+            .records
+            .fetch_add(std::mem::take(&mut self.applied), Ordering::Relaxed);
+        self.caught_up_check();
     }
 }

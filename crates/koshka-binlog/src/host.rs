@@ -147,7 +147,7 @@ impl PersistConfig {
 enum JournalImpl {
     Log(Binlog),
     Memory(MemoryLog),
-    Replica(ReplicaLog),
+    Replica(Box<ReplicaLog>),
 }
 
 /// The journal of durability `none`: keeps nothing; positions count bytes as a log would,
@@ -293,12 +293,12 @@ impl Host {
             clock: Arc::clone(&config.clock),
         };
         let journal = match &config.replica_of {
-            Some(primary) => JournalImpl::Replica(ReplicaLog::start(
+            Some(primary) => JournalImpl::Replica(Box::new(ReplicaLog::start(
                 Arc::clone(&engine),
                 writer_cfg,
                 primary,
                 &end,
-            )?),
+            )?)),
             None => JournalImpl::Log(Binlog::open_at(writer_cfg, end)?),
         };
         let loaded = snapshot.map(|s| s.header.pos);
@@ -361,7 +361,7 @@ impl Host {
         match &self.inner.journal {
             JournalImpl::Log(b) => b,
             JournalImpl::Memory(m) => m,
-            JournalImpl::Replica(r) => r,
+            JournalImpl::Replica(r) => r.as_ref(),
         }
     }
 

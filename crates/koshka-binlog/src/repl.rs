@@ -398,7 +398,16 @@ fn plan_start(src: &Source<'_>, hello: &Hello) -> std::result::Result<Start, (bo
     }
     // The replica's file may end in a torn record (it cut it at its start, or holds it):
     // ship from the end of its last whole record.
-    let off = SEGMENT_HEADER_SIZE as u64 + (hello.end.pos - seg.pos);
+    let Some(into) = hello.end.pos.checked_sub(seg.pos) else {
+        return Err((
+            false,
+            format!(
+                "the replica's position {} is before its last segment {seg_start}",
+                hello.end.pos
+            ),
+        ));
+    };
+    let off = SEGMENT_HEADER_SIZE as u64 + into;
     Ok(Start::Segment { seg: seg.pos, off })
 }
 
@@ -504,7 +513,9 @@ fn ship(
                 Err(e) => return Err(e).ctx(&path),
             }
         }
-        let (_, f) = file.as_ref().expect("opened above");
+        let Some((_, f)) = file.as_ref() else {
+            continue;
+        };
         let file_len = f.metadata().ctx(&path)?.len();
         if off == 0 {
             if file_len < SEGMENT_HEADER_SIZE as u64 {
@@ -517,14 +528,17 @@ fn ship(
             off = SEGMENT_HEADER_SIZE as u64;
             continue;
         }
-        // Bytes of the file that hold whole writes: up to the written position, and all of
-        // it once a later segment exists (the writer finished it before creating that one).
+        // Bytes of the file that hold whole writes: up to the written position. Once the next
+        // segment exists, this one ends where that one starts (its name says where); the
+        // writer may create the next segment before it wrote the end of this one, so the
+        // bytes up to there are waited for, not assumed.
         let mut valid = file_len.min(SEGMENT_HEADER_SIZE as u64 + written.saturating_sub(seg));
         let mut next = None;
         if off >= valid {
             next = next_segment(src, seg)?;
-            if next.is_some() {
-                valid = f.metadata().ctx(&path)?.len();
+            if let Some(n) = next {
+                let file_len = f.metadata().ctx(&path)?.len();
+                valid = file_len.min(SEGMENT_HEADER_SIZE as u64 + (n - seg));
             }
         }
         if off < valid {
@@ -537,9 +551,15 @@ fn ship(
             heartbeat(out, written, &mut last_sent)?;
             continue;
         }
-        if let Some(next) = next {
-            seg = next;
-            off = 0;
+        if let Some(n) = next {
+            if off == SEGMENT_HEADER_SIZE as u64 + (n - seg) {
+                seg = n;
+                off = 0;
+            } else {
+                // The end of this segment is not written yet.
+                out.flush().map_err(ctx)?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
             continue;
         }
         out.flush().map_err(ctx)?;
@@ -589,6 +609,118 @@ fn send_snapshot(out: &mut BufWriter<TcpStream>, snap: &NamedFile) -> Result<()>
 // Replica side
 // ----------------------------------------------------------------------------------------
 
+/// A record parsed from the shipped stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Shipped<'a> {
+    /// Position just past the record.
+    pub pos: u64,
+    /// Chain value at `pos`.
+    pub chain: u32,
+    /// Time in force for the record.
+    pub time: u32,
+    /// Record type (reserved types included: the sink skips them).
+    pub record_type: u16,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+/// Where received records go: the replica's engine.
+pub trait ShipSink {
+    /// Applies one record (called in log order, each record once).
+    ///
+    /// # Errors
+    /// A record that does not apply: following stops.
+    fn record(&mut self, rec: &Shipped<'_>) -> Result<()>;
+
+    /// Loads a snapshot the primary sent to this empty replica; records up to its position
+    /// are then written to the files but not applied.
+    ///
+    /// # Errors
+    /// A snapshot that does not validate or load.
+    fn snapshot(&mut self, path: &Path) -> Result<()>;
+
+    /// Everything received so far is applied (before the acknowledgement goes out).
+    fn burst_done(&mut self) {}
+}
+
+/// Splits the shipped bytes into records, checking every CRC and the chain across segments.
+#[derive(Debug, Default)]
+struct StreamParser {
+    pos: u64,
+    chain: u32,
+    time: u32,
+    /// `pos`, `chain`, `time` are known (else the next segment header sets them).
+    known: bool,
+    /// Records ending at or before this are written but not applied (already in the state).
+    applied: u64,
+    buf: Vec<u8>,
+}
+
+impl StreamParser {
+    fn segment(&mut self, header: &FileHeader) -> Result<()> {
+        if !self.buf.is_empty() {
+            return Err(proto("a segment header arrived inside a record"));
+        }
+        if self.known && (header.pos != self.pos || header.chain != self.chain) {
+            return Err(proto(format!(
+                "segment at {} (chain {:08x}) does not continue the log at {} (chain {:08x})",
+                header.pos, header.chain, self.pos, self.chain
+            )));
+        }
+        self.pos = header.pos;
+        self.chain = header.chain;
+        self.time = header.time;
+        self.known = true;
+        Ok(())
+    }
+
+    fn feed(&mut self, data: &[u8], sink: &mut dyn ShipSink) -> Result<()> {
+        use crate::format::{chain_next, RecordHeader, RECORD_HEADER_SIZE, RECORD_TYPE_TIME};
+        if !self.known {
+            return Err(proto("data before any segment header"));
+        }
+        self.buf.extend_from_slice(data);
+        let mut at = 0usize;
+        while self.buf.len() - at >= RECORD_HEADER_SIZE {
+            let mut hb = [0u8; RECORD_HEADER_SIZE];
+            hb.copy_from_slice(&self.buf[at..at + RECORD_HEADER_SIZE]);
+            let header = RecordHeader::decode(&hb)
+                .map_err(|e| proto(format!("at log position {}: {e}", self.pos)))?;
+            let total = RECORD_HEADER_SIZE + header.len as usize;
+            if self.buf.len() - at < total {
+                break;
+            }
+            let payload = &self.buf[at + RECORD_HEADER_SIZE..at + total];
+            if !header.check_payload(payload) {
+                return Err(proto(format!(
+                    "record CRC mismatch at log position {}",
+                    self.pos
+                )));
+            }
+            if header.record_type == RECORD_TYPE_TIME {
+                if let Ok(t) = <[u8; 4]>::try_from(payload) {
+                    self.time = u32::from_le_bytes(t);
+                }
+            }
+            self.pos += total as u64;
+            self.chain = chain_next(self.chain, header.crc);
+            if self.pos > self.applied {
+                sink.record(&Shipped {
+                    pos: self.pos,
+                    chain: self.chain,
+                    time: self.time,
+                    record_type: header.record_type,
+                    payload,
+                })?;
+                self.applied = self.pos;
+            }
+            at += total;
+        }
+        self.buf.drain(..at);
+        Ok(())
+    }
+}
+
 /// What the replica's receiver reports and the host reads.
 #[derive(Debug, Default)]
 pub struct FollowerState {
@@ -604,8 +736,6 @@ pub struct FollowerState {
     pub last_error: Mutex<String>,
     /// The primary said this log is not a prefix of its own.
     pub diverged: AtomicBool,
-    /// A snapshot arrived for an empty replica: (its path), to be loaded before any record.
-    pub snapshot: Mutex<Option<PathBuf>>,
 }
 
 /// Receives one engine's log from its primary into `dir`, byte for byte.
@@ -644,20 +774,6 @@ impl Receiver {
         })
     }
 
-    /// Opens the last segment file for appending (where received bytes continue).
-    fn open_last(&mut self) -> Result<()> {
-        self.file = None;
-        if let Some(last) = list(&self.dir, Some(&self.engine), "bin")?.pop() {
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&last.path)
-                .ctx(&last.path)?;
-            let len = file.metadata().ctx(&last.path)?.len();
-            self.file = Some((file, last.path, last.pos, len));
-        }
-        Ok(())
-    }
-
     /// One connection: handshake from `end` (where the replica's whole records end), then
     /// receive until the connection fails or `stop` is set. `applied` is called after each
     /// batch of received bytes so the caller applies the new records.
@@ -667,8 +783,9 @@ impl Receiver {
     pub fn run_once(
         &mut self,
         end: &ReplicaEnd,
+        time: u32,
         stop: &AtomicBool,
-        received: &mut dyn FnMut() -> Result<()>,
+        sink: &mut dyn ShipSink,
     ) -> Result<()> {
         // The file may hold a torn record past the last whole one: cut it, the primary sends
         // it again.
@@ -707,27 +824,44 @@ impl Receiver {
         }
         self.state.connected.store(true, Ordering::Release);
         self.state.connections.fetch_add(1, Ordering::Relaxed);
-        let result = self.receive(&mut r, &mut ack, stop, received);
+        let mut parser = StreamParser {
+            pos: end.pos,
+            chain: end.chain,
+            time,
+            known: end.last_segment.is_some() || end.pos > 0,
+            applied: end.pos,
+            buf: Vec::new(),
+        };
+        let result = self.receive(&mut r, &mut ack, stop, &mut parser, sink);
         self.state.connected.store(false, Ordering::Release);
         result
     }
 
+    /// Makes the files end where the applied log ends (`end`, from [`replica_end`]): later
+    /// segment files are removed and the one holding `end.pos` is cut there. What goes was
+    /// received but not applied; the primary sends it again.
     fn cut_to(&mut self, end: &ReplicaEnd) -> Result<()> {
-        self.open_last()?;
-        if let (Some((file, path, start, len)), Some((seg, _))) =
-            (self.file.as_mut(), end.last_segment)
-        {
-            let keep = if *start == seg {
-                SEGMENT_HEADER_SIZE as u64 + (end.pos - *start)
-            } else {
-                *len
-            };
-            if keep < *len && *len >= SEGMENT_HEADER_SIZE as u64 {
-                file.set_len(keep).ctx(path)?;
-                *len = keep;
+        self.file = None;
+        let Some((holder, _)) = end.last_segment else {
+            return Ok(());
+        };
+        for seg in list(&self.dir, Some(&self.engine), "bin")? {
+            if seg.pos > holder {
+                std::fs::remove_file(&seg.path).ctx(&seg.path)?;
+            } else if seg.pos == holder && seg.len >= SEGMENT_HEADER_SIZE as u64 {
+                let keep = SEGMENT_HEADER_SIZE as u64 + end.pos.saturating_sub(holder);
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .ctx(&seg.path)?;
+                if keep < seg.len {
+                    file.set_len(keep).ctx(&seg.path)?;
+                }
+                let len = keep.min(seg.len);
+                self.file = Some((file, seg.path, seg.pos, len));
             }
         }
-        Ok(())
+        sync_dir(&self.dir)
     }
 
     fn receive(
@@ -735,14 +869,18 @@ impl Receiver {
         r: &mut BufReader<TcpStream>,
         ack: &mut TcpStream,
         stop: &AtomicBool,
-        received: &mut dyn FnMut() -> Result<()>,
+        parser: &mut StreamParser,
+        sink: &mut dyn ShipSink,
     ) -> Result<()> {
         let mut buf = Vec::with_capacity(CHUNK_SIZE);
         let mut snapshot: Option<(u64, u64, File, PathBuf)> = None;
         while !stop.load(Ordering::Acquire) {
             let kind = read_frame(r, &mut buf)?;
             match kind {
-                b'S' => self.start_segment(&buf)?,
+                b'S' => {
+                    let header = self.start_segment(&buf)?;
+                    parser.segment(&header)?;
+                }
                 b'D' => {
                     let Some((file, path, start, len)) = self.file.as_mut() else {
                         return Err(proto("data before any segment header"));
@@ -751,6 +889,7 @@ impl Receiver {
                     *len += buf.len() as u64;
                     let pos = *start + *len - SEGMENT_HEADER_SIZE as u64;
                     self.state.received.store(pos, Ordering::Release);
+                    parser.feed(&buf, sink)?;
                 }
                 b'H' if buf.len() == 16 => {
                     self.state
@@ -776,7 +915,11 @@ impl Receiver {
                         let done = self.dir.join(snapshot_file_name(&self.engine, *pos));
                         std::fs::rename(&*path, &done).ctx(&done)?;
                         sync_dir(&self.dir)?;
-                        *self.state.snapshot.lock() = Some(done);
+                        sink.snapshot(&done)?;
+                        // The segment holding the snapshot's position comes next, from its
+                        // start: its records up to the snapshot are written, not applied.
+                        parser.known = false;
+                        parser.applied = *pos;
                         snapshot = None;
                     }
                 }
@@ -784,12 +927,12 @@ impl Receiver {
                     return Err(proto(format!("unknown frame kind {other:#04x}")));
                 }
             }
-            // Apply and confirm when nothing more is buffered: one ack per burst.
+            // Confirm when nothing more is buffered: one ack per burst.
             if r.buffer().is_empty() {
                 if self.last_sync.elapsed() >= REPLICA_SYNC_INTERVAL {
                     self.sync()?;
                 }
-                received()?;
+                sink.burst_done();
                 let pos = self.state.received.load(Ordering::Acquire);
                 write_frame(ack, b'A', &[&pos.to_le_bytes()])
                     .map_err(|e| proto(format!("ack: {e}")))?;
@@ -798,7 +941,7 @@ impl Receiver {
         Ok(())
     }
 
-    fn start_segment(&mut self, header: &[u8]) -> Result<()> {
+    fn start_segment(&mut self, header: &[u8]) -> Result<FileHeader> {
         let Ok(bytes) = <[u8; SEGMENT_HEADER_SIZE]>::try_from(header) else {
             return Err(proto("segment header frame of the wrong size"));
         };
@@ -826,7 +969,7 @@ impl Receiver {
         sync_dir(&self.dir)?;
         self.file = Some((file, path, decoded.pos, SEGMENT_HEADER_SIZE as u64));
         self.state.received.store(decoded.pos, Ordering::Release);
-        Ok(())
+        Ok(decoded)
     }
 
     /// fdatasyncs the current segment.
@@ -848,17 +991,20 @@ impl Receiver {
     }
 }
 
-/// Where the log in `dir` ends, for the handshake: the last segment file and the end of its
-/// last whole record.
+/// Where a replica's applied log ends, for the handshake: the segment file holding `pos`
+/// (the last one starting at or before it) and the position and chain value there.
 ///
 /// # Errors
-/// Corruption and I/O errors reading the log.
-pub fn replica_end(dir: &Path, engine: &str, reader: &Reader) -> Result<ReplicaEnd> {
-    let last = list(dir, Some(engine), "bin")?.pop();
+/// I/O errors listing `dir`.
+pub fn replica_end(dir: &Path, engine: &str, pos: u64, chain: u32) -> Result<ReplicaEnd> {
+    let holder = list(dir, Some(engine), "bin")?
+        .into_iter()
+        .rev()
+        .find(|s| s.pos <= pos);
     Ok(ReplicaEnd {
-        last_segment: last.map(|s| (s.pos, s.len)),
-        pos: reader.pos(),
-        chain: reader.chain(),
+        last_segment: holder.map(|s| (s.pos, s.len)),
+        pos,
+        chain,
     })
 }
 
@@ -872,13 +1018,16 @@ pub fn replica_end(dir: &Path, engine: &str, reader: &Reader) -> Result<ReplicaE
 /// # Errors
 /// Connection errors, I/O errors, corruption in the local log.
 pub fn reconcile(dir: &Path, engine: &str, primary: &str) -> Result<Option<u64>> {
+    if list(dir, Some(engine), "bin")?.is_empty() {
+        return Ok(None);
+    }
     let opts = ReadOptions::default();
     let mut reader = Reader::open(dir, engine, opts)?;
     let mut boundaries: Vec<(u64, u32)> = vec![(reader.pos(), reader.chain())];
     while reader.next_record()?.is_some() {
         boundaries.push((reader.pos(), reader.chain()));
     }
-    let end = *boundaries.last().expect("at least the start");
+    let end = boundaries[boundaries.len() - 1];
     let mut ask = ChainQuery::connect(primary, engine)?;
     if ask.chain(end.0)? == Some(end.1) {
         return Ok(None);

@@ -334,6 +334,10 @@ fn serve(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<()> {
     } = prepared;
     let shipping = match replication {
         Some((listener, shipped)) => {
+            println!(
+                "koshka: replication listening on {}",
+                listener.local_addr().map_err(Error::Io)?
+            );
             Some(replication::spawn(listener, shipped).map_err(Error::Io)?)
         }
         None => None,
