@@ -42,7 +42,7 @@ pub(crate) struct Progress {
 
 /// A replica's journal; see the module docs.
 pub(crate) struct ReplicaLog {
-    pub(crate) primary: String,
+    primary: Arc<Mutex<String>>,
     clock: LogClock,
     pub(crate) progress: Arc<Progress>,
     pub(crate) promoted: OnceLock<Binlog>,
@@ -54,7 +54,7 @@ pub(crate) struct ReplicaLog {
 impl std::fmt::Debug for ReplicaLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaLog")
-            .field("primary", &self.primary)
+            .field("primary", &*self.primary.lock())
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +88,7 @@ impl ReplicaLog {
             primary,
             state,
         )?;
+        let primary_handle = receiver.primary_handle();
         let stop = Arc::new(AtomicBool::new(false));
         let mut follower = Follower {
             engine,
@@ -102,7 +103,7 @@ impl ReplicaLog {
             .spawn(move || follower.run(receiver, &stop_in))
             .ctx(&writer_cfg.dir)?;
         Ok(Self {
-            primary: primary.to_string(),
+            primary: primary_handle,
             clock: LogClock::new(Arc::clone(&writer_cfg.clock), end.time),
             progress,
             promoted: OnceLock::new(),
@@ -110,6 +111,26 @@ impl ReplicaLog {
             thread: Mutex::new(Some(thread)),
             writer_cfg,
         })
+    }
+
+    /// The replication address followed now.
+    pub(crate) fn primary(&self) -> String {
+        self.primary.lock().clone()
+    }
+
+    /// Follows another primary from the next connection on (the current one is dropped).
+    pub(crate) fn retarget(&self, primary: &str) {
+        let mut p = self.primary.lock();
+        if *p != primary {
+            tracing::warn!("replica now follows {primary} (was {})", *p);
+            *p = primary.to_string();
+            self.progress.state.retarget.store(true, Ordering::Release);
+        }
+    }
+
+    /// Position up to which the primary's log is applied.
+    pub(crate) fn applied_pos(&self) -> u64 {
+        self.progress.applied_pos.load(Ordering::Acquire)
     }
 
     /// Stops following (idempotent).
@@ -206,7 +227,7 @@ impl ReplicaLog {
         };
         vec![
             ("repl_role", role.to_string()),
-            ("repl_primary", self.primary.clone()),
+            ("repl_primary", self.primary()),
             (
                 "repl_connected",
                 u8::from(s.connected.load(Ordering::Acquire)).to_string(),
@@ -242,7 +263,7 @@ impl Journal for ReplicaLog {
             None => Err(koshka_engine::Error::Server(format!(
                 "read-only replica: this node follows the primary at replication address {}; \
                  send writes to the primary",
-                self.primary
+                self.primary.lock()
             ))),
         }
     }

@@ -200,6 +200,34 @@ struct Inner {
     closed: AtomicBool,
     /// Positions the replicas of this (primary) log confirmed.
     acks: Arc<Acks>,
+    /// Writes are refused: this node lost its primary lease ([`Host::fence`]).
+    fenced: AtomicBool,
+}
+
+/// Every append goes through the fence.
+impl Journal for Inner {
+    fn append(&self, record_type: u16, payload: &[u8]) -> koshka_engine::Result<Appended> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(koshka_engine::Error::Server(
+                "fenced: this node is no longer the primary of its shard (its lease \
+                 expired); send writes to the new primary"
+                    .into(),
+            ));
+        }
+        match &self.journal {
+            JournalImpl::Log(b) => b.append(record_type, payload),
+            JournalImpl::Memory(m) => m.append(record_type, payload),
+            JournalImpl::Replica(r) => r.append(record_type, payload),
+        }
+    }
+
+    fn now(&self) -> u32 {
+        match &self.journal {
+            JournalImpl::Log(b) => b.now(),
+            JournalImpl::Memory(m) => m.now(),
+            JournalImpl::Replica(r) => r.now(),
+        }
+    }
 }
 
 impl Inner {
@@ -338,6 +366,7 @@ impl Host {
             replay_seconds: seconds,
             closed: AtomicBool::new(false),
             acks: Arc::new(Acks::default()),
+            fenced: AtomicBool::new(false),
         });
         let thread = if persistent {
             let i = Arc::clone(&inner);
@@ -359,9 +388,9 @@ impl Host {
     #[must_use]
     pub fn journal(&self) -> &dyn Journal {
         match &self.inner.journal {
-            JournalImpl::Log(b) => b,
+            // Nothing to fence without a log.
             JournalImpl::Memory(m) => m,
-            JournalImpl::Replica(r) => r.as_ref(),
+            _ => &*self.inner,
         }
     }
 
@@ -416,6 +445,47 @@ impl Host {
         match &self.inner.journal {
             JournalImpl::Replica(r) => r.promote(),
             _ => Err(Error::Replication("this node is not a replica".into())),
+        }
+    }
+
+    /// Refuses (`true`) or allows again (`false`) every append: a primary that cannot renew
+    /// its lease fences itself before another node may take over.
+    pub fn fence(&self, fenced: bool) {
+        if self.inner.fenced.swap(fenced, Ordering::AcqRel) != fenced {
+            tracing::warn!(
+                "{}: writes {}",
+                self.inner.cfg.engine,
+                if fenced {
+                    "fenced off"
+                } else {
+                    "accepted again"
+                }
+            );
+        }
+    }
+
+    /// Points a replica at another primary (after a failover); it reconnects there.
+    pub fn retarget(&self, primary: &str) {
+        if let JournalImpl::Replica(r) = &self.inner.journal {
+            r.retarget(primary);
+        }
+    }
+
+    /// The replication address this replica follows, if it is one.
+    #[must_use]
+    pub fn following(&self) -> Option<String> {
+        match &self.inner.journal {
+            JournalImpl::Replica(r) if r.promoted.get().is_none() => Some(r.primary()),
+            _ => None,
+        }
+    }
+
+    /// Position up to which a replica applied its primary's log (a primary: its own end).
+    #[must_use]
+    pub fn applied_pos(&self) -> u64 {
+        match &self.inner.journal {
+            JournalImpl::Replica(r) if r.promoted.get().is_none() => r.applied_pos(),
+            _ => self.binlog().map_or(0, |b| b.mark().0),
         }
     }
 
@@ -537,6 +607,10 @@ impl Host {
             ("replay_bytes", i.replay_bytes.to_string()),
             ("replay_seconds", format!("{:.3}", i.replay_seconds)),
         ];
+        out.push((
+            "repl_fenced",
+            u8::from(i.fenced.load(Ordering::Acquire)).to_string(),
+        ));
         match &i.journal {
             JournalImpl::Replica(r) => out.extend(r.stats()),
             _ => {

@@ -736,6 +736,8 @@ pub struct FollowerState {
     pub last_error: Mutex<String>,
     /// The primary said this log is not a prefix of its own.
     pub diverged: AtomicBool,
+    /// The primary's address changed: drop the connection and reconnect there.
+    pub retarget: AtomicBool,
 }
 
 /// Receives one engine's log from its primary into `dir`, byte for byte.
@@ -744,7 +746,7 @@ pub struct Receiver {
     dir: PathBuf,
     engine: String,
     shard: ShardSpec,
-    primary: String,
+    primary: Arc<Mutex<String>>,
     state: Arc<FollowerState>,
     /// Current segment file and its start position and length.
     file: Option<(File, PathBuf, u64, u64)>,
@@ -767,7 +769,7 @@ impl Receiver {
             dir: dir.to_path_buf(),
             engine: engine.to_string(),
             shard,
-            primary: primary.to_string(),
+            primary: Arc::new(Mutex::new(primary.to_string())),
             state,
             file: None,
             last_sync: Instant::now(),
@@ -790,19 +792,15 @@ impl Receiver {
         // The file may hold a torn record past the last whole one: cut it, the primary sends
         // it again.
         self.cut_to(end)?;
-        let addr = self
-            .primary
+        self.state.retarget.store(false, Ordering::Release);
+        let primary = self.primary.lock().clone();
+        let addr = primary
             .to_socket_addrs()
-            .map_err(|e| proto(format!("primary address {}: {e}", self.primary)))?
+            .map_err(|e| proto(format!("primary address {primary}: {e}")))?
             .next()
-            .ok_or_else(|| {
-                proto(format!(
-                    "primary address {} resolves to nothing",
-                    self.primary
-                ))
-            })?;
+            .ok_or_else(|| proto(format!("primary address {primary} resolves to nothing")))?;
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| proto(format!("connecting to the primary {}: {e}", self.primary)))?;
+            .map_err(|e| proto(format!("connecting to the primary {primary}: {e}")))?;
         let _ = stream.set_nodelay(true);
         stream
             .set_read_timeout(Some(IDLE_TIMEOUT))
@@ -875,6 +873,9 @@ impl Receiver {
         let mut buf = Vec::with_capacity(CHUNK_SIZE);
         let mut snapshot: Option<(u64, u64, File, PathBuf)> = None;
         while !stop.load(Ordering::Acquire) {
+            if self.state.retarget.load(Ordering::Acquire) {
+                return Err(proto("the primary moved; reconnecting"));
+            }
             let kind = read_frame(r, &mut buf)?;
             match kind {
                 b'S' => {
@@ -984,10 +985,10 @@ impl Receiver {
         Ok(())
     }
 
-    /// The replication address of the primary.
+    /// The shared replication address of the primary (changed by a retarget).
     #[must_use]
-    pub fn primary(&self) -> &str {
-        &self.primary
+    pub fn primary_handle(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.primary)
     }
 }
 

@@ -19,6 +19,7 @@
 //!
 //! This crate opens sockets and files but speaks no protocol: the server does that.
 
+mod failover;
 mod persist;
 pub mod registry;
 mod replication;
@@ -223,6 +224,8 @@ struct Prepared {
     listeners: Vec<std::net::TcpListener>,
     /// The replication listener and the engines it ships.
     replication: Option<(std::net::TcpListener, replication::Shipped)>,
+    /// The etcd failover loop, with the role decided at start-up.
+    failover: Option<(failover::Coordinator, failover::Role)>,
     _lock: koshka_binlog::DirLock,
 }
 
@@ -257,6 +260,43 @@ fn prepare(
             ))
         })?)
     };
+    let failover = match &replication_listener {
+        Some(listener) if !config.replication.etcd.is_empty() => {
+            let bound = listener.local_addr().map_err(Error::Io)?;
+            let me = if config.replication.advertise.is_empty() {
+                bound.to_string()
+            } else {
+                config.replication.advertise.clone()
+            };
+            let engines = planned
+                .iter()
+                .zip(&listeners)
+                .map(|(p, l)| Ok((p.spec.name.to_string(), l.local_addr()?)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(Error::Io)?;
+            let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
+            let settings = failover::Settings {
+                etcd: config.replication.etcd.clone(),
+                prefix: format!(
+                    "/koshka/{}/shard/{}",
+                    config.replication.cluster, config.engines.shard_index
+                ),
+                ttl: std::time::Duration::from_millis(config.replication.lease_ttl_ms),
+                me,
+                engines,
+            };
+            let position = failover::position_on_disk(&config.storage.data_dir, &names);
+            let (coordinator, role) =
+                failover::Coordinator::start(settings, position).map_err(Error::Config)?;
+            config.replication.primary = match &role {
+                failover::Role::Primary => String::new(),
+                failover::Role::Replica(addr) => addr.clone(),
+            };
+            tracing::info!("failover: starting as {role:?}");
+            Some((coordinator, role))
+        }
+        _ => None,
+    };
     let mut slots = Vec::new();
     let mut shipped = Vec::new();
     for (planned, listener) in planned.iter().zip(&listeners) {
@@ -271,6 +311,7 @@ fn prepare(
         node: Arc::new(Node::new(config, slots)),
         listeners,
         replication: replication_listener.map(|l| (l, shipped)),
+        failover,
         _lock: lock,
     })
 }
@@ -330,8 +371,18 @@ fn serve(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<()> {
         node,
         listeners,
         replication,
+        failover,
         _lock,
     } = prepared;
+    let failover_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failover_thread = match (failover, &replication) {
+        (Some((coordinator, role)), Some((_, shipped))) => Some(
+            coordinator
+                .spawn(role, shipped.clone(), Arc::clone(&failover_stop))
+                .map_err(Error::Io)?,
+        ),
+        _ => None,
+    };
     let shipping = match replication {
         Some((listener, shipped)) => {
             println!(
@@ -343,6 +394,10 @@ fn serve(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<()> {
         None => None,
     };
     let served = koshka_server::serve(node.clone(), listeners, shutdown).map_err(Error::Io);
+    failover_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(t) = failover_thread {
+        let _ = t.join();
+    }
     drop(shipping);
     let mut closed = Ok(());
     for slot in &node.slots {

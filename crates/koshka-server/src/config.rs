@@ -287,7 +287,20 @@ pub struct ReplicationSection {
     /// write is not acknowledged (the connection is closed, as for a failed log) and
     /// `repl_semisync_timeouts` counts it.
     pub semisync_timeout_ms: u64,
+    /// etcd endpoint (`http://host:port`) that coordinates failover (`""`: none; promote
+    /// with `koshka replication promote`). Needs `listen`.
+    pub etcd: String,
+    /// Name of the cluster in etcd's keys (`/koshka/<cluster>/shard/<index>/…`).
+    pub cluster: String,
+    /// Lease time to live in milliseconds: how long a dead primary keeps its shard before a
+    /// replica takes over (whole seconds at etcd, at least 1 s).
+    pub lease_ttl_ms: u64,
+    /// Replication address the other nodes connect to (`""`: the bound `listen` address).
+    pub advertise: String,
 }
+
+/// Default of `replication.lease_ttl_ms`.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 3000;
 
 /// Default of `replication.semisync_timeout_ms`.
 pub const SEMISYNC_TIMEOUT_MS_DEFAULT: u64 = 1000;
@@ -299,6 +312,10 @@ impl Default for ReplicationSection {
             primary: String::new(),
             semisync_replicas: 0,
             semisync_timeout_ms: SEMISYNC_TIMEOUT_MS_DEFAULT,
+            etcd: String::new(),
+            cluster: "koshka".into(),
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            advertise: String::new(),
         }
     }
 }
@@ -389,6 +406,19 @@ impl Config {
                     self.replication.listen
                 ))
             })?;
+        }
+        if !self.replication.etcd.is_empty() && self.replication.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "replication.etcd needs replication.listen (the nodes of a shard replicate \
+                 from whichever is primary)"
+                    .into(),
+            ));
+        }
+        if !self.replication.etcd.is_empty() && self.replication.lease_ttl_ms < 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "replication.lease_ttl_ms {} is below etcd's 1 s granularity",
+                self.replication.lease_ttl_ms
+            )));
         }
         if self.replication.semisync_replicas > 8 {
             return Err(ConfigError::Invalid(format!(

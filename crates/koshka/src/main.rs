@@ -134,6 +134,9 @@ struct ServeArgs {
     /// is acknowledged (replication.semisync_replicas; 0 = asynchronous).
     #[arg(long)]
     semisync_replicas: Option<usize>,
+    /// etcd endpoint coordinating failover (replication.etcd), e.g. http://127.0.0.1:2379.
+    #[arg(long)]
+    etcd: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -338,6 +341,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(primary) = &args.replica_of {
         config.replication.primary.clone_from(primary);
+    }
+    if let Some(etcd) = &args.etcd {
+        config.replication.etcd.clone_from(etcd);
     }
     if let Some(k) = args.semisync_replicas {
         config.replication.semisync_replicas = k;
