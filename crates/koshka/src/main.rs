@@ -441,6 +441,7 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = koshka_proxy::etcd::spawn(&config, control.clone());
     std::thread::Builder::new()
         .name("koshka-signals".into())
         .spawn(move || {

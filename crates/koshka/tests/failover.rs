@@ -406,3 +406,56 @@ fn a_primary_cut_off_from_etcd_fences_itself_before_another_node_takes_over() {
         .starts_with(b"VALUE "));
     assert_eq!(stats(primary.port("kv"))["repl_fenced"], "1");
 }
+
+#[test]
+fn the_proxy_follows_a_failover_through_etcd() {
+    let etcd = Etcd::start();
+    let mut primary = start_node(&etcd.url, "c", "", tempfile::tempdir().unwrap());
+    wait_role(&primary, "primary");
+    let replica = start_node(&etcd.url, "c", "", tempfile::tempdir().unwrap());
+    wait_role(&replica, "replica");
+    let config = koshka_proxy::Config::from_toml(&format!(
+        "[proxy]\netcd = \"{}\"\netcd_cluster = \"c\"\nget_timeout_ms = 500\nset_timeout_ms = 500\n\
+         [[cluster]]\nname = \"kv\"\nengine = \"kv\"\nlisten = \"127.0.0.1:0\"\n\
+         shards = [{{ primary = \"{}\", replicas = [\"{}\"] }}]\n",
+        etcd.url,
+        primary.addr("kv"),
+        replica.addr("kv")
+    ))
+    .unwrap();
+    let proxy = koshka_proxy::start(config).unwrap();
+    let port = proxy.addr("kv").unwrap().port();
+    for i in 0..100 {
+        assert_eq!(try_set(port, &format!("p{i}")).unwrap(), b"STORED\r\n");
+    }
+    // Asynchronous replication: let the replica catch up, so the test is about the proxy.
+    let written: u64 = stats(primary.port("kv"))["binlog_written"].parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while stats(replica.port("kv"))["repl_applied_pos"]
+        .parse::<u64>()
+        .unwrap()
+        < written
+    {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    primary.child.kill().unwrap();
+    let killed = Instant::now();
+    primary.child.wait().unwrap();
+    let deadline = killed + WAIT;
+    while try_set(port, "after").as_deref() != Some(b"STORED\r\n") {
+        assert!(
+            Instant::now() < deadline,
+            "writes through the proxy never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "proxy: writes through it resumed {:?} after the primary was killed",
+        killed.elapsed()
+    );
+    let mut conn = Conn::open(port);
+    let reply = conn.roundtrip(b"get p0 p99 after\r\n", b"END\r\n");
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(text.matches("VALUE ").count(), 3, "{text}");
+}
