@@ -751,6 +751,8 @@ pub struct Receiver {
     /// Current segment file and its start position and length.
     file: Option<(File, PathBuf, u64, u64)>,
     last_sync: Instant,
+    /// A background fdatasync is running.
+    syncing: Arc<AtomicBool>,
 }
 
 impl Receiver {
@@ -773,6 +775,7 @@ impl Receiver {
             state,
             file: None,
             last_sync: Instant::now(),
+            syncing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -931,7 +934,7 @@ impl Receiver {
             // Confirm when nothing more is buffered: one ack per burst.
             if r.buffer().is_empty() {
                 if self.last_sync.elapsed() >= REPLICA_SYNC_INTERVAL {
-                    self.sync()?;
+                    self.sync_in_background();
                 }
                 sink.burst_done();
                 let pos = self.state.received.load(Ordering::Acquire);
@@ -971,6 +974,37 @@ impl Receiver {
         self.file = Some((file, path, decoded.pos, SEGMENT_HEADER_SIZE as u64));
         self.state.received.store(decoded.pos, Ordering::Release);
         Ok(decoded)
+    }
+
+    /// fdatasyncs the current segment on another thread, so applying never waits for the
+    /// disk (one sync at a time; a failure is logged and shown in `stats`).
+    fn sync_in_background(&mut self) {
+        self.last_sync = Instant::now();
+        if self.syncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(file) = self
+            .file
+            .as_ref()
+            .and_then(|(f, p, _, _)| Some((f.try_clone().ok()?, p.clone())))
+        else {
+            self.syncing.store(false, Ordering::Release);
+            return;
+        };
+        let (syncing, state) = (Arc::clone(&self.syncing), Arc::clone(&self.state));
+        let spawned = std::thread::Builder::new()
+            .name("replica-sync".into())
+            .spawn(move || {
+                if let Err(e) = file.0.sync_data() {
+                    let msg = format!("fdatasync {}: {e}", file.1.display());
+                    tracing::error!("replica: {msg}");
+                    *state.last_error.lock() = msg;
+                }
+                syncing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.syncing.store(false, Ordering::Release);
+        }
     }
 
     /// fdatasyncs the current segment.
