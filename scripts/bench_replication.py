@@ -168,6 +168,12 @@ def probe_lag(primary_port, replica_ports, probes, interval):
     return lags
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(q * len(v)))]
@@ -230,11 +236,14 @@ def throughput_once(binary, workdir, mode, args, n):
             if time.time() > deadline:
                 raise SystemExit("replica did not connect")
             time.sleep(0.05)
+    cpu0 = cpu_seconds(primary.p.pid)
     run = subprocess.run([binary, "bench", "--server", f"127.0.0.1:{primary.ports['kv']}",
                           "--connections", "64", "--get-ratio", "0", "--duration",
                           str(args.seconds), "--warmup", "1", "--keys", "100000",
                           "--value-size", "100", "--json"], capture_output=True, text=True)
     result = json.loads(run.stdout)
+    # Sets per primary CPU-second over the whole run (warm-up included, as in the CPU time).
+    result["per_cpu_s"] = result["sets"] / max(cpu_seconds(primary.p.pid) - cpu0, 1e-9)
     for p in (replica, primary):
         if p:
             p.kill(signal.SIGTERM)
@@ -250,18 +259,24 @@ def throughput(binary, workdir, args):
         for m in (modes if n % 2 == 0 else list(reversed(modes))):
             r = throughput_once(binary, workdir, m, args, n)
             results[m].append(r)
-            print(f"  round {n + 1} {m}: {r['ops_per_sec']:.0f} sets/s, p99 {r['latency_us']['p99']:.0f} us",
+            print(f"  round {n + 1} {m}: {r['ops_per_sec']:.0f} sets/s, p99 {r['latency_us']['p99']:.0f} us, "
+                  f"{r['per_cpu_s']:.0f} sets per primary CPU-second",
                   file=sys.stderr)
     med = {m: statistics.median(r["ops_per_sec"] for r in results[m]) for m in modes}
     p99 = {m: statistics.median(r["latency_us"]["p99"] for r in results[m]) for m in modes}
+    cpu = {m: statistics.median(r["per_cpu_s"] for r in results[m]) for m in modes}
     print(f"\nprimary write throughput, 64 connections, sets of 100-byte values, durability "
           f"everysec, medians of {args.rounds} alternating rounds of {args.seconds} s")
-    print("| setup | sets/s | p99 µs | ratio |\n|---|---:|---:|---:|")
-    print(f"| primary alone | {med['alone']:.0f} | {p99['alone']:.0f} | 1.00 |")
+    print("| setup | sets/s | p99 µs | ratio | sets per primary CPU-s | ratio |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    print(f"| primary alone | {med['alone']:.0f} | {p99['alone']:.0f} | 1.00 | "
+          f"{cpu['alone']:.0f} | 1.00 |")
     print(f"| one async replica | {med['async']:.0f} | {p99['async']:.0f} | "
-          f"{med['async'] / med['alone']:.2f} × alone |")
+          f"{med['async'] / med['alone']:.2f} × alone | {cpu['async']:.0f} | "
+          f"{cpu['async'] / cpu['alone']:.2f} × alone |")
     print(f"| semi-sync, K = 1, local replica | {med['semisync']:.0f} | {p99['semisync']:.0f} | "
-          f"{med['semisync'] / med['async']:.2f} × async |")
+          f"{med['semisync'] / med['async']:.2f} × async | {cpu['semisync']:.0f} | "
+          f"{cpu['semisync'] / cpu['async']:.2f} × async |")
 
 
 # ---- failover --------------------------------------------------------------------------------

@@ -66,6 +66,13 @@ pub const FRAME_SIZE_MAX: usize = CHUNK_SIZE + 4096;
 /// Longest handshake line either side accepts.
 pub const HANDSHAKE_LINE_MAX: usize = 512;
 
+/// New log bytes below this are gathered for up to [`BATCH_WAIT`] before they are shipped.
+pub const BATCH_BYTES: u64 = 64 * 1024;
+
+/// How long the primary gathers a trickle of new bytes before shipping them (adds at most
+/// this to the replica's lag).
+pub const BATCH_WAIT: Duration = Duration::from_micros(300);
+
 /// How often an idle primary tells its replicas how far its log is written.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -564,6 +571,11 @@ fn ship(
         }
         out.flush().map_err(ctx)?;
         let now = src.binlog.wait_written_past(written, HEARTBEAT_INTERVAL);
+        if now > written && now - written < BATCH_BYTES {
+            // A trickle of small writes: gather a little more before the next frame, so a
+            // busy primary pays a few system calls per millisecond, not per write.
+            std::thread::sleep(BATCH_WAIT);
+        }
         heartbeat(out, now, &mut last_sent)?;
     }
     out.flush().map_err(ctx)
