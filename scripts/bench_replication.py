@@ -239,7 +239,7 @@ def throughput_once(binary, workdir, mode, args, n):
     cpu0 = cpu_seconds(primary.p.pid)
     run = subprocess.run([binary, "bench", "--server", f"127.0.0.1:{primary.ports['kv']}",
                           "--connections", "64", "--get-ratio", "0", "--duration",
-                          str(args.seconds), "--warmup", "1", "--keys", "100000",
+                          str(args.seconds), "--warmup", "0", "--keys", "100000",
                           "--value-size", "100", "--json"], capture_output=True, text=True)
     result = json.loads(run.stdout)
     # Sets per primary CPU-second over the whole run (warm-up included, as in the CPU time).
