@@ -482,3 +482,40 @@ fn corrupt_snapshots_are_refused() {
         .apply(1, &[1, 0, 0], koshka_engine::ApplyCtx { pos: 1, time: 1 })
         .is_err());
 }
+
+/// The examples of docs/protocol/lists.md ("Lists and sublists", intersections, reverse
+/// lookups) answer what the document says.
+#[test]
+fn protocol_doc_examples() {
+    let clock = Arc::new(ManualClock::new(100));
+    let journal = RecordingJournal::with_clock(clock.clone());
+    let engine = ListsEngine::new(ShardSpec::default());
+    let mut s = Session::default();
+    for (obj, value, date) in [(5, "1,10", 100), (9, "2,30", 300), (-3, "3,20", 200)] {
+        clock.set(date);
+        let key = format!("entry7_{obj}");
+        engine.set(key.as_bytes(), 0, value.as_bytes(), &mut s, &journal).unwrap();
+    }
+    engine.set(b"entry-100_5", 0, b"3,10", &mut s, &journal).unwrap();
+    for (key, want) in [
+        ("list7", "3,-3,5,9"),
+        ("list7,1#2", "3,9,5"),
+        ("list7_1:1", "2,-3,5"),
+        ("list7,13#2", "3,9,2,-3,3"),
+        ("list7,59", "3,9,2,300,30,-3,3,200,20,5,1,100,10"),
+        ("list7#1,1", "3,5"),
+        ("list7#0", "3"),
+        ("count7_2:2", "2"),
+        ("intersect7:9,4,-3", "2,-3,9"),
+        ("intersect7_1:1,8:9,4,-3", "1,-3,3"),
+        ("object_lists5", "2,-100,7"),
+    ] {
+        assert_eq!(get_with(&engine, key, &mut s), want, "{key}");
+    }
+    engine.set(b"tempfr", 0, b"5,9,11,12", &mut s, &journal).unwrap();
+    assert_eq!(get_with(&engine, "intersect7:-fr", &mut s), "2,5,9");
+    assert_eq!(get_with(&engine, "subtract7:-fr", &mut s), "1,-3");
+    assert!(engine.delete(b"object5", &mut s, &journal).unwrap());
+    assert_eq!(get_with(&engine, "object_lists5", &mut s), "0");
+    assert!(engine.delete(b"list7", &mut s, &journal).unwrap());
+}

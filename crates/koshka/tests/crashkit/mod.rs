@@ -690,6 +690,10 @@ pub const KV_KEYS: usize = 48;
 pub const MAILBOXES: u32 = 4;
 /// Users per friends writer.
 pub const FRIEND_USERS: u32 = 12;
+/// Lists per lists writer.
+pub const LISTS: i32 = 4;
+/// Objects per lists writer.
+pub const LIST_OBJECTS: i32 = 16;
 
 /// How many writers of each kind run, and how long records are.
 #[derive(Debug, Clone, Copy)]
@@ -700,6 +704,8 @@ pub struct Workload {
     pub messages: usize,
     /// friends writer threads.
     pub friends: usize,
+    /// lists writer threads.
+    pub lists: usize,
     /// Longest random padding of kv values and message texts.
     pub pad_max: usize,
 }
@@ -710,6 +716,7 @@ impl Default for Workload {
             kv: 3,
             messages: 2,
             friends: 2,
+            lists: 2,
             pad_max: 300,
         }
     }
@@ -740,6 +747,12 @@ pub enum Op {
     FriendAdd(u32, u32, u32),
     /// friends `delete friend<u>_<f>`.
     FriendDel(u32, u32),
+    /// lists `set entry<list>_<obj> flags,value`.
+    ListSet(i32, i32, u32, i64),
+    /// lists `delete entry<list>_<obj>`.
+    ListDel(i32, i32),
+    /// lists `delete object<obj>`, with the lists it may be in.
+    ListObjectDel(i32, Vec<i32>),
 }
 
 /// What one writer thread did: acknowledged operations in order, then the one whose reply
@@ -755,7 +768,7 @@ pub struct WriterLog {
 }
 
 /// Engines the workload needs.
-pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends"];
+pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists"];
 
 /// A stored message as seen through `get message…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -820,6 +833,10 @@ pub struct Model {
     pub friends: BTreeMap<(u32, u32), Option<u32>>,
     /// In-flight friend ops.
     pub friends_maybe: Vec<((u32, u32), Option<u32>)>,
+    /// (list, object) → (flags, value) (`None`: not in the list).
+    pub lists: BTreeMap<(i32, i32), Option<(u32, i64)>>,
+    /// In-flight lists ops.
+    pub lists_maybe: Vec<((i32, i32), Option<(u32, i64)>)>,
     /// Acknowledged operations so far.
     pub acked_ops: u64,
     /// In-flight operations so far (unknown fate at the kill).
@@ -861,6 +878,17 @@ impl Model {
                 Op::FriendDel(u, f) => {
                     self.friends.insert((u, f), None);
                 }
+                Op::ListSet(l, o, f, v) => {
+                    self.lists.insert((l, o), Some((f, v)));
+                }
+                Op::ListDel(l, o) => {
+                    self.lists.insert((l, o), None);
+                }
+                Op::ListObjectDel(o, lists) => {
+                    for l in lists {
+                        self.lists.insert((l, o), None);
+                    }
+                }
             }
         }
         if let Some(op) = log.in_flight {
@@ -876,6 +904,13 @@ impl Model {
                 }
                 Op::FriendAdd(u, f, m) => self.friends_maybe.push(((u, f), Some(m | 1))),
                 Op::FriendDel(u, f) => self.friends_maybe.push(((u, f), None)),
+                Op::ListSet(l, o, f, v) => self.lists_maybe.push(((l, o), Some((f, v)))),
+                Op::ListDel(l, o) => self.lists_maybe.push(((l, o), None)),
+                Op::ListObjectDel(o, lists) => {
+                    for l in lists {
+                        self.lists_maybe.push(((l, o), None));
+                    }
+                }
             }
         }
     }
@@ -893,6 +928,9 @@ impl Model {
         }
         if server.ports.contains_key("friends") {
             self.verify_friends(&mut server.connect("friends"), &mut bad);
+        }
+        if server.ports.contains_key("lists") {
+            self.verify_lists(&mut server.connect("lists"), &mut bad);
         }
         bad
     }
@@ -1116,6 +1154,56 @@ impl Model {
         }
     }
 
+    fn verify_lists(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let pairs: Vec<(i32, i32)> = self
+            .lists
+            .keys()
+            .copied()
+            .chain(self.lists_maybe.iter().map(|(p, _)| *p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let keys: Vec<String> = pairs.iter().map(|(l, o)| format!("entry{l}_{o}")).collect();
+        let got = c.get_many(&keys).expect("lists read-back");
+        let mut maybe: HashMap<(i32, i32), Vec<Option<(u32, i64)>>> = HashMap::new();
+        for (p, e) in &self.lists_maybe {
+            maybe.entry(*p).or_default().push(*e);
+        }
+        for (l, o) in pairs {
+            let found = got.get(&format!("entry{l}_{o}")).map(|v| {
+                let mut it = v.trim().split(',');
+                let flags: u32 = it.next().unwrap().parse().unwrap();
+                let value: i64 = it.next().unwrap().parse().unwrap();
+                (flags, value)
+            });
+            let want = self.lists.get(&(l, o)).copied().flatten();
+            let ok = found == want || maybe.get(&(l, o)).is_some_and(|es| es.contains(&found));
+            if !ok {
+                bad.push(format!(
+                    "entry{l}_{o}: acknowledged {want:?}, in flight {:?}, found {found:?}",
+                    maybe.get(&(l, o))
+                ));
+            }
+            self.lists.insert((l, o), found);
+        }
+        self.lists_maybe.clear();
+        // Counts agree with the entries (nothing extra stored).
+        let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+        for ((l, _), e) in &self.lists {
+            *counts.entry(*l).or_default() += u64::from(e.is_some());
+        }
+        let keys: Vec<String> = counts.keys().map(|l| format!("count{l}")).collect();
+        let got = c.get_many(&keys).expect("lists counts");
+        for (l, want) in counts {
+            let n: u64 = got
+                .get(&format!("count{l}"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if n != want {
+                bad.push(format!("count{l}: model {want}, found {n}"));
+            }
+        }
+    }
+
     /// Creates the shared counters (acknowledged `set … 0`) if the model has none.
     pub fn ensure_counters(&mut self, server: &Server) {
         if !self.counters.is_empty() || !server.ports.contains_key("kv") {
@@ -1135,10 +1223,12 @@ impl Model {
     pub fn summary(&self) -> String {
         let live = self.kv.values().filter(|v| v.is_some()).count();
         let friends = self.friends.values().filter(|v| v.is_some()).count();
+        let entries = self.lists.values().filter(|v| v.is_some()).count();
         let mut s = String::new();
         let _ = write!(
             s,
-            "kv keys {live}, counters {:?}, messages {}, friendships {friends}",
+            "kv keys {live}, counters {:?}, messages {}, friendships {friends}, list entries \
+             {entries}",
             self.counters.values().collect::<Vec<_>>(),
             self.msgs.len()
         );
@@ -1194,6 +1284,7 @@ impl Writers {
                                 let r = match kind {
                                     "kv" => ctx.kv_op(&mut c, &mut log),
                                     "messages" => ctx.msg_op(&mut c, &mut log),
+                                    "lists" => ctx.list_op(&mut c, &mut log),
                                     _ => ctx.friend_op(&mut c, &mut log),
                                 };
                                 if let Err(e) = r {
@@ -1219,6 +1310,11 @@ impl Writers {
         }
         for w in 0..workload.friends {
             spawn("friends", w, server.port("friends"));
+        }
+        if server.ports.contains_key("lists") {
+            for w in 0..workload.lists {
+                spawn("lists", w, server.port("lists"));
+            }
         }
         Self { handles, stop }
     }
@@ -1353,6 +1449,57 @@ impl WriterCtx {
             let r = c.command_line(&format!("delete friend{u}_{f}"))?;
             if r != "DELETED" && r != "NOT_FOUND" {
                 return Err(proto_err(format!("delete friend{u}_{f}: {r}")));
+            }
+        }
+        log.acked.extend(log.in_flight.take());
+        Ok(())
+    }
+}
+
+impl WriterCtx {
+    /// Lists of writer `w`: positive and negative (group) ids, none shared with another
+    /// writer; objects likewise.
+    fn list_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let w = i32::try_from(self.w).unwrap();
+        let lists: Vec<i32> = (0..LISTS)
+            .map(|i| {
+                let id = 7000 + w * 100 + i;
+                if i % 2 == 0 {
+                    id
+                } else {
+                    -id
+                }
+            })
+            .collect();
+        let list = lists[self.rng.gen_range(0..lists.len())];
+        let object = {
+            let o = 1 + w * 1000 + self.rng.gen_range(0..LIST_OBJECTS);
+            if self.rng.gen_bool(0.2) {
+                -o
+            } else {
+                o
+            }
+        };
+        let roll = self.rng.gen_range(0..100);
+        if roll < 60 {
+            let flags = self.rng.gen_range(0..256u32);
+            let value = self.rng.gen_range(-1_000_000i64..1_000_000);
+            log.in_flight = Some(Op::ListSet(list, object, flags, value));
+            let r = c.set(&format!("entry{list}_{object}"), format!("{flags},{value}").as_bytes())?;
+            if r != "STORED" {
+                return Err(proto_err(format!("entry{list}_{object}: {r}")));
+            }
+        } else if roll < 92 {
+            log.in_flight = Some(Op::ListDel(list, object));
+            let r = c.command_line(&format!("delete entry{list}_{object}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete entry{list}_{object}: {r}")));
+            }
+        } else {
+            log.in_flight = Some(Op::ListObjectDel(object, lists));
+            let r = c.command_line(&format!("delete object{object}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete object{object}: {r}")));
             }
         }
         log.acked.extend(log.in_flight.take());
