@@ -518,7 +518,9 @@ mod tests {
         let cursor = GetKey::parse(b"raw_updates4294967295_0,200,-2,17#100:-fr").unwrap();
         assert_eq!(cursor.to_bytes(), b"raw_updates4294967295_0,200,-2,17:-fr");
         assert_eq!(
-            GetKey::parse(b"notify5_4294967295,0#20").unwrap().to_bytes(),
+            GetKey::parse(b"notify5_4294967295,0#20")
+                .unwrap()
+                .to_bytes(),
             b"notify5"
         );
         assert_eq!(

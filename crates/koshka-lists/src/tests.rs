@@ -494,9 +494,13 @@ fn protocol_doc_examples() {
     for (obj, value, date) in [(5, "1,10", 100), (9, "2,30", 300), (-3, "3,20", 200)] {
         clock.set(date);
         let key = format!("entry7_{obj}");
-        engine.set(key.as_bytes(), 0, value.as_bytes(), &mut s, &journal).unwrap();
+        engine
+            .set(key.as_bytes(), 0, value.as_bytes(), &mut s, &journal)
+            .unwrap();
     }
-    engine.set(b"entry-100_5", 0, b"3,10", &mut s, &journal).unwrap();
+    engine
+        .set(b"entry-100_5", 0, b"3,10", &mut s, &journal)
+        .unwrap();
     for (key, want) in [
         ("list7", "3,-3,5,9"),
         ("list7,1#2", "3,9,5"),
@@ -512,7 +516,9 @@ fn protocol_doc_examples() {
     ] {
         assert_eq!(get_with(&engine, key, &mut s), want, "{key}");
     }
-    engine.set(b"tempfr", 0, b"5,9,11,12", &mut s, &journal).unwrap();
+    engine
+        .set(b"tempfr", 0, b"5,9,11,12", &mut s, &journal)
+        .unwrap();
     assert_eq!(get_with(&engine, "intersect7:-fr", &mut s), "2,5,9");
     assert_eq!(get_with(&engine, "subtract7:-fr", &mut s), "1,-3");
     assert!(engine.delete(b"object5", &mut s, &journal).unwrap());

@@ -37,7 +37,10 @@ async fn snapshot(c: &mut Client) {
     };
     let before = written(c.stats(None).await.unwrap());
     let reply = c.stats(Some("snapshot")).await.unwrap();
-    assert!(reply.iter().any(|(k, v)| k == "snapshot" && v == "started"), "{reply:?}");
+    assert!(
+        reply.iter().any(|(k, v)| k == "snapshot" && v == "started"),
+        "{reply:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while written(c.stats(None).await.unwrap()) == before {
         assert!(Instant::now() < deadline, "snapshot never completed");
@@ -58,19 +61,31 @@ async fn lists_over_the_protocol_survive_restarts() {
     c.set("entry78_10", "1,1", 0, 0).await.unwrap();
     assert_eq!(get(&mut c, "list77").await.unwrap(), "4,-20,10,30,40");
     assert_eq!(get(&mut c, "list77_3:3,8").await.unwrap(), "2,10,3,30,3");
-    assert_eq!(get(&mut c, "list77,45#2").await.unwrap(), "4,10,3,100,40,0,7");
+    assert_eq!(
+        get(&mut c, "list77,45#2").await.unwrap(),
+        "4,10,3,100,40,0,7"
+    );
     assert_eq!(get(&mut c, "count77_1:1").await.unwrap(), "3");
     assert_eq!(get(&mut c, "object_lists10").await.unwrap(), "2,77,78");
     assert_eq!(get(&mut c, "flags77_10").await.unwrap(), "3");
     assert_eq!(c.incr("value77_10", 5).await.unwrap(), Some(105));
     assert_eq!(c.decr("flags77_10", 2).await.unwrap(), Some(1));
     assert_eq!(c.incr("flags77_99", 2).await.unwrap(), None);
-    assert_eq!(raw(&mut c, "set flags77_99 0 0 1\r\n4\r\n").await, "NOT_STORED\r\n");
+    assert_eq!(
+        raw(&mut c, "set flags77_99 0 0 1\r\n4\r\n").await,
+        "NOT_STORED\r\n"
+    );
     // A temp list lives on its connection only.
-    assert_eq!(raw(&mut c, "set tempmine 0 0 7\r\n40,10,5\r\n").await, "STORED\r\n");
+    assert_eq!(
+        raw(&mut c, "set tempmine 0 0 7\r\n40,10,5\r\n").await,
+        "STORED\r\n"
+    );
     assert_eq!(get(&mut c, "intersect77:-mine").await.unwrap(), "2,10,40");
     assert_eq!(get(&mut c, "subtract77:-mine").await.unwrap(), "2,-20,30");
-    assert_eq!(get(&mut c, "intersect77:30,-20,7").await.unwrap(), "2,-20,30");
+    assert_eq!(
+        get(&mut c, "intersect77:30,-20,7").await.unwrap(),
+        "2,-20,30"
+    );
     let mut other = Client::connect(addr).await.unwrap();
     assert!(raw(&mut other, "get intersect77:-mine\r\n")
         .await
@@ -78,13 +93,28 @@ async fn lists_over_the_protocol_survive_restarts() {
     // Bad input is refused with a reason.
     for (request, reply) in [
         ("get list0\r\n", "CLIENT_ERROR list id 0 must be"),
-        ("get list5#10001\r\n", "CLIENT_ERROR limit 10001 exceeds 10000"),
+        (
+            "get list5#10001\r\n",
+            "CLIENT_ERROR limit 10001 exceeds 10000",
+        ),
         ("get nosuch5\r\n", "CLIENT_ERROR unknown lists key"),
-        ("set entry5_1 0 0 3\r\n256\r\n", "CLIENT_ERROR flags 256 outside 0..=255"),
-        ("set entry5_1 0 0 3\r\n1,x\r\n", "CLIENT_ERROR value must be"),
+        (
+            "set entry5_1 0 0 3\r\n256\r\n",
+            "CLIENT_ERROR flags 256 outside 0..=255",
+        ),
+        (
+            "set entry5_1 0 0 3\r\n1,x\r\n",
+            "CLIENT_ERROR value must be",
+        ),
         ("incr flags5_1 300\r\n", "CLIENT_ERROR"),
-        ("gets list5\r\n", "CLIENT_ERROR command not supported by the lists engine"),
-        ("add entry5_1 0 0 1\r\n1\r\n", "CLIENT_ERROR command not supported"),
+        (
+            "gets list5\r\n",
+            "CLIENT_ERROR command not supported by the lists engine",
+        ),
+        (
+            "add entry5_1 0 0 1\r\n1\r\n",
+            "CLIENT_ERROR command not supported",
+        ),
     ] {
         let got = raw(&mut c, request).await;
         assert!(got.starts_with(reply), "{request:?} → {got:?}");
@@ -104,7 +134,10 @@ async fn lists_over_the_protocol_survive_restarts() {
     assert_eq!(get(&mut c, "list77,8").await.unwrap(), "2,-20,1,30,3");
     assert_eq!(get(&mut c, "object_lists10").await.unwrap(), "0");
     assert_eq!(get(&mut c, "list79").await.unwrap(), "0");
-    assert_eq!(get(&mut c, "entry77_-20").await.unwrap().split(',').count(), 3);
+    assert_eq!(
+        get(&mut c, "entry77_-20").await.unwrap().split(',').count(),
+        3
+    );
     node.stop().unwrap();
 }
 
@@ -122,6 +155,9 @@ async fn the_per_list_limit_is_a_setting() {
     c.set("entry1_1", "0", 0, 0).await.unwrap();
     c.set("entry1_2", "0", 0, 0).await.unwrap();
     let got = raw(&mut c, "set entry1_3 0 0 1\r\n0\r\n").await;
-    assert!(got.starts_with("CLIENT_ERROR list 1 holds 2 entries"), "{got}");
+    assert!(
+        got.starts_with("CLIENT_ERROR list 1 holds 2 entries"),
+        "{got}"
+    );
     node.stop().unwrap();
 }

@@ -12,6 +12,7 @@ pub fn builtin() -> Vec<EngineSpec> {
         koshka_messages::MESSAGES_SPEC,
         koshka_messages::WALL_SPEC,
         koshka_friends::SPEC,
+        koshka_news::SPEC,
         koshka_lists::SPEC,
     ]
 }
@@ -37,6 +38,7 @@ mod tests {
                 ("messages", 11212),
                 ("wall", 11213),
                 ("friends", 11214),
+                ("news", 11215),
                 ("lists", 11216)
             ]
         );

@@ -1485,7 +1485,10 @@ impl WriterCtx {
             let flags = self.rng.gen_range(0..256u32);
             let value = self.rng.gen_range(-1_000_000i64..1_000_000);
             log.in_flight = Some(Op::ListSet(list, object, flags, value));
-            let r = c.set(&format!("entry{list}_{object}"), format!("{flags},{value}").as_bytes())?;
+            let r = c.set(
+                &format!("entry{list}_{object}"),
+                format!("{flags},{value}").as_bytes(),
+            )?;
             if r != "STORED" {
                 return Err(proto_err(format!("entry{list}_{object}: {r}")));
             }
