@@ -5,7 +5,7 @@
 //! Each test binary uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -694,6 +694,8 @@ pub const FRIEND_USERS: u32 = 12;
 pub const LISTS: i32 = 4;
 /// Objects per lists writer.
 pub const LIST_OBJECTS: i32 = 16;
+/// Authors per news writer (many, so no author nears the per-author cap of 5000).
+pub const NEWS_AUTHORS: i32 = 32;
 
 /// How many writers of each kind run, and how long records are.
 #[derive(Debug, Clone, Copy)]
@@ -706,6 +708,8 @@ pub struct Workload {
     pub friends: usize,
     /// lists writer threads.
     pub lists: usize,
+    /// news writer threads.
+    pub news: usize,
     /// Longest random padding of kv values and message texts.
     pub pad_max: usize,
 }
@@ -717,6 +721,7 @@ impl Default for Workload {
             messages: 2,
             friends: 2,
             lists: 2,
+            news: 1,
             pad_max: 300,
         }
     }
@@ -753,6 +758,8 @@ pub enum Op {
     ListDel(i32, i32),
     /// lists `delete object<obj>`, with the lists it may be in.
     ListObjectDel(i32, Vec<i32>),
+    /// news `set update<author>` of an event whose item is unique.
+    NewsEvent(i32, i32),
 }
 
 /// What one writer thread did: acknowledged operations in order, then the one whose reply
@@ -768,7 +775,7 @@ pub struct WriterLog {
 }
 
 /// Engines the workload needs.
-pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists"];
+pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists", "news"];
 
 /// A stored message as seen through `get message…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -837,6 +844,10 @@ pub struct Model {
     pub lists: BTreeMap<(i32, i32), Option<(u32, i64)>>,
     /// In-flight lists ops.
     pub lists_maybe: Vec<((i32, i32), Option<(u32, i64)>)>,
+    /// news author → items of its acknowledged events.
+    pub news: BTreeMap<i32, BTreeSet<i32>>,
+    /// In-flight news events (author, item).
+    pub news_maybe: Vec<(i32, i32)>,
     /// Acknowledged operations so far.
     pub acked_ops: u64,
     /// In-flight operations so far (unknown fate at the kill).
@@ -889,6 +900,9 @@ impl Model {
                         self.lists.insert((l, o), None);
                     }
                 }
+                Op::NewsEvent(author, item) => {
+                    self.news.entry(author).or_default().insert(item);
+                }
             }
         }
         if let Some(op) = log.in_flight {
@@ -911,6 +925,7 @@ impl Model {
                         self.lists_maybe.push(((l, o), None));
                     }
                 }
+                Op::NewsEvent(author, item) => self.news_maybe.push((author, item)),
             }
         }
     }
@@ -931,6 +946,9 @@ impl Model {
         }
         if server.ports.contains_key("lists") {
             self.verify_lists(&mut server.connect("lists"), &mut bad);
+        }
+        if server.ports.contains_key("news") {
+            self.verify_news(&mut server.connect("news"), &mut bad);
         }
         bad
     }
@@ -1204,6 +1222,52 @@ impl Model {
         }
     }
 
+    fn verify_news(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let authors: BTreeSet<i32> = self
+            .news
+            .keys()
+            .copied()
+            .chain(self.news_maybe.iter().map(|(a, _)| *a))
+            .collect();
+        let keys: Vec<String> = authors
+            .iter()
+            .map(|a| format!("raw_updates4294967295_0,4294967295#10000:{a}"))
+            .collect();
+        let got = c.get_many(&keys).expect("news read-back");
+        for (author, key) in authors.iter().zip(&keys) {
+            let reply = got.get(key).cloned().unwrap_or_else(|| "0".into());
+            let nums: Vec<i64> = reply
+                .trim()
+                .split(',')
+                .map(|n| n.parse().unwrap())
+                .collect();
+            let mut found = BTreeSet::new();
+            for e in nums[1..].chunks(9) {
+                let (kind, item) = (e[3], i32::try_from(e[8]).unwrap());
+                if e[1] != i64::from(*author) || kind != news_kind(item) {
+                    bad.push(format!("news {author}: event {e:?} is not one we wrote"));
+                }
+                if !found.insert(item) {
+                    bad.push(format!("news {author}: item {item} stored twice"));
+                }
+            }
+            let acked = self.news.entry(*author).or_default();
+            for item in acked.iter() {
+                if !found.contains(item) {
+                    bad.push(format!("news {author}: acknowledged item {item} missing"));
+                }
+            }
+            for item in &found {
+                let maybe = self.news_maybe.contains(&(*author, *item));
+                if !acked.contains(item) && !maybe {
+                    bad.push(format!("news {author}: item {item} was never written"));
+                }
+            }
+            *acked = found;
+        }
+        self.news_maybe.clear();
+    }
+
     /// Creates the shared counters (acknowledged `set … 0`) if the model has none.
     pub fn ensure_counters(&mut self, server: &Server) {
         if !self.counters.is_empty() || !server.ports.contains_key("kv") {
@@ -1224,11 +1288,12 @@ impl Model {
         let live = self.kv.values().filter(|v| v.is_some()).count();
         let friends = self.friends.values().filter(|v| v.is_some()).count();
         let entries = self.lists.values().filter(|v| v.is_some()).count();
+        let events: usize = self.news.values().map(BTreeSet::len).sum();
         let mut s = String::new();
         let _ = write!(
             s,
             "kv keys {live}, counters {:?}, messages {}, friendships {friends}, list entries \
-             {entries}",
+             {entries}, news events {events}",
             self.counters.values().collect::<Vec<_>>(),
             self.msgs.len()
         );
@@ -1285,6 +1350,7 @@ impl Writers {
                                     "kv" => ctx.kv_op(&mut c, &mut log),
                                     "messages" => ctx.msg_op(&mut c, &mut log),
                                     "lists" => ctx.list_op(&mut c, &mut log),
+                                    "news" => ctx.news_op(&mut c, &mut log),
                                     _ => ctx.friend_op(&mut c, &mut log),
                                 };
                                 if let Err(e) = r {
@@ -1314,6 +1380,11 @@ impl Writers {
         if server.ports.contains_key("lists") {
             for w in 0..workload.lists {
                 spawn("lists", w, server.port("lists"));
+            }
+        }
+        if server.ports.contains_key("news") {
+            for w in 0..workload.news {
+                spawn("news", w, server.port("news"));
             }
         }
         Self { handles, stop }
@@ -1504,6 +1575,37 @@ impl WriterCtx {
             if r != "DELETED" && r != "NOT_FOUND" {
                 return Err(proto_err(format!("delete object{object}: {r}")));
             }
+        }
+        log.acked.extend(log.in_flight.take());
+        Ok(())
+    }
+}
+
+/// The event type the news writers give an item (checked on read-back).
+fn news_kind(item: i32) -> i64 {
+    1 + i64::from(item % 5)
+}
+
+impl WriterCtx {
+    /// Events of authors `9000 + w * 100 + i` (users) and their negatives (groups); items are
+    /// unique per writer and round.
+    fn news_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let w = i32::try_from(self.w).unwrap();
+        let i = self.rng.gen_range(0..NEWS_AUTHORS);
+        let author = if i % 2 == 0 {
+            9000 + w * 100 + i
+        } else {
+            -(9000 + w * 100 + i)
+        };
+        self.seq += 1;
+        // A data directory lives 10 rounds: items stay unique within it.
+        let round = i32::try_from(self.round % 200).unwrap();
+        let item = round * 10_000_000 + w * 1_000_000 + i32::try_from(self.seq).unwrap();
+        let value = format!("{},{author},0,{author},0,{item}", news_kind(item));
+        log.in_flight = Some(Op::NewsEvent(author, item));
+        let r = c.set(&format!("update{author}"), value.as_bytes())?;
+        if r != "STORED" {
+            return Err(proto_err(format!("update{author}: {r}")));
         }
         log.acked.extend(log.in_flight.take());
         Ok(())
