@@ -691,3 +691,70 @@ fn corrupt_snapshots_and_records_are_refused() {
     assert!(fresh.apply(1, &[1, 0, 0, 0, 0], ctx).is_err(), "type 0");
     assert!(fresh.apply(2, &[0, 0, 0, 0], ctx).is_err(), "author 0");
 }
+
+/// The examples of docs/protocol/news.md answer what the document says.
+#[test]
+fn protocol_doc_examples() {
+    let (engine, journal, clock) = engine_and_journal();
+    let t = clock.now();
+    let mut s = Session::default();
+    let get = |key: &str, s: &mut Session| get_at(&engine, key, s, t).unwrap();
+    let set = |key: &str, value: &str, s: &mut Session| {
+        engine
+            .set(key.as_bytes(), 0, value.as_bytes(), s, &journal)
+            .unwrap();
+    };
+    set("update10", "1,10,0,10,0,100", &mut s);
+    set("update-20", "2,0,-20,-20,0,7", &mut s);
+    set("update10", "3,10,0,10,5,200", &mut s);
+    let all = "raw_updates4294967295_0,4294967295:10,-20,30";
+    assert_eq!(
+        get(all, &mut s),
+        format!("3,{t},10,2,3,10,0,10,5,200,{t},10,1,1,10,0,10,0,100,{t},-20,1,2,0,-20,-20,0,7")
+    );
+    set("mask10", "8", &mut s);
+    assert_eq!(get("mask10", &mut s), "9");
+    assert_eq!(
+        get(all, &mut s),
+        format!("2,{t},10,1,1,10,0,10,0,100,{t},-20,1,2,0,-20,-20,0,7")
+    );
+    let page = format!("1,{t},10,1,1,10,0,10,0,100");
+    assert_eq!(
+        get("raw_updates4294967295_0,4294967295#1:10,-20", &mut s),
+        page
+    );
+    assert_eq!(
+        get(&format!("raw_updates4294967295_0,{t},10,1:10,-20"), &mut s),
+        format!("1,{t},-20,1,2,0,-20,-20,0,7")
+    );
+    assert_eq!(get("raw_updates2_0,4294967295:10,-20", &mut s), page);
+    set("tempfr", "10,30", &mut s);
+    assert_eq!(get("raw_updates4294967295_0,4294967295:-fr", &mut s), page);
+
+    for v in ["5,5,77,1,900", "5,6,77,1,900", "5,5,77,1,900", "3,8,77,0,0"] {
+        set("notify77", v, &mut s);
+    }
+    let grouped: Value = serde_json::from_str(&get("notify77,2", &mut s)).unwrap();
+    assert_eq!(
+        grouped,
+        json!([
+            {"id":4,"type":3,"owner":77,"place":0,"date":t,"count":1,"users_total":1,
+             "users":[8],"items_total":1,"items":[0]},
+            {"id":1,"type":5,"owner":77,"place":1,"date":t,"count":3,"users_total":2,
+             "users":[5,6],"items_total":1,"items":[900]}
+        ])
+    );
+    let flat: Value = serde_json::from_str(&get("notify77#1", &mut s)).unwrap();
+    assert_eq!(
+        flat,
+        json!([{"id":4,"type":3,"date":t,"user":8,"owner":77,"place":0,"item":0}])
+    );
+    assert_eq!(get("notify_count77", &mut s), "4");
+    let mut del = |key: &str| engine.delete(key.as_bytes(), &mut s, &journal).unwrap();
+    assert!(del("notify77_4"));
+    assert!(del("notify_user77_5"));
+    assert!(del("undelete_notify77_4"));
+    assert!(del("notifications77"));
+    assert!(del("updates-20"));
+    assert_eq!(size_of::<crate::state::Notification>(), 36);
+}
