@@ -47,11 +47,9 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut s = cell.borrow_mut();
         let r = f(&mut s);
-        for v in [&mut s.picks] {
-            v.clear();
-            if v.capacity() > SCRATCH_KEEP_MAX {
-                *v = Vec::new();
-            }
+        s.picks.clear();
+        if s.picks.capacity() > SCRATCH_KEEP_MAX {
+            s.picks = Vec::new();
         }
         s.ids.clear();
         if s.ids.capacity() > SCRATCH_KEEP_MAX {
@@ -263,13 +261,13 @@ impl ListsEngine {
                     bytes.extend_from_slice(&id.to_le_bytes());
                 }
                 cx.session.put_temp(&temp_name(&tag), bytes)?;
-                return Ok(Outcome::Stored { cas: 0 });
+                Ok(Outcome::Stored { cas: 0 })
             }
             SetKey::Entry { list, object } => {
                 self.shard.check(i64::from(list))?;
                 let (flags, value) = parse_entry_value(data)?;
                 self.set_entry(cx, list, object, flags, value)?;
-                return Ok(Outcome::Stored { cas: 0 });
+                Ok(Outcome::Stored { cas: 0 })
             }
             SetKey::Flags { list, object } => {
                 self.shard.check(i64::from(list))?;

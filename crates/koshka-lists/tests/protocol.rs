@@ -53,7 +53,7 @@ async fn lists_over_the_protocol_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let node = koshka_node::start(config(dir.path()), &registry::builtin()).unwrap();
     let addr = node.addr("lists").unwrap();
-    assert_eq!(addr.port() != 0, true);
+    assert_ne!(addr.port(), 0);
     let mut c = Client::connect(addr).await.unwrap();
     for (obj, fv) in [(10, "3,100"), (-20, "1,-5"), (30, "3"), (40, "0,7")] {
         assert!(c.set(format!("entry77_{obj}"), fv, 0, 0).await.is_ok());

@@ -393,7 +393,7 @@ impl NewsEngine {
                         }
                     }
                     s.hits
-                        .sort_unstable_by(|x, y| (y.0, y.1, y.2).cmp(&(x.0, x.1, x.2)));
+                        .sort_unstable_by_key(|h| std::cmp::Reverse((h.0, h.1, h.2)));
                     s.hits.truncate(query.limit as usize);
                     Ok(cx.reply.value(key, 0, &mut |out| {
                         render_raw(&s.hits, out);

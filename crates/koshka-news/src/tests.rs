@@ -145,7 +145,7 @@ impl Model {
                 }
             }
         }
-        hits.sort_by(|x, y| (y.0, y.1, y.2).cmp(&(x.0, x.1, x.2)));
+        hits.sort_by_key(|h| std::cmp::Reverse((h.0, h.1, h.2)));
         hits.truncate(limit);
         let mut out = hits.len().to_string();
         for (d, a, i, w) in hits {
@@ -172,7 +172,7 @@ impl Model {
             })
             .map(|(d, i, _, w)| (*d, *i, *w))
             .collect();
-        v.sort_by(|x, y| (y.0, y.1).cmp(&(x.0, x.1)));
+        v.sort_by_key(|n| std::cmp::Reverse((n.0, n.1)));
         v
     }
 
@@ -192,7 +192,8 @@ impl Model {
         }
         // Groups in the order of their newest notification.
         let mut order: Vec<(u8, i32, i32, u32)> = Vec::new();
-        let mut members: BTreeMap<(u8, i32, i32, u32), Vec<(u32, u32, What)>> = BTreeMap::new();
+        type GroupKey = (u8, i32, i32, u32);
+        let mut members: BTreeMap<GroupKey, Vec<(u32, u32, What)>> = BTreeMap::new();
         for &(d, i, w) in &visible {
             let k = (w.kind, w.owner, w.place, d / DAY);
             if !order.contains(&k) {

@@ -814,6 +814,9 @@ pub fn parse_msg(json: &str) -> Option<Msg> {
     })
 }
 
+/// A list entry as the model sees it: (flags, value), `None` when absent.
+pub type ListEntry = Option<(u32, i64)>;
+
 /// An acknowledged send: sender, recipient, and the local ids in both mailboxes when known.
 pub type SentMsg = (u32, u32, Option<(u64, u64)>);
 
@@ -841,9 +844,9 @@ pub struct Model {
     /// In-flight friend ops.
     pub friends_maybe: Vec<((u32, u32), Option<u32>)>,
     /// (list, object) → (flags, value) (`None`: not in the list).
-    pub lists: BTreeMap<(i32, i32), Option<(u32, i64)>>,
+    pub lists: BTreeMap<(i32, i32), ListEntry>,
     /// In-flight lists ops.
-    pub lists_maybe: Vec<((i32, i32), Option<(u32, i64)>)>,
+    pub lists_maybe: Vec<((i32, i32), ListEntry)>,
     /// news author → items of its acknowledged events.
     pub news: BTreeMap<i32, BTreeSet<i32>>,
     /// In-flight news events (author, item).
@@ -1183,7 +1186,7 @@ impl Model {
             .collect();
         let keys: Vec<String> = pairs.iter().map(|(l, o)| format!("entry{l}_{o}")).collect();
         let got = c.get_many(&keys).expect("lists read-back");
-        let mut maybe: HashMap<(i32, i32), Vec<Option<(u32, i64)>>> = HashMap::new();
+        let mut maybe: HashMap<(i32, i32), Vec<ListEntry>> = HashMap::new();
         for (p, e) in &self.lists_maybe {
             maybe.entry(*p).or_default().push(*e);
         }
