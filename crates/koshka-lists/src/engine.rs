@@ -64,6 +64,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 pub struct ListsEngine {
     shard: ShardSpec,
     pub(crate) entries_per_list_max: usize,
+    reverse_index: bool,
     partitions: Partitions<Partition>,
 }
 
@@ -108,24 +109,41 @@ fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
 }
 
 impl ListsEngine {
-    /// An empty engine holding shard `shard`.
+    /// An empty engine holding shard `shard`, without a reverse index (the default).
     #[must_use]
     pub fn new(shard: ShardSpec) -> Self {
+        Self::with_reverse_index(shard, false)
+    }
+
+    /// An empty engine holding shard `shard`; with `reverse` it keeps an object → list
+    /// index, so `object_lists<obj>` and `delete object<obj>` cost a B-tree range instead of
+    /// a binary search in every list, for about 12 more bytes per entry.
+    #[must_use]
+    pub fn with_reverse_index(shard: ShardSpec, reverse: bool) -> Self {
         Self {
             shard,
             entries_per_list_max: ENTRIES_PER_LIST_MAX,
-            partitions: Partitions::new(PARTITIONS, Partition::default),
+            reverse_index: reverse,
+            partitions: Partitions::new(PARTITIONS, || Partition::new(reverse)),
         }
     }
 
-    /// An engine configured by a node's `[engine.lists]` section: `entries_per_list_max`.
+    /// An engine configured by a node's `[engine.lists]` section: `entries_per_list_max`
+    /// (a positive integer), `reverse_index` (a boolean, default false).
     ///
     /// # Errors
     /// [`Error::Client`] for an unknown setting or a bad value.
     pub fn from_setup(setup: &EngineSetup) -> Result<Self> {
-        let mut engine = Self::new(setup.shard);
+        let reverse = match setup.settings.get("reverse_index") {
+            None => false,
+            Some(value) => value
+                .as_bool()
+                .ok_or_else(|| Error::client("lists: reverse_index must be true or false"))?,
+        };
+        let mut engine = Self::with_reverse_index(setup.shard, reverse);
         for (name, value) in &setup.settings {
             match name.as_str() {
+                "reverse_index" => {}
                 "entries_per_list_max" => {
                     engine.entries_per_list_max = value
                         .as_integer()
@@ -689,6 +707,10 @@ impl Engine for ListsEngine {
             bytes += part.heap_bytes();
         }
         vec![
+            (
+                "lists_reverse_index".into(),
+                u8::from(self.reverse_index).to_string(),
+            ),
             ("lists_count".into(), lists.to_string()),
             ("lists_entries".into(), entries.to_string()),
             ("lists_heap_bytes".into(), bytes.to_string()),

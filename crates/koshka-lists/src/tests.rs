@@ -62,8 +62,13 @@ fn expect_list(
     out
 }
 
-fn restart(engine: &ListsEngine, snapshot: &[u8], journal: &RecordingJournal) -> ListsEngine {
-    let fresh = ListsEngine::new(ShardSpec::default());
+fn restart(
+    engine: &ListsEngine,
+    snapshot: &[u8],
+    journal: &RecordingJournal,
+    reverse: bool,
+) -> ListsEngine {
+    let fresh = ListsEngine::with_reverse_index(ShardSpec::default(), reverse);
     fresh.load_snapshot(&mut &snapshot[..]).unwrap();
     journal.replay_into(&fresh).unwrap();
     // The same state as the engine that ran: compare canonical snapshots.
@@ -100,11 +105,13 @@ fn model_random_operations_and_restarts() {
     }
 }
 
+/// Even seeds run with the reverse index, odd ones without.
 fn run_model(seed: u64, steps: usize) {
+    let reverse = seed % 2 == 0;
     let mut rng = StdRng::seed_from_u64(seed);
     let clock = Arc::new(ManualClock::new(1_700_000_000));
     let journal = RecordingJournal::with_clock(clock.clone());
-    let mut engine = ListsEngine::new(ShardSpec::default());
+    let mut engine = ListsEngine::with_reverse_index(ShardSpec::default(), reverse);
     let mut snapshot = Vec::new();
     ListsEngine::new(ShardSpec::default())
         .write_snapshot(&mut snapshot)
@@ -217,7 +224,7 @@ fn run_model(seed: u64, steps: usize) {
                 assert_eq!(found, model.len() != before);
             }
             69..=70 => {
-                engine = restart(&engine, &snapshot, &journal);
+                engine = restart(&engine, &snapshot, &journal, reverse);
                 session = Session::default();
             }
             71 => {
@@ -308,8 +315,9 @@ fn run_model(seed: u64, steps: usize) {
             }
         }
     }
-    let stats = engine.stats();
-    assert_eq!(stats[1].1, model.len().to_string());
+    let stats: BTreeMap<String, String> = engine.stats().into_iter().collect();
+    assert_eq!(stats["lists_entries"], model.len().to_string());
+    assert_eq!(stats["lists_reverse_index"], u8::from(reverse).to_string());
 }
 
 trait NowForTest {
@@ -438,6 +446,13 @@ fn settings_configure_the_engine() {
         .insert("entries_per_list_max".into(), 2i64.into());
     let engine = ListsEngine::from_setup(&setup).unwrap();
     assert_eq!(engine.entries_per_list_max, 2);
+    setup.settings.insert("reverse_index".into(), true.into());
+    let engine = ListsEngine::from_setup(&setup).unwrap();
+    let stats: BTreeMap<String, String> = engine.stats().into_iter().collect();
+    assert_eq!(stats["lists_reverse_index"], "1");
+    setup.settings.insert("reverse_index".into(), 1i64.into());
+    assert!(ListsEngine::from_setup(&setup).is_err());
+    setup.settings.insert("reverse_index".into(), false.into());
     setup.settings.insert("bogus".into(), 1i64.into());
     assert!(ListsEngine::from_setup(&setup).is_err());
 }
