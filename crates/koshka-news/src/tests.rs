@@ -244,6 +244,28 @@ fn restart(engine: &NewsEngine, snapshot: &[u8], journal: &RecordingJournal) -> 
     fresh
 }
 
+/// Replays every record of `journal` serially and on 3 apply threads ([`koshka_engine::Lanes`]):
+/// both end in the same state.
+fn lanes_match_serial(journal: &RecordingJournal, make: impl Fn() -> NewsEngine) {
+    let serial = make();
+    journal.replay_into(&serial).unwrap();
+    let parallel = Arc::new(make());
+    let mut lanes = koshka_engine::Lanes::new(parallel.clone(), 3);
+    for r in journal.records() {
+        let ctx = koshka_engine::ApplyCtx {
+            pos: r.appended.pos,
+            time: r.appended.time,
+        };
+        lanes.apply(r.record_type, &r.payload, ctx).unwrap();
+    }
+    lanes.finish().unwrap();
+    drop(lanes);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    serial.write_snapshot(&mut a).unwrap();
+    parallel.write_snapshot(&mut b).unwrap();
+    assert!(a == b, "replay on lanes differs from serial replay");
+}
+
 #[test]
 fn model_random_operations_and_restarts() {
     for seed in 0..6u64 {
@@ -464,6 +486,9 @@ fn run_model(seed: u64, steps: usize) {
         raw_hits > 50 && merged_groups > 20,
         "{raw_hits} {merged_groups}"
     );
+    lanes_match_serial(&journal, || {
+        NewsEngine::with_settings(ShardSpec::default(), SETTINGS)
+    });
 }
 
 fn engine_and_journal() -> (NewsEngine, RecordingJournal, Arc<ManualClock>) {
