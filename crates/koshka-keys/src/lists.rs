@@ -300,7 +300,13 @@ pub fn parse_ids(text: &[u8]) -> Result<Vec<i32>> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids = Vec::new();
+    let count = comma_count(text) + 1;
+    if count > TEMP_LIST_MAX {
+        return Err(KeyError::malformed(format!(
+            "id list longer than {TEMP_LIST_MAX}"
+        )));
+    }
+    let mut ids = Vec::with_capacity(count);
     for part in text.split(|&b| b == b',') {
         if ids.len() == TEMP_LIST_MAX {
             return Err(KeyError::malformed(format!(
@@ -313,6 +319,11 @@ pub fn parse_ids(text: &[u8]) -> Result<Vec<i32>> {
         ids.push(value);
     }
     Ok(ids)
+}
+
+/// The number of commas in `text`.
+fn comma_count(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| b == b',').count()
 }
 
 /// Checks a temp list tag: 1..=[`TEMP_TAG_LEN_MAX`] ASCII letters, digits or `_`, not
