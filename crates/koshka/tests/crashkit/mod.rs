@@ -1,6 +1,6 @@
 //! Shared kit of the crash and recovery tests: a `koshka serve` process that is killed by PID,
-//! a blocking memcached text client, a seeded workload over kv, messages and friends with a
-//! model of every acknowledged write, and helpers that read segment files record by record.
+//! a blocking memcached text client, a seeded workload over kv, messages, friends, lists and
+//! news with a model of every acknowledged write, and helpers that read segment files record by record.
 //!
 //! Each test binary uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
