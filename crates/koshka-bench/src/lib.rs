@@ -34,6 +34,7 @@
 mod friends;
 mod keys;
 mod kv;
+mod lists;
 mod messages;
 mod report;
 mod social;
@@ -62,6 +63,9 @@ pub enum Workload {
     Messages,
     /// Friend graph: list pages, common friends, adds/removes, batch privacy checks.
     Friends,
+    /// Membership lists: checks, adds, intersections with 100 ids (koshka's lists engine vs
+    /// Redis sets).
+    Lists,
 }
 
 /// The wire protocol spoken to the server.
@@ -181,6 +185,10 @@ pub struct BenchArgs {
     /// friends: the hottest users that store 20 privacy rules each.
     #[arg(long, default_value_t = 1000)]
     pub privacy_users: u64,
+    /// lists: number of lists (list sizes are Zipf with `--degree-exponent`; `--edges`
+    /// memberships in all, objects uniform over `--users`).
+    #[arg(long, default_value_t = 1000)]
+    pub lists: u64,
 }
 
 impl BenchArgs {
@@ -258,7 +266,7 @@ async fn run_async(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
             );
             run_kv(args, threads).await
         }
-        Workload::Messages | Workload::Friends => run_social(args, threads).await,
+        Workload::Messages | Workload::Friends | Workload::Lists => run_social(args, threads).await,
     }
 }
 
@@ -337,6 +345,44 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                     args.users + 1,
                     args.big_mailbox,
                     args.redis_model,
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+                server_cpu_s: None,
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+        Workload::Lists => {
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(lists::DEFAULT_MIX),
+                lists::KINDS,
+            )?;
+            let lists_chooser =
+                keys::KeyChooser::new(args.distribution, args.lists, args.zipf_exponent)?;
+            let plan = Arc::new(lists::Lists::new(lists::ListsConfig {
+                protocol: args.protocol,
+                lists: args.lists,
+                users: args.users,
+                edges: args.edges,
+                degree_exponent: args.degree_exponent,
+                chooser: lists_chooser,
+                weights,
+                seed: args.seed,
+            })?);
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "memberships".into(),
+                data_items: plan.edge_count(),
+                mix: args.mix.clone().unwrap_or(lists::DEFAULT_MIX.into()),
+                detail: format!(
+                    "{} lists, sizes Zipf {} (largest {}, median {}); objects uniform over {} \
+                     users; intersections of {} ids",
+                    args.lists,
+                    args.degree_exponent,
+                    plan.max_size(),
+                    plan.median_size(),
+                    args.users,
+                    lists::INTERSECT_IDS
                 ),
                 preload_items: None,
                 ops_by_kind: Vec::new(),

@@ -1,5 +1,5 @@
-//! Crash test: writers push acknowledged operations over real sockets to kv, messages and
-//! friends while the server is killed with SIGKILL at a random moment; after each restart on
+//! Crash test: writers push acknowledged operations over real sockets to kv, messages,
+//! friends, lists and news while the server is killed with SIGKILL at a random moment; after each restart on
 //! the same data directory every acknowledged write must be there, and every write whose
 //! reply never arrived must be wholly there or wholly absent.
 //!
