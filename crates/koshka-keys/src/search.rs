@@ -748,7 +748,7 @@ pub fn merge(search: &Search, parts: &[Found], asked: &[u32]) -> Merged {
             }));
         }
     }
-    let last = (ranked.len() == window).then(|| ranked[window - 1]);
+    let last = (window > 0 && ranked.len() == window).then(|| ranked[window - 1]);
     let unsure = parts
         .iter()
         .zip(asked)

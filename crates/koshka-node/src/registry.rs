@@ -12,6 +12,7 @@ pub fn builtin() -> Vec<EngineSpec> {
         koshka_messages::MESSAGES_SPEC,
         koshka_messages::WALL_SPEC,
         koshka_friends::SPEC,
+        koshka_search::SPEC,
     ]
 }
 
@@ -35,7 +36,8 @@ mod tests {
                 ("kv", 11211),
                 ("messages", 11212),
                 ("wall", 11213),
-                ("friends", 11214)
+                ("friends", 11214),
+                ("search", 11217)
             ]
         );
     }
