@@ -71,12 +71,10 @@ fn text(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn random_item(rng: &mut Rng) -> ModelItem {
-    ModelItem {
-        kind: 1 + rng.below(3) as u8,
-        date: rng.below(50) as u32,
-        rating: rng.below(20) as u32,
-        text: text(rng),
-    }
+    let kind = 1 + rng.below(3) as u8;
+    let date = rng.below(50) as u32;
+    let rating = rng.below(20) as u32;
+    ModelItem::new(kind, date, rating, text(rng))
 }
 
 fn random_search(rng: &mut Rng, owners: &[i64]) -> Search {

@@ -16,6 +16,21 @@ pub struct ModelItem {
     pub date: u32,
     pub rating: u32,
     pub text: Vec<u8>,
+    /// The text's stem counts and word count, computed once.
+    pub stems: (Vec<(String, u32)>, u32),
+}
+
+impl ModelItem {
+    pub fn new(kind: u8, date: u32, rating: u32, text: Vec<u8>) -> Self {
+        let stems = koshka_text::stem_counts(&text);
+        Self {
+            kind,
+            date,
+            rating,
+            text,
+            stems,
+        }
+    }
 }
 
 /// The model: `(owner, id)` → item.
@@ -37,7 +52,7 @@ impl Model {
             {
                 continue;
             }
-            let (counts, words) = koshka_text::stem_counts(&item.text);
+            let (counts, words) = (&item.stems.0, item.stems.1);
             if !query.iter().all(|q| counts.iter().any(|(s, _)| s == q)) {
                 continue;
             }
