@@ -373,6 +373,11 @@ impl Lexicon {
 /// the skip table points at it.
 const SKIP: usize = 16;
 
+/// A stem also starts a block when the block before it already holds this many bytes, so a
+/// lookup never walks over a long run of a common stem to reach a rare one after it (with
+/// short runs, as in most mailboxes, blocks are cut by [`SKIP`] alone).
+const BLOCK_BYTES: usize = 256;
+
 /// The inverted index of a large mailbox; see the module docs.
 ///
 /// ```text
@@ -410,14 +415,17 @@ impl PostingIndex {
     fn encode(&mut self, sorted: &[(u32, u32)]) {
         let mut data = Vec::with_capacity(sorted.len() * 2);
         let mut skips = Vec::new();
-        let mut stems = 0usize;
+        let mut in_block = 0usize;
+        let mut block_start = 0usize;
         let mut previous_stem = 0u32;
         let mut at = 0;
         while at < sorted.len() {
             let stem = sorted[at].0;
             let run = sorted[at..].partition_point(|&(s, _)| s == stem);
-            if stems.is_multiple_of(SKIP) {
+            if skips.is_empty() || in_block == SKIP || data.len() - block_start >= BLOCK_BYTES {
                 skips.push((stem, u32::try_from(data.len()).unwrap_or(u32::MAX)));
+                block_start = data.len();
+                in_block = 0;
                 put_var(&mut data, u64::from(stem));
             } else {
                 put_var(&mut data, u64::from(stem - previous_stem));
@@ -429,7 +437,7 @@ impl PostingIndex {
                 previous_lid = lid;
             }
             previous_stem = stem;
-            stems += 1;
+            in_block += 1;
             at += run;
         }
         data.shrink_to_fit();
@@ -443,12 +451,17 @@ impl PostingIndex {
     fn decode(&self) -> Vec<(u32, u32)> {
         let mut out = Vec::with_capacity(self.postings);
         let mut at = 0;
-        let mut stems = 0usize;
+        let mut next_block = 0usize;
         let mut stem = 0u64;
         while at < self.data.len() {
+            let block = self
+                .skips
+                .get(next_block)
+                .is_some_and(|&(_, o)| o as usize == at);
             let (value, used) = get_var(&self.data[at..]);
             at += used;
-            stem = if stems.is_multiple_of(SKIP) {
+            stem = if block {
+                next_block += 1;
                 value
             } else {
                 stem + value
@@ -463,7 +476,6 @@ impl PostingIndex {
                 // NOTE: written from u32 values.
                 out.push((stem as u32, lid as u32));
             }
-            stems += 1;
         }
         out
     }
@@ -701,6 +713,27 @@ mod tests {
         );
         lex.release(ids.into_iter());
         assert!(lex.is_empty());
+    }
+
+    /// Long runs cut blocks early; every stem is still found, and a rebuild round-trips.
+    #[test]
+    fn long_runs_start_new_blocks() {
+        let mut postings = Vec::new();
+        for stem in 0..40u32 {
+            let run = if stem % 7 == 3 { 5000 } else { 2 };
+            postings.extend((0..run).map(|lid| (stem, lid * 3 + stem)));
+        }
+        let index = PostingIndex::build(postings.clone());
+        assert!(index.skips.len() > 40 / SKIP + 1, "long runs start blocks");
+        for stem in 0..41u32 {
+            let want: Vec<u32> = postings
+                .iter()
+                .filter(|p| p.0 == stem)
+                .map(|p| p.1)
+                .collect();
+            assert_eq!(index.ids(stem), want, "stem {stem}");
+        }
+        assert_eq!(index.decode(), postings);
     }
 
     /// Random adds, merges and rebuilds against a naive model.
