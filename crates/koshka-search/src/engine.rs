@@ -281,6 +281,8 @@ impl SearchEngine {
     fn load_partition(&self, r: &mut Reader<'_>, index: usize, part: &mut Partition) -> Result<()> {
         part.pos = r.u64()?;
         let count = r.u64()?;
+        let mut items = Vec::with_capacity(usize::try_from(count.min(1 << 24)).unwrap_or(0));
+        let mut seen = hashbrown::HashSet::with_capacity(items.capacity());
         for _ in 0..count {
             let owner = r.i64()?;
             let id = r.u32()?;
@@ -293,7 +295,7 @@ impl SearchEngine {
                 && id != 0
                 && (1..=crate::ITEM_TYPE_MAX).contains(&kind)
                 && self.partition_of(owner) == index
-                && part.get(owner, id).is_none();
+                && seen.insert(crate::state::item_key(owner, id));
             if !valid {
                 return Err(Error::Corrupt {
                     what: "search snapshot",
@@ -322,9 +324,15 @@ impl SearchEngine {
             }
             let ids = self.lexicon.hold_stems(texts.into_iter());
             let mut pairs: Vec<(u32, u32)> = ids.into_iter().zip(counts).collect();
-            let item = Item::new((owner, id), (kind, date, rating), words, hash, &mut pairs);
-            part.insert(item, &self.lexicon);
+            items.push(Item::new(
+                (owner, id),
+                (kind, date, rating),
+                words,
+                hash,
+                &mut pairs,
+            ));
         }
+        part.fill(items);
         Ok(())
     }
 }
@@ -501,7 +509,7 @@ impl Engine for SearchEngine {
             bytes += part.heap_bytes();
         }
         bytes += self.lexicon.heap_bytes() + std::mem::size_of::<Self>();
-        let per_item = if items == 0 { 0 } else { bytes / items };
+        let per_item = bytes.checked_div(items).unwrap_or(0);
         vec![
             ("search_items".into(), items.to_string()),
             ("search_stems".into(), self.lexicon.len().to_string()),

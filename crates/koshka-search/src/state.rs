@@ -275,6 +275,17 @@ impl Partition {
         self.dead = 0;
     }
 
+    /// Fills an empty partition with `items` (distinct, live, their stems held) at once: one
+    /// index build instead of one posting merge per few hundred items. For snapshot loads.
+    ///
+    /// # Panics
+    /// If the partition is not empty.
+    pub fn fill(&mut self, items: Vec<Item>) {
+        assert!(self.items.is_empty(), "fill an empty partition");
+        self.items = items;
+        self.compact();
+    }
+
     /// Releases every item's stems from `lexicon` and empties the partition.
     pub fn clear(&mut self, lexicon: &Lexicon) {
         for item in self.items.iter().filter(|i| i.live()) {
