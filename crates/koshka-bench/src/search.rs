@@ -204,3 +204,66 @@ impl Social for SearchPlan {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::Texts;
+
+    #[test]
+    fn items_belong_to_the_shard_and_searches_parse() -> anyhow::Result<()> {
+        let plan = SearchPlan::new(SearchConfig {
+            items: 1000,
+            shards: 8,
+            shard: 3,
+            limit: 20,
+            pool: TextPool::new(Texts::Cut, 100, 1),
+            weights: vec![1, 1, 1],
+            seed: 1,
+        })?;
+        assert_eq!(plan.per_shard_limit(), split_limit(20, 8));
+        for item in [0, 1, 999] {
+            let mut out = Vec::new();
+            plan.push_preload(item, &mut out);
+            let line = String::from_utf8_lossy(&out);
+            let key = line.split(' ').nth(1).unwrap_or_default();
+            let owner: i64 = key
+                .trim_start_matches("item")
+                .split('_')
+                .next()
+                .unwrap_or_default()
+                .parse()?;
+            assert_eq!(koshka_keys::shard_of(owner, 8), 3, "{line}");
+            let (head, value) = line.split_once("\r\n").unwrap_or_default();
+            assert!(head.starts_with("set item"), "{line}");
+            let value = value.trim_end_matches("\r\n");
+            koshka_keys::search::Update::parse_set(key.as_bytes(), value.as_bytes())?;
+        }
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut local = plan.local(0);
+        for kind in [SEARCH2, DATE2] {
+            let mut out = Vec::new();
+            plan.start(kind, &mut rng, &mut local, &mut out);
+            let line = String::from_utf8_lossy(&out);
+            let key = line.trim_end().trim_start_matches("get ");
+            let Query::Search(search) = Query::parse(key.as_bytes())? else {
+                anyhow::bail!("{line}");
+            };
+            assert_eq!(search.limit, plan.per_shard_limit());
+            assert_eq!(search.words.split(|&b| b == b' ').count(), 2, "{line}");
+        }
+        assert!(SearchPlan::new(SearchConfig {
+            items: 1,
+            shards: 8,
+            shard: 8,
+            limit: 20,
+            pool: TextPool::new(Texts::Cut, 100, 1),
+            weights: vec![1],
+            seed: 1,
+        })
+        .is_err());
+        Ok(())
+    }
+}

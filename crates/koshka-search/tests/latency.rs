@@ -75,7 +75,11 @@ fn two_word_search_latency() {
             let started = Instant::now();
             let value = engine.get(&key, &mut session).unwrap().unwrap();
             best = best.min(started.elapsed());
-            total = String::from_utf8_lossy(&value.data).split(',').next().unwrap().into();
+            total = String::from_utf8_lossy(&value.data)
+                .split(',')
+                .next()
+                .unwrap()
+                .into();
         }
         times.push((best, format!("{a} {b}: {total} matches")));
     }
