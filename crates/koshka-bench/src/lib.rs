@@ -37,6 +37,7 @@ mod kv;
 mod lists;
 mod messages;
 mod report;
+mod search;
 mod social;
 mod text;
 mod wire;
@@ -66,6 +67,8 @@ pub enum Workload {
     /// Membership lists: checks, adds, intersections with 100 ids (koshka's lists engine vs
     /// Redis sets).
     Lists,
+    /// Global search: one shard's items (real sentences), two-word searches.
+    Search,
 }
 
 /// The wire protocol spoken to the server.
@@ -189,6 +192,20 @@ pub struct BenchArgs {
     /// memberships in all, objects uniform over `--users`).
     #[arg(long, default_value_t = 1000)]
     pub lists: u64,
+    /// search: items the preload indexes on this shard (1 M items over 8 shards = 125 000).
+    #[arg(long, default_value_t = 125_000)]
+    pub items: u64,
+    /// search: shards of the cluster the node is one of (sets item owners and the per-shard
+    /// limit of each search).
+    #[arg(long, default_value_t = 8)]
+    pub search_shards: u32,
+    /// search: the shard this node holds.
+    #[arg(long, default_value_t = 0)]
+    pub search_shard: u32,
+    /// search: hits the client wants from the whole cluster; each shard is asked for the
+    /// split estimate of it.
+    #[arg(long, default_value_t = 20)]
+    pub search_limit: u32,
 }
 
 impl BenchArgs {
@@ -266,7 +283,9 @@ async fn run_async(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
             );
             run_kv(args, threads).await
         }
-        Workload::Messages | Workload::Friends | Workload::Lists => run_social(args, threads).await,
+        Workload::Messages | Workload::Friends | Workload::Lists | Workload::Search => {
+            run_social(args, threads).await
+        }
     }
 }
 
@@ -383,6 +402,43 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                     plan.median_size(),
                     args.users,
                     lists::INTERSECT_IDS
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+                server_cpu_s: None,
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+        Workload::Search => {
+            anyhow::ensure!(
+                args.protocol == Protocol::Memcache,
+                "the search workload speaks koshka's compiled keys only"
+            );
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(search::DEFAULT_MIX),
+                search::KINDS,
+            )?;
+            let plan = Arc::new(search::SearchPlan::new(search::SearchConfig {
+                items: args.items,
+                shards: args.search_shards,
+                shard: args.search_shard,
+                limit: args.search_limit,
+                pool: text::TextPool::new(args.texts, args.text_size, args.seed),
+                weights,
+                seed: args.seed,
+            })?);
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "items".into(),
+                data_items: args.items,
+                mix: args.mix.clone().unwrap_or(search::DEFAULT_MIX.into()),
+                detail: format!(
+                    "shard {} of {}; top {} per search = {} per shard; texts: {}",
+                    args.search_shard,
+                    args.search_shards,
+                    args.search_limit,
+                    plan.per_shard_limit(),
+                    plan.text_source(),
                 ),
                 preload_items: None,
                 ops_by_kind: Vec::new(),

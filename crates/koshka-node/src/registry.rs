@@ -14,6 +14,7 @@ pub fn builtin() -> Vec<EngineSpec> {
         koshka_friends::SPEC,
         koshka_news::SPEC,
         koshka_lists::SPEC,
+        koshka_search::SPEC,
     ]
 }
 
@@ -39,7 +40,8 @@ mod tests {
                 ("wall", 11213),
                 ("friends", 11214),
                 ("news", 11215),
-                ("lists", 11216)
+                ("lists", 11216),
+                ("search", 11217)
             ]
         );
     }

@@ -1,6 +1,7 @@
 //! Shared kit of the crash and recovery tests: a `koshka serve` process that is killed by PID,
-//! a blocking memcached text client, a seeded workload over kv, messages, friends, lists and
-//! news with a model of every acknowledged write, and helpers that read segment files record by record.
+//! a blocking memcached text client, a seeded workload over kv, messages, friends, lists, news
+//! and search with a model of every acknowledged write, and helpers that read segment files
+//! record by record.
 //!
 //! Each test binary uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -696,6 +697,10 @@ pub const LISTS: i32 = 4;
 pub const LIST_OBJECTS: i32 = 16;
 /// Authors per news writer (many, so no author nears the per-author cap of 5000).
 pub const NEWS_AUTHORS: i32 = 32;
+/// Owners per search writer.
+pub const SEARCH_OWNERS: u32 = 8;
+/// Item ids per search owner.
+pub const SEARCH_IDS: u32 = 40;
 
 /// How many writers of each kind run, and how long records are.
 #[derive(Debug, Clone, Copy)]
@@ -710,6 +715,8 @@ pub struct Workload {
     pub lists: usize,
     /// news writer threads.
     pub news: usize,
+    /// search writer threads.
+    pub search: usize,
     /// Longest random padding of kv values and message texts.
     pub pad_max: usize,
 }
@@ -722,6 +729,7 @@ impl Default for Workload {
             friends: 2,
             lists: 2,
             news: 1,
+            search: 1,
             pad_max: 300,
         }
     }
@@ -760,6 +768,10 @@ pub enum Op {
     ListObjectDel(i32, Vec<i32>),
     /// news `set update<author>` of an event whose item is unique.
     NewsEvent(i32, i32),
+    /// search `set item<owner>_<id>` with a text whose first word is unique.
+    SearchSet(u32, u32, String),
+    /// search `delete item<owner>_<id>` (acked as DELETED or NOT_FOUND).
+    SearchDel(u32, u32),
 }
 
 /// What one writer thread did: acknowledged operations in order, then the one whose reply
@@ -775,7 +787,7 @@ pub struct WriterLog {
 }
 
 /// Engines the workload needs.
-pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists", "news"];
+pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists", "news", "search"];
 
 /// A stored message as seen through `get message…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -851,6 +863,10 @@ pub struct Model {
     pub news: BTreeMap<i32, BTreeSet<i32>>,
     /// In-flight news events (author, item).
     pub news_maybe: Vec<(i32, i32)>,
+    /// search item → its text (`None`: deleted).
+    pub search: BTreeMap<(u32, u32), Option<String>>,
+    /// In-flight search ops.
+    pub search_maybe: Vec<((u32, u32), Option<String>)>,
     /// Acknowledged operations so far.
     pub acked_ops: u64,
     /// In-flight operations so far (unknown fate at the kill).
@@ -906,6 +922,12 @@ impl Model {
                 Op::NewsEvent(author, item) => {
                     self.news.entry(author).or_default().insert(item);
                 }
+                Op::SearchSet(o, i, text) => {
+                    self.search.insert((o, i), Some(text));
+                }
+                Op::SearchDel(o, i) => {
+                    self.search.insert((o, i), None);
+                }
             }
         }
         if let Some(op) = log.in_flight {
@@ -929,6 +951,8 @@ impl Model {
                     }
                 }
                 Op::NewsEvent(author, item) => self.news_maybe.push((author, item)),
+                Op::SearchSet(o, i, text) => self.search_maybe.push(((o, i), Some(text))),
+                Op::SearchDel(o, i) => self.search_maybe.push(((o, i), None)),
             }
         }
     }
@@ -952,6 +976,9 @@ impl Model {
         }
         if server.ports.contains_key("news") {
             self.verify_news(&mut server.connect("news"), &mut bad);
+        }
+        if server.ports.contains_key("search") {
+            self.verify_search(&mut server.connect("search"), &mut bad);
         }
         bad
     }
@@ -1271,6 +1298,68 @@ impl Model {
         self.news_maybe.clear();
     }
 
+    /// Every search item holds its acknowledged text (or one in flight): `get item…` shows
+    /// the text's FNV-1a hash and a search for the text's unique first word finds exactly that
+    /// item; deleted items are absent; the count of all items matches.
+    fn verify_search(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let items: Vec<(u32, u32)> = self
+            .search
+            .keys()
+            .copied()
+            .chain(self.search_maybe.iter().map(|(k, _)| *k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let keys: Vec<String> = items.iter().map(|(o, i)| format!("item{o}_{i}")).collect();
+        let got = c.get_many(&keys).expect("search read-back");
+        let mut maybe: HashMap<(u32, u32), Vec<Option<String>>> = HashMap::new();
+        for (k, t) in &self.search_maybe {
+            maybe.entry(*k).or_default().push(t.clone());
+        }
+        let mut live = 0u64;
+        for (o, i) in items {
+            let hash: Option<u64> = got
+                .get(&format!("item{o}_{i}"))
+                .map(|v| v.trim().rsplit(',').next().unwrap().parse().unwrap());
+            let mut candidates: Vec<Option<String>> =
+                vec![self.search.get(&(o, i)).cloned().flatten()];
+            candidates.extend(maybe.remove(&(o, i)).unwrap_or_default());
+            let Some(found) = candidates
+                .into_iter()
+                .find(|t| t.as_deref().map(fnv) == hash)
+            else {
+                bad.push(format!(
+                    "item{o}_{i}: found hash {hash:?}, not an acknowledged or in-flight text"
+                ));
+                continue;
+            };
+            if let Some(text) = &found {
+                live += 1;
+                let token = text.split(' ').next().unwrap();
+                let reply = c.get_str(&format!("search#R5({token})")).expect("search");
+                let want = format!("1,1,{o},{i},");
+                if !reply.as_deref().is_some_and(|r| r.starts_with(&want)) {
+                    bad.push(format!(
+                        "item{o}_{i}: search for {token} answered {reply:?}"
+                    ));
+                }
+            }
+            self.search.insert((o, i), found);
+        }
+        self.search_maybe.clear();
+        let all = c.get_str("search#R0()").expect("count");
+        if all.as_deref() != Some(format!("{live},0").as_str()) {
+            bad.push(format!(
+                "search: {live} live items in the model, count answered {all:?}"
+            ));
+        }
+    }
+
     /// Creates the shared counters (acknowledged `set … 0`) if the model has none.
     pub fn ensure_counters(&mut self, server: &Server) {
         if !self.counters.is_empty() || !server.ports.contains_key("kv") {
@@ -1296,9 +1385,10 @@ impl Model {
         let _ = write!(
             s,
             "kv keys {live}, counters {:?}, messages {}, friendships {friends}, list entries \
-             {entries}, news events {events}",
+             {entries}, news events {events}, search items {}",
             self.counters.values().collect::<Vec<_>>(),
-            self.msgs.len()
+            self.msgs.len(),
+            self.search.values().filter(|v| v.is_some()).count()
         );
         s
     }
@@ -1354,6 +1444,7 @@ impl Writers {
                                     "messages" => ctx.msg_op(&mut c, &mut log),
                                     "lists" => ctx.list_op(&mut c, &mut log),
                                     "news" => ctx.news_op(&mut c, &mut log),
+                                    "search" => ctx.search_op(&mut c, &mut log),
                                     _ => ctx.friend_op(&mut c, &mut log),
                                 };
                                 if let Err(e) = r {
@@ -1388,6 +1479,11 @@ impl Writers {
         if server.ports.contains_key("news") {
             for w in 0..workload.news {
                 spawn("news", w, server.port("news"));
+            }
+        }
+        if server.ports.contains_key("search") {
+            for w in 0..workload.search {
+                spawn("search", w, server.port("search"));
             }
         }
         Self { handles, stop }
@@ -1504,6 +1600,32 @@ impl WriterCtx {
         } else {
             return Err(proto_err(format!("newmsgid replies {a:?} {b:?}")));
         }
+        Ok(())
+    }
+
+    fn search_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let owner = 1 + u32::try_from(self.w).unwrap() * 100 + self.rng.gen_range(0..SEARCH_OWNERS);
+        let id = self.rng.gen_range(1..=SEARCH_IDS);
+        if self.rng.gen_range(0..100) < 75 {
+            let pad = self.unique("pad");
+            let text = format!(
+                "q{}r{}s{} кошки и собаки {pad}",
+                self.w, self.round, self.seq
+            );
+            let value = format!("1,{},{}\t{text}", self.seq, self.rng.gen_range(0..100));
+            log.in_flight = Some(Op::SearchSet(owner, id, text));
+            let r = c.set(&format!("item{owner}_{id}"), value.as_bytes())?;
+            if r != "STORED" {
+                return Err(proto_err(format!("item{owner}_{id}: {r}")));
+            }
+        } else {
+            log.in_flight = Some(Op::SearchDel(owner, id));
+            let r = c.command_line(&format!("delete item{owner}_{id}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete item{owner}_{id}: {r}")));
+            }
+        }
+        log.acked.extend(log.in_flight.take());
         Ok(())
     }
 
