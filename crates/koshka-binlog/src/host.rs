@@ -613,13 +613,13 @@ impl Host {
         ));
         match &i.journal {
             JournalImpl::Replica(r) => out.extend(r.stats()),
-            _ => {
-                out.push(("repl_role", "primary".to_string()));
-                out.push(("repl_replicas", i.acks.connected().to_string()));
-                let positions: Vec<String> =
-                    i.acks.positions().iter().map(u64::to_string).collect();
-                out.push(("repl_replica_positions", positions.join(",")));
-            }
+            _ => out.push(("repl_role", "primary".to_string())),
+        }
+        if i.binlog().is_some() {
+            // A primary, or a promoted replica: who follows it.
+            out.push(("repl_replicas", i.acks.connected().to_string()));
+            let positions: Vec<String> = i.acks.positions().iter().map(u64::to_string).collect();
+            out.push(("repl_replica_positions", positions.join(",")));
         }
         out.sort_by_key(|(k, _)| *k);
         out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
