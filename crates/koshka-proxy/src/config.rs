@@ -488,12 +488,19 @@ mod tests {
             listen = "127.0.0.1:0"
             cache = ["friends"]
             shards = ["127.0.0.1:4"]
+            [[cluster]]
+            name = "search"
+            engine = "search"
+            listen = "127.0.0.1:0"
+            shards = ["127.0.0.1:5", "127.0.0.1:6"]
             "#,
         )
         .unwrap();
         assert_eq!(config.proxy.get_timeout_ms, 300);
         assert_eq!(config.clusters[0].mode(), Mode::Ketama);
         assert_eq!(config.clusters[1].mode(), Mode::Owner);
+        assert_eq!(config.clusters[2].engine, Family::Search);
+        assert_eq!(config.clusters[2].mode(), Mode::Owner);
         assert_eq!(config.clusters[0].shards[0].ring_name(), "127.0.0.1");
         assert_eq!(config.clusters[0].shards[1].ring_name(), "127.0.0.1:2");
         assert_eq!(config.clusters[0].shards[1].replicas(), ["127.0.0.1:3"]);

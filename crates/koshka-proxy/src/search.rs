@@ -190,3 +190,64 @@ async fn ask(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(key: &[u8]) -> Search {
+        match Query::parse(key).unwrap() {
+            Query::Search(search) => search,
+            Query::Item { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_rewrites_as_documented() {
+        // docs/proxy.md and docs/protocol/search.md: `search#R20,40(кот)` over 8 shards.
+        let search = parse("search#R20,40(кот)".as_bytes());
+        let per_shard = search.per_shard(8);
+        assert_eq!(per_shard.limit, 27);
+        assert_eq!(
+            Query::Search(per_shard).to_bytes(),
+            b"search#R27(%D0%BA%D0%BE%D1%82)"
+        );
+    }
+
+    #[test]
+    fn merges_skip_shards_that_did_not_answer() {
+        let search = parse(b"search#R2(a)");
+        let hit = |owner, value, hash| koshka_keys::search::Hit {
+            owner,
+            id: 1,
+            value,
+            hash,
+        };
+        let a = Found {
+            total: 5,
+            hits: vec![hit(1, 9, 1), hit(3, 8, 2)],
+        };
+        let c = Found {
+            total: 1,
+            hits: vec![hit(2, 10, 3)],
+        };
+        let (found, unsure) = merged(&search, &[Some(a), None, Some(c)], &[2, 2, 2]);
+        assert_eq!(found.total, 6);
+        assert_eq!(found.hits, vec![hit(2, 10, 3), hit(1, 9, 1)]);
+        // Part 0 sent all it was asked for and its last hit is below the window: sure.
+        assert!(unsure.is_empty());
+        let (_, unsure) = merged(
+            &search,
+            &[
+                None,
+                Some(Found {
+                    total: 9,
+                    hits: vec![hit(1, 9, 1)],
+                }),
+            ],
+            &[1, 1],
+        );
+        // Indexes are the caller's, not the answered parts'.
+        assert_eq!(unsure, vec![1]);
+    }
+}
