@@ -206,6 +206,10 @@ pub struct BenchArgs {
     /// split estimate of it.
     #[arg(long, default_value_t = 20)]
     pub search_limit: u32,
+    /// search: the server is a proxy over `--search-shards` shards; items go to every shard
+    /// (`--items` in all) and each search asks for the whole `--search-limit`.
+    #[arg(long)]
+    pub search_through_proxy: bool,
 }
 
 impl BenchArgs {
@@ -423,6 +427,7 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                 shards: args.search_shards,
                 shard: args.search_shard,
                 limit: args.search_limit,
+                whole: args.search_through_proxy,
                 pool: text::TextPool::new(args.texts, args.text_size, args.seed),
                 weights,
                 seed: args.seed,
@@ -432,14 +437,23 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                 data_kind: "items".into(),
                 data_items: args.items,
                 mix: args.mix.clone().unwrap_or(search::DEFAULT_MIX.into()),
-                detail: format!(
-                    "shard {} of {}; top {} per search = {} per shard; texts: {}",
-                    args.search_shard,
-                    args.search_shards,
-                    args.search_limit,
-                    plan.per_shard_limit(),
-                    plan.text_source(),
-                ),
+                detail: if args.search_through_proxy {
+                    format!(
+                        "through a proxy over {} shards; top {} per search; texts: {}",
+                        args.search_shards,
+                        args.search_limit,
+                        plan.text_source(),
+                    )
+                } else {
+                    format!(
+                        "shard {} of {}; top {} per search = {} per shard; texts: {}",
+                        args.search_shard,
+                        args.search_shards,
+                        args.search_limit,
+                        plan.per_shard_limit(),
+                        plan.text_source(),
+                    )
+                },
                 preload_items: None,
                 ops_by_kind: Vec::new(),
                 server_cpu_s: None,

@@ -9,6 +9,10 @@
 //! (`--texts`, `--text-size`, as the messages workload makes them). With fewer pool texts than
 //! items some texts repeat, as re-posts do; searches show each text once.
 //!
+//! With `--search-through-proxy` the server is a proxy over `--search-shards` shards: the
+//! owners are `i mod (10 000 × shards) + 1`, spread over every shard, and each search asks for
+//! the whole `--search-limit` (the proxy splits it over the shards and merges).
+//!
 //! # Operations (koshka only)
 //!
 //! | kind | request |
@@ -47,6 +51,8 @@ pub(crate) struct SearchConfig {
     pub(crate) shards: u32,
     pub(crate) shard: u32,
     pub(crate) limit: u32,
+    /// The server is a proxy over every shard (see the module docs).
+    pub(crate) whole: bool,
     pub(crate) pool: TextPool,
     pub(crate) weights: Vec<u32>,
     pub(crate) seed: u64,
@@ -85,7 +91,11 @@ impl SearchPlan {
             config.items < 1 << 30,
             "--items must be below 2^30 (item ids are positive i32)"
         );
-        let per_shard = split_limit(config.limit, config.shards);
+        let per_shard = if config.whole {
+            config.limit
+        } else {
+            split_limit(config.limit, config.shards)
+        };
         Ok(SearchPlan { config, per_shard })
     }
 
@@ -100,6 +110,9 @@ impl SearchPlan {
     }
 
     fn owner(&self, item: u64) -> u64 {
+        if self.config.whole {
+            return item % (OWNERS * u64::from(self.config.shards)) + 1;
+        }
         (item % OWNERS + 1) * u64::from(self.config.shards) + u64::from(self.config.shard)
     }
 
@@ -219,6 +232,7 @@ mod tests {
             shards: 8,
             shard: 3,
             limit: 20,
+            whole: false,
             pool: TextPool::new(Texts::Cut, 100, 1),
             weights: vec![1, 1, 1],
             seed: 1,
@@ -259,11 +273,33 @@ mod tests {
             shards: 8,
             shard: 8,
             limit: 20,
+            whole: false,
             pool: TextPool::new(Texts::Cut, 100, 1),
             weights: vec![1],
             seed: 1,
         })
         .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn through_a_proxy_items_cover_every_shard_and_searches_ask_the_whole_limit(
+    ) -> anyhow::Result<()> {
+        let plan = SearchPlan::new(SearchConfig {
+            items: 1000,
+            shards: 8,
+            shard: 0,
+            limit: 20,
+            whole: true,
+            pool: TextPool::new(Texts::Cut, 100, 1),
+            weights: vec![1, 1, 1],
+            seed: 1,
+        })?;
+        assert_eq!(plan.per_shard_limit(), 20);
+        let shards: std::collections::BTreeSet<u32> = (0..64)
+            .map(|item| koshka_keys::shard_of(i64::try_from(plan.owner(item)).unwrap_or(1), 8))
+            .collect();
+        assert_eq!(shards.len(), 8);
         Ok(())
     }
 }

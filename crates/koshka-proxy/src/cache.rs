@@ -130,6 +130,9 @@ fn read_owner(cluster: &Cluster, key: &[u8]) -> i64 {
         Family::Friends => GetKey::parse(key)
             .ok()
             .and_then(|k| Route::owners(&k).primary()),
+        Family::Search => koshka_keys::search::Query::parse(key)
+            .ok()
+            .and_then(|q| Route::owners(&q).primary()),
         Family::Kv => None,
     };
     owner.or_else(|| first_int(key)).unwrap_or(0)

@@ -13,7 +13,7 @@
 //!
 //! [[cluster]]
 //! name = "friends"
-//! engine = "friends"            # kv | messages | wall | friends
+//! engine = "friends"            # kv | messages | wall | friends | search
 //! listen = "127.0.0.1:11214"
 //! cache = ["friends", "friendcnt"]
 //! shards = ["127.0.0.1:12014", { primary = "127.0.0.1:12114", replicas = ["127.0.0.1:12214"] }]
@@ -214,6 +214,8 @@ pub enum Family {
     Wall,
     /// The friends grammar.
     Friends,
+    /// The search grammar: item keys by owner, searches scattered to every shard and merged.
+    Search,
 }
 
 impl Family {
@@ -225,6 +227,7 @@ impl Family {
             Self::Messages => "messages",
             Self::Wall => "wall",
             Self::Friends => "friends",
+            Self::Search => "search",
         }
     }
 }
@@ -485,12 +488,19 @@ mod tests {
             listen = "127.0.0.1:0"
             cache = ["friends"]
             shards = ["127.0.0.1:4"]
+            [[cluster]]
+            name = "search"
+            engine = "search"
+            listen = "127.0.0.1:0"
+            shards = ["127.0.0.1:5", "127.0.0.1:6"]
             "#,
         )
         .unwrap();
         assert_eq!(config.proxy.get_timeout_ms, 300);
         assert_eq!(config.clusters[0].mode(), Mode::Ketama);
         assert_eq!(config.clusters[1].mode(), Mode::Owner);
+        assert_eq!(config.clusters[2].engine, Family::Search);
+        assert_eq!(config.clusters[2].mode(), Mode::Owner);
         assert_eq!(config.clusters[0].shards[0].ring_name(), "127.0.0.1");
         assert_eq!(config.clusters[0].shards[1].ring_name(), "127.0.0.1:2");
         assert_eq!(config.clusters[0].shards[1].replicas(), ["127.0.0.1:3"]);

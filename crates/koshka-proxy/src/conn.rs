@@ -166,6 +166,19 @@ pub enum Part {
     Error(Bytes),
     /// Missed the deadline or had no usable member.
     Missed,
+    /// A key merged from several shard requests (a search): its `VALUE` block (empty when
+    /// no shard answered), how many, and how many of its `total` shard requests answered in
+    /// time (they count as sub-requests of the retrieval, for `#last_complete_count`).
+    Merged {
+        /// `VALUE` block.
+        values: Bytes,
+        /// Values in `values` (0 or 1).
+        count: u32,
+        /// Shards that answered in time.
+        done: u32,
+        /// Shards asked.
+        total: u32,
+    },
 }
 
 /// A part of a retrieval in flight.
@@ -529,6 +542,14 @@ impl Conn<'_> {
                         get,
                         Some(shard),
                         self.session,
+                    ));
+                }
+                ReadPlan::Search(search) => {
+                    parts.push(crate::search::scatter(
+                        self.cluster.clone(),
+                        key.to_vec(),
+                        search,
+                        self.session.id,
                     ));
                 }
                 ReadPlan::Admin | ReadPlan::NewId { .. } => {
@@ -963,7 +984,7 @@ async fn resolve(
             out.extend_from_slice(koshka_proto::reply::END);
         }
         Slot::Gather(parts) => {
-            let total = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+            let mut total = u32::try_from(parts.len()).unwrap_or(u32::MAX);
             let mut done = 0u32;
             let mut error: Option<Bytes> = None;
             let mut pending: FuturesUnordered<PartFuture> = parts.into_iter().collect();
@@ -979,6 +1000,18 @@ async fn resolve(
                         error.get_or_insert(line);
                     }
                     Part::Missed => {}
+                    Part::Merged {
+                        values,
+                        count,
+                        done: answered,
+                        total: asked,
+                    } => {
+                        // The part's shard requests replace it in the counts.
+                        total = total.saturating_sub(1).saturating_add(asked);
+                        done = done.saturating_add(answered);
+                        add(&stats.keys_found, u64::from(count));
+                        out.extend_from_slice(&values);
+                    }
                 }
                 if out.len() >= FLUSH_BYTES {
                     writer.write(out).await?;

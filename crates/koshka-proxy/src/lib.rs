@@ -40,6 +40,7 @@ pub mod etcd;
 pub mod ring;
 pub mod route;
 mod scatter;
+mod search;
 pub mod stats;
 mod twin;
 

@@ -32,6 +32,9 @@ pub enum ReadPlan {
         /// The shard the prefix names.
         shard: u32,
     },
+    /// A search without an owner filter (`search#…`): every shard is asked for its share of
+    /// the window and the answers are merged (`crate::search`).
+    Search(koshka_keys::search::Search),
     /// A proxy admin key (`#…`).
     Admin,
 }
@@ -97,6 +100,27 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
             },
             Err(_) => plain(),
         },
+        Family::Search => search_read(cluster, key, prefix.is_some()),
+    }
+}
+
+/// A search-grammar key: an item key on its owner's shard, a search with an owner filter on
+/// that owner's shard, any other search on every shard. A key that does not parse goes to a
+/// shard by its first number, whose node answers `CLIENT_ERROR`; an `N@` prefix sends the key
+/// unchanged to shard `N`.
+fn search_read(cluster: &Cluster, key: &[u8], prefixed: bool) -> ReadPlan {
+    use koshka_keys::search::Query as SearchQuery;
+    let plain = || ReadPlan::Shard(cluster.shard_of_plain(key));
+    match SearchQuery::parse(key) {
+        Ok(_) if prefixed => plain(),
+        Ok(query) => match (query.merge(), query) {
+            (Merge::Search, SearchQuery::Search(search)) => ReadPlan::Search(search),
+            (_, query) => match Route::owners(&query).primary() {
+                Some(owner) => ReadPlan::Shard(cluster.shard_of_owner(owner)),
+                None => ReadPlan::Shard(0),
+            },
+        },
+        Err(_) => plain(),
     }
 }
 
@@ -194,6 +218,19 @@ fn write_by_owner(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> Wr
                     | Update::Status { .. }),
                 ) => WritePlan::Create(update),
                 Ok(update) => WritePlan::Shard(cluster.shard_of_owner(Update::owners(&update).0)),
+                Err(_) => plain(),
+            }
+        }
+        Family::Search => {
+            use koshka_keys::search::Update as SearchUpdate;
+            let update = match verb {
+                Verb::Set => SearchUpdate::parse_set(key, value),
+                Verb::Delete => SearchUpdate::parse_delete(key),
+                // incr/decr route by owner only: the delta is checked by the node.
+                _ => SearchUpdate::parse_incr(key, 0),
+            };
+            match update {
+                Ok(update) => WritePlan::Shard(cluster.shard_of_owner(update.item().0)),
                 Err(_) => plain(),
             }
         }

@@ -146,7 +146,16 @@ fn one_value(frame: &Bytes) -> Result<Option<Vec<u8>>, Fail> {
             _ => Ok(None),
         },
         Part::Error(line) => Err(Fail::Reply(line)),
-        Part::Missed => Ok(None),
+        Part::Missed | Part::Merged { .. } => Ok(None),
+    }
+}
+
+/// The one value of a retrieval frame, `None` for a miss, `Err` with a shard's error line.
+pub(crate) fn first_value(frame: &Bytes) -> Result<Option<Vec<u8>>, Bytes> {
+    match one_value(frame) {
+        Ok(value) => Ok(value),
+        Err(Fail::Reply(line)) => Err(line),
+        Err(Fail::Call(_)) => Ok(None),
     }
 }
 
