@@ -130,7 +130,7 @@ fn read_owner(cluster: &Cluster, key: &[u8]) -> i64 {
         Family::Friends => GetKey::parse(key)
             .ok()
             .and_then(|k| Route::owners(&k).primary()),
-        Family::Kv => None,
+        Family::Kv | Family::News => None,
     };
     owner.or_else(|| first_int(key)).unwrap_or(0)
 }

@@ -13,7 +13,7 @@
 //!
 //! [[cluster]]
 //! name = "friends"
-//! engine = "friends"            # kv | messages | wall | friends
+//! engine = "friends"            # kv | messages | wall | friends | news
 //! listen = "127.0.0.1:11214"
 //! cache = ["friends", "friendcnt"]
 //! shards = ["127.0.0.1:12014", { primary = "127.0.0.1:12114", replicas = ["127.0.0.1:12214"] }]
@@ -214,6 +214,8 @@ pub enum Family {
     Wall,
     /// The friends grammar.
     Friends,
+    /// The news grammar, and the proxy's feed key.
+    News,
 }
 
 impl Family {
@@ -225,6 +227,7 @@ impl Family {
             Self::Messages => "messages",
             Self::Wall => "wall",
             Self::Friends => "friends",
+            Self::News => "news",
         }
     }
 }

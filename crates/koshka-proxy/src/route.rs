@@ -34,6 +34,8 @@ pub enum ReadPlan {
     },
     /// A proxy admin key (`#…`).
     Admin,
+    /// `feed<viewer>…` on a news cluster: the proxy assembles the feed (`crate::feed`).
+    Feed,
 }
 
 /// How an update is carried out.
@@ -97,6 +99,22 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
             },
             Err(_) => plain(),
         },
+        Family::News => news_read(cluster, key, prefix.is_some()),
+    }
+}
+
+/// A news key: the feed is the proxy's; others go to their author's or recipient's shard
+/// (an `N@` prefix, or a key the grammar refuses, goes by the first integer).
+fn news_read(cluster: &Cluster, key: &[u8], prefixed: bool) -> ReadPlan {
+    if koshka_keys::idiom::split_route(key).1.starts_with(b"feed") {
+        return ReadPlan::Feed;
+    }
+    match koshka_keys::news::GetKey::parse(key) {
+        Ok(get) if !prefixed => match Route::owners(&get).primary() {
+            Some(owner) => ReadPlan::Shard(cluster.shard_of_owner(owner)),
+            None => ReadPlan::Shard(cluster.shard_of_plain(key)),
+        },
+        _ => ReadPlan::Shard(cluster.shard_of_plain(key)),
     }
 }
 
@@ -229,6 +247,18 @@ fn write_by_owner(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> Wr
                 Err(_) => plain(),
             },
         },
+        Family::News => {
+            use koshka_keys::news::{DeleteKey, SetKey};
+            let owners = match verb {
+                Verb::Set => SetKey::parse(key).map(|k| Route::owners(&k).primary()),
+                Verb::Delete => DeleteKey::parse(key).map(|k| Route::owners(&k).primary()),
+                _ => Ok(None),
+            };
+            match owners {
+                Ok(Some(owner)) => WritePlan::Shard(cluster.shard_of_owner(owner)),
+                _ => plain(),
+            }
+        }
     }
 }
 
