@@ -34,7 +34,7 @@ use crate::backend::{CallError, Frames};
 use crate::cluster::Cluster;
 use crate::config::Family;
 use crate::conn::{values_part, Part, PartFuture};
-use crate::stats::bump;
+use crate::stats::{add, bump};
 use crate::Shared;
 
 /// Events per page when the key names no `#limit`.
@@ -597,7 +597,10 @@ impl Feed<'_> {
             let mut bytes = Vec::new();
             for (author, kinds) in checks {
                 let keys: Vec<String> = kinds.iter().map(|k| privacy_key(*k)).collect();
-                encode::get(&mut bytes, [format!("{viewer}~{author}:{}", keys.join(","))]);
+                encode::get(
+                    &mut bytes,
+                    [format!("{viewer}~{author}:{}", keys.join(","))],
+                );
             }
             let frames = self.call(friends, *shard, bytes, checks.len()).await?;
             frames
@@ -611,7 +614,10 @@ impl Feed<'_> {
         for ((shard, checks), answer) in by_shard.iter().zip(answers) {
             for ((author, kinds), value) in checks.iter().zip(answer?) {
                 for (n, kind) in kinds.iter().enumerate() {
-                    let c = value.as_ref().and_then(|v| v.get(n).copied()).unwrap_or(b'?');
+                    let c = value
+                        .as_ref()
+                        .and_then(|v| v.get(n).copied())
+                        .unwrap_or(b'?');
                     match c {
                         b'3' | b'?' => {
                             visible.insert((*author, *kind), true);
@@ -630,6 +636,10 @@ impl Feed<'_> {
         if unresolved.is_empty() {
             return Ok(());
         }
+        add(
+            &self.news.stats.privacy_resolved,
+            unresolved.values().map(|l| l.len() as u64).sum(),
+        );
         if viewer_friends.is_none() {
             *viewer_friends = Some(self.friends_of(viewer).await?);
         }
@@ -685,7 +695,13 @@ mod tests {
         let k = FeedKey::parse(b"3@feed10_6#5,1700000000,-20,7:1,-2,3").unwrap();
         assert_eq!(
             (k.viewer, k.types, k.limit, k.cursor, k.authors),
-            (10, 6, 5, Some((1_700_000_000, -20, 7)), Some(vec![1, -2, 3]))
+            (
+                10,
+                6,
+                5,
+                Some((1_700_000_000, -20, 7)),
+                Some(vec![1, -2, 3])
+            )
         );
         for bad in [
             &b"feed"[..],
@@ -701,7 +717,11 @@ mod tests {
             b"feed99999999999",
             b"feed10:-2147483648",
         ] {
-            assert!(FeedKey::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                FeedKey::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let many: Vec<String> = (1..=FEED_AUTHORS_MAX + 1).map(|i| i.to_string()).collect();
         let key = format!("feed1:{}", many.join(","));

@@ -79,7 +79,12 @@ impl World {
             let what = bytes[i];
             i += 1;
             let start = i;
-            while i < bytes.len() && bytes[i] != b'+' && bytes[i] != b'-' && bytes[i] != b'*' && bytes[i] != b'/' {
+            while i < bytes.len()
+                && bytes[i] != b'+'
+                && bytes[i] != b'-'
+                && bytes[i] != b'*'
+                && bytes[i] != b'/'
+            {
                 i += 1;
             }
             let arg = &rules[start..i];
@@ -98,7 +103,9 @@ impl World {
     }
 
     fn masked(&self, author: i32, kind: u32) -> bool {
-        self.masks.get(&author).is_some_and(|m| m & (1 << kind) != 0)
+        self.masks
+            .get(&author)
+            .is_some_and(|m| m & (1 << kind) != 0)
     }
 
     /// Every event `viewer` may see from `authors`, newest first by (date, author, id).
@@ -231,7 +238,9 @@ async fn feed_pages_match_the_reference_and_never_leak() {
         halves[(b % SHARDS) as usize].push(set(&format!("friend_half{b}_{a}"), "1"));
     }
     // Privacy rules for some (user, type): through the proxy's friends port.
-    let mut friends_client = Client::connect(proxy.addr("friends").unwrap()).await.unwrap();
+    let mut friends_client = Client::connect(proxy.addr("friends").unwrap())
+        .await
+        .unwrap();
     let mut rule_writes = Vec::new();
     for u in 1..=USERS {
         for kind in 1..=TYPES {
@@ -257,16 +266,24 @@ async fn feed_pages_match_the_reference_and_never_leak() {
         }
     }
     for (shard, writes) in halves.iter().enumerate() {
-        let mut c = Client::connect(nodes[shard].addr("friends").unwrap()).await.unwrap();
+        let mut c = Client::connect(nodes[shard].addr("friends").unwrap())
+            .await
+            .unwrap();
         pipeline(&mut c, writes, b"STORED\r\n").await;
     }
     pipeline(&mut friends_client, &rule_writes, b"STORED\r\n").await;
 
     // Events, written through the proxy's news port with the clock at their dates.
     let mut planned: Vec<(u32, i32, u32, [i64; 5])> = Vec::new();
-    let authors: Vec<i32> = (1..=i32::try_from(USERS).unwrap()).chain(-GROUPS..=-1).collect();
+    let authors: Vec<i32> = (1..=i32::try_from(USERS).unwrap())
+        .chain(-GROUPS..=-1)
+        .collect();
     for &a in &authors {
-        let n = if rng.gen_bool(0.1) { 0 } else { rng.gen_range(1..12) };
+        let n = if rng.gen_bool(0.1) {
+            0
+        } else {
+            rng.gen_range(1..12)
+        };
         for _ in 0..n {
             // Dates bunch on a few instants per day so that same-second ties happen.
             let date = NOW - rng.gen_range(0..10) * DAY - rng.gen_range(0..40) * 97;
@@ -334,7 +351,8 @@ async fn feed_pages_match_the_reference_and_never_leak() {
     let shown = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for worker in 0..4u64 {
-        let (world, reads, leaks, shown) = (world.clone(), reads.clone(), leaks.clone(), shown.clone());
+        let (world, reads, leaks, shown) =
+            (world.clone(), reads.clone(), leaks.clone(), shown.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(worker);
             let mut client = Client::connect(news_addr).await.unwrap();
@@ -406,7 +424,11 @@ async fn feed_pages_match_the_reference_and_never_leak() {
                         None => break,
                         Some(next) => {
                             let p: Vec<&str> = next.split(',').collect();
-                            cursor = Some((p[0].parse().unwrap(), p[1].parse().unwrap(), p[2].parse().unwrap()));
+                            cursor = Some((
+                                p[0].parse().unwrap(),
+                                p[1].parse().unwrap(),
+                                p[2].parse().unwrap(),
+                            ));
                         }
                     }
                 }
@@ -426,8 +448,29 @@ async fn feed_pages_match_the_reference_and_never_leak() {
         started.elapsed()
     );
     assert!(reads >= FEED_READS_MIN);
-    assert!(shown > reads, "the feeds were mostly empty: the test proves little");
+    assert!(
+        shown > reads,
+        "the feeds were mostly empty: the test proves little"
+    );
     assert_eq!(leaks, 0);
+    // The friend-of-a-friend step (answers 1/2 of the author's shard) was exercised.
+    let mut c = Client::connect(news_addr).await.unwrap();
+    let stats = c.stats(Some("proxy")).await.unwrap();
+    let stat = |n: &str| -> u64 {
+        stats
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    eprintln!(
+        "feed test: {} privacy answers resolved by the friend-of-a-friend step",
+        stat("proxy_privacy_resolved")
+    );
+    assert!(stat("proxy_privacy_resolved") > 100);
+    assert!(stat("proxy_scatter_gathers") >= reads);
     drop(proxy);
     drop(nodes);
 }
@@ -449,30 +492,60 @@ async fn feed_refuses_bad_keys_and_news_keys_route() {
     let mut config = Config::default();
     config.clusters.push(common::cluster(
         Family::News,
-        nodes.iter().map(|n| n.addr("news").unwrap().to_string()).collect(),
+        nodes
+            .iter()
+            .map(|n| n.addr("news").unwrap().to_string())
+            .collect(),
     ));
     let proxy = koshka_proxy::start(config.clone()).unwrap();
     let mut c = Client::connect(proxy.addr("news").unwrap()).await.unwrap();
-    for key in ["feed0", "feed5#0", "feed5#1001", "feed5,1,2", "feed5:1,,2", "feed5x"] {
-        let reply = c.send_raw(format!("get {key}\r\n").as_bytes()).await.unwrap();
-        assert!(reply.starts_with(b"CLIENT_ERROR "), "{key}: {}", String::from_utf8_lossy(&reply));
+    for key in [
+        "feed0",
+        "feed5#0",
+        "feed5#1001",
+        "feed5,1,2",
+        "feed5:1,,2",
+        "feed5x",
+    ] {
+        let reply = c
+            .send_raw(format!("get {key}\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            reply.starts_with(b"CLIENT_ERROR "),
+            "{key}: {}",
+            String::from_utf8_lossy(&reply)
+        );
     }
     // Without a friends cluster the feed says so.
     let reply = c.send_raw(b"get feed5\r\n").await.unwrap();
-    assert!(reply.starts_with(b"CLIENT_ERROR "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"CLIENT_ERROR "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     // Events of authors on both shards, through the proxy; masks read back by author.
     for a in [1, 2, -3, -4] {
         assert_eq!(
-            c.send_raw(&set(&format!("update{a}"), "1,1,0,1,0,5")).await.unwrap(),
+            c.send_raw(&set(&format!("update{a}"), "1,1,0,1,0,5"))
+                .await
+                .unwrap(),
             b"STORED\r\n"
         );
-        assert_eq!(c.send_raw(&set(&format!("mask{a}"), "8")).await.unwrap(), b"STORED\r\n");
+        assert_eq!(
+            c.send_raw(&set(&format!("mask{a}"), "8")).await.unwrap(),
+            b"STORED\r\n"
+        );
         let item = c.get(format!("mask{a}")).await.unwrap().unwrap();
         assert_eq!(item.data, b"9");
     }
     // Author 1 is a user: its privacy needs the friends cluster, which this map lacks.
     let reply = c.send_raw(b"get feed5#3:-3,-4,1\r\n").await.unwrap();
-    assert!(reply.starts_with(b"CLIENT_ERROR "), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"CLIENT_ERROR "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     // A group-only explicit feed needs no friends cluster.
     let item = c.get("feed5#1:-3,-4").await.unwrap().unwrap();
     let v: Value = serde_json::from_slice(&item.data).unwrap();
