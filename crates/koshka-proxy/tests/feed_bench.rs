@@ -30,6 +30,9 @@ const FRIENDS: u32 = 300;
 const EVENTS: u32 = 50;
 const LIMIT: usize = 20;
 
+/// Memcached commands, one per entry.
+type Commands = Vec<Vec<u8>>;
+
 fn set(key: &str, value: &str) -> Vec<u8> {
     format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()).into_bytes()
 }
@@ -383,7 +386,7 @@ async fn feed_300_friends_8_shards() {
     let mut redis = RedisServer::start();
     let mut redis_load = Vec::new();
     // Friendships (both halves) and events, straight to the nodes.
-    let mut by_shard: Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)> = vec![Default::default(); SHARDS as usize];
+    let mut by_shard: Vec<(Commands, Commands)> = vec![Default::default(); SHARDS as usize];
     for &f in &friends {
         by_shard[(VIEWER % SHARDS) as usize]
             .0
