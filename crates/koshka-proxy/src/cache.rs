@@ -133,7 +133,7 @@ fn read_owner(cluster: &Cluster, key: &[u8]) -> i64 {
         Family::Search => koshka_keys::search::Query::parse(key)
             .ok()
             .and_then(|q| Route::owners(&q).primary()),
-        Family::Kv => None,
+        Family::Kv | Family::News => None,
     };
     owner.or_else(|| first_int(key)).unwrap_or(0)
 }

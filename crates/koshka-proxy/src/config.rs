@@ -13,7 +13,7 @@
 //!
 //! [[cluster]]
 //! name = "friends"
-//! engine = "friends"            # kv | messages | wall | friends | search
+//! engine = "friends"            # kv | messages | wall | friends | search | news
 //! listen = "127.0.0.1:11214"
 //! cache = ["friends", "friendcnt"]
 //! shards = ["127.0.0.1:12014", { primary = "127.0.0.1:12114", replicas = ["127.0.0.1:12214"] }]
@@ -216,6 +216,8 @@ pub enum Family {
     Friends,
     /// The search grammar: item keys by owner, searches scattered to every shard and merged.
     Search,
+    /// The news grammar, and the proxy's feed key.
+    News,
 }
 
 impl Family {
@@ -228,6 +230,7 @@ impl Family {
             Self::Wall => "wall",
             Self::Friends => "friends",
             Self::Search => "search",
+            Self::News => "news",
         }
     }
 }

@@ -552,6 +552,12 @@ impl Conn<'_> {
                         self.session.id,
                     ));
                 }
+                ReadPlan::Feed => parts.push(crate::feed::start(
+                    self.cluster.clone(),
+                    self.shared.clone(),
+                    key.to_vec(),
+                    self.session.id,
+                )),
                 ReadPlan::Admin | ReadPlan::NewId { .. } => {
                     let value = admin::local_value(self.cluster, self.shared, self.session, key);
                     let count = u32::from(!value.is_empty());

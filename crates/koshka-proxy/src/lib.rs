@@ -37,6 +37,7 @@ pub mod cluster;
 pub mod config;
 mod conn;
 pub mod etcd;
+pub mod feed;
 pub mod ring;
 pub mod route;
 mod scatter;

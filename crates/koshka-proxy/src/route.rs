@@ -37,6 +37,8 @@ pub enum ReadPlan {
     Search(koshka_keys::search::Search),
     /// A proxy admin key (`#…`).
     Admin,
+    /// `feed<viewer>…` on a news cluster: the proxy assembles the feed (`crate::feed`).
+    Feed,
 }
 
 /// How an update is carried out.
@@ -101,6 +103,7 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
             Err(_) => plain(),
         },
         Family::Search => search_read(cluster, key, prefix.is_some()),
+        Family::News => news_read(cluster, key, prefix.is_some()),
     }
 }
 
@@ -121,6 +124,21 @@ fn search_read(cluster: &Cluster, key: &[u8], prefixed: bool) -> ReadPlan {
             },
         },
         Err(_) => plain(),
+    }
+}
+
+/// A news key: the feed is the proxy's; others go to their author's or recipient's shard
+/// (an `N@` prefix, or a key the grammar refuses, goes by the first integer).
+fn news_read(cluster: &Cluster, key: &[u8], prefixed: bool) -> ReadPlan {
+    if koshka_keys::idiom::split_route(key).1.starts_with(b"feed") {
+        return ReadPlan::Feed;
+    }
+    match koshka_keys::news::GetKey::parse(key) {
+        Ok(get) if !prefixed => match Route::owners(&get).primary() {
+            Some(owner) => ReadPlan::Shard(cluster.shard_of_owner(owner)),
+            None => ReadPlan::Shard(cluster.shard_of_plain(key)),
+        },
+        _ => ReadPlan::Shard(cluster.shard_of_plain(key)),
     }
 }
 
@@ -266,6 +284,18 @@ fn write_by_owner(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> Wr
                 Err(_) => plain(),
             },
         },
+        Family::News => {
+            use koshka_keys::news::{DeleteKey, SetKey};
+            let owners = match verb {
+                Verb::Set => SetKey::parse(key).map(|k| Route::owners(&k).primary()),
+                Verb::Delete => DeleteKey::parse(key).map(|k| Route::owners(&k).primary()),
+                _ => Ok(None),
+            };
+            match owners {
+                Ok(Some(owner)) => WritePlan::Shard(cluster.shard_of_owner(owner)),
+                _ => plain(),
+            }
+        }
     }
 }
 
