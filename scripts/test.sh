@@ -22,6 +22,7 @@ unset CARGO_TARGET_DIR
 export CARGO_TERM_COLOR=never
 
 APT_PACKAGES=(memcached libmemcached-tools php-cli php-memcached redis-server fortunes fortunes-ru faketime
+    ffmpeg nginx-light libimage-exiftool-perl
     python3-pip)
 PIP_PACKAGES=(pymemcache redis)
 
