@@ -105,7 +105,7 @@ fn round_trip_ranges_secrets_hide_delete_restart() {
     assert_eq!(out.stdout, &data0[5..25]);
 
     // Wrong secret, unknown lid, unknown volume, junk paths: all the same 404.
-    let (_, u1) = &urls[1];
+    let u1 = &urls[1].1.clone();
     for bad in [
         wrong_secret(u1),
         "/v1/ffffff/AAAAAAAAAAA.jpg".to_owned(),
@@ -129,7 +129,7 @@ fn round_trip_ranges_secrets_hide_delete_restart() {
     assert!(r.body.len() < 100);
     assert_eq!(m.key(&format!("unhide{vol},{lid}")).as_deref(), Some("1"));
     assert!(m.get(u1).body.len() >= 1024);
-    let (_, u2) = &urls[2];
+    let u2 = &urls[2].1.clone();
     let p2: Vec<&str> = u2.split('/').collect();
     assert_eq!(m.key(&format!("delete{},{}", &p2[1][1..], p2[2])).as_deref(), Some("1"));
     assert_eq!(m.get(u2).status, 404);
