@@ -156,10 +156,7 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     else {
-        return closing(text(
-            StatusCode::LENGTH_REQUIRED,
-            "Content-Length required",
-        ));
+        return closing(text(StatusCode::LENGTH_REQUIRED, "Content-Length required"));
     };
     if len > UPLOAD_BYTES_MAX {
         return closing(text(
@@ -192,7 +189,10 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         Err(e) => return closing(text(StatusCode::BAD_REQUEST, format!("body: {e}"))),
     };
     if body.len() as u64 != len {
-        return closing(text(StatusCode::BAD_REQUEST, "body shorter than Content-Length"));
+        return closing(text(
+            StatusCode::BAD_REQUEST,
+            "body shorter than Content-Length",
+        ));
     }
     let (outputs, job) = match kind {
         Kind::Raw => (vec![(String::new(), 0, 0, body.to_vec(), ctype)], None),
@@ -214,9 +214,9 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
                         ProcessError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         ProcessError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                         ProcessError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                        ProcessError::Refused(_) | ProcessError::Timeout(_) | ProcessError::Failed(_) => {
-                            StatusCode::UNPROCESSABLE_ENTITY
-                        }
+                        ProcessError::Refused(_)
+                        | ProcessError::Timeout(_)
+                        | ProcessError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     };
                     return text(status, e.to_string());
                 }
@@ -226,8 +226,7 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     drop(body);
     let secret: u64 = rand::random();
     let store = app.store.clone();
-    let files: Vec<(Vec<u8>, ContentType)> =
-        outputs.iter().map(|o| (o.3.clone(), o.4)).collect();
+    let files: Vec<(Vec<u8>, ContentType)> = outputs.iter().map(|o| (o.3.clone(), o.4)).collect();
     let put = tokio::task::spawn_blocking(move || {
         let refs: Vec<(&[u8], ContentType)> = files.iter().map(|(d, c)| (&d[..], *c)).collect();
         store.put(&refs, secret)
@@ -235,7 +234,9 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     .await;
     let (vol, lids) = match put {
         Ok(Ok(r)) => r,
-        Ok(Err(e @ PutError::Full(_))) => return text(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        Ok(Err(e @ PutError::Full(_))) => {
+            return text(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+        }
         Ok(Err(e)) => return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -263,8 +264,10 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         reply["job"] = job.into();
     }
     let mut r = Response::new(Full::new(Bytes::from(reply.to_string())));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -338,8 +341,10 @@ async fn download(app: &Arc<App>, req: &Request<Incoming>, p: &str) -> Resp {
     {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r.headers_mut()
-            .insert(header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")));
+        r.headers_mut().insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("")),
+        );
         return r;
     }
     let size = u64::from(entry.size());
@@ -377,7 +382,10 @@ async fn download(app: &Arc<App>, req: &Request<Incoming>, p: &str) -> Resp {
     let len = range.map_or(size, |(a, b)| b - a);
     let mut r = Response::new(Full::new(data.map(|d| d.data).unwrap_or_default()));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(entry.ctype().mime()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(entry.ctype().mime()),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
@@ -417,14 +425,20 @@ mod tests {
     fn paths() {
         let p = file_path(3, 0x1f, 0x0102_0304_0506_0708, ContentType::Jpeg);
         let (vol, lid, secret) = parse_path(&p).unwrap_or_default();
-        assert_eq!((vol, lid, u64::from_le_bytes(secret)), (3, 0x1f, 0x0102_0304_0506_0708));
+        assert_eq!(
+            (vol, lid, u64::from_le_bytes(secret)),
+            (3, 0x1f, 0x0102_0304_0506_0708)
+        );
         assert!(parse_path("/v3/zz/abc.jpg").is_none());
         assert!(parse_path("/v3/1/AAAAAAAAAAA.jpg/x").is_none());
     }
 
     #[test]
     fn pixel_is_a_png() {
-        assert_eq!(crate::sniff::sniff(PIXEL_PNG), Some(crate::sniff::Format::Png));
+        assert_eq!(
+            crate::sniff::sniff(PIXEL_PNG),
+            Some(crate::sniff::Format::Png)
+        );
         assert_eq!(
             crate::sniff::image_size(crate::sniff::Format::Png, PIXEL_PNG),
             Some((1, 1))

@@ -122,10 +122,14 @@ async fn execute(app: &Arc<App>, command: &Command<'_>, out: &mut Vec<u8>) {
         Command::Delete { key, noreply } => {
             let done = key
                 .strip_prefix(b"file")
-                .and_then(|k| two_numbers(k))
+                .and_then(two_numbers)
                 .is_some_and(|(vol, lid)| flags(app, vol, lid, FLAG_DELETED, 0));
             if !noreply {
-                out.extend_from_slice(if done { b"DELETED\r\n" } else { b"NOT_FOUND\r\n" });
+                out.extend_from_slice(if done {
+                    b"DELETED\r\n"
+                } else {
+                    b"NOT_FOUND\r\n"
+                });
             }
         }
         Command::Stats { .. } => stats(app, out),
@@ -174,7 +178,9 @@ async fn query(app: &Arc<App>, key: &[u8]) -> Option<String> {
     }
     if let Some(rest) = key.strip_prefix(b"check_file") {
         let n = numbers(rest)?;
-        let [vol, size] = n.as_slice() else { return None };
+        let [vol, size] = n.as_slice() else {
+            return None;
+        };
         let vol = u32::try_from(*vol).ok()?;
         return Some(bit(app.store.volume(vol).is_some_and(|v| v.fits(*size))));
     }
@@ -200,15 +206,19 @@ async fn query(app: &Arc<App>, key: &[u8]) -> Option<String> {
         let vol: u32 = it.next()?.parse().ok()?;
         let lid = u32::from_str_radix(it.next()?, 16).ok()?;
         let secret: [u8; 8] = URL_SAFE_NO_PAD.decode(it.next()?).ok()?.try_into().ok()?;
-        let ok = app.store.volume(vol).and_then(|v| v.entry(lid)).is_some_and(|e| {
-            bool::from(e.secret().to_le_bytes().ct_eq(&secret)) && !e.deleted()
-        });
+        let ok = app
+            .store
+            .volume(vol)
+            .and_then(|v| v.entry(lid))
+            .is_some_and(|e| bool::from(e.secret().to_le_bytes().ct_eq(&secret)) && !e.deleted());
         return Some(bit(ok));
     }
     if let Some(rest) = key.strip_prefix(b"compact") {
         let vol = u32::try_from(*numbers(rest)?.first()?).ok()?;
         let store = app.store.clone();
-        let r = tokio::task::spawn_blocking(move || store.compact(vol)).await.ok()?;
+        let r = tokio::task::spawn_blocking(move || store.compact(vol))
+            .await
+            .ok()?;
         return Some(match r {
             Ok((before, after)) => format!("compacted {before} {after}"),
             Err(e) => format!("error: {e}"),
@@ -257,9 +267,21 @@ fn stats(app: &Arc<App>, out: &mut Vec<u8>) {
     reply::stat(out, "jobs_failed", &jobs.failed.to_string());
     reply::stat(out, "jobs_timed_out", &jobs.timed_out.to_string());
     for v in &vols {
-        reply::stat(out, &format!("vol{}_live_bytes", v.vol), &v.live_bytes.to_string());
-        reply::stat(out, &format!("vol{}_dead_bytes", v.vol), &v.dead_bytes.to_string());
-        reply::stat(out, &format!("vol{}_files", v.vol), &v.live_files.to_string());
+        reply::stat(
+            out,
+            &format!("vol{}_live_bytes", v.vol),
+            &v.live_bytes.to_string(),
+        );
+        reply::stat(
+            out,
+            &format!("vol{}_dead_bytes", v.vol),
+            &v.dead_bytes.to_string(),
+        );
+        reply::stat(
+            out,
+            &format!("vol{}_files", v.vol),
+            &v.live_files.to_string(),
+        );
     }
     out.extend_from_slice(b"END\r\n");
 }

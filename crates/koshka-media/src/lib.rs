@@ -92,8 +92,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("bind keys {}: {e}", config.keys))?;
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "koshka: media-http listening on {}", http.local_addr()?)?;
-            writeln!(out, "koshka: media-keys listening on {}", keys.local_addr()?)?;
+            writeln!(
+                out,
+                "koshka: media-http listening on {}",
+                http.local_addr()?
+            )?;
+            writeln!(
+                out,
+                "koshka: media-keys listening on {}",
+                keys.local_addr()?
+            )?;
             out.flush()?;
         }
         tokio::spawn(http::serve(http, app.clone()));

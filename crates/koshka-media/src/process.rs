@@ -213,9 +213,9 @@ impl Processor {
     /// # Errors
     /// See [`ProcessError`].
     pub async fn photo(&self, data: &[u8]) -> Result<(u64, Vec<Output>), ProcessError> {
-        let format = sniff::sniff(data)
-            .filter(|f| f.is_image())
-            .ok_or_else(|| ProcessError::Unsupported("not a JPEG, PNG, GIF or WebP image".into()))?;
+        let format = sniff::sniff(data).filter(|f| f.is_image()).ok_or_else(|| {
+            ProcessError::Unsupported("not a JPEG, PNG, GIF or WebP image".into())
+        })?;
         let (w, h) = sniff::image_size(format, data)
             .ok_or_else(|| ProcessError::Refused("cannot read the image dimensions".into()))?;
         check_dimensions(w, h)?;
@@ -226,8 +226,11 @@ impl Processor {
         };
         let (w, h) = if orientation >= 5 { (h, w) } else { (w, h) };
         let long = w.max(h);
-        let mut targets: Vec<(char, u32)> =
-            PHOTO_SIZES.iter().copied().filter(|&(_, t)| t <= long).collect();
+        let mut targets: Vec<(char, u32)> = PHOTO_SIZES
+            .iter()
+            .copied()
+            .filter(|&(_, t)| t <= long)
+            .collect();
         if targets.is_empty() {
             targets.push(('s', long));
         }
@@ -236,7 +239,11 @@ impl Processor {
             .map(|&(c, t)| {
                 let sw = (u64::from(w) * u64::from(t) + u64::from(long) / 2) / u64::from(long);
                 let sh = (u64::from(h) * u64::from(t) + u64::from(long) / 2) / u64::from(long);
-                (c, u32::try_from(sw.max(1)).unwrap_or(1), u32::try_from(sh.max(1)).unwrap_or(1))
+                (
+                    c,
+                    u32::try_from(sw.max(1)).unwrap_or(1),
+                    u32::try_from(sh.max(1)).unwrap_or(1),
+                )
             })
             .collect();
         let orient = match orientation {
@@ -309,15 +316,24 @@ impl Processor {
     pub async fn video(&self, data: &[u8]) -> Result<(u64, Vec<Output>), ProcessError> {
         let format = sniff::sniff(data)
             .filter(|f| !f.is_image())
-            .ok_or_else(|| ProcessError::Unsupported("not an MP4/MOV or Matroska/WebM video".into()))?;
+            .ok_or_else(|| {
+                ProcessError::Unsupported("not an MP4/MOV or Matroska/WebM video".into())
+            })?;
         let config = &self.config;
         self.run_job(|| async move {
             let tmp = tempdir()?;
             let input = tmp.path().join("input");
             write(&input, data).await?;
-            let mut args: Vec<String> = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
-                .map(String::from)
-                .to_vec();
+            let mut args: Vec<String> = [
+                "-v",
+                "error",
+                "-print_format",
+                "json",
+                "-show_format",
+                "-show_streams",
+            ]
+            .map(String::from)
+            .to_vec();
             args.extend(input_args(format, &input));
             let probe = run(config, &config.ffprobe, &args).await?;
             let info: serde_json::Value = serde_json::from_slice(&probe)
@@ -444,9 +460,7 @@ pub fn check_dimensions(w: u32, h: u32) -> Result<(), ProcessError> {
             "{w}x{h}: width + height over {IMAGE_SIDES_MAX}"
         )));
     }
-    if w.max(h) / w.min(h) > IMAGE_ASPECT_MAX
-        || (w.max(h) / w.min(h) == IMAGE_ASPECT_MAX && w.max(h) % w.min(h) != 0)
-    {
+    if u64::from(w.max(h)) > u64::from(w.min(h)) * u64::from(IMAGE_ASPECT_MAX) {
         return Err(ProcessError::Refused(format!(
             "{w}x{h}: aspect ratio over 1:{IMAGE_ASPECT_MAX}"
         )));
@@ -492,7 +506,11 @@ fn input_args(format: Format, input: &Path) -> Vec<String> {
 
 /// Runs `program args` under prlimit with `-nostdin` (ffmpeg) and the wall-clock timeout;
 /// returns stdout. The child is killed if the timeout passes (or the job is dropped).
-async fn run(config: &ProcessConfig, program: &Path, args: &[String]) -> Result<Vec<u8>, ProcessError> {
+async fn run(
+    config: &ProcessConfig,
+    program: &Path,
+    args: &[String],
+) -> Result<Vec<u8>, ProcessError> {
     let mut cmd = tokio::process::Command::new("prlimit");
     cmd.arg(format!("--as={FFMPEG_MEMORY_MAX}"))
         .arg(format!("--cpu={FFMPEG_CPU_SECONDS_MAX}"))

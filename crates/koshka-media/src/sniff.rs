@@ -61,7 +61,10 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?])))
+    Some(u32::from(u16::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+    ])))
 }
 fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([
@@ -72,10 +75,18 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     ]))
 }
 fn le16(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?])))
+    Some(u32::from(u16::from_le_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+    ])))
 }
 fn le24(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes([*b.get(at)?, *b.get(at + 1)?, *b.get(at + 2)?, 0]))
+    Some(u32::from_le_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+        *b.get(at + 2)?,
+        0,
+    ]))
 }
 
 /// Width and height from an image header, without decoding.
@@ -92,7 +103,12 @@ pub fn image_size(format: Format, data: &[u8]) -> Option<(u32, u32)> {
         Format::Webp => match data.get(12..16)? {
             b"VP8 " => Some((le16(data, 26)? & 0x3FFF, le16(data, 28)? & 0x3FFF)),
             b"VP8L" => {
-                let b = u32::from_le_bytes([*data.get(21)?, *data.get(22)?, *data.get(23)?, *data.get(24)?]);
+                let b = u32::from_le_bytes([
+                    *data.get(21)?,
+                    *data.get(22)?,
+                    *data.get(23)?,
+                    *data.get(24)?,
+                ]);
                 Some(((b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1))
             }
             b"VP8X" => Some((le24(data, 24)? + 1, le24(data, 27)? + 1)),

@@ -121,7 +121,12 @@ impl Store {
         let last = ids.iter().next_back().copied().unwrap_or(1);
         let mut volumes = BTreeMap::new();
         for id in ids {
-            let v = Volume::open(id, &Self::paths(&config.dirs, id), config.volume_size, id != last)?;
+            let v = Volume::open(
+                id,
+                &Self::paths(&config.dirs, id),
+                config.volume_size,
+                id != last,
+            )?;
             volumes.insert(id, Arc::new(v));
         }
         let store = Arc::new(Store {
@@ -179,7 +184,11 @@ impl Store {
     ///
     /// # Errors
     /// Storage full, or writes stopped after a failed write/fsync.
-    pub fn put(&self, files: &[(&[u8], ContentType)], secret: u64) -> Result<(u32, Vec<u32>), PutError> {
+    pub fn put(
+        &self,
+        files: &[(&[u8], ContentType)],
+        secret: u64,
+    ) -> Result<(u32, Vec<u32>), PutError> {
         if let Some(why) = self.stopped() {
             return Err(PutError::Stopped(why));
         }
@@ -233,12 +242,17 @@ impl Store {
             v.set_read_only();
         }
         let id = full + 1;
-        let v = Volume::open(id, &Self::paths(&self.config.dirs, id), self.config.volume_size, false)
-            .map_err(|e| {
-                let why = e.to_string();
-                *self.stopped.lock() = Some(why.clone());
-                PutError::Stopped(why)
-            })?;
+        let v = Volume::open(
+            id,
+            &Self::paths(&self.config.dirs, id),
+            self.config.volume_size,
+            false,
+        )
+        .map_err(|e| {
+            let why = e.to_string();
+            *self.stopped.lock() = Some(why.clone());
+            PutError::Stopped(why)
+        })?;
         tracing::info!(vol = full, next = id, "volume full; now read-only");
         self.volumes.write().insert(id, Arc::new(v));
         Ok(())
@@ -276,7 +290,8 @@ impl Store {
     fn sync_all(&self) -> Result<(), String> {
         let vols: Vec<Arc<Volume>> = self.volumes.read().values().cloned().collect();
         for v in vols {
-            v.sync().map_err(|e| format!("volume {}: fsync failed: {e}", v.id))?;
+            v.sync()
+                .map_err(|e| format!("volume {}: fsync failed: {e}", v.id))?;
         }
         Ok(())
     }

@@ -83,7 +83,8 @@ impl Entry {
         ((self.size_flags >> SIZE_BITS) & 7) as u8
     }
     fn set_flags(&mut self, flags: u8) {
-        self.size_flags = (self.size_flags & !(7 << SIZE_BITS)) | (u32::from(flags & 7) << SIZE_BITS);
+        self.size_flags =
+            (self.size_flags & !(7 << SIZE_BITS)) | (u32::from(flags & 7) << SIZE_BITS);
     }
     /// The stored content type.
     #[must_use]
@@ -158,7 +159,9 @@ pub enum VolumeError {
         err: std::io::Error,
     },
     /// Compaction refused to start.
-    #[error("volume {vol}: not enough free space in {dir} to compact: need {need} bytes, have {have}")]
+    #[error(
+        "volume {vol}: not enough free space in {dir} to compact: need {need} bytes, have {have}"
+    )]
     NoSpace {
         /// Volume id.
         vol: u32,
@@ -781,7 +784,8 @@ impl Volume {
     #[must_use]
     pub fn fits(&self, size: u64) -> bool {
         let st = self.state.read();
-        !st.read_only && st.len + record_len(u32::try_from(size).unwrap_or(u32::MAX)) <= self.max_size
+        !st.read_only
+            && st.len + record_len(u32::try_from(size).unwrap_or(u32::MAX)) <= self.max_size
     }
 
     /// Compacts: copies live needles into a new generation, renames it over every copy, swaps.
@@ -825,7 +829,10 @@ impl Volume {
                 });
             }
         }
-        let tmp_paths: Vec<PathBuf> = copies.iter().map(|c| c.path.with_extension("compact")).collect();
+        let tmp_paths: Vec<PathBuf> = copies
+            .iter()
+            .map(|c| c.path.with_extension("compact"))
+            .collect();
         let mut writers = Vec::new();
         for p in &tmp_paths {
             let f = OpenOptions::new()
@@ -869,7 +876,13 @@ impl Volume {
             for w in &mut writers {
                 w.write_all(&record).map_err(io)?;
             }
-            new_index[i] = Entry::new(e.secret, pos, e.size(), e.flags() | FLAG_VERIFIED, e.ctype() as u8);
+            new_index[i] = Entry::new(
+                e.secret,
+                pos,
+                e.size(),
+                e.flags() | FLAG_VERIFIED,
+                e.ctype() as u8,
+            );
             pos += record.len() as u64;
             live_files += 1;
         }
@@ -934,7 +947,10 @@ mod tests {
         let p = paths(&[a.path(), b.path()], 1);
         let v = Volume::open(1, &p, 1 << 30, false).unwrap();
         let lids = v
-            .append(&[(b"hello", ContentType::Text), (b"", ContentType::Octet)], 77)
+            .append(
+                &[(b"hello", ContentType::Text), (b"", ContentType::Octet)],
+                77,
+            )
             .unwrap();
         assert_eq!(lids, vec![1, 2]);
         assert_eq!(&v.read(1, None).unwrap().data[..], b"hello");
@@ -980,7 +996,8 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let p = paths(&[a.path(), b.path()], 3);
         let v = Volume::open(3, &p, 1 << 30, false).unwrap();
-        v.append(&[(b"precious data", ContentType::Text)], 5).unwrap();
+        v.append(&[(b"precious data", ContentType::Text)], 5)
+            .unwrap();
         // Not the last record (a damaged last record is a torn write and is cut on open).
         v.append(&[(b"later", ContentType::Text)], 6).unwrap();
         let off = v.entry(1).unwrap().offset();
@@ -990,7 +1007,10 @@ mod tests {
         f.write_all_at(b"X", off + HEADER_LEN as u64 + 2).unwrap();
         let v = Volume::open(3, &p, 1 << 30, false).unwrap();
         assert_eq!(&v.read(1, None).unwrap().data[..], b"precious data");
-        assert_eq!(std::fs::read(&p[0].1).unwrap(), std::fs::read(&p[1].1).unwrap());
+        assert_eq!(
+            std::fs::read(&p[0].1).unwrap(),
+            std::fs::read(&p[1].1).unwrap()
+        );
         // Both damaged: a clear error naming volume and offset.
         drop(v);
         for (_, path) in &p {
@@ -999,7 +1019,10 @@ mod tests {
         }
         let v = Volume::open(3, &p, 1 << 30, false).unwrap();
         let err = v.read(1, None).unwrap_err().to_string();
-        assert!(err.contains("volume 3") && err.contains(&format!("offset {off}")), "{err}");
+        assert!(
+            err.contains("volume 3") && err.contains(&format!("offset {off}")),
+            "{err}"
+        );
         assert_eq!(&v.read(2, None).unwrap().data[..], b"later");
     }
 
@@ -1010,7 +1033,8 @@ mod tests {
         let p = paths(&[a.path(), b.path()], 4);
         let v = Volume::open(4, &p, 1 << 30, false).unwrap();
         for i in 0..100u32 {
-            v.append(&[(&vec![i as u8; 1000], ContentType::Octet)], u64::from(i)).unwrap();
+            v.append(&[(&vec![i as u8; 1000], ContentType::Octet)], u64::from(i))
+                .unwrap();
         }
         for lid in (1..=100).step_by(2) {
             assert!(v.set_flags(lid, FLAG_DELETED, 0).unwrap());
@@ -1032,7 +1056,10 @@ mod tests {
         }
         assert!(v.entry(2).unwrap().hidden());
         // Appends go on after compaction; a reopen sees the new generation.
-        assert_eq!(v.append(&[(b"new", ContentType::Text)], 9).unwrap(), vec![101]);
+        assert_eq!(
+            v.append(&[(b"new", ContentType::Text)], 9).unwrap(),
+            vec![101]
+        );
         drop(v);
         let v = Volume::open(4, &p, 1 << 30, false).unwrap();
         assert_eq!(v.stats().generation, 1);
@@ -1050,7 +1077,8 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let p = paths(&[a.path(), b.path()], 5);
         let v = Volume::open(5, &p, 1 << 30, false).unwrap();
-        v.append(&[(b"a", ContentType::Text), (b"b", ContentType::Text)], 1).unwrap();
+        v.append(&[(b"a", ContentType::Text), (b"b", ContentType::Text)], 1)
+            .unwrap();
         v.set_flags(1, FLAG_DELETED, 0).unwrap();
         let old_b = std::fs::read(&p[1].1).unwrap();
         v.compact(&|_| u64::MAX).unwrap();
@@ -1060,7 +1088,10 @@ mod tests {
         let v = Volume::open(5, &p, 1 << 30, false).unwrap();
         assert_eq!(v.stats().generation, 1);
         assert_eq!(&v.read(2, None).unwrap().data[..], b"b");
-        assert_eq!(std::fs::read(&p[0].1).unwrap(), std::fs::read(&p[1].1).unwrap());
+        assert_eq!(
+            std::fs::read(&p[0].1).unwrap(),
+            std::fs::read(&p[1].1).unwrap()
+        );
     }
 
     #[test]

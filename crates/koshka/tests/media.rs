@@ -72,24 +72,34 @@ fn round_trip_ranges_secrets_hide_delete_restart() {
     check_all(&m);
 
     // Range slices, ETag, immutable caching, If-None-Match.
-    let (i0, u0) = urls.iter().max_by_key(|(i, _)| round_trip_file(&bases, *i, ROUND_TRIP_SIZE_MAX).0.len()).unwrap().clone();
+    let (i0, u0) = urls
+        .iter()
+        .max_by_key(|(i, _)| round_trip_file(&bases, *i, ROUND_TRIP_SIZE_MAX).0.len())
+        .unwrap()
+        .clone();
     let (data0, _) = round_trip_file(&bases, i0, ROUND_TRIP_SIZE_MAX);
     let n = data0.len();
     for (range, want) in [
-        (format!("bytes=0-99"), &data0[..100]),
+        ("bytes=0-99".to_owned(), &data0[..100]),
         (format!("bytes={}-", n - 10), &data0[n - 10..]),
-        (format!("bytes=-7"), &data0[n - 7..]),
+        ("bytes=-7".to_owned(), &data0[n - 7..]),
         (format!("bytes=100-{}", n + 1000), &data0[100..]),
     ] {
         let r = m.req("GET", &u0, &[("Range", &range)], None);
         assert_eq!(r.status, 206, "{range}");
         assert!(r.body == want, "{range}");
-        assert!(r.header("content-range").unwrap().ends_with(&format!("/{n}")));
+        assert!(r
+            .header("content-range")
+            .unwrap()
+            .ends_with(&format!("/{n}")));
     }
     let r = m.req("GET", &u0, &[("Range", &format!("bytes={n}-"))], None);
     assert_eq!(r.status, 416);
     let r = m.get(&u0);
-    assert_eq!(r.header("cache-control"), Some("public, max-age=31536000, immutable"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
     let etag = r.header("etag").unwrap().to_owned();
     let r = m.req("GET", &u0, &[("If-None-Match", &etag)], None);
     assert_eq!(r.status, 304);
@@ -131,7 +141,11 @@ fn round_trip_ranges_secrets_hide_delete_restart() {
     assert!(m.get(u1).body.len() >= 1024);
     let u2 = &urls[2].1.clone();
     let p2: Vec<&str> = u2.split('/').collect();
-    assert_eq!(m.key(&format!("delete{},{}", &p2[1][1..], p2[2])).as_deref(), Some("1"));
+    assert_eq!(
+        m.key(&format!("delete{},{}", &p2[1][1..], p2[2]))
+            .as_deref(),
+        Some("1")
+    );
     assert_eq!(m.get(u2).status, 404);
     let hide_again = (vol.to_owned(), lid.to_owned());
 
@@ -139,9 +153,16 @@ fn round_trip_ranges_secrets_hide_delete_restart() {
     let dirs = m.terminate();
     let m = Media::restart(dirs, &[]);
     assert_eq!(m.get(u2).status, 404);
-    assert_eq!(m.key(&format!("hide{},{}", hide_again.0, hide_again.1)).as_deref(), Some("1"));
+    assert_eq!(
+        m.key(&format!("hide{},{}", hide_again.0, hide_again.1))
+            .as_deref(),
+        Some("1")
+    );
     assert!(m.get(u1).body.len() < 100);
-    let urls: Vec<(u64, String)> = urls.into_iter().filter(|(_, u)| u != u1 && u != u2).collect();
+    let urls: Vec<(u64, String)> = urls
+        .into_iter()
+        .filter(|(_, u)| u != u1 && u != u2)
+        .collect();
     for (i, u) in &urls {
         let (data, _) = round_trip_file(&bases, *i, ROUND_TRIP_SIZE_MAX);
         assert!(m.get(u).body == data, "file {i} differs after restart");
@@ -161,7 +182,13 @@ fn storm(m: &Media, threads: usize, stop: &AtomicBool, max: usize) -> Vec<(u64, 
                     let addr = m.http.clone();
                     // The server may die mid-request: only a complete 200 counts.
                     let r = std::panic::catch_unwind(|| {
-                        http(&addr, "POST", "/upload", &[("Content-Type", "application/octet-stream")], Some(&data))
+                        http(
+                            &addr,
+                            "POST",
+                            "/upload",
+                            &[("Content-Type", "application/octet-stream")],
+                            Some(&data),
+                        )
                     });
                     match r {
                         Ok(r) if r.status == 200 => {
@@ -193,16 +220,26 @@ fn kill_during_storm(durability: &str) {
     let acked = std::thread::scope(|s| {
         let h = s.spawn(|| storm(&m, 8, &stop, 64 << 10));
         std::thread::sleep(Duration::from_millis(1500));
-        std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
         h.join().unwrap()
     });
-    assert!(acked.len() > 20, "only {} uploads acknowledged", acked.len());
+    assert!(
+        acked.len() > 20,
+        "only {} uploads acknowledged",
+        acked.len()
+    );
     let dirs = m.kill9();
     // A torn tail on top of whatever the kill left: half a needle in one copy, garbage in the
     // other.
-    let vol1: Vec<_> = dirs.iter().map(|d| d.path().join("vol_000001.dat")).collect();
+    let vol1: Vec<_> = dirs
+        .iter()
+        .map(|d| d.path().join("vol_000001.dat"))
+        .collect();
     let half = {
         let f = std::fs::read(&vol1[0]).unwrap();
         f[40..40 + 60].to_vec() // the first needle's header and some data
@@ -212,11 +249,18 @@ fn kill_during_storm(durability: &str) {
     let mut b = OpenOptions::new().append(true).open(&vol1[1]).unwrap();
     std::io::Write::write_all(&mut b, &[0xAB; 77]).unwrap();
     let m = Media::restart(dirs, &["--durability", durability]);
-    assert!(m.wait_stderr("cutting torn tail"), "no torn-tail warning:\n{}", m.stderr.lock().unwrap());
+    assert!(
+        m.wait_stderr("cutting torn tail"),
+        "no torn-tail warning:\n{}",
+        m.stderr.lock().unwrap()
+    );
     for (i, u) in &acked {
         let r = m.get(u);
         assert_eq!(r.status, 200, "acknowledged upload {i} lost: {u}");
-        assert!(r.body == storm_file(*i, 64 << 10), "acknowledged upload {i} differs");
+        assert!(
+            r.body == storm_file(*i, 64 << 10),
+            "acknowledged upload {i} differs"
+        );
     }
     // Both copies agree again and the store takes new uploads.
     let len0 = std::fs::metadata(&vol1[0]).unwrap().len();
@@ -241,7 +285,10 @@ fn damaged_copy_is_served_from_the_other_and_repaired_both_damaged_is_a_clear_er
     let mut uploaded = Vec::new();
     for i in 0..20u8 {
         let data = vec![i; 5000 + usize::from(i)];
-        uploaded.push((data.clone(), url(&m.upload(&data, "application/octet-stream"))));
+        uploaded.push((
+            data.clone(),
+            url(&m.upload(&data, "application/octet-stream")),
+        ));
     }
     let dirs = m.terminate();
     let p0 = dirs[0].path().join("vol_000001.dat");
@@ -252,10 +299,20 @@ fn damaged_copy_is_served_from_the_other_and_repaired_both_damaged_is_a_clear_er
     let off3: u64 = 40 + (0..2).map(rec).sum::<u64>();
     let off5: u64 = off3 + rec(2) + rec(3);
     // Volume 1 reads from directory 2 first (odd volume): damage it there.
-    OpenOptions::new().write(true).open(&p1).unwrap().write_all_at(b"\xFF\xFF", off3 + 40 + 100).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&p1)
+        .unwrap()
+        .write_all_at(b"\xFF\xFF", off3 + 40 + 100)
+        .unwrap();
     // And lid 5 in both copies.
     for p in [&p0, &p1] {
-        OpenOptions::new().write(true).open(p).unwrap().write_all_at(b"\x01\x02\x03", off5 + 40 + 7).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .write_all_at(b"\x01\x02\x03", off5 + 40 + 7)
+            .unwrap();
     }
     let m = Media::restart(dirs, &[]);
     let r = m.get(&uploaded[2].1);
@@ -264,7 +321,11 @@ fn damaged_copy_is_served_from_the_other_and_repaired_both_damaged_is_a_clear_er
     assert!(m.wait_stderr("repaired"));
     let r = m.get(&uploaded[4].1);
     assert_eq!(r.status, 500);
-    assert!(r.text().contains(&format!("volume 1 offset {off5}")), "{}", r.text());
+    assert!(
+        r.text().contains(&format!("volume 1 offset {off5}")),
+        "{}",
+        r.text()
+    );
     for (i, (data, u)) in uploaded.iter().enumerate() {
         if i != 4 {
             assert!(m.get(u).body == *data, "file {i}");
@@ -272,7 +333,11 @@ fn damaged_copy_is_served_from_the_other_and_repaired_both_damaged_is_a_clear_er
     }
     let a = std::fs::read(&p0).unwrap();
     let b = std::fs::read(&p1).unwrap();
-    assert_eq!(a[off3 as usize..off5 as usize], b[off3 as usize..off5 as usize], "not repaired");
+    assert_eq!(
+        a[off3 as usize..off5 as usize],
+        b[off3 as usize..off5 as usize],
+        "not repaired"
+    );
 }
 
 #[test]
@@ -284,15 +349,31 @@ fn key_port() {
         j["lid"].as_str().unwrap().to_owned(),
         j["secret"].as_str().unwrap().to_owned(),
     );
-    assert_eq!(m.key(&format!("valid{vol},{lid},{secret}")).as_deref(), Some("1"));
-    assert_eq!(m.key(&format!("valid{vol},{lid},AAAAAAAAAAA")).as_deref(), Some("0"));
-    assert_eq!(m.key(&format!("valid{vol},ff,{secret}")).as_deref(), Some("0"));
-    assert_eq!(m.key(&format!("check_file{vol},1000")).as_deref(), Some("1"));
-    assert_eq!(m.key(&format!("check_file{vol},99999999999")).as_deref(), Some("0"));
+    assert_eq!(
+        m.key(&format!("valid{vol},{lid},{secret}")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        m.key(&format!("valid{vol},{lid},AAAAAAAAAAA")).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        m.key(&format!("valid{vol},ff,{secret}")).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        m.key(&format!("check_file{vol},1000")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        m.key(&format!("check_file{vol},99999999999")).as_deref(),
+        Some("0")
+    );
     assert_eq!(m.key("check_file77,1").as_deref(), Some("0"));
     let vols: serde_json::Value = serde_json::from_str(&m.key("volumes").unwrap()).unwrap();
     assert_eq!(vols.as_array().unwrap().len(), 1);
-    let v: serde_json::Value = serde_json::from_str(&m.key(&format!("volume{vol}")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&m.key(&format!("volume{vol}")).unwrap()).unwrap();
     assert_eq!(v["live_files"], 1);
     assert_eq!(v["dead_bytes"], 0);
     assert_eq!(v["copies"], 2);
@@ -304,15 +385,26 @@ fn key_port() {
     assert_eq!(m.key("hide1"), None);
     assert_eq!(m.key("volumex"), None);
     assert_eq!(m.key("nonsense"), None);
-    assert_eq!(m.key_command(&format!("delete file{vol},{lid}\r\n")), "DELETED\r\n");
-    assert_eq!(m.key_command(&format!("delete file{vol},{lid}\r\n")), "NOT_FOUND\r\n");
-    assert_eq!(m.key(&format!("valid{vol},{lid},{secret}")).as_deref(), Some("0"));
+    assert_eq!(
+        m.key_command(&format!("delete file{vol},{lid}\r\n")),
+        "DELETED\r\n"
+    );
+    assert_eq!(
+        m.key_command(&format!("delete file{vol},{lid}\r\n")),
+        "NOT_FOUND\r\n"
+    );
+    assert_eq!(
+        m.key(&format!("valid{vol},{lid},{secret}")).as_deref(),
+        Some("0")
+    );
     let stats = m.stats();
     assert_eq!(stats["vol1_live_bytes"], "0");
     let dead: u64 = stats["vol1_dead_bytes"].parse().unwrap();
     assert!(dead >= live_before, "{dead} < {live_before}");
     assert_eq!(stats["volumes"], "1");
-    assert!(m.key_command("set a 0 0 1\r\nx\r\n").starts_with("CLIENT_ERROR"));
+    assert!(m
+        .key_command("set a 0 0 1\r\nx\r\n")
+        .starts_with("CLIENT_ERROR"));
     assert_eq!(m.key_command("bogus\r\n"), "ERROR\r\n");
     // The connection survives bad requests: several commands on one stream.
     let r = m.key_command("get nonsense\r\nversion\r\n");
@@ -370,7 +462,11 @@ fn head_only_upload(addr: &str, len: u64) -> media_support::Resp {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
     s.write_all(&[0u8; 1000]).unwrap();
     media_support::read_response(&mut s, false)
 }
@@ -403,7 +499,10 @@ fn upload_limits_are_checked_before_the_body_is_read() {
         }
     });
     let rss_after = m.rss_kib();
-    assert!(rss_after < rss_before + 50_000, "RSS {rss_before} → {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 50_000,
+        "RSS {rss_before} → {rss_after} KiB"
+    );
     // Exactly at the limit is accepted.
     let big = vec![1u8; 50_000_000];
     let r = m.req("POST", "/upload", &[], Some(&big));
@@ -416,14 +515,20 @@ fn compaction_under_concurrent_reads_and_uploads() {
     let mut files = Vec::new();
     for i in 0..300u32 {
         let data = storm_file(u64::from(i) + 1_000_000, 40_000);
-        files.push((data.clone(), url(&m.upload(&data, "application/octet-stream"))));
+        files.push((
+            data.clone(),
+            url(&m.upload(&data, "application/octet-stream")),
+        ));
     }
     // Delete two thirds, hide one.
     let mut live = Vec::new();
     for (i, (data, u)) in files.iter().enumerate() {
         let p: Vec<&str> = u.split('/').collect();
         if i % 3 != 0 {
-            assert_eq!(m.key(&format!("delete{},{}", &p[1][1..], p[2])).as_deref(), Some("1"));
+            assert_eq!(
+                m.key(&format!("delete{},{}", &p[1][1..], p[2])).as_deref(),
+                Some("1")
+            );
         } else {
             live.push((data.clone(), u.clone()));
         }
@@ -468,7 +573,10 @@ fn compaction_under_concurrent_reads_and_uploads() {
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         let new_uploads = uploader.join().unwrap();
-        let mut w = r.split_whitespace().skip(1).map(|n| n.parse::<u64>().unwrap());
+        let mut w = r
+            .split_whitespace()
+            .skip(1)
+            .map(|n| n.parse::<u64>().unwrap());
         assert!(r.starts_with("compacted"), "{r}");
         (w.next().unwrap(), w.next().unwrap(), new_uploads)
     });
@@ -477,9 +585,14 @@ fn compaction_under_concurrent_reads_and_uploads() {
     assert!(after < before);
     // Disk use back to live bytes + at most 5 % (uploads during compaction included).
     let v: serde_json::Value = serde_json::from_str(&m.key("volume1").unwrap()).unwrap();
-    let on_disk = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat")).unwrap().len();
+    let on_disk = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat"))
+        .unwrap()
+        .len();
     let live_bytes = v["live_bytes"].as_u64().unwrap();
-    assert!(on_disk as f64 <= live_bytes as f64 * 1.05, "{on_disk} on disk, {live_bytes} live");
+    assert!(
+        on_disk as f64 <= live_bytes as f64 * 1.05,
+        "{on_disk} on disk, {live_bytes} live"
+    );
     for (data, u) in live.iter().chain(&new_uploads) {
         assert!(m.get(u).body == *data);
     }

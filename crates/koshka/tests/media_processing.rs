@@ -14,18 +14,33 @@ use std::time::{Duration, Instant};
 use media_support::{ffmpeg, http, Media};
 
 fn exiftool_json(path: &Path) -> serde_json::Value {
-    let out = Command::new("exiftool").args(["-j", "-a", "-G1"]).arg(path).output().unwrap();
+    let out = Command::new("exiftool")
+        .args(["-j", "-a", "-G1"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
 }
 
 fn ffprobe_json(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -39,7 +54,15 @@ fn has_location(v: &serde_json::Value) -> bool {
 fn photo_sizes_strip_gps_and_apply_orientation() {
     let tmp = tempfile::tempdir().unwrap();
     let jpg = tmp.path().join("camera.jpg");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=1600x1200", "-frames:v", "1", jpg.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1600x1200",
+        "-frames:v",
+        "1",
+        jpg.to_str().unwrap(),
+    ]);
     let out = Command::new("exiftool")
         .args([
             "-q",
@@ -55,9 +78,17 @@ fn photo_sizes_strip_gps_and_apply_orientation() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(has_location(&exiftool_json(&jpg)), "the input must carry GPS");
+    assert!(
+        has_location(&exiftool_json(&jpg)),
+        "the input must carry GPS"
+    );
     let m = Media::start(&[]);
-    let r = m.req("POST", "/photo", &[("Content-Type", "image/jpeg")], Some(&std::fs::read(&jpg).unwrap()));
+    let r = m.req(
+        "POST",
+        "/photo",
+        &[("Content-Type", "image/jpeg")],
+        Some(&std::fs::read(&jpg).unwrap()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let sizes = j["sizes"].as_array().unwrap();
@@ -79,26 +110,51 @@ fn photo_sizes_strip_gps_and_apply_orientation() {
         let body = m.get(s["url"].as_str().unwrap());
         assert_eq!(body.status, 200);
         assert_eq!(body.header("content-type"), Some("image/jpeg"));
-        let p = tmp.path().join(format!("{}.jpg", s["type"].as_str().unwrap()));
+        let p = tmp
+            .path()
+            .join(format!("{}.jpg", s["type"].as_str().unwrap()));
         std::fs::write(&p, &body.body).unwrap();
         let exif = exiftool_json(&p);
-        assert!(!has_location(&exif), "location left in {}: {exif}", s["type"]);
-        assert!(!exif.to_string().contains("KoshkaCam"), "metadata left: {exif}");
+        assert!(
+            !has_location(&exif),
+            "location left in {}: {exif}",
+            s["type"]
+        );
+        assert!(
+            !exif.to_string().contains("KoshkaCam"),
+            "metadata left: {exif}"
+        );
         let probe = ffprobe_json(&p);
         assert_eq!(probe["streams"][0]["width"].as_u64(), Some(w));
         assert_eq!(probe["streams"][0]["height"].as_u64(), Some(h));
     }
     // The original is not stored: every stored byte is one of the sizes.
     let stats = m.stats();
-    let total: u64 = sizes.iter().map(|s| s["bytes"].as_u64().unwrap() + 40 + 7).sum();
+    let total: u64 = sizes
+        .iter()
+        .map(|s| s["bytes"].as_u64().unwrap() + 40 + 7)
+        .sum();
     assert!(stats["live_bytes"].parse::<u64>().unwrap() <= total);
     let jobs: serde_json::Value = serde_json::from_str(&m.key("jobs").unwrap()).unwrap();
     assert_eq!(jobs["done"], 1);
     assert_eq!(m.key(&format!("job{}", j["job"])).as_deref(), Some("done"));
     // A PNG labelled image/jpeg is sniffed as what it is; a tiny image gets one size.
     let png = tmp.path().join("tiny.png");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=40x30", "-frames:v", "1", png.to_str().unwrap()]);
-    let r = m.req("POST", "/photo", &[("Content-Type", "image/jpeg")], Some(&std::fs::read(&png).unwrap()));
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=40x30",
+        "-frames:v",
+        "1",
+        png.to_str().unwrap(),
+    ]);
+    let r = m.req(
+        "POST",
+        "/photo",
+        &[("Content-Type", "image/jpeg")],
+        Some(&std::fs::read(&png).unwrap()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(j["sizes"].as_array().unwrap().len(), 1);
@@ -127,18 +183,51 @@ fn bad_input_is_refused() {
     let mut ftyp_hls = b"\0\0\0\x18ftypisom\0\0\0\0isom".to_vec();
     ftyp_hls.extend_from_slice(hls.as_bytes());
     let jpg = tmp.path().join("ok.jpg");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=320x240", "-frames:v", "1", jpg.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240",
+        "-frames:v",
+        "1",
+        jpg.to_str().unwrap(),
+    ]);
     let jpeg = std::fs::read(&jpg).unwrap();
     let wide = tmp.path().join("wide.png");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=3000x100", "-frames:v", "1", wide.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=3000x100",
+        "-frames:v",
+        "1",
+        wide.to_str().unwrap(),
+    ]);
     let mp4 = tmp.path().join("clip.mp4");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=160x120:duration=1", "-c:v", "libx264", "-preset", "ultrafast", mp4.to_str().unwrap()]);
-    let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:duration=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        mp4.to_str().unwrap(),
+    ]);
+    let garbage: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
         ("/video", "video/mp4", hls.clone().into_bytes(), 415),
         ("/photo", "image/jpeg", hls.into_bytes(), 415),
         ("/video", "video/mp4", concat.into_bytes(), 415),
-        ("/video", "video/mp4", format!("concat:{c}|{c}").into_bytes(), 415),
+        (
+            "/video",
+            "video/mp4",
+            format!("concat:{c}|{c}").into_bytes(),
+            415,
+        ),
         ("/video", "video/mp4", ftyp_hls, 422),
         ("/photo", "image/png", png_header(30_000, 30_000), 422),
         ("/photo", "image/png", png_header(7001, 7000), 422),
@@ -176,9 +265,24 @@ fn ffmpeg_hang_is_killed_at_the_timeout_and_the_worker_is_free() {
     std::fs::write(&fake, "#!/bin/sh\nexec sleep 300\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let jpg = tmp.path().join("ok.jpg");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=320x240", "-frames:v", "1", jpg.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240",
+        "-frames:v",
+        "1",
+        jpg.to_str().unwrap(),
+    ]);
     let jpeg = std::fs::read(&jpg).unwrap();
-    let m = Media::start(&["--ffmpeg", fake.to_str().unwrap(), "--job-timeout", "1", "--workers", "1"]);
+    let m = Media::start(&[
+        "--ffmpeg",
+        fake.to_str().unwrap(),
+        "--job-timeout",
+        "1",
+        "--workers",
+        "1",
+    ]);
     for round in 1..=2u64 {
         let t = Instant::now();
         let r = m.req("POST", "/photo", &[], Some(&jpeg));
@@ -192,7 +296,8 @@ fn ffmpeg_hang_is_killed_at_the_timeout_and_the_worker_is_free() {
     // The killed children are gone (no `sleep 300` left under the server).
     std::thread::sleep(Duration::from_millis(200));
     let pid = m.child.id().to_string();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace() {
         let cmd = std::fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
         assert!(!cmd.contains("sleep"), "left behind: {cmd}");
@@ -207,14 +312,38 @@ fn video_is_transcoded_with_location_stripped() {
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = tmp.path().join("phone.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=640x480:rate=25:duration=3", "-f", "lavfi", "-i",
-        "sine=frequency=440:duration=3", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-        "-metadata", "location=+55.7558+037.6173/", "-metadata", "title=KoshkaTitle", "-shortest",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x480:rate=25:duration=3",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-metadata",
+        "location=+55.7558+037.6173/",
+        "-metadata",
+        "title=KoshkaTitle",
+        "-shortest",
         mp4.to_str().unwrap(),
     ]);
-    assert!(has_location(&ffprobe_json(&mp4)["format"]), "the input must carry a location");
+    assert!(
+        has_location(&ffprobe_json(&mp4)["format"]),
+        "the input must carry a location"
+    );
     let m = Media::start(&[]);
-    let r = m.req("POST", "/video", &[("Content-Type", "video/mp4")], Some(&std::fs::read(&mp4).unwrap()));
+    let r = m.req(
+        "POST",
+        "/video",
+        &[("Content-Type", "video/mp4")],
+        Some(&std::fs::read(&mp4).unwrap()),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let sizes = j["sizes"].as_array().unwrap();
@@ -226,13 +355,18 @@ fn video_is_transcoded_with_location_stripped() {
     std::fs::write(&p, &video.body).unwrap();
     let probe = ffprobe_json(&p);
     assert!(!has_location(&probe), "location left: {probe}");
-    assert!(!probe.to_string().contains("KoshkaTitle"), "metadata left: {probe}");
+    assert!(
+        !probe.to_string().contains("KoshkaTitle"),
+        "metadata left: {probe}"
+    );
     let streams = probe["streams"].as_array().unwrap();
     let v = streams.iter().find(|s| s["codec_type"] == "video").unwrap();
     assert_eq!(v["codec_name"], "h264");
     assert_eq!(v["height"], 360);
     assert_eq!(v["width"], 480);
-    assert!(streams.iter().any(|s| s["codec_type"] == "audio" && s["codec_name"] == "aac"));
+    assert!(streams
+        .iter()
+        .any(|s| s["codec_type"] == "audio" && s["codec_name"] == "aac"));
     // +faststart: the moov box comes before mdat.
     let find = |tag: &[u8]| video.body.windows(4).position(|w| w == tag).unwrap();
     assert!(find(b"moov") < find(b"mdat"));
@@ -241,13 +375,22 @@ fn video_is_transcoded_with_location_stripped() {
     let poster = m.get(sizes[1]["url"].as_str().unwrap());
     assert_eq!(poster.header("content-type"), Some("image/jpeg"));
     // Range over the stored video (players seek).
-    let r = m.req("GET", sizes[0]["url"].as_str().unwrap(), &[("Range", "bytes=1000-1999")], None);
+    let r = m.req(
+        "GET",
+        sizes[0]["url"].as_str().unwrap(),
+        &[("Range", "bytes=1000-1999")],
+        None,
+    );
     assert_eq!(r.status, 206);
     assert!(r.body == video.body[1000..2000]);
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -255,10 +398,17 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     let m = Media::start(&[]);
     let prefix = tempfile::tempdir().unwrap();
     let port = free_port();
-    let conf_src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/media-nginx.conf")).unwrap();
+    let conf_src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/media-nginx.conf"
+    ))
+    .unwrap();
     let mut conf = conf_src
         .replace("server 127.0.0.1:11280;", &format!("server {};", m.http))
-        .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+        .replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
     let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
     if root {
         // Workers would run as nobody and could not write the cache under a root-owned temp dir.
@@ -268,7 +418,14 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     let conf_path = prefix.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let mut nginx = Command::new("nginx")
-        .args(["-c", conf_path.to_str().unwrap(), "-p", prefix.path().to_str().unwrap(), "-g", "daemon off;"])
+        .args([
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-p",
+            prefix.path().to_str().unwrap(),
+            "-g",
+            "daemon off;",
+        ])
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -276,14 +433,19 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     impl Drop for Kill {
         fn drop(&mut self) {
             // SIGTERM: nginx stops its workers too.
-            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
             let _ = self.0.wait();
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(s)) = nginx.try_wait() {
-            panic!("nginx exited {s}: {}", std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default());
+            panic!(
+                "nginx exited {s}: {}",
+                std::fs::read_to_string(prefix.path().join("error.log")).unwrap_or_default()
+            );
         }
         assert!(Instant::now() < deadline, "nginx did not listen");
         std::thread::sleep(Duration::from_millis(20));
@@ -291,8 +453,16 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     let _nginx = Kill(nginx);
     let front = format!("127.0.0.1:{port}");
     // Upload through nginx; a 3.5 MB file crosses several 1 MiB slices.
-    let data: Vec<u8> = (0..3_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
-    let r = http(&front, "POST", "/upload", &[("Content-Type", "video/mp4")], Some(&data));
+    let data: Vec<u8> = (0..3_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let r = http(
+        &front,
+        "POST",
+        "/upload",
+        &[("Content-Type", "video/mp4")],
+        Some(&data),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let u = j["url"].as_str().unwrap();
@@ -303,7 +473,13 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     let second = http(&front, "GET", u, &[], None);
     assert!(second.body == data);
     assert_eq!(second.header("x-cache-status"), Some("HIT"));
-    let r = http(&front, "GET", u, &[("Range", "bytes=1048000-1049999")], None);
+    let r = http(
+        &front,
+        "GET",
+        u,
+        &[("Range", "bytes=1048000-1049999")],
+        None,
+    );
     assert_eq!(r.status, 206);
     assert!(r.body == data[1_048_000..1_050_000]);
     // Small file, wrong secret, unknown path.
@@ -311,11 +487,25 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     let r = http(&front, "GET", small["url"].as_str().unwrap(), &[], None);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"tiny file"[..]));
     let bad = small["url"].as_str().unwrap().replace("/v1/", "/v1/0");
-    assert_eq!(http(&front, "GET", &bad.replacen(&small["secret"].as_str().unwrap()[..3], "zzz", 1), &[], None).status, 404);
+    assert_eq!(
+        http(
+            &front,
+            "GET",
+            &bad.replacen(&small["secret"].as_str().unwrap()[..3], "zzz", 1),
+            &[],
+            None
+        )
+        .status,
+        404
+    );
     assert_eq!(http(&front, "GET", "/etc/passwd", &[], None).status, 404);
     // nginx refuses an oversized body itself.
     let mut s = std::net::TcpStream::connect(&front).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::io::Write::write_all(&mut s, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000001\r\n\r\n").unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000001\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(media_support::read_response(&mut s, false).status, 413);
 }

@@ -46,7 +46,14 @@ impl Media {
     /// Starts a server on existing directories (a restart).
     pub fn start_in(dirs: Vec<tempfile::TempDir>, args: &[&str]) -> Media {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_koshka"));
-        cmd.args(["media", "serve", "--http", "127.0.0.1:0", "--keys", "127.0.0.1:0"]);
+        cmd.args([
+            "media",
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--keys",
+            "127.0.0.1:0",
+        ]);
         for d in &dirs {
             cmd.arg("--data-dir").arg(d.path());
         }
@@ -81,7 +88,11 @@ impl Media {
         let (mut http, mut keys) = (None, None);
         while http.is_none() || keys.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "koshka media did not print its ports; stderr:\n{}", stderr.lock().unwrap());
+            assert!(
+                !left.is_zero(),
+                "koshka media did not print its ports; stderr:\n{}",
+                stderr.lock().unwrap()
+            );
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("koshka: media-http listening on ") {
@@ -93,13 +104,19 @@ impl Media {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        panic!("koshka media exited: {status}; stderr:\n{}", stderr.lock().unwrap());
+                        panic!(
+                            "koshka media exited: {status}; stderr:\n{}",
+                            stderr.lock().unwrap()
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait().unwrap();
                     std::thread::sleep(Duration::from_millis(100));
-                    panic!("koshka media exited: {status}; stderr:\n{}", stderr.lock().unwrap());
+                    panic!(
+                        "koshka media exited: {status}; stderr:\n{}",
+                        stderr.lock().unwrap()
+                    );
                 }
             }
         }
@@ -150,7 +167,13 @@ impl Media {
     }
 
     /// One HTTP request.
-    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         http(&self.http, method, path, headers, body)
     }
 
@@ -175,7 +198,11 @@ impl Media {
         let mut buf = [0u8; 65536];
         loop {
             let n = s.read(&mut buf).unwrap();
-            assert!(n > 0, "key port closed; got {:?}", String::from_utf8_lossy(&out));
+            assert!(
+                n > 0,
+                "key port closed; got {:?}",
+                String::from_utf8_lossy(&out)
+            );
             out.extend_from_slice(&buf[..n]);
             let t = String::from_utf8_lossy(&out);
             if t.ends_with("END\r\n")
@@ -192,7 +219,9 @@ impl Media {
         if r == "END\r\n" {
             return None;
         }
-        let rest = r.strip_prefix("VALUE ").unwrap_or_else(|| panic!("reply {r:?}"));
+        let rest = r
+            .strip_prefix("VALUE ")
+            .unwrap_or_else(|| panic!("reply {r:?}"));
         let (_, value) = rest.split_once("\r\n").unwrap();
         Some(value.strip_suffix("\r\nEND\r\n").unwrap().to_owned())
     }
@@ -263,7 +292,13 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
-pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -291,7 +326,10 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Resp {
         let n = match s.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && header_end.is_some() => 0,
-            Err(e) => panic!("read response: {e}; so far {:?}", String::from_utf8_lossy(&raw)),
+            Err(e) => panic!(
+                "read response: {e}; so far {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
         };
         raw.extend_from_slice(&buf[..n]);
         if header_end.is_none() {
@@ -313,10 +351,18 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Resp {
             break;
         }
     }
-    let he = header_end.unwrap_or_else(|| panic!("no header in {:?}", String::from_utf8_lossy(&raw)));
+    let he =
+        header_end.unwrap_or_else(|| panic!("no header in {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..he]).into_owned();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
@@ -333,7 +379,11 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Resp {
             body.truncate(len);
         }
     }
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Runs ffmpeg with `args` (`-y -loglevel error` added), panics on failure.
@@ -343,22 +393,77 @@ pub fn ffmpeg(args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Real media made with ffmpeg in `dir`: small and large JPEG, PNG, MP4 (testsrc2 + sine).
 pub fn make_media(dir: &Path) -> Vec<(Vec<u8>, &'static str)> {
     let mut out = Vec::new();
     for (name, args, ctype) in [
-        ("tiny.jpg", vec!["-f", "lavfi", "-i", "testsrc2=size=32x24", "-frames:v", "1", "-q:v", "10"], "image/jpeg"),
-        ("small.png", vec!["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1"], "image/png"),
-        ("mid.jpg", vec!["-f", "lavfi", "-i", "testsrc2=size=640x480", "-frames:v", "1"], "image/jpeg"),
-        ("big.png", vec!["-f", "lavfi", "-i", "testsrc2=size=1280x960", "-frames:v", "1"], "image/png"),
+        (
+            "tiny.jpg",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=32x24",
+                "-frames:v",
+                "1",
+                "-q:v",
+                "10",
+            ],
+            "image/jpeg",
+        ),
+        (
+            "small.png",
+            vec!["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1"],
+            "image/png",
+        ),
+        (
+            "mid.jpg",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=640x480",
+                "-frames:v",
+                "1",
+            ],
+            "image/jpeg",
+        ),
+        (
+            "big.png",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1280x960",
+                "-frames:v",
+                "1",
+            ],
+            "image/png",
+        ),
         (
             "clip.mp4",
             vec![
-                "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=2", "-f", "lavfi", "-i",
-                "sine=frequency=440:duration=2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25:duration=2",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=2",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-c:a",
+                "aac",
                 "-shortest",
             ],
             "video/mp4",
@@ -378,7 +483,11 @@ pub fn make_media(dir: &Path) -> Vec<(Vec<u8>, &'static str)> {
 /// File `i` of a round trip: a real media file (the largest base not bigger than the target
 /// size) followed by seeded random bytes up to a size between 1 KB and `max` (log-uniform).
 /// Deterministic, so the check regenerates instead of holding every file in RAM.
-pub fn round_trip_file(bases: &[(Vec<u8>, &'static str)], i: u64, max: usize) -> (Vec<u8>, &'static str) {
+pub fn round_trip_file(
+    bases: &[(Vec<u8>, &'static str)],
+    i: u64,
+    max: usize,
+) -> (Vec<u8>, &'static str) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(i);
     let lo = (1024f64).ln();
