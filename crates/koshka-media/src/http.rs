@@ -47,6 +47,10 @@ pub const PIXEL_PNG: &[u8] = &[
 
 const UPLOAD_UNIT: u64 = 1024;
 
+/// Reads (and appends without fsync) up to this many bytes run on the connection's task;
+/// bigger ones on a blocking thread.
+const INLINE_READ_MAX: u64 = 256 << 10;
+
 /// Shared state of the HTTP and keys sides.
 pub struct App {
     /// The volumes.
@@ -227,11 +231,24 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     let secret: u64 = rand::random();
     let store = app.store.clone();
     let files: Vec<(Vec<u8>, ContentType)> = outputs.iter().map(|o| (o.3.clone(), o.4)).collect();
-    let put = tokio::task::spawn_blocking(move || {
+    let total: u64 = files.iter().map(|(d, _)| d.len() as u64).sum();
+    let quick = if total <= INLINE_READ_MAX {
+        // A small append without fsync is a pwrite into the page cache: done here, unless the
+        // volume is busy (then it waits on a blocking thread, never on this one).
         let refs: Vec<(&[u8], ContentType)> = files.iter().map(|(d, c)| (&d[..], *c)).collect();
-        store.put(&refs, secret)
-    })
-    .await;
+        store.try_put(&refs, secret)
+    } else {
+        None
+    };
+    let put = if let Some(r) = quick {
+        Ok(r)
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&[u8], ContentType)> = files.iter().map(|(d, c)| (&d[..], *c)).collect();
+            store.put(&refs, secret)
+        })
+        .await
+    };
     let (vol, lids) = match put {
         Ok(Ok(r)) => r,
         Ok(Err(e @ PutError::Full(_))) => {
@@ -365,8 +382,13 @@ async fn download(app: &Arc<App>, req: &Request<Incoming>, p: &str) -> Resp {
         None => None,
     };
     let head = req.method() == Method::HEAD;
+    let len = range.map_or(size, |(a, b)| b - a);
     let read = if head {
         Ok(None)
+    } else if len <= INLINE_READ_MAX {
+        // Small reads are one pread from the page cache in the common case: doing it here
+        // saves the hand-off to a blocking thread (nginx blocks on disk reads the same way).
+        v.read(lid, range).map(Some)
     } else {
         let v = v.clone();
         match tokio::task::spawn_blocking(move || v.read(lid, range)).await {
@@ -379,7 +401,6 @@ async fn download(app: &Arc<App>, req: &Request<Incoming>, p: &str) -> Resp {
         Err(VolumeError::Missing) => return not_found(),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let len = range.map_or(size, |(a, b)| b - a);
     let mut r = Response::new(Full::new(data.map(|d| d.data).unwrap_or_default()));
     let h = r.headers_mut();
     h.insert(

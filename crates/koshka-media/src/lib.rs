@@ -78,25 +78,47 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = store::Store::open(config.store.clone())?;
     let processor = Arc::new(process::Processor::new(config.process.clone()));
     let app = http::App::new(store.clone(), processor);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.threads > 0 {
-        rt.worker_threads(config.threads);
+    // HTTP: one single-threaded runtime per core, each accepting on its own SO_REUSEPORT
+    // socket of the same address (nginx's worker model; no task hand-offs between threads).
+    let threads = if config.threads > 0 {
+        config.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    };
+    let first = reuseport_listener(&config.http)
+        .map_err(|e| anyhow::anyhow!("bind http {}: {e}", config.http))?;
+    let http_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(reuseport_listener(&http_addr.to_string())?);
     }
-    let rt = rt.enable_all().build()?;
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let app = app.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("media-http-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => http::serve(l, app).await,
+                        Err(e) => tracing::error!(%e, "http listener"),
+                    }
+                });
+            })?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let http = tokio::net::TcpListener::bind(&config.http)
-            .await
-            .map_err(|e| anyhow::anyhow!("bind http {}: {e}", config.http))?;
         let keys = tokio::net::TcpListener::bind(&config.keys)
             .await
             .map_err(|e| anyhow::anyhow!("bind keys {}: {e}", config.keys))?;
         {
             let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "koshka: media-http listening on {}",
-                http.local_addr()?
-            )?;
+            writeln!(out, "koshka: media-http listening on {http_addr}")?;
             writeln!(
                 out,
                 "koshka: media-keys listening on {}",
@@ -104,7 +126,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )?;
             out.flush()?;
         }
-        tokio::spawn(http::serve(http, app.clone()));
         tokio::spawn(keys::serve(keys, app.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -123,4 +144,22 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// A non-blocking listener on `addr` with SO_REUSEPORT, so several threads can accept on it.
+fn reuseport_listener(addr: &str) -> anyhow::Result<std::net::TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{addr:?} is not an address: {e}"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

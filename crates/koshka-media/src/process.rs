@@ -277,6 +277,8 @@ impl Processor {
                         "-1",
                         "-frames:v",
                         "1",
+                        "-threads",
+                        "1",
                         "-c:v",
                         "mjpeg",
                         "-pix_fmt",
@@ -383,6 +385,8 @@ impl Processor {
                         "-1",
                         "-vf",
                         &format!("scale={}:{t}", tw.max(2)),
+                        "-threads",
+                        "1",
                         "-c:v",
                         "libx264",
                         "-preset",
@@ -411,6 +415,8 @@ impl Processor {
                     "1",
                     "-vf",
                     &format!("scale={pw}:{ph}"),
+                    "-threads",
+                    "1",
                     "-c:v",
                     "mjpeg",
                     "-pix_fmt",
@@ -519,7 +525,19 @@ async fn run(
         .arg(program)
         .arg("-hide_banner");
     if program == config.ffmpeg {
-        cmd.args(["-nostdin", "-loglevel", "error", "-y"]);
+        // One ffmpeg per core: the queue runs `workers` of them, each on one thread.
+        cmd.args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-threads",
+            "1",
+            "-filter_threads",
+            "1",
+            "-filter_complex_threads",
+            "1",
+        ]);
     }
     cmd.args(args)
         .stdin(Stdio::null())

@@ -154,6 +154,12 @@ impl Store {
             .collect()
     }
 
+    /// The durability mode.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.config.durability
+    }
+
     /// The data directories.
     #[must_use]
     pub fn dirs(&self) -> &[PathBuf] {
@@ -214,6 +220,35 @@ impl Store {
                     *self.stopped.lock() = Some(why.clone());
                     return Err(PutError::Stopped(why));
                 }
+            }
+        }
+    }
+
+    /// As [`Store::put`] without ever waiting: `None` when the current volume is busy (another
+    /// append, a flag change, a compaction), when it is full, or under `always` durability;
+    /// the caller then runs [`Store::put`] on a blocking thread.
+    pub fn try_put(
+        &self,
+        files: &[(&[u8], ContentType)],
+        secret: u64,
+    ) -> Option<Result<(u32, Vec<u32>), PutError>> {
+        if self.config.durability == Durability::Always {
+            return None;
+        }
+        if let Some(why) = self.stopped() {
+            return Some(Err(PutError::Stopped(why)));
+        }
+        let v = self.volumes.read().values().next_back().cloned()?;
+        match v.try_append(files, secret)? {
+            Ok(lids) => {
+                self.wait_durable();
+                Some(Ok((v.id, lids)))
+            }
+            Err(VolumeError::Full(_) | VolumeError::ReadOnly(_)) => None,
+            Err(e) => {
+                let why = e.to_string();
+                *self.stopped.lock() = Some(why.clone());
+                Some(Err(PutError::Stopped(why)))
             }
         }
     }

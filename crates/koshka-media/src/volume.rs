@@ -526,6 +526,25 @@ impl Volume {
         secret: u64,
     ) -> Result<Vec<u32>, VolumeError> {
         let _guard = self.append.lock();
+        self.append_locked(files, secret)
+    }
+
+    /// As [`Volume::append`], but `None` instead of waiting when another append, a flag change
+    /// or a compaction holds the volume (for callers that must not block).
+    pub fn try_append(
+        &self,
+        files: &[(&[u8], ContentType)],
+        secret: u64,
+    ) -> Option<Result<Vec<u32>, VolumeError>> {
+        let _guard = self.append.try_lock()?;
+        Some(self.append_locked(files, secret))
+    }
+
+    fn append_locked(
+        &self,
+        files: &[(&[u8], ContentType)],
+        secret: u64,
+    ) -> Result<Vec<u32>, VolumeError> {
         let (copies, len, first_lid) = {
             let st = self.state.read();
             if st.read_only {
