@@ -606,3 +606,81 @@ fn compaction_under_concurrent_reads_and_uploads() {
         assert!(m.get(u).body == *data);
     }
 }
+
+#[test]
+fn full_directory_stops_writes_cleanly_and_reads_go_on() {
+    // The second directory is a 1 MiB tmpfs mounted in a private mount namespace of the
+    // server (needs CAP_SYS_ADMIN: root on a VM; skipped with a note where it is refused).
+    let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let small = dirs[1].path().to_str().unwrap().to_owned();
+    let mount = "mount -t tmpfs -o size=1m tmpfs \"$0\" && shift && exec \"$@\"";
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", mount, &small, "x", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs in a mount namespace here (unshare -m)");
+        return;
+    }
+    let m = Media::start_wrapped(
+        dirs,
+        &[],
+        &["unshare", "-m", "sh", "-c", mount, &small, "x"],
+    );
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..40u8 {
+        let data = vec![i; 100_000];
+        let r = m.req("POST", "/upload", &[], Some(&data));
+        if r.status == 200 {
+            assert!(
+                refused.is_none(),
+                "an upload succeeded after writes stopped"
+            );
+            let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            acked.push((data, url(&j)));
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text());
+            refused.get_or_insert(r.text());
+        }
+    }
+    let why = refused.expect("the 1 MiB directory never filled up");
+    assert!(
+        why.contains("writes stopped") && why.contains(&small),
+        "{why}"
+    );
+    assert!(
+        (5..11).contains(&acked.len()),
+        "{} acknowledged",
+        acked.len()
+    );
+    assert!(m.wait_stderr("write failed"));
+    assert_ne!(m.stats()["writes_stopped"], "0");
+    for (data, u) in &acked {
+        assert!(m.get(u).body == *data);
+    }
+    // Both copies were cut back to the same length (the tmpfs copy seen through the server's
+    // mount namespace).
+    let pid = m.child.id();
+    let a = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat"))
+        .unwrap()
+        .len();
+    let b = std::fs::metadata(format!("/proc/{pid}/root{small}/vol_000001.dat"))
+        .unwrap()
+        .len();
+    assert_eq!(a, b);
+    // Restart without the tmpfs: the missing copy is rebuilt from the other one, writes work.
+    let dirs = m.terminate();
+    let m = Media::restart(dirs, &[]);
+    assert!(m.wait_stderr("rebuilding copy"));
+    for (data, u) in &acked {
+        assert!(m.get(u).body == *data);
+    }
+    assert_eq!(m.upload(b"again", "text/plain")["vol"], 1);
+    let b = std::fs::metadata(m.dir_paths()[1].join("vol_000001.dat"))
+        .unwrap()
+        .len();
+    let a = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat"))
+        .unwrap()
+        .len();
+    assert_eq!(a, b);
+}

@@ -45,7 +45,19 @@ impl Media {
 
     /// Starts a server on existing directories (a restart).
     pub fn start_in(dirs: Vec<tempfile::TempDir>, args: &[&str]) -> Media {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_koshka"));
+        Media::start_wrapped(dirs, args, &[])
+    }
+
+    /// As [`Media::start_in`], the binary run through `wrapper` (a command prefix that ends
+    /// by exec-ing its arguments, so the PID is the server's).
+    pub fn start_wrapped(dirs: Vec<tempfile::TempDir>, args: &[&str], wrapper: &[&str]) -> Media {
+        let mut cmd = if wrapper.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_koshka"))
+        } else {
+            let mut c = Command::new(wrapper[0]);
+            c.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_koshka"));
+            c
+        };
         cmd.args([
             "media",
             "serve",
