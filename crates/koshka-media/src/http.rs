@@ -199,7 +199,10 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         ));
     }
     let (outputs, job) = match kind {
-        Kind::Raw => (vec![(String::new(), 0, 0, body.to_vec(), ctype)], None),
+        Kind::Raw => (
+            vec![(String::new(), 0, 0, body.to_vec(), ctype, false)],
+            None,
+        ),
         Kind::Photo | Kind::Video => {
             let r = if kind == Kind::Photo {
                 app.processor.photo(&body).await
@@ -209,7 +212,7 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
             match r {
                 Ok((job, outs)) => (
                     outs.into_iter()
-                        .map(|o| (o.kind, o.width, o.height, o.data, o.ctype))
+                        .map(|o| (o.kind, o.width, o.height, o.data, o.ctype, o.remuxed))
                         .collect(),
                     Some(job),
                 ),
@@ -262,10 +265,14 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         .zip(&lids)
         .filter(|(o, _)| !o.0.is_empty())
         .map(|(o, lid)| {
-            serde_json::json!({
+            let mut j = serde_json::json!({
                 "type": o.0, "lid": format!("{lid:x}"), "width": o.1, "height": o.2,
                 "bytes": o.3.len(), "url": file_path(vol, *lid, secret, o.4),
-            })
+            });
+            if o.5 {
+                j["remuxed"] = true.into();
+            }
+            j
         })
         .collect();
     let main = *lids.last().unwrap_or(&0);

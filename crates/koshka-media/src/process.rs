@@ -86,6 +86,8 @@ pub struct Output {
     pub data: Vec<u8>,
     /// JPEG or MP4.
     pub ctype: crate::needle::ContentType,
+    /// Copied from the source without re-encoding (`-c copy`).
+    pub remuxed: bool,
 }
 
 /// Counters of the queue, readable by the `jobs` key.
@@ -303,6 +305,7 @@ impl Processor {
                     height: *sh,
                     data: read(&tmp.path().join(format!("{c}.jpg"))).await?,
                     ctype: crate::needle::ContentType::Jpeg,
+                    remuxed: false,
                 });
             }
             Ok(outs)
@@ -367,13 +370,22 @@ impl Processor {
                 .collect();
             let mut args = input_args(format, &input);
             let mut dims = Vec::new();
+            // Codecs that already fit (H.264 yuv420p, AAC or no audio) at a target height equal
+            // to the source's are remuxed (`-c copy`), not transcoded.
+            let audio_fits = streams
+                .iter()
+                .filter(|s| s["codec_type"] == "audio")
+                .all(|s| s["codec_name"] == "aac");
+            let codecs_fit =
+                video["codec_name"] == "h264" && video["pix_fmt"] == "yuv420p" && audio_fits;
             for &t in &heights {
                 let tw = (u64::from(w) * u64::from(t) / u64::from(h.max(1))) as u32;
-                let tw = (tw + 1) & !1;
-                dims.push((t, tw.max(2)));
+                let tw = ((tw + 1) & !1).max(2);
+                let remux = codecs_fit && t == h && tw == w;
+                dims.push((t, tw, remux));
                 args.extend(["-map", "0:v:0"].map(String::from));
                 if has_audio {
-                    args.extend(["-map", "0:a:0", "-c:a", "aac", "-b:a", "128k"].map(String::from));
+                    args.extend(["-map", "0:a:0"].map(String::from));
                 }
                 args.extend(
                     [
@@ -383,28 +395,37 @@ impl Processor {
                         "-1",
                         "-map_chapters",
                         "-1",
-                        "-vf",
-                        &format!("scale={}:{t}", tw.max(2)),
-                        "-threads",
-                        "1",
-                        "-c:v",
-                        "libx264",
-                        "-preset",
-                        "veryfast",
-                        "-crf",
-                        "26",
-                        "-pix_fmt",
-                        "yuv420p",
-                        "-movflags",
-                        "+faststart",
-                        "-f",
-                        "mp4",
                     ]
                     .map(String::from),
                 );
+                if remux {
+                    args.extend(["-c", "copy"].map(String::from));
+                } else {
+                    if has_audio {
+                        args.extend(["-c:a", "aac", "-b:a", "128k"].map(String::from));
+                    }
+                    args.extend(
+                        [
+                            "-vf",
+                            &format!("scale={tw}:{t}"),
+                            "-threads",
+                            "1",
+                            "-c:v",
+                            "libx264",
+                            "-preset",
+                            "veryfast",
+                            "-crf",
+                            "26",
+                            "-pix_fmt",
+                            "yuv420p",
+                        ]
+                        .map(String::from),
+                    );
+                }
+                args.extend(["-movflags", "+faststart", "-f", "mp4"].map(String::from));
                 args.push(out_arg(&tmp.path().join(format!("{t}.mp4"))));
             }
-            let (ph, pw) = dims[0];
+            let (ph, pw, _) = dims[0];
             args.extend(
                 [
                     "-map",
@@ -431,9 +452,10 @@ impl Processor {
             args.push(out_arg(&tmp.path().join("poster.jpg")));
             run(config, &config.ffmpeg, &args).await?;
             let mut outs = Vec::new();
-            for &(t, tw) in &dims {
+            for &(t, tw, remux) in &dims {
                 outs.push(Output {
                     kind: format!("{t}p"),
+                    remuxed: remux,
                     width: tw,
                     height: t,
                     data: read(&tmp.path().join(format!("{t}.mp4"))).await?,
@@ -446,6 +468,7 @@ impl Processor {
                 height: ph,
                 data: read(&tmp.path().join("poster.jpg")).await?,
                 ctype: crate::needle::ContentType::Jpeg,
+                remuxed: false,
             });
             Ok(outs)
         })

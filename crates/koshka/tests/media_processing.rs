@@ -509,3 +509,81 @@ fn nginx_in_front_caches_slices_and_limits_bodies() {
     .unwrap();
     assert_eq!(media_support::read_response(&mut s, false).status, 413);
 }
+
+#[test]
+fn video_that_already_fits_is_remuxed_and_720p_sources_get_two_heights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-metadata",
+        "location=+55.7558+037.6173/",
+        "-shortest",
+        small.to_str().unwrap(),
+    ]);
+    let hd = tmp.path().join("hd.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=25:duration=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        hd.to_str().unwrap(),
+    ]);
+    let m = Media::start(&[]);
+    let r = m.req("POST", "/video", &[], Some(&std::fs::read(&small).unwrap()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let sizes = j["sizes"].as_array().unwrap();
+    let types: Vec<&str> = sizes.iter().map(|s| s["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["240p", "poster"]);
+    assert_eq!(sizes[0]["remuxed"], true);
+    let p = tmp.path().join("remuxed.mp4");
+    std::fs::write(&p, m.get(sizes[0]["url"].as_str().unwrap()).body).unwrap();
+    let probe = ffprobe_json(&p);
+    assert!(!has_location(&probe), "location left: {probe}");
+    // ultrafast's profile survives: the stream was copied, not re-encoded.
+    let v = &probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .unwrap()
+        .clone();
+    assert_eq!(v["profile"], "Constrained Baseline", "{v}");
+
+    let r = m.req("POST", "/video", &[], Some(&std::fs::read(&hd).unwrap()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let sizes = j["sizes"].as_array().unwrap();
+    let types: Vec<&str> = sizes.iter().map(|s| s["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["360p", "720p", "poster"]);
+    assert_eq!(
+        (sizes[0]["width"].as_u64(), sizes[0]["remuxed"].as_bool()),
+        (Some(640), None)
+    );
+    assert_eq!(
+        (sizes[1]["width"].as_u64(), sizes[1]["remuxed"].as_bool()),
+        (Some(1280), Some(true))
+    );
+}
