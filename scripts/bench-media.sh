@@ -11,6 +11,8 @@
 #   FILES=10000      files for the read scenario (random bytes, 8-40 KB, seeded)
 #   CONNECTIONS=64   wrk connections (wrk -t2)
 #   PHOTO_RUNS=5     runs of the processing scenario
+#   SCENARIOS="read upload photo"   which scenarios to run
+#   MEDIA_ARGS=""    extra arguments for koshka media serve (e.g. --threads 1)
 #   KOSHKA_BIN=target/release/koshka (built if it is the default)
 #
 # Scenarios (exact commands are printed as they run):
@@ -41,6 +43,8 @@ DURATION=${DURATION:-8}
 FILES=${FILES:-10000}
 CONNECTIONS=${CONNECTIONS:-64}
 PHOTO_RUNS=${PHOTO_RUNS:-5}
+SCENARIOS=${SCENARIOS:-read upload photo}
+read -r -a MEDIA_ARGS <<<"${MEDIA_ARGS:-}"
 KOSHKA_BIN=${KOSHKA_BIN:-target/release/koshka}
 if [[ $KOSHKA_BIN == target/release/koshka ]]; then
     nice -n 19 cargo build --release -q -p koshka
@@ -77,7 +81,7 @@ start_media() {
     kport=$(free_port)
     mkdir -p "$dir"
     "$KOSHKA_BIN" media serve --data-dir "$dir/d1" --data-dir "$dir/d2" \
-        --http "127.0.0.1:$MEDIA_PORT" --keys "127.0.0.1:$kport" "$@" \
+        --http "127.0.0.1:$MEDIA_PORT" --keys "127.0.0.1:$kport" "${MEDIA_ARGS[@]}" "$@" \
         >"$dir/out.log" 2>"$dir/err.log" &
     MEDIA_PID=$!
     pids+=("$MEDIA_PID")
@@ -124,6 +128,8 @@ NGINX_PID=$!
 pids+=("$NGINX_PID")
 wait_port "$NGINX_PORT" "$NGINX_PID"
 
+read_rss=0
+if [[ " $SCENARIOS " == *" read "* ]]; then
 # Read data set: the same files in nginx's root and in koshka media.
 start_media "$work/read"
 echo "== generating $FILES files of 8-40 KB and uploading them"
@@ -199,7 +205,9 @@ done
 read_rss=$(awk '/VmRSS/ {print $2}' "/proc/$MEDIA_PID/status")
 stop_media
 rm -rf "$work/read"
+fi
 
+if [[ " $SCENARIOS " == *" upload "* ]]; then
 echo "== upload: 20 KB bodies, $PAIRS rounds"
 for ((round = 0; round < PAIRS; round++)); do
     order="nginx everysec always"
@@ -217,7 +225,9 @@ for ((round = 0; round < PAIRS; round++)); do
     done
 done
 rm -rf "${nginx_prefix:?}/dav"
+fi
 
+if [[ " $SCENARIOS " == *" photo "* ]]; then
 echo "== photo: one 12 MP JPEG, $PHOTO_RUNS runs each"
 ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=4000x3000 -frames:v 1 "$work/12mp.jpg"
 graph="[0:v]split=6[s0][s1][s2][s3][s4][s5];[s0]scale=75:56:flags=lanczos[o0];[s1]scale=130:98:flags=lanczos[o1];[s2]scale=604:453:flags=lanczos[o2];[s3]scale=807:605:flags=lanczos[o3];[s4]scale=1080:810:flags=lanczos[o4];[s5]scale=2560:1920:flags=lanczos[o5]"
@@ -247,6 +257,7 @@ for workers in 1 2; do
     python3 -c "import time; print('photo8\tworkers-$workers\t%.3f' % (time.time() - $t))" >>"$results"
     stop_media
 done
+fi
 
 echo
 echo "== results (medians; raw runs in order below)"
