@@ -200,7 +200,7 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     }
     let (outputs, job) = match kind {
         Kind::Raw => (
-            vec![(String::new(), 0, 0, body.to_vec(), ctype, false)],
+            vec![(String::new(), 0, 0, body.clone(), ctype, false)],
             None,
         ),
         Kind::Photo | Kind::Video => {
@@ -212,7 +212,16 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
             match r {
                 Ok((job, outs)) => (
                     outs.into_iter()
-                        .map(|o| (o.kind, o.width, o.height, o.data, o.ctype, o.remuxed))
+                        .map(|o| {
+                            (
+                                o.kind,
+                                o.width,
+                                o.height,
+                                Bytes::from(o.data),
+                                o.ctype,
+                                o.remuxed,
+                            )
+                        })
                         .collect(),
                     Some(job),
                 ),
@@ -233,7 +242,8 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     drop(body);
     let secret: u64 = rand::random();
     let store = app.store.clone();
-    let files: Vec<(Vec<u8>, ContentType)> = outputs.iter().map(|o| (o.3.clone(), o.4)).collect();
+    // Bytes clones share the buffers: the body is held once.
+    let files: Vec<(Bytes, ContentType)> = outputs.iter().map(|o| (o.3.clone(), o.4)).collect();
     let total: u64 = files.iter().map(|(d, _)| d.len() as u64).sum();
     let quick = if total <= INLINE_READ_MAX {
         // A small append without fsync is a pwrite into the page cache: done here, unless the

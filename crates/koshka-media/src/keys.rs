@@ -120,10 +120,11 @@ async fn execute(app: &Arc<App>, command: &Command<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(b"END\r\n");
         }
         Command::Delete { key, noreply } => {
-            let done = key
-                .strip_prefix(b"file")
-                .and_then(two_numbers)
-                .is_some_and(|(vol, lid)| flags(app, vol, lid, FLAG_DELETED, 0));
+            let target = key.strip_prefix(b"file").and_then(two_numbers);
+            let done = match target {
+                Some((vol, lid)) => flags(app, vol, lid, FLAG_DELETED, 0).await,
+                None => false,
+            };
             if !noreply {
                 out.extend_from_slice(if done {
                     b"DELETED\r\n"
@@ -159,10 +160,14 @@ fn two_numbers(s: &[u8]) -> Option<(u32, u32)> {
     Some((vol.parse().ok()?, u32::from_str_radix(lid, 16).ok()?))
 }
 
-fn flags(app: &Arc<App>, vol: u32, lid: u32, set: u8, clear: u8) -> bool {
-    app.store
-        .volume(vol)
-        .is_some_and(|v| v.set_flags(lid, set, clear).unwrap_or(false))
+/// Sets or clears flags on a blocking thread (the volume may be busy compacting).
+async fn flags(app: &Arc<App>, vol: u32, lid: u32, set: u8, clear: u8) -> bool {
+    let Some(v) = app.store.volume(vol) else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || v.set_flags(lid, set, clear).unwrap_or(false))
+        .await
+        .unwrap_or(false)
 }
 
 fn bit(b: bool) -> String {
@@ -190,15 +195,15 @@ async fn query(app: &Arc<App>, key: &[u8]) -> Option<String> {
     }
     if let Some(rest) = key.strip_prefix(b"unhide") {
         let (vol, lid) = two_numbers(rest)?;
-        return Some(bit(flags(app, vol, lid, 0, FLAG_HIDDEN)));
+        return Some(bit(flags(app, vol, lid, 0, FLAG_HIDDEN).await));
     }
     if let Some(rest) = key.strip_prefix(b"hide") {
         let (vol, lid) = two_numbers(rest)?;
-        return Some(bit(flags(app, vol, lid, FLAG_HIDDEN, 0)));
+        return Some(bit(flags(app, vol, lid, FLAG_HIDDEN, 0).await));
     }
     if let Some(rest) = key.strip_prefix(b"delete") {
         let (vol, lid) = two_numbers(rest)?;
-        return Some(bit(flags(app, vol, lid, FLAG_DELETED, 0)));
+        return Some(bit(flags(app, vol, lid, FLAG_DELETED, 0).await));
     }
     if let Some(rest) = key.strip_prefix(b"valid") {
         let s = std::str::from_utf8(rest).ok()?;
