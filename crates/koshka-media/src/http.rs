@@ -1,7 +1,8 @@
 //! The HTTP side (hyper 1): uploads and secret-URL downloads.
 //!
 //! * `POST /upload` (or `PUT`): the raw body is stored as one file, byte for byte, with the
-//!   request's `Content-Type` (from a small table; anything else is octet-stream).
+//!   request's `Content-Type` (from a small table; anything else is octet-stream); or, for a
+//!   `multipart/form-data` body, the first part with a file name (or named `file`).
 //! * `POST /photo`: an image is turned into VK's sizes (see [`crate::process`]); the original
 //!   is not kept (it carries the camera's metadata).
 //! * `POST /video`: a video is checked and transcoded; the original is not kept.
@@ -171,11 +172,12 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
     if len == 0 {
         return closing(text(StatusCode::BAD_REQUEST, "empty body"));
     }
-    let ctype = req
+    let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map_or(ContentType::Octet, ContentType::from_mime);
+        .unwrap_or("")
+        .to_owned();
     let units = u32::try_from(len.div_ceil(UPLOAD_UNIT)).unwrap_or(u32::MAX);
     let Ok(Ok(_permit)) =
         tokio::time::timeout(UPLOAD_WAIT, app.upload_budget.acquire_many(units)).await
@@ -197,6 +199,20 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
             StatusCode::BAD_REQUEST,
             "body shorter than Content-Length",
         ));
+    }
+    let (body, ctype) = if content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        match first_file_part(&content_type, body).await {
+            Ok(part) => part,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("multipart: {e}")),
+        }
+    } else {
+        (body, ContentType::from_mime(&content_type))
+    };
+    if body.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "empty file");
     }
     let (outputs, job) = match kind {
         Kind::Raw => (
@@ -303,6 +319,25 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>, kind: Kind) -> Resp {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The first part of a `multipart/form-data` body that carries a file name (or is named
+/// `file`): its bytes and content type. The whole body is already in RAM (and within the
+/// upload limit), so multer parses one chunk.
+async fn first_file_part(content_type: &str, body: Bytes) -> Result<(Bytes, ContentType), String> {
+    let boundary = multer::parse_boundary(content_type).map_err(|e| e.to_string())?;
+    let stream = futures_util::stream::once(std::future::ready(Ok::<Bytes, Infallible>(body)));
+    let mut parts = multer::Multipart::new(stream, boundary);
+    while let Some(field) = parts.next_field().await.map_err(|e| e.to_string())? {
+        if field.file_name().is_some() || field.name() == Some("file") {
+            let ctype = field
+                .content_type()
+                .map_or(ContentType::Octet, |m| ContentType::from_mime(m.as_ref()));
+            let data = field.bytes().await.map_err(|e| e.to_string())?;
+            return Ok((data, ctype));
+        }
+    }
+    Err("no file part".into())
 }
 
 /// `/v<vol>/<lid hex>/<secret>.<ext>` → (vol, lid, secret bytes).

@@ -684,3 +684,47 @@ fn full_directory_stops_writes_cleanly_and_reads_go_on() {
         .len();
     assert_eq!(a, b);
 }
+
+#[test]
+fn multipart_uploads() {
+    let m = Media::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let path = tmp.path().join("clip.bin");
+    std::fs::write(&path, &data).unwrap();
+    // curl's own multipart encoding, with an extra text field before the file.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-F", "caption=hello", "-F"])
+        .arg(format!("photo=@{};type=video/mp4", path.display()))
+        .arg(format!("http://{}/upload", m.http))
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let r = m.get(&url(&j));
+    assert!(r.body == data);
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    // A hand-made body: a part named `file` without a file name.
+    let body =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nplain bytes\r\n--XyZ--\r\n";
+    let r = m.req(
+        "POST",
+        "/upload",
+        &[("Content-Type", "multipart/form-data; boundary=XyZ")],
+        Some(body),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(m.get(&url(&j)).body, b"plain bytes");
+    // No file part, no boundary, a broken body, an empty file: 400.
+    for (ct, body) in [
+        ("multipart/form-data; boundary=XyZ", &b"--XyZ\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nhi\r\n--XyZ--\r\n"[..]),
+        ("multipart/form-data", &b"whatever"[..]),
+        ("multipart/form-data; boundary=XyZ", &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nno end"[..]),
+        ("multipart/form-data; boundary=XyZ", &b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\r\n--XyZ--\r\n"[..]),
+    ] {
+        let r = m.req("POST", "/upload", &[("Content-Type", ct)], Some(body));
+        assert_eq!(r.status, 400, "{ct}: {}", r.text());
+    }
+    assert_eq!(m.stats()["files"], "2");
+}
