@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-fuzz}"
-TARGETS="${TARGETS:-proto_text proto_reply keys_messages keys_friends binlog_reader kv_snapshot}"
+TARGETS="${TARGETS:-proto_text proto_reply keys_messages keys_friends keys_lists keys_news keys_search binlog_reader kv_snapshot}"
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 mkdir -p fuzz/logs
 

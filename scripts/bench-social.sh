@@ -8,12 +8,14 @@
 #   scripts/bench-social.sh                         # 5 alternating pairs per scenario, 10 s runs
 #   PAIRS=10 DURATION=10 scripts/bench-social.sh
 #   WORKLOADS=friends MESSAGES=200000 scripts/bench-social.sh
+#   WORKLOADS=lists PAIRS=3 scripts/bench-social.sh   # lists engine vs Redis sets
 #
 # Environment:
 #   PAIRS=5              alternating (koshka, redis) pairs per scenario; medians are reported
 #   DURATION=10          seconds per run (koshka bench adds a 1 s warm-up)
 #   CONNECTIONS=64       connections of the throughput ("mix") runs, pipeline 1 each
-#   WORKLOADS=friends
+#   WORKLOADS=friends    (or messages, lists)
+#   LISTS=1000           lists workload: number of lists ($EDGES memberships in all)
 #   USERS=100000 MESSAGES=1000000 BIG_MAILBOX=10000 TEXT_SIZE=100 EDGES=1000000
 #   KOSHKA_BIN=${CARGO_TARGET_DIR:-target}/release/koshka (built unless KOSHKA_BIN is given)
 #   KOSHKA_ARGS=""       extra flags for `koshka serve`
@@ -38,6 +40,8 @@
 #   messages: mix (C=$CONNECTIONS, default mix)
 #   friends:  mix (C=$CONNECTIONS, default mix), common1k (C=1, --mix common1k),
 #             privacy20 (C=1, --mix privacy)
+#   lists:    mix (C=$CONNECTIONS, check=60,add=20,intersect=20), intersect100 (C=1,
+#             --mix intersect)
 # 1-connection latencies include the loopback round trip: an upper bound on server time.
 # CPU: utime + stime of each server process (/proc/PID/stat) over each measured run, so the
 # tables also give operations per second of server CPU ("per CPU-s"): Redis runs its commands
@@ -56,6 +60,7 @@ MESSAGES=${MESSAGES:-1000000}
 BIG_MAILBOX=${BIG_MAILBOX:-10000}
 TEXT_SIZE=${TEXT_SIZE:-100}
 EDGES=${EDGES:-1000000}
+LISTS=${LISTS:-1000}
 KOSHKA_ARGS=${KOSHKA_ARGS:-}
 BASELINE_BIN=${BASELINE_BIN:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
@@ -135,7 +140,7 @@ bench() {
     timeout 1800 "$KOSHKA_BIN" bench --workload "$workload" --protocol "$protocol" \
         --server "127.0.0.1:$port" --users "$USERS" --messages "$MESSAGES" \
         --big-mailbox "$BIG_MAILBOX" --text-size "$TEXT_SIZE" --edges "$EDGES" \
-        --distribution zipf --threads 2 --json "$@"
+        --lists "$LISTS" --distribution zipf --threads 2 --json "$@"
 }
 
 results="$workdir/results.tsv"
@@ -166,6 +171,7 @@ PY
     case $workload in
     messages) scenarios=("mix $CONNECTIONS -") ;;
     friends) scenarios=("mix $CONNECTIONS -" "common1k 1 common1k" "privacy20 1 privacy") ;;
+    lists) scenarios=("mix $CONNECTIONS -" "intersect100 1 intersect") ;;
     *) echo "unknown workload $workload" >&2; exit 1 ;;
     esac
     for ((pair = 1; pair <= PAIRS; pair++)); do

@@ -34,8 +34,10 @@
 mod friends;
 mod keys;
 mod kv;
+mod lists;
 mod messages;
 mod report;
+mod search;
 mod social;
 mod text;
 mod wire;
@@ -62,6 +64,11 @@ pub enum Workload {
     Messages,
     /// Friend graph: list pages, common friends, adds/removes, batch privacy checks.
     Friends,
+    /// Membership lists: checks, adds, intersections with 100 ids (koshka's lists engine vs
+    /// Redis sets).
+    Lists,
+    /// Global search: one shard's items (real sentences), two-word searches.
+    Search,
 }
 
 /// The wire protocol spoken to the server.
@@ -181,6 +188,24 @@ pub struct BenchArgs {
     /// friends: the hottest users that store 20 privacy rules each.
     #[arg(long, default_value_t = 1000)]
     pub privacy_users: u64,
+    /// lists: number of lists (list sizes are Zipf with `--degree-exponent`; `--edges`
+    /// memberships in all, objects uniform over `--users`).
+    #[arg(long, default_value_t = 1000)]
+    pub lists: u64,
+    /// search: items the preload indexes on this shard (1 M items over 8 shards = 125 000).
+    #[arg(long, default_value_t = 125_000)]
+    pub items: u64,
+    /// search: shards of the cluster the node is one of (sets item owners and the per-shard
+    /// limit of each search).
+    #[arg(long, default_value_t = 8)]
+    pub search_shards: u32,
+    /// search: the shard this node holds.
+    #[arg(long, default_value_t = 0)]
+    pub search_shard: u32,
+    /// search: hits the client wants from the whole cluster; each shard is asked for the
+    /// split estimate of it.
+    #[arg(long, default_value_t = 20)]
+    pub search_limit: u32,
 }
 
 impl BenchArgs {
@@ -258,7 +283,9 @@ async fn run_async(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
             );
             run_kv(args, threads).await
         }
-        Workload::Messages | Workload::Friends => run_social(args, threads).await,
+        Workload::Messages | Workload::Friends | Workload::Lists | Workload::Search => {
+            run_social(args, threads).await
+        }
     }
 }
 
@@ -337,6 +364,81 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                     args.users + 1,
                     args.big_mailbox,
                     args.redis_model,
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+                server_cpu_s: None,
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+        Workload::Lists => {
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(lists::DEFAULT_MIX),
+                lists::KINDS,
+            )?;
+            let lists_chooser =
+                keys::KeyChooser::new(args.distribution, args.lists, args.zipf_exponent)?;
+            let plan = Arc::new(lists::Lists::new(lists::ListsConfig {
+                protocol: args.protocol,
+                lists: args.lists,
+                users: args.users,
+                edges: args.edges,
+                degree_exponent: args.degree_exponent,
+                chooser: lists_chooser,
+                weights,
+                seed: args.seed,
+            })?);
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "memberships".into(),
+                data_items: plan.edge_count(),
+                mix: args.mix.clone().unwrap_or(lists::DEFAULT_MIX.into()),
+                detail: format!(
+                    "{} lists, sizes Zipf {} (largest {}, median {}); objects uniform over {} \
+                     users; intersections of {} ids",
+                    args.lists,
+                    args.degree_exponent,
+                    plan.max_size(),
+                    plan.median_size(),
+                    args.users,
+                    lists::INTERSECT_IDS
+                ),
+                preload_items: None,
+                ops_by_kind: Vec::new(),
+                server_cpu_s: None,
+            };
+            drive_social(args, threads, version, plan, info).await
+        }
+        Workload::Search => {
+            anyhow::ensure!(
+                args.protocol == Protocol::Memcache,
+                "the search workload speaks koshka's compiled keys only"
+            );
+            let weights = social::parse_mix(
+                args.mix.as_deref().unwrap_or(search::DEFAULT_MIX),
+                search::KINDS,
+            )?;
+            let plan = Arc::new(search::SearchPlan::new(search::SearchConfig {
+                items: args.items,
+                shards: args.search_shards,
+                shard: args.search_shard,
+                limit: args.search_limit,
+                pool: text::TextPool::new(args.texts, args.text_size, args.seed),
+                weights,
+                seed: args.seed,
+            })?);
+            let info = SocialReport {
+                users: args.users,
+                data_kind: "items".into(),
+                data_items: args.items,
+                mix: args.mix.clone().unwrap_or(search::DEFAULT_MIX.into()),
+                detail: format!(
+                    "shard {} of {}; top {} per search = {} per shard; texts: {}",
+                    args.search_shard,
+                    args.search_shards,
+                    args.search_limit,
+                    plan.per_shard_limit(),
+                    plan.text_source(),
                 ),
                 preload_items: None,
                 ops_by_kind: Vec::new(),

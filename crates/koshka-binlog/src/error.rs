@@ -55,6 +55,9 @@ pub enum Error {
     /// The writer failed earlier and refuses further work.
     #[error("binlog poisoned: {0}")]
     Poisoned(String),
+    /// Log shipping failed or was refused (connection, handshake, a diverged log).
+    #[error("replication: {0}")]
+    Replication(String),
     /// Invalid configuration.
     #[error("config: {0}")]
     Config(String),

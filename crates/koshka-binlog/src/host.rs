@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::clock::LogClock;
 use crate::error::{Error, IoContext, Result};
+use crate::follow::ReplicaLog;
 use crate::format::{
     check_engine_name, is_reserved, snapshot_file_name, FileHeader, RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
@@ -33,6 +34,7 @@ use crate::format::{
 use crate::fsutil::{list, sync_dir};
 use crate::reader::{ReadOptions, Record};
 use crate::recover::{replay_to, ReplayOutcome, Sink};
+use crate::repl::Acks;
 use crate::snapshot::{list_snapshots, open_body, remove_leftover_temps, validate, SnapshotInfo};
 use crate::writer::{Binlog, BinlogConfig, Durability};
 
@@ -112,6 +114,9 @@ pub struct PersistConfig {
     /// Wall-clock and monotonic time source of the log clock ([`LogClock`]); tests inject a
     /// [`koshka_engine::ManualClock`].
     pub clock: Arc<dyn Clock>,
+    /// Follow the primary at this replication address instead of writing a log of one's own
+    /// (a read-only replica until [`Host::promote`]); see [`crate::repl`].
+    pub replica_of: Option<String>,
 }
 
 impl PersistConfig {
@@ -134,6 +139,7 @@ impl PersistConfig {
             progress: true,
             replay_threads: 0,
             clock: Arc::new(SystemClock),
+            replica_of: None,
         }
     }
 }
@@ -141,6 +147,7 @@ impl PersistConfig {
 enum JournalImpl {
     Log(Binlog),
     Memory(MemoryLog),
+    Replica(Box<ReplicaLog>),
 }
 
 /// The journal of durability `none`: keeps nothing; positions count bytes as a log would,
@@ -191,6 +198,47 @@ struct Inner {
     replay_bytes: u64,
     replay_seconds: f64,
     closed: AtomicBool,
+    /// Positions the replicas of this (primary) log confirmed.
+    acks: Arc<Acks>,
+    /// Writes are refused: this node lost its primary lease ([`Host::fence`]).
+    fenced: AtomicBool,
+}
+
+/// Every append goes through the fence.
+impl Journal for Inner {
+    fn append(&self, record_type: u16, payload: &[u8]) -> koshka_engine::Result<Appended> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(koshka_engine::Error::Server(
+                "fenced: this node is no longer the primary of its shard (its lease \
+                 expired); send writes to the new primary"
+                    .into(),
+            ));
+        }
+        match &self.journal {
+            JournalImpl::Log(b) => b.append(record_type, payload),
+            JournalImpl::Memory(m) => m.append(record_type, payload),
+            JournalImpl::Replica(r) => r.append(record_type, payload),
+        }
+    }
+
+    fn now(&self) -> u32 {
+        match &self.journal {
+            JournalImpl::Log(b) => b.now(),
+            JournalImpl::Memory(m) => m.now(),
+            JournalImpl::Replica(r) => r.now(),
+        }
+    }
+}
+
+impl Inner {
+    /// The log writer: a primary's, or a promoted replica's.
+    fn binlog(&self) -> Option<&Binlog> {
+        match &self.journal {
+            JournalImpl::Log(b) => Some(b),
+            JournalImpl::Memory(_) => None,
+            JournalImpl::Replica(r) => r.promoted.get(),
+        }
+    }
 }
 
 /// Persistence host of one engine. See the crate docs.
@@ -238,6 +286,22 @@ impl Host {
         }
         std::fs::create_dir_all(&config.dir).ctx(&config.dir)?;
         remove_leftover_temps(&config.dir, &config.engine)?;
+        if let Some(primary) = &config.replica_of {
+            match crate::repl::reconcile(&config.dir, &config.engine, primary) {
+                Ok(None) => {}
+                Ok(Some(cut)) => eprintln!(
+                    "koshka {}: this log went past what the primary {primary} has; everything \
+                     after position {cut} moved aside (*.{}*) to rejoin as its replica",
+                    config.engine,
+                    crate::repl::DIVERGED_SUFFIX
+                ),
+                Err(e) => tracing::warn!(
+                    "{}: cannot check the local log against the primary now ({e}); the \
+                     handshake will",
+                    config.engine
+                ),
+            }
+        }
         let snapshot = newest_valid_snapshot(&config)?;
         if let Some(info) = &snapshot {
             load_snapshot(engine.as_ref(), info)?;
@@ -248,22 +312,28 @@ impl Host {
             // An empty log starting at the snapshot does not know the time there.
             end.time = end.time.max(info.header.time);
         }
-        let binlog = Binlog::open_at(
-            BinlogConfig {
-                dir: config.dir.clone(),
-                engine: config.engine.clone(),
-                shard: config.shard,
-                durability: config.durability,
-                segment_size: config.segment_size,
-                clock: Arc::clone(&config.clock),
-            },
-            end,
-        )?;
+        let writer_cfg = BinlogConfig {
+            dir: config.dir.clone(),
+            engine: config.engine.clone(),
+            shard: config.shard,
+            durability: config.durability,
+            segment_size: config.segment_size,
+            clock: Arc::clone(&config.clock),
+        };
+        let journal = match &config.replica_of {
+            Some(primary) => JournalImpl::Replica(Box::new(ReplicaLog::start(
+                Arc::clone(&engine),
+                writer_cfg,
+                primary,
+                &end,
+            )?)),
+            None => JournalImpl::Log(Binlog::open_at(writer_cfg, end)?),
+        };
         let loaded = snapshot.map(|s| s.header.pos);
         Ok(Self::start(
             engine,
             config,
-            JournalImpl::Log(binlog),
+            journal,
             loaded,
             (outcome.records, outcome.bytes, outcome.seconds),
         ))
@@ -276,7 +346,7 @@ impl Host {
         loaded: Option<u64>,
         (records, bytes, seconds): (u64, u64, f64),
     ) -> Self {
-        let persistent = matches!(journal, JournalImpl::Log(_));
+        let persistent = !matches!(journal, JournalImpl::Memory(_));
         let inner = Arc::new(Inner {
             engine,
             cfg,
@@ -295,6 +365,8 @@ impl Host {
             replay_bytes: bytes,
             replay_seconds: seconds,
             closed: AtomicBool::new(false),
+            acks: Arc::new(Acks::default()),
+            fenced: AtomicBool::new(false),
         });
         let thread = if persistent {
             let i = Arc::clone(&inner);
@@ -316,18 +388,16 @@ impl Host {
     #[must_use]
     pub fn journal(&self) -> &dyn Journal {
         match &self.inner.journal {
-            JournalImpl::Log(b) => b,
+            // Nothing to fence without a log.
             JournalImpl::Memory(m) => m,
+            _ => &*self.inner,
         }
     }
 
     /// The binlog writer, unless durability is `none`.
     #[must_use]
     pub fn binlog(&self) -> Option<&Binlog> {
-        match &self.inner.journal {
-            JournalImpl::Log(b) => Some(b),
-            JournalImpl::Memory(_) => None,
-        }
+        self.inner.binlog()
     }
 
     /// The hosted engine.
@@ -342,9 +412,9 @@ impl Host {
     /// # Errors
     /// [`koshka_engine::Error::Journal`] if the log is poisoned.
     pub async fn wait_acked(&self, pos: u64) -> koshka_engine::Result<()> {
-        match &self.inner.journal {
-            JournalImpl::Log(b) => b.wait_acked(pos).await,
-            JournalImpl::Memory(_) => Ok(()),
+        match self.inner.binlog() {
+            Some(b) => b.wait_acked(pos).await,
+            None => Ok(()),
         }
     }
 
@@ -353,10 +423,82 @@ impl Host {
     /// # Errors
     /// As [`Host::wait_acked`].
     pub fn wait_acked_blocking(&self, pos: u64) -> koshka_engine::Result<()> {
-        match &self.inner.journal {
-            JournalImpl::Log(b) => b.wait_acked_blocking(pos),
-            JournalImpl::Memory(_) => Ok(()),
+        match self.inner.binlog() {
+            Some(b) => b.wait_acked_blocking(pos),
+            None => Ok(()),
         }
+    }
+
+    /// Whether this host follows a primary (and was not promoted).
+    #[must_use]
+    pub fn is_replica(&self) -> bool {
+        matches!(&self.inner.journal, JournalImpl::Replica(r) if r.promoted.get().is_none())
+    }
+
+    /// Turns a replica into a primary: stops following, cuts a torn record at the end of
+    /// what it received, and opens a writer of its own there. Returns the position writes
+    /// continue from. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Replication`] on a host that is no replica, or whose log failed to apply.
+    pub fn promote(&self) -> Result<u64> {
+        match &self.inner.journal {
+            JournalImpl::Replica(r) => r.promote(),
+            _ => Err(Error::Replication("this node is not a replica".into())),
+        }
+    }
+
+    /// Refuses (`true`) or allows again (`false`) every append: a primary that cannot renew
+    /// its lease fences itself before another node may take over.
+    pub fn fence(&self, fenced: bool) {
+        if self.inner.fenced.swap(fenced, Ordering::AcqRel) != fenced {
+            tracing::warn!(
+                "{}: writes {}",
+                self.inner.cfg.engine,
+                if fenced {
+                    "fenced off"
+                } else {
+                    "accepted again"
+                }
+            );
+        }
+    }
+
+    /// Points a replica at another primary (after a failover); it reconnects there.
+    pub fn retarget(&self, primary: &str) {
+        if let JournalImpl::Replica(r) = &self.inner.journal {
+            r.retarget(primary);
+        }
+    }
+
+    /// The replication address this replica follows, if it is one.
+    #[must_use]
+    pub fn following(&self) -> Option<String> {
+        match &self.inner.journal {
+            JournalImpl::Replica(r) if r.promoted.get().is_none() => Some(r.primary()),
+            _ => None,
+        }
+    }
+
+    /// Position up to which a replica applied its primary's log (a primary: its own end).
+    #[must_use]
+    pub fn applied_pos(&self) -> u64 {
+        match &self.inner.journal {
+            JournalImpl::Replica(r) if r.promoted.get().is_none() => r.applied_pos(),
+            _ => self.binlog().map_or(0, |b| b.mark().0),
+        }
+    }
+
+    /// Positions the replicas of this log confirmed (semi-synchronous acknowledgement).
+    #[must_use]
+    pub fn acks(&self) -> &Arc<Acks> {
+        &self.inner.acks
+    }
+
+    /// The settings this host was opened with.
+    #[must_use]
+    pub fn config(&self) -> &PersistConfig {
+        &self.inner.cfg
     }
 
     /// Asks the background thread for a snapshot (the admin command). Returns at once.
@@ -386,6 +528,9 @@ impl Host {
             return Ok(());
         }
         self.stop_thread();
+        if let JournalImpl::Replica(r) = &self.inner.journal {
+            r.stop();
+        }
         let mut result = Ok(());
         if self.inner.cfg.snapshot_on_shutdown && self.binlog().is_some_and(|b| !b.is_poisoned()) {
             if let Err(e) = self.snapshot_now() {
@@ -462,6 +607,20 @@ impl Host {
             ("replay_bytes", i.replay_bytes.to_string()),
             ("replay_seconds", format!("{:.3}", i.replay_seconds)),
         ];
+        out.push((
+            "repl_fenced",
+            u8::from(i.fenced.load(Ordering::Acquire)).to_string(),
+        ));
+        match &i.journal {
+            JournalImpl::Replica(r) => out.extend(r.stats()),
+            _ => {
+                out.push(("repl_role", "primary".to_string()));
+                out.push(("repl_replicas", i.acks.connected().to_string()));
+                let positions: Vec<String> =
+                    i.acks.positions().iter().map(u64::to_string).collect();
+                out.push(("repl_replica_positions", positions.join(",")));
+            }
+        }
         out.sort_by_key(|(k, _)| *k);
         out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -473,6 +632,9 @@ impl Drop for Host {
     fn drop(&mut self) {
         if !self.inner.closed.swap(true, Ordering::AcqRel) {
             self.stop_thread();
+            if let JournalImpl::Replica(r) = &self.inner.journal {
+                r.stop();
+            }
             if let Some(b) = self.binlog() {
                 if let Err(e) = b.close() {
                     tracing::error!("binlog close on drop: {e}");
@@ -512,7 +674,7 @@ fn newest_valid_snapshot(cfg: &PersistConfig) -> Result<Option<SnapshotInfo>> {
 
 /// Loads a validated snapshot into the empty engine. A failure names the snapshot and how far
 /// into the file the engine had read.
-fn load_snapshot(engine: &dyn Engine, info: &SnapshotInfo) -> Result<()> {
+pub(crate) fn load_snapshot(engine: &dyn Engine, info: &SnapshotInfo) -> Result<()> {
     let mut body = Counting {
         inner: open_body(info)?,
         read: 0,
@@ -645,8 +807,18 @@ impl ApplySink<'_> {
 }
 
 fn snapshot_loop(inner: &Inner) {
-    let JournalImpl::Log(binlog) = &inner.journal else {
-        return;
+    // A replica snapshots nothing until it is promoted.
+    let binlog = loop {
+        if let Some(b) = inner.binlog() {
+            break b;
+        }
+        let mut signal = inner.signal.lock();
+        if signal.stop || matches!(inner.journal, JournalImpl::Memory(_)) {
+            return;
+        }
+        inner
+            .signal_cv
+            .wait_for(&mut signal, SNAPSHOT_CHECK_INTERVAL);
     };
     lower_priority(inner.cfg.snapshot_nice);
     let mut retry_at: Option<Instant> = None;
@@ -777,7 +949,7 @@ impl Write for Paced<'_> {
 }
 
 fn snapshot_now(inner: &Inner, pace: Pace) -> Result<Option<PathBuf>> {
-    let JournalImpl::Log(binlog) = &inner.journal else {
+    let Some(binlog) = inner.binlog() else {
         return Ok(None);
     };
     let _one_at_a_time = inner.snapshot_lock.lock();

@@ -32,12 +32,14 @@
 //!
 //! `docs/binlog.md` specifies the on-disk formats; `docs/durability.md` the guarantees.
 //!
-//! This crate is not an engine: it never interprets payloads, and it does no replication
-//! (whose tailer will build on [`ReadMode::Tail`]).
+//! * [`repl`] — log shipping: a primary sends its files byte for byte, a replica writes them.
+//!
+//! This crate is not an engine: it never interprets payloads.
 
 pub mod clock;
 pub mod end;
 pub mod error;
+mod follow;
 pub mod format;
 pub mod fsutil;
 pub mod host;
@@ -45,6 +47,7 @@ pub mod lock;
 mod ordered;
 pub mod reader;
 pub mod recover;
+pub mod repl;
 pub mod snapshot;
 pub mod space;
 pub mod tools;

@@ -467,6 +467,28 @@ impl Binlog {
         wait_until(&self.shared, pos, || acked(&self.shared))
     }
 
+    /// Waits until more than `pos` has been handed to write(2), the log is poisoned, or
+    /// `timeout` passes; returns the written position then. Replication senders use it to
+    /// ship new bytes as soon as they are in the file.
+    #[must_use]
+    pub fn wait_written_past(&self, pos: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.shared.progress.lock();
+        loop {
+            let written = self.written();
+            if written > pos || self.is_poisoned() {
+                return written;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return written;
+            }
+            self.shared
+                .progress_cv
+                .wait_for(guard.inner(), (deadline - now).min(WAIT_POLL));
+        }
+    }
+
     /// Writes and fdatasyncs everything appended so far, returning the durable position.
     ///
     /// # Errors

@@ -33,7 +33,14 @@
 //! * [`messages`] — the messages/wall grammar: [`messages::Query`] (gets) and
 //!   [`messages::Update`] (sets, deletes, incr/decr, with their values);
 //! * [`friends`] — the friends grammar: [`friends::GetKey`], [`friends::SetKey`],
-//!   [`friends::DeleteKey`], [`friends::IncrKey`].
+//!   [`friends::DeleteKey`], [`friends::IncrKey`];
+//! * [`lists`] — the lists grammar: [`lists::GetKey`], [`lists::SetKey`],
+//!   [`lists::DeleteKey`], [`lists::IncrKey`];
+//! * [`news`] — the news grammar: [`news::GetKey`] (with the raw per-shard feed query
+//!   [`news::RawQuery`]), [`news::SetKey`], [`news::DeleteKey`].
+//! * [`search`] — the global search grammar: [`search::Query`], [`search::Update`], the reply
+//!   [`search::Found`] and the scatter/gather merge ([`search::merge`],
+//!   [`search::split_limit`]).
 //!
 //! # Canonical form
 //! Several spellings may parse to one value (`post5_1` and `message5_1`, `topmsglist5` and
@@ -57,8 +64,11 @@
 
 pub mod friends;
 pub mod idiom;
+pub mod lists;
 pub mod messages;
+pub mod news;
 pub mod route;
+pub mod search;
 
 pub use idiom::Slice;
 pub use route::{Access, Merge, Owners, Route};

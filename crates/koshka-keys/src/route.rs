@@ -107,6 +107,12 @@ pub enum Merge {
     /// into `3` and `2` into `0`, a zero count `1` into `0` and `2` into `3`
     /// (`viewer~owner:key,…`).
     PrivacyCheck,
+    /// A search (`search#…(…)` of the search grammar): sent to **every** shard (whatever
+    /// [`Owners`] says, unless it names one owner, when that owner's shard answers alone),
+    /// rewritten per shard by `koshka_keys::search::Search::per_shard`; the answers merge with
+    /// `koshka_keys::search::merge` (heap by the order, dedup by content hash, totals summed,
+    /// offset and limit applied, unsure shards re-asked).
+    Search,
 }
 
 /// What every grammar type tells a router.

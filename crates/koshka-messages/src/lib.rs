@@ -16,7 +16,8 @@
 //!   chains, the dialogs list, flags scanned for sublists;
 //! * [`history`] — the per-mailbox event ring, a few bytes per event;
 //! * [`search`] — the tokeniser, the engine-wide reference-counted stem dictionary, and the
-//!   delta-encoded postings of large mailboxes;
+//!   delta-encoded postings of large mailboxes: the `koshka-text` crate (shared with the
+//!   search engine), re-exported under this name;
 //! * [`render`] — answers rendered straight into the output buffer (lists, JSON);
 //! * [`snapshot`] — the per-partition snapshot format.
 //!
@@ -29,13 +30,14 @@ pub mod blob;
 pub mod history;
 pub mod ops;
 pub mod render;
-pub mod search;
 pub mod snapshot;
 pub mod state;
 
 mod engine;
 
 pub use engine::MessagesEngine;
+/// The word index of mailboxes: the `koshka-text` crate, shared with the search engine.
+pub use koshka_text as search;
 
 /// The messages engine's registration.
 pub const MESSAGES_SPEC: koshka_engine::EngineSpec = koshka_engine::EngineSpec {
@@ -203,7 +205,7 @@ pub const PAGE_SIZE_MAX: usize = 1000;
 const _: () = assert!(PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX);
 
 /// Longest indexed word in bytes; longer tokens are not indexed (and are ignored in queries).
-pub const WORD_BYTES_MAX: usize = 64;
+pub use koshka_text::WORD_BYTES_MAX;
 
 /// Events kept per mailbox in the history ring; a cursor older than the ring answers
 /// `resync,<timestamp>`.

@@ -19,8 +19,10 @@
 //!
 //! This crate opens sockets and files but speaks no protocol: the server does that.
 
+mod failover;
 mod persist;
 pub mod registry;
+mod replication;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -220,6 +222,10 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
 struct Prepared {
     node: Arc<Node>,
     listeners: Vec<std::net::TcpListener>,
+    /// The replication listener and the engines it ships.
+    replication: Option<(std::net::TcpListener, replication::Shipped)>,
+    /// The etcd failover loop, with the role decided at start-up.
+    failover: Option<(failover::Coordinator, failover::Role)>,
     _lock: koshka_binlog::DirLock,
 }
 
@@ -239,14 +245,73 @@ fn prepare(
         .map(|p| koshka_server::bind(p.addr))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(Error::Listen)?;
+    let replication_listener = if config.replication.listen.is_empty() {
+        None
+    } else {
+        let addr: SocketAddr = config
+            .replication
+            .listen
+            .parse()
+            .map_err(|e| Error::Config(format!("replication.listen: {e}")))?;
+        Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            Error::Listen(std::io::Error::new(
+                e.kind(),
+                format!("replication listener {addr}: {e}"),
+            ))
+        })?)
+    };
+    let failover = match &replication_listener {
+        Some(listener) if !config.replication.etcd.is_empty() => {
+            let bound = listener.local_addr().map_err(Error::Io)?;
+            let me = if config.replication.advertise.is_empty() {
+                bound.to_string()
+            } else {
+                config.replication.advertise.clone()
+            };
+            let engines = planned
+                .iter()
+                .zip(&listeners)
+                .map(|(p, l)| Ok((p.spec.name.to_string(), l.local_addr()?)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(Error::Io)?;
+            let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
+            let settings = failover::Settings {
+                etcd: config.replication.etcd.clone(),
+                prefix: format!(
+                    "/koshka/{}/shard/{}",
+                    config.replication.cluster, config.engines.shard_index
+                ),
+                ttl: std::time::Duration::from_millis(config.replication.lease_ttl_ms),
+                me,
+                engines,
+            };
+            let position = failover::position_on_disk(&config.storage.data_dir, &names);
+            let (coordinator, role) =
+                failover::Coordinator::start(settings, position).map_err(Error::Config)?;
+            config.replication.primary = match &role {
+                failover::Role::Primary => String::new(),
+                failover::Role::Replica(addr) => addr.clone(),
+            };
+            tracing::info!("failover: starting as {role:?}");
+            Some((coordinator, role))
+        }
+        _ => None,
+    };
     let mut slots = Vec::new();
+    let mut shipped = Vec::new();
     for (planned, listener) in planned.iter().zip(&listeners) {
         let listen = listener.local_addr().map_err(Error::Io)?;
-        slots.push(Arc::new(open_engine(&config, planned.spec, listen, clock)?));
+        let (slot, host) = open_engine(&config, planned.spec, listen, clock)?;
+        if let Some(host) = host {
+            shipped.push((slot.name.clone(), host));
+        }
+        slots.push(Arc::new(slot));
     }
     Ok(Prepared {
         node: Arc::new(Node::new(config, slots)),
         listeners,
+        replication: replication_listener.map(|l| (l, shipped)),
+        failover,
         _lock: lock,
     })
 }
@@ -258,7 +323,7 @@ fn open_engine(
     spec: EngineSpec,
     listen: SocketAddr,
     clock: Option<&Arc<dyn Clock>>,
-) -> Result<EngineSlot> {
+) -> Result<(EngineSlot, Option<Arc<persist::HostPersistence>>)> {
     let setup = EngineSetup {
         shard: ShardSpec {
             index: config.engines.shard_index,
@@ -278,20 +343,26 @@ fn open_engine(
         (Durability::Always, true) => koshka_binlog::Durability::Always,
         (Durability::Everysec, true) => koshka_binlog::Durability::EverySec,
     };
+    let mut host = None;
     let persistence: Arc<dyn Persistence> = match (durability, clock) {
         (koshka_binlog::Durability::None, None) => Arc::new(NoPersistence::default()),
         (koshka_binlog::Durability::None, Some(clock)) => {
             Arc::new(NoPersistence::with_clock(clock.clone()))
         }
-        _ => persist::open(spec.name, &built.engine, config, durability, clock)?,
+        _ => {
+            let opened = persist::open(spec.name, &built.engine, config, durability, clock)?;
+            host = Some(Arc::clone(&opened));
+            opened
+        }
     };
-    Ok(EngineSlot {
+    let slot = EngineSlot {
         name: spec.name.into(),
         listen,
         engine: built.engine,
         persistence,
         key_len_max: spec.key_len_max,
-    })
+    };
+    Ok((slot, host))
 }
 
 /// Serves a prepared node until `shutdown`, then closes every log.
@@ -299,9 +370,35 @@ fn serve(prepared: Prepared, shutdown: watch::Receiver<bool>) -> Result<()> {
     let Prepared {
         node,
         listeners,
+        replication,
+        failover,
         _lock,
     } = prepared;
+    let failover_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failover_thread = match (failover, &replication) {
+        (Some((coordinator, role)), Some((_, shipped))) => Some(
+            coordinator
+                .spawn(role, shipped.clone(), Arc::clone(&failover_stop))
+                .map_err(Error::Io)?,
+        ),
+        _ => None,
+    };
+    let shipping = match replication {
+        Some((listener, shipped)) => {
+            println!(
+                "koshka: replication listening on {}",
+                listener.local_addr().map_err(Error::Io)?
+            );
+            Some(replication::spawn(listener, shipped).map_err(Error::Io)?)
+        }
+        None => None,
+    };
     let served = koshka_server::serve(node.clone(), listeners, shutdown).map_err(Error::Io);
+    failover_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(t) = failover_thread {
+        let _ = t.join();
+    }
+    drop(shipping);
     let mut closed = Ok(());
     for slot in &node.slots {
         if let Err(e) = slot.persistence.shutdown() {
@@ -328,6 +425,7 @@ pub fn run(config: Config, registry: &[EngineSpec], shutdown: watch::Receiver<bo
 /// A node running on its own threads; stops (cleanly) when dropped.
 pub struct Running {
     addrs: BTreeMap<String, SocketAddr>,
+    replication: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -345,6 +443,12 @@ impl Running {
     #[must_use]
     pub fn addr(&self, engine: &str) -> Option<SocketAddr> {
         self.addrs.get(engine).copied()
+    }
+
+    /// The replication listener's address, if the node has one.
+    #[must_use]
+    pub fn replication_addr(&self) -> Option<SocketAddr> {
+        self.replication
     }
 
     /// Every engine's address.
@@ -412,6 +516,10 @@ fn start_prepared(prepared: Prepared) -> Result<Running> {
         .map(|(slot, listener)| Ok((slot.name.clone(), listener.local_addr()?)))
         .collect::<std::io::Result<BTreeMap<_, _>>>()
         .map_err(Error::Io)?;
+    let replication = match &prepared.replication {
+        Some((l, _)) => Some(l.local_addr().map_err(Error::Io)?),
+        None => None,
+    };
     let (stop, shutdown) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("koshka-node".into())
@@ -419,6 +527,7 @@ fn start_prepared(prepared: Prepared) -> Result<Running> {
         .map_err(Error::Io)?;
     Ok(Running {
         addrs,
+        replication,
         stop,
         thread: Some(thread),
     })

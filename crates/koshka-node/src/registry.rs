@@ -12,6 +12,9 @@ pub fn builtin() -> Vec<EngineSpec> {
         koshka_messages::MESSAGES_SPEC,
         koshka_messages::WALL_SPEC,
         koshka_friends::SPEC,
+        koshka_news::SPEC,
+        koshka_lists::SPEC,
+        koshka_search::SPEC,
     ]
 }
 
@@ -35,7 +38,10 @@ mod tests {
                 ("kv", 11211),
                 ("messages", 11212),
                 ("wall", 11213),
-                ("friends", 11214)
+                ("friends", 11214),
+                ("news", 11215),
+                ("lists", 11216),
+                ("search", 11217)
             ]
         );
     }

@@ -127,6 +127,10 @@ pub struct ProxySection {
     pub value_size_max: usize,
     /// A client whose replies stay unread this long is disconnected, in milliseconds.
     pub write_stall_timeout_ms: u64,
+    /// etcd endpoint whose shard map the proxy follows after failovers (`""`: none).
+    pub etcd: String,
+    /// Cluster name in etcd's keys (the nodes' `replication.cluster`).
+    pub etcd_cluster: String,
 }
 
 impl Default for ProxySection {
@@ -144,6 +148,8 @@ impl Default for ProxySection {
             max_connections: CLIENT_CONNECTIONS_DEFAULT,
             value_size_max: koshka_limits::VALUE_SIZE_DEFAULT,
             write_stall_timeout_ms: WRITE_STALL_TIMEOUT_MS_DEFAULT,
+            etcd: String::new(),
+            etcd_cluster: "koshka".into(),
         }
     }
 }

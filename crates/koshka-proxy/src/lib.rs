@@ -36,6 +36,7 @@ mod cache;
 pub mod cluster;
 pub mod config;
 mod conn;
+pub mod etcd;
 pub mod ring;
 pub mod route;
 mod scatter;
@@ -271,6 +272,7 @@ pub fn start(config: Config) -> Result<Running> {
     config.validate()?;
     let runtime = runtime(&config)?;
     let (control, rx) = mpsc::unbounded_channel();
+    let _ = etcd::spawn(&config, control.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("koshka-proxy".into())

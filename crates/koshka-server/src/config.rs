@@ -271,6 +271,55 @@ impl Default for EnginesSection {
     }
 }
 
+/// `[replication]` (`docs/replication.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Address replicas connect to for log shipping (`""`: none; port 0: ephemeral).
+    pub listen: String,
+    /// Replication address of this node's primary (`""`: this node is a primary). A replica
+    /// serves reads and refuses writes until promoted (`stats promote`).
+    pub primary: String,
+    /// Semi-synchronous acknowledgement: a write is acknowledged once it is durable locally
+    /// and this many replicas have written it (0: asynchronous).
+    pub semisync_replicas: usize,
+    /// How long a semi-synchronous write waits for its replicas, in milliseconds; past it the
+    /// write is not acknowledged (the connection is closed, as for a failed log) and
+    /// `repl_semisync_timeouts` counts it.
+    pub semisync_timeout_ms: u64,
+    /// etcd endpoint (`http://host:port`) that coordinates failover (`""`: none; promote
+    /// with `koshka replication promote`). Needs `listen`.
+    pub etcd: String,
+    /// Name of the cluster in etcd's keys (`/koshka/<cluster>/shard/<index>/…`).
+    pub cluster: String,
+    /// Lease time to live in milliseconds: how long a dead primary keeps its shard before a
+    /// replica takes over (whole seconds at etcd, at least 1 s).
+    pub lease_ttl_ms: u64,
+    /// Replication address the other nodes connect to (`""`: the bound `listen` address).
+    pub advertise: String,
+}
+
+/// Default of `replication.lease_ttl_ms`.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 3000;
+
+/// Default of `replication.semisync_timeout_ms`.
+pub const SEMISYNC_TIMEOUT_MS_DEFAULT: u64 = 1000;
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            primary: String::new(),
+            semisync_replicas: 0,
+            semisync_timeout_ms: SEMISYNC_TIMEOUT_MS_DEFAULT,
+            etcd: String::new(),
+            cluster: "koshka".into(),
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            advertise: String::new(),
+        }
+    }
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -281,6 +330,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// `[engines]`
     pub engines: EnginesSection,
+    /// `[replication]`
+    pub replication: ReplicationSection,
     /// `[engine.<name>]`: each engine's own section. `port` is read by the node; everything
     /// else is handed to the engine.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -346,6 +397,38 @@ impl Config {
         if self.server.write_stall_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "server.write_stall_timeout_ms must be positive".into(),
+            ));
+        }
+        if !self.replication.listen.is_empty() {
+            self.replication.listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "replication.listen {:?}: {e}",
+                    self.replication.listen
+                ))
+            })?;
+        }
+        if !self.replication.etcd.is_empty() && self.replication.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "replication.etcd needs replication.listen (the nodes of a shard replicate \
+                 from whichever is primary)"
+                    .into(),
+            ));
+        }
+        if !self.replication.etcd.is_empty() && self.replication.lease_ttl_ms < 1000 {
+            return Err(ConfigError::Invalid(format!(
+                "replication.lease_ttl_ms {} is below etcd's 1 s granularity",
+                self.replication.lease_ttl_ms
+            )));
+        }
+        if self.replication.semisync_replicas > 8 {
+            return Err(ConfigError::Invalid(format!(
+                "replication.semisync_replicas {} is over 8",
+                self.replication.semisync_replicas
+            )));
+        }
+        if self.replication.semisync_replicas > 0 && self.replication.semisync_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "replication.semisync_timeout_ms must be positive".into(),
             ));
         }
         if self.engines.enabled.is_empty() {

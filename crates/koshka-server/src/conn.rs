@@ -250,8 +250,9 @@ impl Output {
             }
             if persistence.acked_pos() < self.ack_pos {
                 if let Err(reason) = persistence.wait_acked(self.ack_pos).await {
-                    // The log failed: the writes are not durable, so do not acknowledge them.
-                    tracing::error!("binlog failure, dropping connection: {reason}");
+                    // The log failed (or too few replicas confirmed): the writes are not
+                    // durable as promised, so do not acknowledge them.
+                    tracing::error!("write not acknowledged, dropping connection: {reason}");
                     return Err(End::Failed);
                 }
             }

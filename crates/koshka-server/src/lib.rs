@@ -72,6 +72,14 @@ pub trait Persistence: Send + Sync {
     /// # Errors
     /// A description of the failure.
     fn shutdown(&self) -> Result<(), String>;
+
+    /// Turns a read-only replica into a primary (`stats promote`). Returns a status line.
+    ///
+    /// # Errors
+    /// Why not (not a replica, a failed log).
+    fn promote(&self) -> Result<String, String> {
+        Err("this engine follows no primary".into())
+    }
 }
 
 /// No persistence: durability `none`.

@@ -1,5 +1,6 @@
 //! The `stats` command: general statistics (memcached's names, then the node's counters, the
-//! engine's and its log's), `stats settings`, `stats snapshot` (starts one) and `stats reset`.
+//! engine's and its log's), `stats settings`, `stats snapshot` (starts one),
+//! `stats promote` (a replica becomes a primary) and `stats reset`.
 
 use koshka_proto::reply;
 
@@ -13,6 +14,13 @@ pub(crate) fn stats(node: &Node, slot: &EngineSlot, group: &[u8], out: &mut Vec<
         b"snapshot" => {
             let status = slot.persistence.request_snapshot();
             reply::stat(out, "snapshot", &status.replace(['\r', '\n'], " "));
+        }
+        b"promote" => {
+            let status = slot
+                .persistence
+                .promote()
+                .unwrap_or_else(|e| format!("refused: {e}"));
+            reply::stat(out, "promote", &status.replace(['\r', '\n'], " "));
         }
         b"reset" => {
             crate::stats_groups::reset(node, slot);

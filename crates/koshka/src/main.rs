@@ -30,6 +30,11 @@ enum Command {
     },
     /// Drive memcached-protocol load at a server and report throughput and latency.
     Bench(koshka_bench::BenchArgs),
+    /// Replication: who is primary, lag per replica; promote a replica.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+    },
     /// Inspect binlogs and snapshots.
     Binlog {
         #[command(subcommand)]
@@ -100,6 +105,23 @@ fn media(command: MediaCommand) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Subcommand)]
+enum ReplicationCommand {
+    /// Print every engine's replication statistics (`stats`, `repl_*` lines) of the nodes at
+    /// ADDR… (memcached ports of any engine; every engine of each node is asked).
+    Status {
+        /// host:port of an engine's memcached port, repeatable.
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// Promote the replica engine listening at ADDR (memcached port) to primary.
+    Promote {
+        /// host:port of the replica engine's memcached port, repeatable.
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum BinlogCommand {
     /// Check every segment and snapshot in DIR (an engine's data directory); exit 1 on damage.
     Verify {
@@ -163,6 +185,20 @@ struct ServeArgs {
     /// Truncate the binlog at the first corrupt record instead of refusing to start.
     #[arg(long)]
     repair: bool,
+    /// Address replicas connect to for log shipping (replication.listen), e.g. 127.0.0.1:11300.
+    #[arg(long)]
+    replication_listen: Option<String>,
+    /// Run as a read-only replica of the primary whose replication address this is
+    /// (replication.primary).
+    #[arg(long)]
+    replica_of: Option<String>,
+    /// Semi-synchronous acknowledgement: replicas that must have written a write before it
+    /// is acknowledged (replication.semisync_replicas; 0 = asynchronous).
+    #[arg(long)]
+    semisync_replicas: Option<usize>,
+    /// etcd endpoint coordinating failover (replication.etcd), e.g. http://127.0.0.1:2379.
+    #[arg(long)]
+    etcd: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -251,8 +287,59 @@ fn run() -> anyhow::Result<()> {
         } => cluster_up(&args),
         Command::Bench(args) => koshka_bench::run_and_print(args),
         Command::Binlog { command } => binlog(command),
+        Command::Replication { command } => replication(command),
         Command::Media { command } => media(command),
     }
+}
+
+/// Sends one text command to `addr` and returns the reply lines up to `END`.
+fn admin_command(addr: &str, command: &str) -> anyhow::Result<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(addr)
+        .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut w = stream.try_clone()?;
+    w.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if line == "END" {
+            return Ok(lines);
+        }
+        if line.starts_with("ERROR") || line.starts_with("SERVER_ERROR") {
+            anyhow::bail!("{addr}: {line}");
+        }
+        lines.push(line);
+    }
+    anyhow::bail!("{addr}: connection closed before END")
+}
+
+fn replication(command: ReplicationCommand) -> anyhow::Result<()> {
+    match command {
+        ReplicationCommand::Status { addrs } => {
+            for addr in addrs {
+                println!("{addr}");
+                for line in admin_command(&addr, "stats")? {
+                    if let Some(stat) = line.strip_prefix("STAT ") {
+                        if stat.starts_with("repl_") || stat.starts_with("binlog_position") {
+                            println!("  {stat}");
+                        }
+                    }
+                }
+            }
+        }
+        ReplicationCommand::Promote { addrs } => {
+            for addr in addrs {
+                for line in admin_command(&addr, "stats promote")? {
+                    println!("{addr}: {}", line.trim_start_matches("STAT promote "));
+                    if line.contains("refused") {
+                        anyhow::bail!("{addr}: {line}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn binlog(command: BinlogCommand) -> anyhow::Result<()> {
@@ -311,6 +398,18 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.repair {
         config.storage.repair = true;
+    }
+    if let Some(listen) = &args.replication_listen {
+        config.replication.listen.clone_from(listen);
+    }
+    if let Some(primary) = &args.replica_of {
+        config.replication.primary.clone_from(primary);
+    }
+    if let Some(etcd) = &args.etcd {
+        config.replication.etcd.clone_from(etcd);
+    }
+    if let Some(k) = args.semisync_replicas {
+        config.replication.semisync_replicas = k;
     }
     for assignment in &args.ports {
         let Some((engine, port)) = assignment.split_once('=') else {
@@ -405,6 +504,7 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = koshka_proxy::etcd::spawn(&config, control.clone());
     std::thread::Builder::new()
         .name("koshka-signals".into())
         .spawn(move || {

@@ -1,7 +1,7 @@
-//! Crash test: writers push acknowledged operations over real sockets to kv, messages and
-//! friends while the server is killed with SIGKILL at a random moment; after each restart on
-//! the same data directory every acknowledged write must be there, and every write whose
-//! reply never arrived must be wholly there or wholly absent.
+//! Crash test: writers push acknowledged operations over real sockets to kv, messages,
+//! friends, lists, news and search while the server is killed with SIGKILL at a random moment;
+//! after each restart on the same data directory every acknowledged write must be there, and
+//! every write whose reply never arrived must be wholly there or wholly absent.
 //!
 //! * `KOSHKA_SEED=<n>` reruns a seed (printed at the start of each test);
 //! * `KOSHKA_CRASH_CYCLES=<n>` kills per durability mode (default 3);

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use koshka_engine::{Appended, ApplyCtx, Engine, Journal, MemoryJournal, Session};
+use koshka_engine::{Appended, ApplyCtx, Direct, Engine, Journal, MemoryJournal, Session};
 
 /// Most operations run per input, to keep executions fast.
 pub const OPS_MAX: usize = 48;

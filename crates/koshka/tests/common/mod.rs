@@ -85,7 +85,7 @@ impl Node {
             dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while node.ports.len() < engines.len() {
+        while !engines.iter().all(|e| node.ports.contains_key(e.as_ref())) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {

@@ -1,11 +1,12 @@
 //! Shared kit of the crash and recovery tests: a `koshka serve` process that is killed by PID,
-//! a blocking memcached text client, a seeded workload over kv, messages and friends with a
-//! model of every acknowledged write, and helpers that read segment files record by record.
+//! a blocking memcached text client, a seeded workload over kv, messages, friends, lists, news
+//! and search with a model of every acknowledged write, and helpers that read segment files
+//! record by record.
 //!
 //! Each test binary uses part of it, hence `dead_code` is allowed here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -690,6 +691,16 @@ pub const KV_KEYS: usize = 48;
 pub const MAILBOXES: u32 = 4;
 /// Users per friends writer.
 pub const FRIEND_USERS: u32 = 12;
+/// Lists per lists writer.
+pub const LISTS: i32 = 4;
+/// Objects per lists writer.
+pub const LIST_OBJECTS: i32 = 16;
+/// Authors per news writer (many, so no author nears the per-author cap of 5000).
+pub const NEWS_AUTHORS: i32 = 32;
+/// Owners per search writer.
+pub const SEARCH_OWNERS: u32 = 8;
+/// Item ids per search owner.
+pub const SEARCH_IDS: u32 = 40;
 
 /// How many writers of each kind run, and how long records are.
 #[derive(Debug, Clone, Copy)]
@@ -700,6 +711,12 @@ pub struct Workload {
     pub messages: usize,
     /// friends writer threads.
     pub friends: usize,
+    /// lists writer threads.
+    pub lists: usize,
+    /// news writer threads.
+    pub news: usize,
+    /// search writer threads.
+    pub search: usize,
     /// Longest random padding of kv values and message texts.
     pub pad_max: usize,
 }
@@ -710,6 +727,9 @@ impl Default for Workload {
             kv: 3,
             messages: 2,
             friends: 2,
+            lists: 2,
+            news: 1,
+            search: 1,
             pad_max: 300,
         }
     }
@@ -740,6 +760,18 @@ pub enum Op {
     FriendAdd(u32, u32, u32),
     /// friends `delete friend<u>_<f>`.
     FriendDel(u32, u32),
+    /// lists `set entry<list>_<obj> flags,value`.
+    ListSet(i32, i32, u32, i64),
+    /// lists `delete entry<list>_<obj>`.
+    ListDel(i32, i32),
+    /// lists `delete object<obj>`, with the lists it may be in.
+    ListObjectDel(i32, Vec<i32>),
+    /// news `set update<author>` of an event whose item is unique.
+    NewsEvent(i32, i32),
+    /// search `set item<owner>_<id>` with a text whose first word is unique.
+    SearchSet(u32, u32, String),
+    /// search `delete item<owner>_<id>` (acked as DELETED or NOT_FOUND).
+    SearchDel(u32, u32),
 }
 
 /// What one writer thread did: acknowledged operations in order, then the one whose reply
@@ -755,7 +787,7 @@ pub struct WriterLog {
 }
 
 /// Engines the workload needs.
-pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends"];
+pub const WORKLOAD_ENGINES: &[&str] = &["kv", "messages", "friends", "lists", "news", "search"];
 
 /// A stored message as seen through `get message…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -794,6 +826,9 @@ pub fn parse_msg(json: &str) -> Option<Msg> {
     })
 }
 
+/// A list entry as the model sees it: (flags, value), `None` when absent.
+pub type ListEntry = Option<(u32, i64)>;
+
 /// An acknowledged send: sender, recipient, and the local ids in both mailboxes when known.
 pub type SentMsg = (u32, u32, Option<(u64, u64)>);
 
@@ -820,6 +855,18 @@ pub struct Model {
     pub friends: BTreeMap<(u32, u32), Option<u32>>,
     /// In-flight friend ops.
     pub friends_maybe: Vec<((u32, u32), Option<u32>)>,
+    /// (list, object) → (flags, value) (`None`: not in the list).
+    pub lists: BTreeMap<(i32, i32), ListEntry>,
+    /// In-flight lists ops.
+    pub lists_maybe: Vec<((i32, i32), ListEntry)>,
+    /// news author → items of its acknowledged events.
+    pub news: BTreeMap<i32, BTreeSet<i32>>,
+    /// In-flight news events (author, item).
+    pub news_maybe: Vec<(i32, i32)>,
+    /// search item → its text (`None`: deleted).
+    pub search: BTreeMap<(u32, u32), Option<String>>,
+    /// In-flight search ops.
+    pub search_maybe: Vec<((u32, u32), Option<String>)>,
     /// Acknowledged operations so far.
     pub acked_ops: u64,
     /// In-flight operations so far (unknown fate at the kill).
@@ -861,6 +908,26 @@ impl Model {
                 Op::FriendDel(u, f) => {
                     self.friends.insert((u, f), None);
                 }
+                Op::ListSet(l, o, f, v) => {
+                    self.lists.insert((l, o), Some((f, v)));
+                }
+                Op::ListDel(l, o) => {
+                    self.lists.insert((l, o), None);
+                }
+                Op::ListObjectDel(o, lists) => {
+                    for l in lists {
+                        self.lists.insert((l, o), None);
+                    }
+                }
+                Op::NewsEvent(author, item) => {
+                    self.news.entry(author).or_default().insert(item);
+                }
+                Op::SearchSet(o, i, text) => {
+                    self.search.insert((o, i), Some(text));
+                }
+                Op::SearchDel(o, i) => {
+                    self.search.insert((o, i), None);
+                }
             }
         }
         if let Some(op) = log.in_flight {
@@ -876,6 +943,16 @@ impl Model {
                 }
                 Op::FriendAdd(u, f, m) => self.friends_maybe.push(((u, f), Some(m | 1))),
                 Op::FriendDel(u, f) => self.friends_maybe.push(((u, f), None)),
+                Op::ListSet(l, o, f, v) => self.lists_maybe.push(((l, o), Some((f, v)))),
+                Op::ListDel(l, o) => self.lists_maybe.push(((l, o), None)),
+                Op::ListObjectDel(o, lists) => {
+                    for l in lists {
+                        self.lists_maybe.push(((l, o), None));
+                    }
+                }
+                Op::NewsEvent(author, item) => self.news_maybe.push((author, item)),
+                Op::SearchSet(o, i, text) => self.search_maybe.push(((o, i), Some(text))),
+                Op::SearchDel(o, i) => self.search_maybe.push(((o, i), None)),
             }
         }
     }
@@ -893,6 +970,15 @@ impl Model {
         }
         if server.ports.contains_key("friends") {
             self.verify_friends(&mut server.connect("friends"), &mut bad);
+        }
+        if server.ports.contains_key("lists") {
+            self.verify_lists(&mut server.connect("lists"), &mut bad);
+        }
+        if server.ports.contains_key("news") {
+            self.verify_news(&mut server.connect("news"), &mut bad);
+        }
+        if server.ports.contains_key("search") {
+            self.verify_search(&mut server.connect("search"), &mut bad);
         }
         bad
     }
@@ -1116,6 +1202,164 @@ impl Model {
         }
     }
 
+    fn verify_lists(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let pairs: Vec<(i32, i32)> = self
+            .lists
+            .keys()
+            .copied()
+            .chain(self.lists_maybe.iter().map(|(p, _)| *p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let keys: Vec<String> = pairs.iter().map(|(l, o)| format!("entry{l}_{o}")).collect();
+        let got = c.get_many(&keys).expect("lists read-back");
+        let mut maybe: HashMap<(i32, i32), Vec<ListEntry>> = HashMap::new();
+        for (p, e) in &self.lists_maybe {
+            maybe.entry(*p).or_default().push(*e);
+        }
+        for (l, o) in pairs {
+            let found = got.get(&format!("entry{l}_{o}")).map(|v| {
+                let mut it = v.trim().split(',');
+                let flags: u32 = it.next().unwrap().parse().unwrap();
+                let value: i64 = it.next().unwrap().parse().unwrap();
+                (flags, value)
+            });
+            let want = self.lists.get(&(l, o)).copied().flatten();
+            let ok = found == want || maybe.get(&(l, o)).is_some_and(|es| es.contains(&found));
+            if !ok {
+                bad.push(format!(
+                    "entry{l}_{o}: acknowledged {want:?}, in flight {:?}, found {found:?}",
+                    maybe.get(&(l, o))
+                ));
+            }
+            self.lists.insert((l, o), found);
+        }
+        self.lists_maybe.clear();
+        // Counts agree with the entries (nothing extra stored).
+        let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+        for ((l, _), e) in &self.lists {
+            *counts.entry(*l).or_default() += u64::from(e.is_some());
+        }
+        let keys: Vec<String> = counts.keys().map(|l| format!("count{l}")).collect();
+        let got = c.get_many(&keys).expect("lists counts");
+        for (l, want) in counts {
+            let n: u64 = got
+                .get(&format!("count{l}"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if n != want {
+                bad.push(format!("count{l}: model {want}, found {n}"));
+            }
+        }
+    }
+
+    fn verify_news(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let authors: BTreeSet<i32> = self
+            .news
+            .keys()
+            .copied()
+            .chain(self.news_maybe.iter().map(|(a, _)| *a))
+            .collect();
+        let keys: Vec<String> = authors
+            .iter()
+            .map(|a| format!("raw_updates4294967295_0,4294967295#10000:{a}"))
+            .collect();
+        let got = c.get_many(&keys).expect("news read-back");
+        for (author, key) in authors.iter().zip(&keys) {
+            let reply = got.get(key).cloned().unwrap_or_else(|| "0".into());
+            let nums: Vec<i64> = reply
+                .trim()
+                .split(',')
+                .map(|n| n.parse().unwrap())
+                .collect();
+            let mut found = BTreeSet::new();
+            for e in nums[1..].chunks(9) {
+                let (kind, item) = (e[3], i32::try_from(e[8]).unwrap());
+                if e[1] != i64::from(*author) || kind != news_kind(item) {
+                    bad.push(format!("news {author}: event {e:?} is not one we wrote"));
+                }
+                if !found.insert(item) {
+                    bad.push(format!("news {author}: item {item} stored twice"));
+                }
+            }
+            let acked = self.news.entry(*author).or_default();
+            for item in acked.iter() {
+                if !found.contains(item) {
+                    bad.push(format!("news {author}: acknowledged item {item} missing"));
+                }
+            }
+            for item in &found {
+                let maybe = self.news_maybe.contains(&(*author, *item));
+                if !acked.contains(item) && !maybe {
+                    bad.push(format!("news {author}: item {item} was never written"));
+                }
+            }
+            *acked = found;
+        }
+        self.news_maybe.clear();
+    }
+
+    /// Every search item holds its acknowledged text (or one in flight): `get item…` shows
+    /// the text's FNV-1a hash and a search for the text's unique first word finds exactly that
+    /// item; deleted items are absent; the count of all items matches.
+    fn verify_search(&mut self, c: &mut Client, bad: &mut Vec<String>) {
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let items: Vec<(u32, u32)> = self
+            .search
+            .keys()
+            .copied()
+            .chain(self.search_maybe.iter().map(|(k, _)| *k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let keys: Vec<String> = items.iter().map(|(o, i)| format!("item{o}_{i}")).collect();
+        let got = c.get_many(&keys).expect("search read-back");
+        let mut maybe: HashMap<(u32, u32), Vec<Option<String>>> = HashMap::new();
+        for (k, t) in &self.search_maybe {
+            maybe.entry(*k).or_default().push(t.clone());
+        }
+        let mut live = 0u64;
+        for (o, i) in items {
+            let hash: Option<u64> = got
+                .get(&format!("item{o}_{i}"))
+                .map(|v| v.trim().rsplit(',').next().unwrap().parse().unwrap());
+            let mut candidates: Vec<Option<String>> =
+                vec![self.search.get(&(o, i)).cloned().flatten()];
+            candidates.extend(maybe.remove(&(o, i)).unwrap_or_default());
+            let Some(found) = candidates
+                .into_iter()
+                .find(|t| t.as_deref().map(fnv) == hash)
+            else {
+                bad.push(format!(
+                    "item{o}_{i}: found hash {hash:?}, not an acknowledged or in-flight text"
+                ));
+                continue;
+            };
+            if let Some(text) = &found {
+                live += 1;
+                let token = text.split(' ').next().unwrap();
+                let reply = c.get_str(&format!("search#R5({token})")).expect("search");
+                let want = format!("1,1,{o},{i},");
+                if !reply.as_deref().is_some_and(|r| r.starts_with(&want)) {
+                    bad.push(format!(
+                        "item{o}_{i}: search for {token} answered {reply:?}"
+                    ));
+                }
+            }
+            self.search.insert((o, i), found);
+        }
+        self.search_maybe.clear();
+        let all = c.get_str("search#R0()").expect("count");
+        if all.as_deref() != Some(format!("{live},0").as_str()) {
+            bad.push(format!(
+                "search: {live} live items in the model, count answered {all:?}"
+            ));
+        }
+    }
+
     /// Creates the shared counters (acknowledged `set … 0`) if the model has none.
     pub fn ensure_counters(&mut self, server: &Server) {
         if !self.counters.is_empty() || !server.ports.contains_key("kv") {
@@ -1135,12 +1379,16 @@ impl Model {
     pub fn summary(&self) -> String {
         let live = self.kv.values().filter(|v| v.is_some()).count();
         let friends = self.friends.values().filter(|v| v.is_some()).count();
+        let entries = self.lists.values().filter(|v| v.is_some()).count();
+        let events: usize = self.news.values().map(BTreeSet::len).sum();
         let mut s = String::new();
         let _ = write!(
             s,
-            "kv keys {live}, counters {:?}, messages {}, friendships {friends}",
+            "kv keys {live}, counters {:?}, messages {}, friendships {friends}, list entries \
+             {entries}, news events {events}, search items {}",
             self.counters.values().collect::<Vec<_>>(),
-            self.msgs.len()
+            self.msgs.len(),
+            self.search.values().filter(|v| v.is_some()).count()
         );
         s
     }
@@ -1194,6 +1442,9 @@ impl Writers {
                                 let r = match kind {
                                     "kv" => ctx.kv_op(&mut c, &mut log),
                                     "messages" => ctx.msg_op(&mut c, &mut log),
+                                    "lists" => ctx.list_op(&mut c, &mut log),
+                                    "news" => ctx.news_op(&mut c, &mut log),
+                                    "search" => ctx.search_op(&mut c, &mut log),
                                     _ => ctx.friend_op(&mut c, &mut log),
                                 };
                                 if let Err(e) = r {
@@ -1219,6 +1470,21 @@ impl Writers {
         }
         for w in 0..workload.friends {
             spawn("friends", w, server.port("friends"));
+        }
+        if server.ports.contains_key("lists") {
+            for w in 0..workload.lists {
+                spawn("lists", w, server.port("lists"));
+            }
+        }
+        if server.ports.contains_key("news") {
+            for w in 0..workload.news {
+                spawn("news", w, server.port("news"));
+            }
+        }
+        if server.ports.contains_key("search") {
+            for w in 0..workload.search {
+                spawn("search", w, server.port("search"));
+            }
         }
         Self { handles, stop }
     }
@@ -1337,6 +1603,32 @@ impl WriterCtx {
         Ok(())
     }
 
+    fn search_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let owner = 1 + u32::try_from(self.w).unwrap() * 100 + self.rng.gen_range(0..SEARCH_OWNERS);
+        let id = self.rng.gen_range(1..=SEARCH_IDS);
+        if self.rng.gen_range(0..100) < 75 {
+            let pad = self.unique("pad");
+            let text = format!(
+                "q{}r{}s{} кошки и собаки {pad}",
+                self.w, self.round, self.seq
+            );
+            let value = format!("1,{},{}\t{text}", self.seq, self.rng.gen_range(0..100));
+            log.in_flight = Some(Op::SearchSet(owner, id, text));
+            let r = c.set(&format!("item{owner}_{id}"), value.as_bytes())?;
+            if r != "STORED" {
+                return Err(proto_err(format!("item{owner}_{id}: {r}")));
+            }
+        } else {
+            log.in_flight = Some(Op::SearchDel(owner, id));
+            let r = c.command_line(&format!("delete item{owner}_{id}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete item{owner}_{id}: {r}")));
+            }
+        }
+        log.acked.extend(log.in_flight.take());
+        Ok(())
+    }
+
     fn friend_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
         let base = 5000 + u32::try_from(self.w).unwrap() * 100;
         let u = base + self.rng.gen_range(0..FRIEND_USERS - 1);
@@ -1354,6 +1646,91 @@ impl WriterCtx {
             if r != "DELETED" && r != "NOT_FOUND" {
                 return Err(proto_err(format!("delete friend{u}_{f}: {r}")));
             }
+        }
+        log.acked.extend(log.in_flight.take());
+        Ok(())
+    }
+}
+
+impl WriterCtx {
+    /// Lists of writer `w`: positive and negative (group) ids, none shared with another
+    /// writer; objects likewise.
+    fn list_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let w = i32::try_from(self.w).unwrap();
+        let lists: Vec<i32> = (0..LISTS)
+            .map(|i| {
+                let id = 7000 + w * 100 + i;
+                if i % 2 == 0 {
+                    id
+                } else {
+                    -id
+                }
+            })
+            .collect();
+        let list = lists[self.rng.gen_range(0..lists.len())];
+        let object = {
+            let o = 1 + w * 1000 + self.rng.gen_range(0..LIST_OBJECTS);
+            if self.rng.gen_bool(0.2) {
+                -o
+            } else {
+                o
+            }
+        };
+        let roll = self.rng.gen_range(0..100);
+        if roll < 60 {
+            let flags = self.rng.gen_range(0..256u32);
+            let value = self.rng.gen_range(-1_000_000i64..1_000_000);
+            log.in_flight = Some(Op::ListSet(list, object, flags, value));
+            let r = c.set(
+                &format!("entry{list}_{object}"),
+                format!("{flags},{value}").as_bytes(),
+            )?;
+            if r != "STORED" {
+                return Err(proto_err(format!("entry{list}_{object}: {r}")));
+            }
+        } else if roll < 92 {
+            log.in_flight = Some(Op::ListDel(list, object));
+            let r = c.command_line(&format!("delete entry{list}_{object}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete entry{list}_{object}: {r}")));
+            }
+        } else {
+            log.in_flight = Some(Op::ListObjectDel(object, lists));
+            let r = c.command_line(&format!("delete object{object}"))?;
+            if r != "DELETED" && r != "NOT_FOUND" {
+                return Err(proto_err(format!("delete object{object}: {r}")));
+            }
+        }
+        log.acked.extend(log.in_flight.take());
+        Ok(())
+    }
+}
+
+/// The event type the news writers give an item (checked on read-back).
+fn news_kind(item: i32) -> i64 {
+    1 + i64::from(item % 5)
+}
+
+impl WriterCtx {
+    /// Events of authors `9000 + w * 100 + i` (users) and their negatives (groups); items are
+    /// unique per writer and round.
+    fn news_op(&mut self, c: &mut Client, log: &mut WriterLog) -> Io<()> {
+        let w = i32::try_from(self.w).unwrap();
+        let i = self.rng.gen_range(0..NEWS_AUTHORS);
+        let author = if i % 2 == 0 {
+            9000 + w * 100 + i
+        } else {
+            -(9000 + w * 100 + i)
+        };
+        self.seq += 1;
+        // A data directory lives 10 rounds: items stay unique within it.
+        let round = i32::try_from(self.round % 200).unwrap();
+        let item = round * 10_000_000 + w * 1_000_000 + i32::try_from(self.seq).unwrap();
+        let value = format!("{},{author},0,{author},0,{item}", news_kind(item));
+        log.in_flight = Some(Op::NewsEvent(author, item));
+        let r = c.set(&format!("update{author}"), value.as_bytes())?;
+        if r != "STORED" {
+            return Err(proto_err(format!("update{author}: {r}")));
         }
         log.acked.extend(log.in_flight.take());
         Ok(())

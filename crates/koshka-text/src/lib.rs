@@ -1,23 +1,28 @@
-//! Full-text search: the tokeniser, the engine-wide stem dictionary and the postings of large
-//! mailboxes.
+//! koshka-text: the one tokeniser and stemmer of koshka, and the word indexes built on it,
+//! shared by the messages engine (per-mailbox search) and the search engine (global search).
 //!
 //! Words are split by Unicode word boundaries (UAX #29), lower-cased, `ё` folded to `е`, and
 //! stemmed with the Russian stemmer when they contain Cyrillic letters, the English one
-//! otherwise.
+//! otherwise (Snowball stemmers of the `rust-stemmers` crate, wrapped here once).
 //!
-//! * [`Lexicon`]: each distinct stem gets one `u32` id, shared by every mailbox and counted:
-//!   a stem is held once per stored message copy whose subject or body has it, and forgotten
-//!   (its id reused) when the last such copy goes, so the dictionary shrinks with the data.
-//!   Ids are in memory only; indexes are rebuilt from the texts on load.
-//! * A message's ascending stem ids are stored with its text ([`crate::blob::Blob`]): a small
-//!   mailbox is searched by scanning its messages' ids, newest first.
-//! * [`PostingIndex`]: a mailbox with many messages also keeps an inverted index, stem →
-//!   ascending local ids, delta-encoded variable-length integers in one byte array with a
-//!   skip table, plus a small unsorted tail of recent postings merged in when it grows.
-//!   Removed and edited messages leave stale postings behind: a removed message's slot is
-//!   empty, and a hit on a message edited since the index was built is checked against the
-//!   message's own stem ids; the index is rebuilt from the texts once a quarter of it is
-//!   stale.
+//! # Layout
+//! * [`stems`], [`for_each_stem`] — the tokeniser;
+//! * [`Lexicon`]: each distinct stem gets one `u32` id, shared by every holder and counted:
+//!   a stem is held once per stored text (a message copy, a search item) that has it, and
+//!   forgotten (its id reused) when the last such holder goes, so the dictionary shrinks with
+//!   the data. Ids are in memory only.
+//! * [`PostingIndex`]: an inverted index, stem → ascending document ids, delta-encoded
+//!   variable-length integers in one byte array with a skip table, plus a small unsorted tail
+//!   of recent postings merged in when it grows. Removed and edited documents leave stale
+//!   postings behind, which the owner filters out (the messages engine checks a hit against
+//!   the message's own stem ids; the search engine never reuses a document id before a
+//!   rebuild); the index asks to be rebuilt once a quarter of it is stale.
+//! * [`intersect`] — the intersection of ascending id lists, newest first;
+//! * [`varint`] — LEB128 integers.
+//!
+//! # What this crate is not
+//! It keeps no texts and knows no engine: which documents exist, which ids are stale and what
+//! a query's answer looks like are its users' business. It does no I/O.
 
 use std::sync::OnceLock;
 
@@ -25,8 +30,12 @@ use parking_lot::Mutex;
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_segmentation::UnicodeSegmentation;
 
-use crate::blob::{get_var, put_var};
-use crate::WORD_BYTES_MAX;
+pub mod varint;
+
+use varint::{get_var, put_var};
+
+/// Longest indexed word in bytes; longer tokens are not indexed (and are ignored in queries).
+pub const WORD_BYTES_MAX: usize = 64;
 
 struct Stemmers {
     russian: Stemmer,
@@ -43,7 +52,7 @@ fn stemmers() -> &'static Stemmers {
 
 /// Calls `visit` with the normalised stem of every word of `text` (repeats included).
 /// Invalid UTF-8 is decoded lossily; tokens longer than [`WORD_BYTES_MAX`] are skipped.
-fn for_each_stem(text: &[u8], mut visit: impl FnMut(&str)) {
+pub fn for_each_stem(text: &[u8], mut visit: impl FnMut(&str)) {
     let text = String::from_utf8_lossy(text);
     let s = stemmers();
     let mut lower = String::new();
@@ -78,6 +87,26 @@ pub fn stems(text: &[u8]) -> Vec<String> {
         }
     });
     out
+}
+
+/// The distinct stems of `text` with how often each occurs, in first-seen order, and the
+/// number of stemmed words (repeats included). Invalid UTF-8 is decoded lossily; tokens longer
+/// than [`WORD_BYTES_MAX`] are skipped. The search engine's relevance counts these.
+#[must_use]
+pub fn stem_counts(text: &[u8]) -> (Vec<(String, u32)>, u32) {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    let mut seen: hashbrown::HashMap<String, usize> = hashbrown::HashMap::new();
+    let mut words = 0u32;
+    for_each_stem(text, |stem| {
+        words = words.saturating_add(1);
+        if let Some(&at) = seen.get(stem) {
+            out[at].1 = out[at].1.saturating_add(1);
+        } else {
+            seen.insert(stem.to_string(), out.len());
+            out.push((stem.to_string(), 1));
+        }
+    });
+    (out, words)
 }
 
 fn fold(c: char) -> char {
@@ -257,6 +286,44 @@ impl Lexicon {
         Some(out)
     }
 
+    /// Holds each of `stems` (already stemmed, distinct) once more, interning new ones
+    /// verbatim; their ids in the same order. For texts whose stems were computed before the
+    /// dictionary was locked, and for snapshots that store stems rather than texts.
+    pub fn hold_stems<'s>(&self, stems: impl Iterator<Item = &'s str>) -> Vec<u32> {
+        let mut dictionary = self.dictionary.lock();
+        stems
+            .map(|stem| {
+                let id = dictionary.intern(stem);
+                dictionary.entries[id as usize].holders += 1;
+                id
+            })
+            .collect()
+    }
+
+    /// The ids of the already-stemmed `stems`, in order; `None` when one is not in the
+    /// dictionary. Never interns.
+    #[must_use]
+    pub fn find_stems<'s>(
+        &self,
+        stems: impl Iterator<Item = &'s str>,
+    ) -> Option<smallvec::SmallVec<[u32; 16]>> {
+        let dictionary = self.dictionary.lock();
+        stems.map(|stem| dictionary.find(stem)).collect()
+    }
+
+    /// Calls `visit` with the text of each held stem of `ids` (in order), under one lock;
+    /// unknown or free ids are skipped. For snapshots.
+    pub fn with_stems(&self, ids: impl Iterator<Item = u32>, mut visit: impl FnMut(u32, &str)) {
+        let dictionary = self.dictionary.lock();
+        for id in ids {
+            if let Some(entry) = dictionary.entries.get(id as usize) {
+                if entry.holders > 0 {
+                    visit(id, &entry.stem);
+                }
+            }
+        }
+    }
+
     /// Forgets everything (before a snapshot is loaded into an empty engine).
     pub fn clear(&self) {
         *self.dictionary.lock() = Dictionary::default();
@@ -306,6 +373,11 @@ impl Lexicon {
 /// the skip table points at it.
 const SKIP: usize = 16;
 
+/// A stem also starts a block when the block before it already holds this many bytes, so a
+/// lookup never walks over a long run of a common stem to reach a rare one after it (with
+/// short runs, as in most mailboxes, blocks are cut by [`SKIP`] alone).
+const BLOCK_BYTES: usize = 256;
+
 /// The inverted index of a large mailbox; see the module docs.
 ///
 /// ```text
@@ -343,14 +415,17 @@ impl PostingIndex {
     fn encode(&mut self, sorted: &[(u32, u32)]) {
         let mut data = Vec::with_capacity(sorted.len() * 2);
         let mut skips = Vec::new();
-        let mut stems = 0usize;
+        let mut in_block = 0usize;
+        let mut block_start = 0usize;
         let mut previous_stem = 0u32;
         let mut at = 0;
         while at < sorted.len() {
             let stem = sorted[at].0;
             let run = sorted[at..].partition_point(|&(s, _)| s == stem);
-            if stems.is_multiple_of(SKIP) {
+            if skips.is_empty() || in_block == SKIP || data.len() - block_start >= BLOCK_BYTES {
                 skips.push((stem, u32::try_from(data.len()).unwrap_or(u32::MAX)));
+                block_start = data.len();
+                in_block = 0;
                 put_var(&mut data, u64::from(stem));
             } else {
                 put_var(&mut data, u64::from(stem - previous_stem));
@@ -362,7 +437,7 @@ impl PostingIndex {
                 previous_lid = lid;
             }
             previous_stem = stem;
-            stems += 1;
+            in_block += 1;
             at += run;
         }
         data.shrink_to_fit();
@@ -376,12 +451,17 @@ impl PostingIndex {
     fn decode(&self) -> Vec<(u32, u32)> {
         let mut out = Vec::with_capacity(self.postings);
         let mut at = 0;
-        let mut stems = 0usize;
+        let mut next_block = 0usize;
         let mut stem = 0u64;
         while at < self.data.len() {
+            let block = self
+                .skips
+                .get(next_block)
+                .is_some_and(|&(_, o)| o as usize == at);
             let (value, used) = get_var(&self.data[at..]);
             at += used;
-            stem = if stems.is_multiple_of(SKIP) {
+            stem = if block {
+                next_block += 1;
                 value
             } else {
                 stem + value
@@ -396,7 +476,6 @@ impl PostingIndex {
                 // NOTE: written from u32 values.
                 out.push((stem as u32, lid as u32));
             }
-            stems += 1;
         }
         out
     }
@@ -601,6 +680,60 @@ mod tests {
         lex.release(c.iter().copied());
         assert!(lex.is_empty());
         assert_eq!(lex.heap_bytes() > 0, lex.capacity() > 0);
+    }
+
+    #[test]
+    fn stem_counts_count_repeats() {
+        let (counts, words) = stem_counts("Cats and cat; кошки и кошка".as_bytes());
+        assert_eq!(words, 6);
+        let cat = &stems(b"cat")[0];
+        let koshka = &stems("кошка".as_bytes())[0];
+        assert!(counts.contains(&(cat.clone(), 2)), "{counts:?}");
+        assert!(counts.contains(&(koshka.clone(), 2)), "{counts:?}");
+        assert_eq!(counts.len(), 4);
+    }
+
+    #[test]
+    fn stems_are_held_verbatim() {
+        let lex = Lexicon::default();
+        let ids = lex.hold_stems(["run", "кошк"].into_iter());
+        assert_eq!(lex.query(b"running").as_deref(), Some(&ids[..1]));
+        assert_eq!(
+            lex.find_stems(["кошк", "run"].into_iter()).as_deref(),
+            Some(&[ids[1], ids[0]][..])
+        );
+        assert_eq!(lex.find_stems(["dog"].into_iter()), None);
+        let mut seen = Vec::new();
+        lex.with_stems(ids.iter().copied().chain([99]), |id, s| {
+            seen.push((id, s.to_string()))
+        });
+        assert_eq!(
+            seen,
+            vec![(ids[0], "run".to_string()), (ids[1], "кошк".to_string())]
+        );
+        lex.release(ids.into_iter());
+        assert!(lex.is_empty());
+    }
+
+    /// Long runs cut blocks early; every stem is still found, and a rebuild round-trips.
+    #[test]
+    fn long_runs_start_new_blocks() {
+        let mut postings = Vec::new();
+        for stem in 0..40u32 {
+            let run = if stem % 7 == 3 { 5000 } else { 2 };
+            postings.extend((0..run).map(|lid| (stem, lid * 3 + stem)));
+        }
+        let index = PostingIndex::build(postings.clone());
+        assert!(index.skips.len() > 40 / SKIP + 1, "long runs start blocks");
+        for stem in 0..41u32 {
+            let want: Vec<u32> = postings
+                .iter()
+                .filter(|p| p.0 == stem)
+                .map(|p| p.1)
+                .collect();
+            assert_eq!(index.ids(stem), want, "stem {stem}");
+        }
+        assert_eq!(index.decode(), postings);
     }
 
     /// Random adds, merges and rebuilds against a naive model.
