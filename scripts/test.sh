@@ -5,7 +5,8 @@
 #
 # 1. Installs what the tests need if missing: apt packages (memcached, libmemcached-tools for
 #    memccapable/memcaslap, php-cli + php-memcached, redis-server, fortunes, fortunes-ru,
-#    python3-pip, etcd-server for the failover tests), then the Python clients pymemcache and redis.
+#    python3-pip, etcd-server for the failover tests, ffmpeg + nginx-light +
+#    libimage-exiftool-perl for the media tests), then the Python clients pymemcache and redis.
 # 2. cargo fmt --check; cargo clippy --workspace --all-targets -- -D warnings;
 #    cargo test --workspace --release (release, so crash and compat tests run fast).
 # 3. scripts/compat.sh: memccapable, pymemcache and PHP memcached against `koshka serve`,
@@ -22,6 +23,7 @@ unset CARGO_TARGET_DIR
 export CARGO_TERM_COLOR=never
 
 APT_PACKAGES=(memcached libmemcached-tools php-cli php-memcached redis-server fortunes fortunes-ru faketime etcd-server
+    ffmpeg nginx-light libimage-exiftool-perl
     python3-pip)
 PIP_PACKAGES=(pymemcache redis)
 

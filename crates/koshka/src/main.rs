@@ -40,6 +40,68 @@ enum Command {
         #[command(subcommand)]
         command: BinlogCommand,
     },
+    /// Media storage: append-only volumes served at secret URLs (see docs/media.md).
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MediaCommand {
+    /// Serve volumes over HTTP (uploads, downloads) and a memcached key port.
+    Serve(MediaServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct MediaServeArgs {
+    /// Data directory (give it twice: every volume is written to both).
+    #[arg(long = "data-dir", required = true)]
+    data_dirs: Vec<PathBuf>,
+    /// HTTP address (port 0: ephemeral).
+    #[arg(long, default_value = koshka_media::HTTP_DEFAULT)]
+    http: String,
+    /// memcached-protocol key port address.
+    #[arg(long, default_value = koshka_media::KEYS_DEFAULT)]
+    keys: String,
+    /// always | everysec | none.
+    #[arg(long, default_value = "everysec")]
+    durability: koshka_media::store::Durability,
+    /// Volume size limit in bytes; a full volume becomes read-only.
+    #[arg(long, default_value_t = koshka_media::limits::VOLUME_SIZE_DEFAULT)]
+    volume_size: u64,
+    /// Concurrent ffmpeg jobs (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Wall-clock limit of one ffmpeg run, in seconds.
+    #[arg(long, default_value_t = koshka_media::limits::JOB_TIMEOUT_DEFAULT.as_secs())]
+    job_timeout: u64,
+    /// ffmpeg binary.
+    #[arg(long, default_value = "ffmpeg")]
+    ffmpeg: PathBuf,
+    /// ffprobe binary.
+    #[arg(long, default_value = "ffprobe")]
+    ffprobe: PathBuf,
+    /// Runtime worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn media(command: MediaCommand) -> anyhow::Result<()> {
+    let MediaCommand::Serve(args) = command;
+    let mut config = koshka_media::Config::new(args.data_dirs);
+    config.http = args.http;
+    config.keys = args.keys;
+    config.store.durability = args.durability;
+    config.store.volume_size = args.volume_size;
+    if args.workers > 0 {
+        config.process.workers = args.workers;
+    }
+    config.process.timeout = std::time::Duration::from_secs(args.job_timeout);
+    config.process.ffmpeg = args.ffmpeg;
+    config.process.ffprobe = args.ffprobe;
+    config.threads = args.threads;
+    koshka_media::run(config)
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +288,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(args) => koshka_bench::run_and_print(args),
         Command::Binlog { command } => binlog(command),
         Command::Replication { command } => replication(command),
+        Command::Media { command } => media(command),
     }
 }
 
