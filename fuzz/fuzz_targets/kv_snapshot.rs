@@ -16,9 +16,8 @@
 
 #![no_main]
 
-use koshka_engine::{Engine, MemoryJournal, Session};
+use koshka_engine::{Direct, Engine, MemoryJournal, Session, StoreMode};
 use koshka_kv::{ArithOptions, Kv, KvConfig};
-use koshka_proto::StoreMode;
 use libfuzzer_sys::fuzz_target;
 
 /// Most items a structured input stores.
@@ -96,7 +95,7 @@ fn load_and_use(body: &[u8], expect_items: Option<u64>) {
     // The loaded engine keeps working.
     let journal = MemoryJournal::default();
     let mut session = Session::default();
-    let mut keys: Vec<Vec<u8>> = kv.prefix_scan(b"").into_iter().map(|(k, _, _)| k).collect();
+    let mut keys: Vec<Vec<u8>> = kv.prefix_scan(b"", 0).into_iter().map(|(k, _, _)| k).collect();
     let listed = keys.len();
     keys.sort();
     keys.dedup();
