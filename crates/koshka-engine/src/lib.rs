@@ -190,6 +190,36 @@ impl Session {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
+
+    /// Stores the id list of `set temp<tag>` (packed, 4 bytes per id) for a later key that
+    /// names the tag.
+    ///
+    /// # Errors
+    /// As [`Session::put_temp`].
+    pub fn put_temp_ids(&mut self, tag: &str, ids: &[i32]) -> Result<()> {
+        let bytes = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+        self.put_temp(&temp_ids_name(tag), bytes)
+    }
+
+    /// Appends the ids stored by [`Session::put_temp_ids`] under `tag` to `out`.
+    ///
+    /// # Errors
+    /// [`Error::Client`] when this connection has no such temp list.
+    pub fn temp_ids(&self, tag: &str, out: &mut Vec<i32>) -> Result<()> {
+        let bytes = self
+            .temp(&temp_ids_name(tag))
+            .ok_or_else(|| Error::client(format!("no temp list {tag} on this connection")))?;
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(())
+    }
+}
+
+fn temp_ids_name(tag: &str) -> Vec<u8> {
+    [b"temp".as_slice(), tag.as_bytes()].concat()
 }
 
 /// Which shard of its engine a node holds: owner ids with `id mod count == index` (by

@@ -11,8 +11,7 @@ use std::io::{Read, Write};
 use koshka_engine::codec::{put_i64, put_u32, put_u64, put_u8, Reader};
 use koshka_engine::commit::{self, Locked, Partitions};
 use koshka_engine::{
-    ApplyCtx, Cx, Engine, EngineSetup, Error, Outcome, Request, Result, Session, ShardSpec, Stat,
-    StoreMode,
+    ApplyCtx, Cx, Engine, EngineSetup, Error, Outcome, Request, Result, ShardSpec, Stat, StoreMode,
 };
 use koshka_keys::lists::{
     check_temp_tag, parse_ids, DeleteKey, Filter, GetKey, IncrKey, ListRef, Select, SetKey,
@@ -66,12 +65,6 @@ pub struct ListsEngine {
     pub(crate) entries_per_list_max: usize,
     reverse_index: bool,
     partitions: Partitions<Partition>,
-}
-
-fn temp_name(tag: &str) -> Vec<u8> {
-    let mut name = b"temp".to_vec();
-    name.extend_from_slice(tag.as_bytes());
-    name
 }
 
 fn parse_i64(text: &[u8], what: &str) -> Result<i64> {
@@ -273,12 +266,7 @@ impl ListsEngine {
         let key = SetKey::parse(key)?;
         match key {
             SetKey::Temp { tag } => {
-                let ids = parse_ids(data)?;
-                let mut bytes = Vec::with_capacity(ids.len() * 4);
-                for id in ids {
-                    bytes.extend_from_slice(&id.to_le_bytes());
-                }
-                cx.session.put_temp(&temp_name(&tag), bytes)?;
+                cx.session.put_temp_ids(&tag, &parse_ids(data)?)?;
                 Ok(Outcome::Stored { cas: 0 })
             }
             SetKey::Entry { list, object } => {
@@ -431,7 +419,8 @@ impl ListsEngine {
                 match &ids {
                     ListRef::Inline(ids) => s.ids.extend_from_slice(ids),
                     ListRef::Temp(tag) => {
-                        load_temp(cx.session, tag, &mut s.ids)?;
+                        cx.session
+                            .temp_ids(&check_temp_tag(tag.as_bytes())?, &mut s.ids)?;
                     }
                 }
                 s.ids.sort_unstable();
@@ -469,19 +458,6 @@ impl ListsEngine {
         };
         Ok(if found { Outcome::Hit } else { Outcome::Miss })
     }
-}
-
-fn load_temp(session: &Session, tag: &str, out: &mut Vec<i32>) -> Result<()> {
-    let tag = check_temp_tag(tag.as_bytes())?;
-    let bytes = session
-        .temp(&temp_name(&tag))
-        .ok_or_else(|| Error::client(format!("no temp list {tag} on this connection")))?;
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
-    Ok(())
 }
 
 fn count(list: &List, filter: Filter) -> usize {

@@ -6,8 +6,7 @@ use std::io::{Read, Write};
 use koshka_engine::codec::{put_u32, put_u64, put_u8, Reader};
 use koshka_engine::commit::{self, Locked, Partitions};
 use koshka_engine::{
-    ApplyCtx, Cx, Engine, EngineSetup, Error, Outcome, Request, Result, Session, ShardSpec, Stat,
-    StoreMode,
+    ApplyCtx, Cx, Engine, EngineSetup, Error, Outcome, Request, Result, ShardSpec, Stat, StoreMode,
 };
 use koshka_keys::lists::{check_temp_tag, parse_ids, ListRef};
 use koshka_keys::news::{DeleteKey, GetKey, RawQuery, SetKey, TYPE_MAX};
@@ -89,12 +88,6 @@ pub struct NewsEngine {
     shard: ShardSpec,
     settings: Settings,
     partitions: Partitions<Partition>,
-}
-
-fn temp_name(tag: &str) -> Vec<u8> {
-    let mut name = b"temp".to_vec();
-    name.extend_from_slice(tag.as_bytes());
-    name
 }
 
 fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
@@ -269,12 +262,7 @@ impl NewsEngine {
     fn store(&self, key: &[u8], data: &[u8], cx: &mut Cx<'_>) -> Result<Outcome> {
         let record = match SetKey::parse(key)? {
             SetKey::Temp { tag } => {
-                let ids = parse_ids(data)?;
-                let mut bytes = Vec::with_capacity(ids.len() * 4);
-                for id in ids {
-                    bytes.extend_from_slice(&id.to_le_bytes());
-                }
-                cx.session.put_temp(&temp_name(&tag), bytes)?;
+                cx.session.put_temp_ids(&tag, &parse_ids(data)?)?;
                 return Ok(Outcome::Stored { cas: 0 });
             }
             SetKey::Update { author } => {
@@ -379,7 +367,9 @@ impl NewsEngine {
                 with_scratch(|s| -> Result<bool> {
                     match &query.authors {
                         ListRef::Inline(ids) => s.ids.extend_from_slice(ids),
-                        ListRef::Temp(tag) => load_temp(cx.session, tag, &mut s.ids)?,
+                        ListRef::Temp(tag) => cx
+                            .session
+                            .temp_ids(&check_temp_tag(tag.as_bytes())?, &mut s.ids)?,
                     }
                     s.ids.sort_unstable();
                     s.ids.dedup();
@@ -438,19 +428,6 @@ impl NewsEngine {
         };
         Ok(if found { Outcome::Hit } else { Outcome::Miss })
     }
-}
-
-fn load_temp(session: &Session, tag: &str, out: &mut Vec<i32>) -> Result<()> {
-    let tag = check_temp_tag(tag.as_bytes())?;
-    let bytes = session
-        .temp(&temp_name(&tag))
-        .ok_or_else(|| Error::client(format!("no temp list {tag} on this connection")))?;
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
-    Ok(())
 }
 
 /// Appends the author's events the query selects, newest first, at most `limit`.
