@@ -292,26 +292,20 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// Sends one text command to `addr` and returns the reply lines up to `END`.
-fn admin_command(addr: &str, command: &str) -> anyhow::Result<Vec<String>> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect(addr)
-        .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let mut w = stream.try_clone()?;
-    w.write_all(format!("{command}\r\n").as_bytes())?;
-    let mut lines = Vec::new();
-    for line in BufReader::new(stream).lines() {
-        let line = line?;
-        if line == "END" {
-            return Ok(lines);
-        }
-        if line.starts_with("ERROR") || line.starts_with("SERVER_ERROR") {
-            anyhow::bail!("{addr}: {line}");
-        }
-        lines.push(line);
-    }
-    anyhow::bail!("{addr}: connection closed before END")
+/// `stats [group]` of the engine at `addr`, through the project's client.
+fn admin_stats(addr: &str, group: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = koshka_client::Client::connect(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+        client
+            .stats(group)
+            .await
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))
+    })
 }
 
 fn replication(command: ReplicationCommand) -> anyhow::Result<()> {
@@ -319,21 +313,19 @@ fn replication(command: ReplicationCommand) -> anyhow::Result<()> {
         ReplicationCommand::Status { addrs } => {
             for addr in addrs {
                 println!("{addr}");
-                for line in admin_command(&addr, "stats")? {
-                    if let Some(stat) = line.strip_prefix("STAT ") {
-                        if stat.starts_with("repl_") || stat.starts_with("binlog_position") {
-                            println!("  {stat}");
-                        }
+                for (name, value) in admin_stats(&addr, None)? {
+                    if name.starts_with("repl_") || name == "binlog_position" {
+                        println!("  {name} {value}");
                     }
                 }
             }
         }
         ReplicationCommand::Promote { addrs } => {
             for addr in addrs {
-                for line in admin_command(&addr, "stats promote")? {
-                    println!("{addr}: {}", line.trim_start_matches("STAT promote "));
-                    if line.contains("refused") {
-                        anyhow::bail!("{addr}: {line}");
+                for (_, status) in admin_stats(&addr, Some("promote"))? {
+                    println!("{addr}: {status}");
+                    if status.starts_with("refused") {
+                        anyhow::bail!("{addr}: {status}");
                     }
                 }
             }
