@@ -374,6 +374,16 @@ fn plan_start(src: &Source<'_>, hello: &Hello) -> std::result::Result<Start, (bo
         };
     };
     let Some(seg) = segments.iter().find(|s| s.pos == seg_start) else {
+        // The replica's log ends exactly where one of ours starts (its own segment file
+        // there, if any, holds no record): ship that segment from its header.
+        if let Some(next) = segments.iter().find(|s| s.pos == hello.end.pos) {
+            if chain_at(src.dir, src.engine, next.pos) == Some(hello.end.chain) {
+                return Ok(Start::Segment {
+                    seg: next.pos,
+                    off: 0,
+                });
+            }
+        }
         return Err((
             true,
             format!("the primary has no segment starting at {seg_start}"),
@@ -1044,10 +1054,20 @@ impl Receiver {
 /// # Errors
 /// I/O errors listing `dir`.
 pub fn replica_end(dir: &Path, engine: &str, pos: u64, chain: u32) -> Result<ReplicaEnd> {
-    let holder = list(dir, Some(engine), "bin")?
-        .into_iter()
-        .rev()
-        .find(|s| s.pos <= pos);
+    let segments = list(dir, Some(engine), "bin")?;
+    let mut holders = segments.iter().rev().filter(|s| s.pos <= pos);
+    let mut holder = holders.next();
+    if let (Some(last), Some(before)) = (holder, holders.next()) {
+        // A segment that starts at `pos` holds no applied record: the primary it came from
+        // may have died right after creating it, and the next primary may have gone on in
+        // the segment before. Name that one; the handshake's cut removes the empty file, and
+        // a primary that has a segment starting at `pos` sends it again.
+        if last.pos == pos
+            && before.pos + before.len.saturating_sub(SEGMENT_HEADER_SIZE as u64) >= pos
+        {
+            holder = Some(before);
+        }
+    }
     Ok(ReplicaEnd {
         last_segment: holder.map(|s| (s.pos, s.len)),
         pos,

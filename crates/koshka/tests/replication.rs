@@ -10,6 +10,8 @@
 //! * semi-synchronous acknowledgement: kill -9 the primary under write load, promote the
 //!   replica — every acknowledged write is there; the old primary restarts as a replica of
 //!   the new one, moves its extra tail aside and converges;
+//! * an old primary killed right after starting a segment its replica never got rejoins
+//!   without a false divergence;
 //! * asynchronous: the same kill loses at most the writes acknowledged just before it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -484,5 +486,81 @@ fn async_failover_loses_at_most_the_last_moments_of_writes() {
     assert!(
         oldest < Duration::from_secs(1),
         "lost a write acknowledged {oldest:?} before the kill"
+    );
+}
+
+/// A primary killed right after it started a new segment leaves a header-only file its
+/// replica never received, and the promoted replica goes on writing in the segment before.
+/// The old primary's log is still a prefix of the new one's: it rejoins without moving
+/// anything aside, its empty file is dropped, and it converges.
+#[test]
+fn an_old_primary_whose_last_segment_is_empty_rejoins_as_a_replica() {
+    use koshka_binlog::format::{
+        segment_file_name, FileHeader, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
+    };
+    use koshka_binlog::{ReadOptions, Reader};
+
+    let cluster = Cluster::new("");
+    let mut primary = cluster.primary("kv");
+    let replica = cluster.replica(&primary, "kv");
+    let mut conn = Conn::open(primary.port("kv"));
+    for i in 0..300 {
+        assert_eq!(
+            set(&mut conn, &format!("k{i}"), &value_of(i)),
+            b"STORED\r\n"
+        );
+    }
+    wait_caught_up(&primary, &replica, "kv");
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+
+    // The segment the writer would create on rotation, made by hand at the log's end.
+    let dir = primary.dir.path().join("kv");
+    let mut reader = Reader::open(&dir, "kv", ReadOptions::default()).unwrap();
+    while reader.next_record().unwrap().is_some() {}
+    let (end, chain, time) = (reader.pos(), reader.chain(), reader.time());
+    drop(reader);
+    let first = std::fs::read(dir.join(segment_file_name("kv", 0))).unwrap();
+    let first = FileHeader::decode(
+        &first[..SEGMENT_HEADER_SIZE].try_into().unwrap(),
+        SEGMENT_MAGIC,
+    )
+    .unwrap();
+    let empty = FileHeader {
+        pos: end,
+        chain,
+        time,
+        ..first
+    };
+    std::fs::write(
+        dir.join(segment_file_name("kv", end)),
+        empty.encode(SEGMENT_MAGIC),
+    )
+    .unwrap();
+
+    promote(&replica, "kv");
+    let mut conn = Conn::open(replica.port("kv"));
+    for i in 0..200 {
+        assert_eq!(
+            set(&mut conn, &format!("new{i}"), &value_of(i)),
+            b"STORED\r\n"
+        );
+    }
+    let old_dir = std::mem::replace(&mut primary.dir, tempfile::tempdir().unwrap());
+    drop(primary);
+    let old = cluster.replica_in(old_dir, &replica, "kv");
+    wait_replicas(&replica, "kv", 1);
+    wait_caught_up(&replica, &old, "kv");
+    assert_eq!(get(old.port("kv"), "k299"), Some(value_of(299)));
+    assert_eq!(get(old.port("kv"), "new199"), Some(value_of(199)));
+    assert_segments_are_a_prefix(&replica.dir.path().join("kv"), &old.dir.path().join("kv"));
+    let aside: Vec<_> = std::fs::read_dir(old.dir.path().join("kv"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(koshka_binlog::repl::DIVERGED_SUFFIX))
+        .collect();
+    assert!(
+        aside.is_empty(),
+        "nothing diverged, yet moved aside: {aside:?}"
     );
 }
