@@ -188,8 +188,12 @@ pub fn run(config: Config, control: mpsc::UnboundedReceiver<Control>) -> Result<
 }
 
 fn runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.proxy.threads > 0 {
+    let mut builder = if config.proxy.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.proxy.threads > 1 {
         builder.worker_threads(config.proxy.threads);
     }
     builder

@@ -14,11 +14,18 @@ pub const POINTS_PER_SERVER: usize = 160;
 /// Points one md5 digest yields.
 const POINTS_PER_HASH: usize = 4;
 
+/// Bits of a hash that index [`Ring`]'s bucket table.
+const BUCKET_BITS: u32 = 16;
+
 /// A ketama continuum over servers `0..n`.
 #[derive(Debug, Clone)]
 pub struct Ring {
     /// `(point, server index)`, sorted by point.
     points: Vec<(u32, u32)>,
+    /// For each value `b` of a hash's top [`BUCKET_BITS`] bits, the index of the first point
+    /// at or after `b << (32 - BUCKET_BITS)`, plus one entry for the end: a lookup scans only
+    /// the points of one bucket (almost always none or one) instead of a binary search.
+    buckets: Vec<u32>,
 }
 
 impl Ring {
@@ -42,14 +49,33 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Ring { points }
+        let buckets = (0..=1u64 << BUCKET_BITS)
+            .map(|b| {
+                let at = points
+                    .partition_point(|(point, _)| u64::from(*point) < b << (32 - BUCKET_BITS));
+                u32::try_from(at).unwrap_or(u32::MAX)
+            })
+            .collect();
+        Ring { points, buckets }
     }
 
     /// The server index of `key`.
     #[must_use]
     pub fn lookup(&self, key: &[u8]) -> u32 {
-        let hash = word(&Md5::digest(key), 0);
-        let at = self.points.partition_point(|(point, _)| *point < hash);
+        self.server_of(word(&Md5::digest(key), 0))
+    }
+
+    /// The server owning `hash`: the first point at or after it, wrapping around.
+    fn server_of(&self, hash: u32) -> u32 {
+        let bucket = (hash >> (32 - BUCKET_BITS)) as usize;
+        let (from, to) = (
+            self.buckets[bucket] as usize,
+            self.buckets[bucket + 1] as usize,
+        );
+        let at = self.points[from..to]
+            .iter()
+            .position(|(point, _)| *point >= hash)
+            .map_or(to, |i| from + i);
         self.points
             .get(at)
             .or_else(|| self.points.first())
@@ -118,6 +144,29 @@ mod tests {
             assert!((1500..3500).contains(&count), "{counts:?}");
         }
         assert!((1000..3500).contains(&moved), "{moved} of 20000 moved");
+    }
+
+    #[test]
+    fn bucket_lookup_equals_a_binary_search_of_the_continuum() {
+        for n in [1, 3, 8, 25] {
+            let ring = Ring::new(&names(n));
+            let search = |hash: u32| {
+                let at = ring.points.partition_point(|(point, _)| *point < hash);
+                ring.points.get(at).unwrap_or(&ring.points[0]).1
+            };
+            let mut probes = vec![0, 1, u32::MAX, u32::MAX - 1];
+            for (point, _) in &ring.points {
+                probes.extend([*point, point.wrapping_sub(1), point.wrapping_add(1)]);
+            }
+            probes.extend((0..20_000u32).map(|i| i.wrapping_mul(2_654_435_761)));
+            for hash in probes {
+                assert_eq!(
+                    ring.server_of(hash),
+                    search(hash),
+                    "{n} servers, hash {hash:#x}"
+                );
+            }
+        }
     }
 
     #[test]

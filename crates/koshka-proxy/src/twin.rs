@@ -229,14 +229,21 @@ impl Queue {
         };
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        tokio::task::block_in_place(|| {
+        let write = || {
             let mut file = file.lock();
             file.write_all(&line)?;
             if sync {
                 file.sync_data()?;
             }
             Ok(())
-        })
+        };
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        }
     }
 
     /// Syncs the file (shutdown).
