@@ -67,11 +67,6 @@ koshka_bin() {
     fi
 }
 
-# reported_port LOG ENGINE: the port a node printed for ENGINE ("<engine> listening on").
-reported_port() {
-    sed -nE "s/^koshka: $2 listening on 127\.0\.0\.1:([0-9]+)$/\1/p" "$1"
-}
-
 port=$(free_port)
 if [[ $target == proxy ]]; then
     koshka_bin

@@ -62,3 +62,8 @@ koshka_has_serve() {
     local bin=$1
     [[ -x $bin ]] && timeout 10 "$bin" serve --help 2>&1 | grep -q -- '--listen'
 }
+
+# reported_port LOG ENGINE: the port a node printed for ENGINE ("<engine> listening on").
+reported_port() {
+    sed -nE "s/^koshka: $2 listening on 127\.0\.0\.1:([0-9]+)$/\1/p" "$1"
+}

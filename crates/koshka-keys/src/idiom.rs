@@ -553,6 +553,9 @@ pub fn encode_id_list(out: &mut Vec<u8>, ids: &[u32]) {
     }
 }
 
+/// Most digits of a number [`CountedList::parse`] reads in its fast path (always an `i64`).
+const PLAIN_DIGITS_MAX: usize = 18;
+
 /// A count-prefixed comma list, the usual list reply: `total,item,item,…`. `total` counts the
 /// whole list before slicing, so it may exceed the items given; items may be tuples flattened
 /// (`total,(lid,peer,unread)…`).
@@ -570,6 +573,12 @@ impl CountedList {
     /// # Errors
     /// [`KeyError::Malformed`] when a number is missing or out of range.
     pub fn parse(text: &[u8]) -> Result<Self> {
+        // Lists of thousands of ids cross the proxy on every scatter/gather: the plain case
+        // goes through one tight loop, anything else through the careful parse below, which
+        // also words the error.
+        if let Some(list) = Self::parse_plain(text) {
+            return Ok(list);
+        }
         let mut parts = text.split(|b| *b == b',');
         let mut total_cursor = Cursor::over(parts.next().unwrap_or_default(), Dialect::Messages);
         let total = total_cursor.int("list total")?;
@@ -583,6 +592,42 @@ impl CountedList {
             cursor.end()?;
         }
         Ok(Self { total, items })
+    }
+
+    /// `total[,item…]` when every number is unsigned with at most [`PLAIN_DIGITS_MAX`]
+    /// digits (so it fits an `i64`) and commas separate them one by one; `None` otherwise.
+    fn parse_plain(text: &[u8]) -> Option<Self> {
+        let mut total = None;
+        let mut items = Vec::with_capacity(text.len() / 4);
+        let (mut n, mut digits) = (0u64, 0usize);
+        for &b in text {
+            if b.is_ascii_digit() {
+                n = n * 10 + u64::from(b - b'0');
+                digits += 1;
+                if digits > PLAIN_DIGITS_MAX {
+                    return None;
+                }
+            } else if b == b',' && digits > 0 {
+                match total {
+                    None => total = Some(n),
+                    Some(_) => items.push(i64::try_from(n).ok()?),
+                }
+                (n, digits) = (0, 0);
+            } else {
+                return None;
+            }
+        }
+        if digits == 0 {
+            return None;
+        }
+        match total {
+            None => total = Some(n),
+            Some(_) => items.push(i64::try_from(n).ok()?),
+        }
+        Some(Self {
+            total: total?,
+            items,
+        })
     }
 
     /// Appends `total,item,…`.
@@ -743,6 +788,45 @@ pub fn encode_words(out: &mut Vec<u8>, words: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The careful parse alone (what `parse` did before its fast path).
+    fn careful(text: &[u8]) -> Result<CountedList> {
+        let mut parts = text.split(|b| *b == b',');
+        let mut first = Cursor::over(parts.next().unwrap_or_default(), Dialect::Messages);
+        let total = u64::try_from(first.int("list total")?)
+            .map_err(|_| KeyError::malformed("negative total"))?;
+        first.end()?;
+        let mut items = Vec::new();
+        for part in parts {
+            let mut cursor = Cursor::over(part, Dialect::Messages);
+            items.push(cursor.int("list item")?);
+            cursor.end()?;
+        }
+        Ok(CountedList { total, items })
+    }
+
+    proptest! {
+        #[test]
+        fn counted_list_fast_path_agrees_with_the_careful_parse(
+            text in proptest::collection::vec(
+                prop_oneof![
+                    8 => proptest::sample::select(b"0123456789".to_vec()),
+                    3 => Just(b','),
+                    1 => proptest::sample::select(b"- x".to_vec()),
+                ],
+                0..60,
+            ),
+            big in proptest::collection::vec(any::<u64>(), 0..20),
+        ) {
+            prop_assert_eq!(CountedList::parse(&text).ok(), careful(&text).ok());
+            let mut long = big.len().to_string().into_bytes();
+            for n in &big {
+                long.extend_from_slice(format!(",{n}").as_bytes());
+            }
+            prop_assert_eq!(CountedList::parse(&long).ok(), careful(&long).ok());
+        }
+    }
 
     fn range(from: i64, to: i64) -> Slice {
         Slice::Range { from, to }

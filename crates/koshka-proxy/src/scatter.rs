@@ -3,7 +3,8 @@
 //! proxy holds for its client (`-tag`).
 //!
 //! * `IntersectIds` (`common_friends<u1>,<u2>`): `friends<u1>` and `friends<u2>` from their
-//!   shards in parallel; the reply is the intersection, `count,id,…` ascending.
+//!   shards in parallel; the reply is the intersection, `count,id,…` ascending. Two users of
+//!   one shard are that shard's question.
 //! * `SumCounts` (`common_friends_num<uid>:<list>`): the owner's shard answers with `-1` for
 //!   listed users elsewhere; meanwhile `friends<uid>` is read; each other shard holding
 //!   listed users gets that list as a temp list and is asked `common_friends<x>:-<tag>` for
@@ -58,6 +59,11 @@ pub fn friends(
         };
         let answer = match (&get, pinned) {
             (_, Some(shard)) => gather.on_shard(&get, shard).await,
+            (GetKey::CommonFriends { user, other }, None)
+                if gather.shard(*user) == gather.shard(*other) =>
+            {
+                gather.on_shard(&get, gather.shard(*user)).await
+            }
             (GetKey::CommonFriends { user, other }, None) => gather.intersect(*user, *other).await,
             (GetKey::CommonCounts { user, list }, None) => gather.counts(*user, list).await,
             (GetKey::Check { viewer, owner, .. }, None) => {
