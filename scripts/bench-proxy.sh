@@ -13,6 +13,7 @@
 #   BACKENDS=8         memcached backends behind each proxy
 #   PROXY_THREADS=1    koshka proxy worker threads (twemproxy is single-threaded)
 #   CONNECTIONS=64     client connections of the load generator
+#   BACKEND_CONNECTIONS=1  persistent connections from each proxy to each backend
 #   KOSHKA_BIN=target/release/koshka (built if it is the default and out of date)
 #
 # Servers (free loopback ports, stopped by PID; the backends are shared by both proxies, so
@@ -22,10 +23,10 @@
 #                                                                        one server, every key
 #   nutcracker -c twemproxy.yml -s STATS_PORT -a 127.0.0.1 -o LOG -p PIDFILE
 #       twemproxy.yml: listen 127.0.0.1:PORT, hash md5, distribution ketama, timeout 2000,
-#       preconnect true, server_connections 2, servers 127.0.0.1:PORT:1 (one per backend)
+#       preconnect true, server_connections $BACKEND_CONNECTIONS, servers 127.0.0.1:PORT:1 (one per backend)
 #   koshka proxy --config proxy.toml --threads $PROXY_THREADS
 #       proxy.toml: one kv cluster (ketama, md5: libmemcached/twemproxy placement),
-#       get_timeout_ms 2000, set_timeout_ms 2000, connections_per_backend 2, the backends
+#       get_timeout_ms 2000, set_timeout_ms 2000, connections_per_backend $BACKEND_CONNECTIONS, the backends
 # Load (koshka bench, the same command against each target in turn):
 #   koshka bench --server 127.0.0.1:PORT --connections $CONNECTIONS --threads 2 \
 #       --keys 100000 --key-size 32 --value-size 100 --get-ratio R --multiget M \
@@ -55,8 +56,9 @@ KOSHKA_BIN=${KOSHKA_BIN:-target/release/koshka}
 # Retrieval and write deadlines of both proxies: far above any latency of a healthy run, so a
 # slow moment on a busy machine is a slow answer, not a partial one.
 PROXY_TIMEOUT_MS=2000
-# Persistent connections from each proxy to each backend.
-BACKEND_CONNECTIONS=2
+# Persistent connections from each proxy to each backend (twemproxy's default
+# server_connections is 1; more split each tick's requests over more, smaller writes).
+BACKEND_CONNECTIONS=${BACKEND_CONNECTIONS:-1}
 
 for tool in memcached python3; do
     command -v "$tool" >/dev/null || {
@@ -103,9 +105,11 @@ start_memcached() {
 }
 
 backend_ports=()
+backend_pids=()
 for ((i = 0; i < BACKENDS; i++)); do
     read -r pid port < <(start_memcached "backend$i" 256)
     pids+=("$pid")
+    backend_pids+=("$pid")
     backend_ports+=("$port")
 done
 echo "== $BACKENDS memcached backends on ports ${backend_ports[*]}" >&2
@@ -176,11 +180,19 @@ cpu_ticks() {
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+# backend_ticks: the same, summed over the backends behind the proxies.
+backend_ticks() {
+    local total=0 pid
+    for pid in "${backend_pids[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done
+    echo "$total"
+}
+
 # run_bench PORT GET_RATIO MULTIGET: prints "ops/s keys/s p50_us p99_us errors" from
 # koshka bench --json, or nothing if the run failed.
 run_bench() {
     local port=$1 ratio=$2 multiget=$3
-    timeout $((DURATION + 120)) "$KOSHKA_BIN" bench --server "127.0.0.1:$port" \
+    /usr/bin/time -o "$workdir/time.txt" -f "%U %S" \
+        timeout $((DURATION + 120)) "$KOSHKA_BIN" bench --server "127.0.0.1:$port" \
         --connections "$CONNECTIONS" --threads 2 --keys 100000 --key-size 32 --value-size 100 \
         --get-ratio "$ratio" --multiget "$multiget" --duration "$DURATION" --warmup 1 \
         --preload --json >"$workdir/bench.json" 2>"$workdir/bench.err" || true
@@ -205,20 +217,27 @@ for ((pair = 1; pair <= PAIRS; pair++)); do
         for ((i = 0; i < n; i++)); do
             name=${names[$(((i + pair - 1) % n))]}
             before=$(cpu_ticks "${pid_of[$name]}")
+            backends_before=$(backend_ticks)
             started=$(date +%s.%N)
             line=$(run_bench "${port_of[$name]}" "$ratio" "$multiget")
             after=$(cpu_ticks "${pid_of[$name]}")
+            ended=$(date +%s.%N)
             util=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v s="$started" \
-                -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", (a - b) / hz / (e - s)}')
+                -v e="$ended" 'BEGIN {printf "%.3f", (a - b) / hz / (e - s)}')
+            backends_util=$(awk -v a="$(backend_ticks)" -v b="$backends_before" -v hz="$hz" \
+                -v s="$started" -v e="$ended" 'BEGIN {printf "%.3f", (a - b) / hz / (e - s)}')
+            gen_util=$(awk -v s="$started" -v e="$ended" '{printf "%.3f", ($1 + $2) / (e - s)}' \
+                "$workdir/time.txt" 2>/dev/null || echo 0)
             if [[ -z $line ]]; then
                 echo "round $pair $scenario_name $name: FAILED" >&2
                 continue
             fi
             read -r ops keys p50 p99 bad <<<"$line"
             echo "round $pair $scenario_name $name: $ops req/s ($keys keys/s), p50 $p50 us," \
-                "p99 $p99 us, $bad errors+misses, cpu $util cores" >&2
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario_name" "$name" "$ops" "$keys" \
-                "$p50" "$p99" "$bad" "$util" >>"$results"
+                "p99 $p99 us, $bad errors+misses, cpu $util cores (load generator $gen_util," \
+                "backends $backends_util)" >&2
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario_name" "$name" "$ops" \
+                "$keys" "$p50" "$p99" "$bad" "$util" "$gen_util" "$backends_util" >>"$results"
         done
     done
 done
@@ -238,22 +257,24 @@ names = sys.argv[2:]
 rows = defaultdict(list)
 order = []
 for line in open(sys.argv[1]):
-    scenario, target, ops, keys, p50, p99, bad, cpu = line.split()
+    scenario, target, ops, keys, p50, p99, bad, cpu, gen, backends = line.split()
     if scenario not in order:
         order.append(scenario)
     rows[(scenario, target)].append((int(ops), int(keys), int(p50), int(p99), int(bad),
-                                     float(cpu)))
+                                     float(cpu), float(gen), float(backends)))
 med = statistics.median
 print("req/s: requests per second (a 100-key multi-get is one request); keys/s: keys read or")
 print("written per second; medians (min-max) over the rounds. 'vs twemproxy': koshka proxy's")
 print("median over twemproxy's (req/s: higher is better; p99: lower is better). 'p99 vs direct':")
 print("the target's p99 over the direct server's. CPU: cores the target process used;")
 print("'per CPU-s': req/s per core of that process. 'bad': error replies + misses (all keys")
-print("are preloaded, so any miss is an answer the proxy lost).")
+print("are preloaded, so any miss is an answer the proxy lost). 'gen' and 'backends': cores the")
+print("load generator and the memcached backends used in the same run (the machine has")
+print(f"{__import__('os').cpu_count()}; what the proxy does not use, they do).")
 print()
 print("| scenario | target | req/s (median, min-max) | keys/s | vs twemproxy | p50 µs | p99 µs "
-      "| p99 vs twemproxy | p99 vs direct | CPU | per CPU-s | bad |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| p99 vs twemproxy | p99 vs direct | CPU | per CPU-s | gen / backends CPU | bad |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for scenario in order:
     def stat(target, i):
         v = rows.get((scenario, target))
@@ -268,6 +289,7 @@ for scenario in order:
         m_ops, m_keys, m_p50, m_p99 = (med([r[i] for r in v]) for i in range(4))
         bad = sum(r[4] for r in v)
         cpu = med([r[5] for r in v])
+        gen, backends = med([r[6] for r in v]), med([r[7] for r in v])
         per = [r[0] / r[5] for r in v if r[5] > 0]
         per_cpu = f"{med(per):,.0f}" if per else "n/a"
         if target == "twemproxy":
@@ -280,5 +302,5 @@ for scenario in order:
         vs_direct = f"{m_p99 / direct_p99:.2f}×" if direct_p99 else "n/a"
         print(f"| {scenario} | {target} | {m_ops:,.0f} ({min(ops):,}-{max(ops):,}) | {m_keys:,.0f} "
               f"| {vs_ops} | {m_p50:,.0f} | {m_p99:,.0f} | {vs_p99} | {vs_direct} | {cpu:.2f} "
-              f"| {per_cpu} | {bad} |")
+              f"| {per_cpu} | {gen:.2f} / {backends:.2f} | {bad} |")
 PY
