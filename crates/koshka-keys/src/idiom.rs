@@ -599,30 +599,34 @@ impl CountedList {
     fn parse_plain(text: &[u8]) -> Option<Self> {
         let mut total = None;
         let mut items = Vec::with_capacity(text.len() / 4);
-        let (mut n, mut digits) = (0u64, 0usize);
+        let (mut n, mut digits, mut bad) = (0u64, 0usize, false);
+        let mut take = |n: u64, digits: usize| {
+            if digits == 0 || digits > PLAIN_DIGITS_MAX {
+                return false;
+            }
+            match total {
+                None => total = Some(n),
+                // NOTE: at most PLAIN_DIGITS_MAX digits: below i64::MAX.
+                #[expect(clippy::cast_possible_wrap)]
+                Some(_) => items.push(n as i64),
+            }
+            true
+        };
         for &b in text {
-            if b.is_ascii_digit() {
-                n = n * 10 + u64::from(b - b'0');
-                digits += 1;
-                if digits > PLAIN_DIGITS_MAX {
+            if b == b',' {
+                if !take(n, digits) {
                     return None;
-                }
-            } else if b == b',' && digits > 0 {
-                match total {
-                    None => total = Some(n),
-                    Some(_) => items.push(i64::try_from(n).ok()?),
                 }
                 (n, digits) = (0, 0);
             } else {
-                return None;
+                let digit = b.wrapping_sub(b'0');
+                bad |= digit > 9;
+                n = n.wrapping_mul(10).wrapping_add(u64::from(digit));
+                digits += 1;
             }
         }
-        if digits == 0 {
+        if bad || !take(n, digits) {
             return None;
-        }
-        match total {
-            None => total = Some(n),
-            Some(_) => items.push(i64::try_from(n).ok()?),
         }
         Some(Self {
             total: total?,

@@ -177,6 +177,46 @@ fn ids(value: Option<Vec<u8>>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The intersection of two `total,id,…` lists of ascending ids, as `count,id,…`, computed on
+/// the text: ids without leading zeros order by length, then byte by byte, so thousands of
+/// ids are compared without being parsed. `None` when a list is not of that form (the caller
+/// parses it instead).
+fn intersect_text(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
+    fn id_fields(list: &[u8]) -> Option<Vec<&[u8]>> {
+        let mut fields = list.split(|c| *c == b',');
+        fields.next().filter(|total| canonical(total))?;
+        let ids: Vec<&[u8]> = fields.collect();
+        ids.iter().all(|id| canonical(id)).then_some(ids)
+    }
+    fn canonical(n: &[u8]) -> bool {
+        !n.is_empty()
+            && n.len() <= 10
+            && n.iter().all(u8::is_ascii_digit)
+            && (n[0] != b'0' || n.len() == 1)
+    }
+    let order = |x: &[u8], y: &[u8]| x.len().cmp(&y.len()).then_with(|| x.cmp(y));
+    let (a, b) = (id_fields(a)?, id_fields(b)?);
+    let mut common: Vec<&[u8]> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match order(a[i], b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                common.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let mut out = common.len().to_string().into_bytes();
+    for id in common {
+        out.push(b',');
+        out.extend_from_slice(id);
+    }
+    Some(out)
+}
+
 impl Gather<'_> {
     async fn call(&self, shard: u32, bytes: Vec<u8>, frames: usize) -> Result<Frames, CallError> {
         let member = self.cluster.reader(shard)?.clone();
@@ -235,17 +275,28 @@ impl Gather<'_> {
     }
 
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
+        Ok(ids(self.friends_text(user).await?))
+    }
+
+    /// `friends<user>` as its shard wrote it (`total,id,…`), `None` for a miss.
+    async fn friends_text(&self, user: u32) -> Result<Option<Vec<u8>>, Fail> {
         let mut bytes = Vec::new();
         encode::get(&mut bytes, [format!("friends{user}")]);
         let frames = self.call(self.shard(user), bytes, 1).await?;
-        Ok(ids(one_value(&frames[0])?))
+        one_value(&frames[0])
     }
 
     /// `common_friends<user>,<other>` over two shards.
     async fn intersect(&self, user: u32, other: u32) -> Result<Option<Vec<u8>>, Fail> {
         bump(&self.cluster.stats.fanout_requests);
-        let (a, b) = tokio::join!(self.friends_of(user), self.friends_of(other));
+        let (a, b) = tokio::join!(self.friends_text(user), self.friends_text(other));
         let (a, b) = (a?, b?);
+        if let Some(out) =
+            intersect_text(a.as_deref().unwrap_or(b"0"), b.as_deref().unwrap_or(b"0"))
+        {
+            return Ok(Some(out));
+        }
+        let (a, b) = (ids(a), ids(b));
         let mut common = Vec::new();
         let (mut i, mut j) = (0, 0);
         while i < a.len() && j < b.len() {
@@ -380,5 +431,56 @@ impl Gather<'_> {
             })
             .collect();
         Ok(Some(resolved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(ids: &[u32]) -> Vec<u8> {
+        let mut out = ids.len().to_string().into_bytes();
+        for id in ids {
+            out.extend_from_slice(format!(",{id}").as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn text_intersection_equals_the_numeric_one() {
+        for round in 0..500 {
+            // Ids of mixed lengths, so that text order and numeric order differ.
+            let max = [10u32, 1000, 100_000, u32::MAX][round % 4];
+            let pick = |n: usize| {
+                let mut v: Vec<u32> = (0..n)
+                    .map(|_| rand::random::<u32>() % max + u32::from(max < u32::MAX))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            let (a, b) = (pick(round % 50), pick(round % 70));
+            let common: Vec<u32> = a.iter().copied().filter(|x| b.contains(x)).collect();
+            assert_eq!(
+                intersect_text(&list(&a), &list(&b)),
+                Some(list(&common)),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_lists_fall_back_to_parsing() {
+        assert_eq!(intersect_text(b"0", b"0"), Some(b"0".to_vec()));
+        for odd in [
+            &b"2,01,5"[..],
+            b"2,1,,5",
+            b"x",
+            b"",
+            b"1,-5",
+            b"1,12345678901",
+        ] {
+            assert_eq!(intersect_text(odd, b"1,5"), None, "{odd:?}");
+        }
     }
 }
