@@ -442,10 +442,11 @@ fn hangup<'a>(consumed: usize) -> Parsed<'a> {
 /// Longest line other than a retrieval: memcached's limit on bytes waiting for a newline,
 /// plus the extra key length of a compiled-key port.
 fn unterminated_len_max(config: &ParseConfig) -> usize {
-    koshka_limits::UNTERMINATED_LINE_LEN_MAX
-        + config
+    koshka_limits::UNTERMINATED_LINE_LEN_MAX.saturating_add(
+        config
             .key_len_max
-            .saturating_sub(koshka_limits::KEY_LEN_MAX)
+            .saturating_sub(koshka_limits::KEY_LEN_MAX),
+    )
 }
 
 /// Whether an unterminated line may still become a long multi-get: at most
@@ -765,7 +766,9 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
         return Parsed::Bad {
             error: BadRequest::Client(reason),
             consumed: after,
-            swallow: bytes.saturating_add(2).min(config.value_size_max + 2),
+            swallow: bytes
+                .saturating_add(2)
+                .min(config.value_size_max.saturating_add(2)),
             noreply: false,
         };
     }
@@ -775,7 +778,9 @@ fn meta_set<'a>(rest: &'a [u8], buf: &'a [u8], after: usize, config: &ParseConfi
             return Parsed::Bad {
                 error,
                 consumed: after,
-                swallow: bytes.saturating_add(2).min(config.value_size_max + 2),
+                swallow: bytes
+                    .saturating_add(2)
+                    .min(config.value_size_max.saturating_add(2)),
                 noreply: false,
             }
         }
