@@ -11,7 +11,7 @@
 #   FILES=10000      files for the read scenario (random bytes, 8-40 KB, seeded)
 #   CONNECTIONS=64   wrk connections (wrk -t2)
 #   PHOTO_RUNS=5     runs of the processing scenario
-#   SCENARIOS="read upload photo"   which scenarios to run
+#   SCENARIOS="read upload photo overhead"   which scenarios to run
 #   MEDIA_ARGS=""    extra arguments for koshka media serve (e.g. --threads 1)
 #   KOSHKA_BIN=target/release/koshka (built if it is the default)
 #
@@ -27,6 +27,12 @@
 #   photo:  one 12 MP JPEG (4000x3000, ffmpeg testsrc2): bare ffmpeg making the six sizes with
 #           the same filter graph koshka uses vs POST /photo (sequential, PHOTO_RUNS each);
 #           then 8 concurrent POST /photo with --workers 1 vs --workers 2.
+#   overhead: CPU time and elapsed time of the bare ffmpeg commands (run by the script; CPU
+#           from getrusage(RUSAGE_CHILDREN)) vs POST /photo (the same 12 MP JPEG, six sizes)
+#           and POST /video (5 s 640x480 MPEG-4 Part 2 + AAC -> ffprobe, then 360p H.264/AAC
+#           and a poster), PAIRS alternating pairs after one warm-up each. koshka runs ffmpeg
+#           and ffprobe through /usr/bin/time wrappers (--ffmpeg/--ffprobe) for their exact CPU;
+#           koshka's own CPU is utime+stime from /proc/PID/stat around each request.
 #
 # Servers on free loopback ports, stopped by PID. nginx:
 #   nginx -c nginx.conf -p PREFIX -g 'daemon off;'  (worker_processes 2, access_log off,
@@ -43,7 +49,7 @@ DURATION=${DURATION:-8}
 FILES=${FILES:-10000}
 CONNECTIONS=${CONNECTIONS:-64}
 PHOTO_RUNS=${PHOTO_RUNS:-5}
-SCENARIOS=${SCENARIOS:-read upload photo}
+SCENARIOS=${SCENARIOS:-read upload photo overhead}
 read -r -a MEDIA_ARGS <<<"${MEDIA_ARGS:-}"
 KOSHKA_BIN=${KOSHKA_BIN:-target/release/koshka}
 if [[ $KOSHKA_BIN == target/release/koshka ]]; then
@@ -259,6 +265,114 @@ for workers in 1 2; do
 done
 fi
 
+overhead_summary=""
+if [[ " $SCENARIOS " == *" overhead "* ]]; then
+echo "== overhead: CPU and elapsed time of POST /photo and POST /video vs the bare ffmpeg commands, $PAIRS alternating pairs"
+ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=4000x3000 -frames:v 1 "$work/12mp.jpg"
+ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=640x480:rate=30 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 -c:v mpeg4 -q:v 4 -c:a aac -b:a 128k \
+    -pix_fmt yuv420p "$work/480p.mp4"
+# koshka runs ffmpeg and ffprobe through these wrappers: GNU time appends each one's own user
+# and system CPU (from wait4, microseconds) to a log; koshka's own CPU is read from
+# /proc/PID/stat around each request.
+for tool in ffmpeg ffprobe; do
+    printf '#!/bin/sh\nexec /usr/bin/time -a -o %s -f "%s %%U %%S %%e" %s "$@"\n' \
+        "$work/tool-cpu.log" "$tool" "$(command -v "$tool")" >"$work/timed-$tool"
+    chmod +x "$work/timed-$tool"
+done
+: >"$work/tool-cpu.log"
+start_media "$work/overhead" --workers 1 --ffmpeg "$work/timed-ffmpeg" --ffprobe "$work/timed-ffprobe"
+overhead_summary=$(python3 - "$work" "$MEDIA_PORT" "$MEDIA_PID" "$PAIRS" 3>&1 >>"$results" <<'EOF'
+import http.client, os, resource, statistics, subprocess, sys, time
+work, port, pid, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+tlog = f"{work}/tool-cpu.log"
+out = os.fdopen(3, "w")
+tick = os.sysconf("SC_CLK_TCK")
+one = ["-threads", "1", "-filter_threads", "1", "-filter_complex_threads", "1"]
+ff = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"] + one
+dims = [(75, 56), (130, 98), (604, 453), (807, 605), (1080, 810), (2560, 1920)]
+graph = "[0:v]split=6" + "".join(f"[s{i}]" for i in range(6)) + "".join(
+    f";[s{i}]scale={w}:{h}:flags=lanczos[o{i}]" for i, (w, h) in enumerate(dims))
+photo = ff + ["-noautorotate", "-protocol_whitelist", "file,pipe", "-f", "jpeg_pipe",
+              "-i", f"file:{work}/12mp.jpg", "-filter_complex", graph]
+for i in range(6):
+    photo += ["-map", f"[o{i}]", "-map_metadata", "-1", "-frames:v", "1", "-threads", "1",
+              "-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-q:v", "3", "-f", "image2",
+              "-update", "1", f"file:{work}/bare-{i}.jpg"]
+vin = ["-protocol_whitelist", "file,pipe", "-f", "mov", "-i", f"file:{work}/480p.mp4"]
+probe = ["ffprobe", "-hide_banner", "-v", "error", "-print_format", "json", "-show_format",
+         "-show_streams"] + vin
+video = ff + vin + ["-map", "0:v:0", "-map", "0:a:0", "-map_metadata", "-1",
+    "-map_metadata:s", "-1", "-map_chapters", "-1", "-c:a", "aac", "-b:a", "128k",
+    "-vf", "scale=480:360", "-threads", "1", "-c:v", "libx264", "-preset", "veryfast",
+    "-crf", "26", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4",
+    f"file:{work}/bare-360.mp4", "-map", "0:v:0", "-map_metadata", "-1", "-frames:v", "1",
+    "-vf", "scale=480:360", "-threads", "1", "-c:v", "mjpeg", "-pix_fmt", "yuvj420p",
+    "-f", "image2", "-update", "1", f"file:{work}/bare-poster.jpg"]
+cases = {"photo": ("/photo", f"{work}/12mp.jpg", [photo]),
+         "video": ("/video", f"{work}/480p.mp4", [probe, video])}
+for name, (_, _, cmds) in cases.items():
+    for c in cmds:
+        print(f"   [{name} bare] " + " ".join(c), file=sys.stderr)
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+def own_ticks():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime, stime
+
+def bare(cmds):
+    c0, t0 = children_cpu(), time.perf_counter()
+    for c in cmds:
+        subprocess.run(c, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0, children_cpu() - c0
+
+def koshka(endpoint, body):
+    mark = os.path.getsize(tlog)
+    s0, t0 = own_ticks(), time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", endpoint, body=body)
+    r = conn.getresponse()
+    reply = r.read()
+    wall = time.perf_counter() - t0
+    own = (own_ticks() - s0) / tick
+    assert r.status == 200, reply
+    with open(tlog) as f:
+        f.seek(mark)
+        tools = sum(float(l.split()[1]) + float(l.split()[2]) for l in f if l.strip())
+    return wall, tools, own
+
+rows = {}
+for name, (endpoint, src, cmds) in cases.items():
+    body = open(src, "rb").read()
+    bare(cmds), koshka(endpoint, body)  # warm-up: page cache, first exec
+    for i in range(pairs):
+        for who in (("bare", "koshka") if i % 2 == 0 else ("koshka", "bare")):
+            if who == "bare":
+                wall, cpu = bare(cmds)
+                rows.setdefault((name, "bare"), []).append((wall, cpu, cpu, 0.0))
+            else:
+                wall, tools, own = koshka(endpoint, body)
+                rows.setdefault((name, "koshka"), []).append((wall, tools + own, tools, own))
+            w, c, t, o = rows[(name, who)][-1]
+            print(f"overhead\t{name}-{who}\t{w:.4f}\t{c:.4f}\t{t:.4f}\t{o:.4f}")
+            print(f"   -> {name} {who}: elapsed {w:.3f} s, cpu {c:.3f} s (tools {t:.3f}, koshka {o:.3f})",
+                  file=sys.stderr)
+for name in cases:
+    med = lambda who, k: statistics.median(r[k] for r in rows[(name, who)])
+    mean_own = statistics.mean(r[3] for r in rows[(name, "koshka")])
+    bw, bc = med("bare", 0), med("bare", 1)
+    kw, kc, kt = med("koshka", 0), med("koshka", 1), med("koshka", 2)
+    out.write(f"{name}: bare elapsed {bw:.3f} s, cpu {bc:.3f} s | koshka elapsed {kw:.3f} s "
+              f"({100 * (kw / bw - 1):+.1f} %), cpu {kc:.3f} s ({100 * (kc / bc - 1):+.1f} %) = "
+              f"tools {kt:.3f} s + koshka's own {mean_own * 1000:.0f} ms (mean)\n")
+EOF
+)
+stop_media
+fi
+
 echo
 echo "== results (medians; raw runs in order below)"
 cat "$results"
@@ -286,3 +400,9 @@ w1, w2 = med("photo8", "workers-1", 2), med("photo8", "workers-2", 2)
 print(f"8 photos: 1 worker {w1:.2f} s, 2 workers {w2:.2f} s, speed-up {w1 / w2:.2f}x")
 print(f"koshka media RSS after the read runs: {int(sys.argv[2]) // 1024} MiB for {sys.argv[3]} files")
 EOF
+if [[ -n $overhead_summary ]]; then
+    echo
+    echo "processing overhead, medians of $PAIRS pairs (koshka elapsed includes the upload, queue,"
+    echo "temp files and storing the outputs; cpu = the tools' user+system + koshka's own):"
+    echo "$overhead_summary"
+fi
