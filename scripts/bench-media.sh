@@ -26,13 +26,15 @@
 #             wrk -t2 -c64 -d${DURATION}s --latency -s upload.lua http://127.0.0.1:PORT
 #   photo:  one 12 MP JPEG (4000x3000, ffmpeg testsrc2): bare ffmpeg making the six sizes with
 #           the same filter graph koshka uses vs POST /photo (sequential, PHOTO_RUNS each);
-#           then 8 concurrent POST /photo with --workers 1 vs --workers 2.
+#           then 8 concurrent POST /photo with --workers 1 vs --workers 2 (PHOTO_RUNS
+#           alternating rounds; the speed-up needs two idle cores, so the load is printed).
 #   overhead: CPU time and elapsed time of the bare ffmpeg commands (run by the script; CPU
 #           from getrusage(RUSAGE_CHILDREN)) vs POST /photo (the same 12 MP JPEG, six sizes)
 #           and POST /video (5 s 640x480 MPEG-4 Part 2 + AAC -> ffprobe, then 360p H.264/AAC
 #           and a poster), PAIRS alternating pairs after one warm-up each. koshka runs ffmpeg
-#           and ffprobe through /usr/bin/time wrappers (--ffmpeg/--ffprobe) for their exact CPU;
-#           koshka's own CPU is utime+stime from /proc/PID/stat around each request.
+#           and ffprobe through bash `time` wrappers (--ffmpeg/--ffprobe) for their CPU and
+#           elapsed time (1 ms); koshka's own CPU is utime+stime from /proc/PID/stat around
+#           each request; "koshka's elapsed minus its tools' elapsed" is the latency it adds.
 #
 # Servers on free loopback ports, stopped by PID. nginx:
 #   nginx -c nginx.conf -p PREFIX -g 'daemon off;'  (worker_processes 2, access_log off,
@@ -96,6 +98,14 @@ start_media() {
 
 stop_media() {
     stop_pid "$MEDIA_PID"
+}
+
+# elapsed_since T LABEL: prints "LABEL<TAB>seconds since T (date +%s.%N)". (An earlier
+# version timed with `python3 -c`, whose start-up, ~0.1 s here, was billed to bare ffmpeg.)
+elapsed_since() {
+    local now
+    now=$(date +%s.%N)
+    awk -v a="$1" -v b="$now" -v l="$2" 'BEGIN { printf "%s\t%.3f\n", l, b - a }'
 }
 
 # nginx
@@ -243,25 +253,28 @@ for i in 0 1 2 3 4 5; do
 done
 start_media "$work/photo" --workers 1
 for ((i = 0; i < PHOTO_RUNS; i++)); do
-    t=$(python3 -c 'import time; print(time.time())')
+    t=$(date +%s.%N)
     ffmpeg "${bare_args[@]}"
-    python3 -c "import time; print('photo\tbare-ffmpeg\t%.3f' % (time.time() - $t))" >>"$results"
+    elapsed_since "$t" "photo\tbare-ffmpeg" >>"$results"
     curl -s -o /dev/null -w "photo\tkoshka-photo\t%{time_total}\n" --data-binary "@$work/12mp.jpg" \
         "http://127.0.0.1:$MEDIA_PORT/photo" >>"$results"
 done
 stop_media
-for workers in 1 2; do
-    rm -rf "$work/photo"
-    start_media "$work/photo" --workers "$workers"
-    t=$(python3 -c 'import time; print(time.time())')
-    cpids=()
-    for ((i = 0; i < 8; i++)); do
-        curl -s -o /dev/null --data-binary "@$work/12mp.jpg" "http://127.0.0.1:$MEDIA_PORT/photo" &
-        cpids+=($!)
+for ((round = 0; round < PHOTO_RUNS; round++)); do
+    for workers in $( ((round % 2 == 0)) && echo "1 2" || echo "2 1"); do
+        rm -rf "$work/photo"
+        start_media "$work/photo" --workers "$workers"
+        t=$(date +%s.%N)
+        cpids=()
+        for ((i = 0; i < 8; i++)); do
+            curl -s -o /dev/null --data-binary "@$work/12mp.jpg" "http://127.0.0.1:$MEDIA_PORT/photo" &
+            cpids+=($!)
+        done
+        wait "${cpids[@]}"
+        elapsed_since "$t" "photo8\tworkers-$workers" >>"$results"
+        tail -1 "$results" | sed "s/^/   -> /; s/\$/  (load $(cut -d' ' -f1 /proc/loadavg))/"
+        stop_media
     done
-    wait "${cpids[@]}"
-    python3 -c "import time; print('photo8\tworkers-$workers\t%.3f' % (time.time() - $t))" >>"$results"
-    stop_media
 done
 fi
 
@@ -272,12 +285,13 @@ ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=4000x3000 -frames:v
 ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=640x480:rate=30 \
     -f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 -c:v mpeg4 -q:v 4 -c:a aac -b:a 128k \
     -pix_fmt yuv420p "$work/480p.mp4"
-# koshka runs ffmpeg and ffprobe through these wrappers: GNU time appends each one's own user
-# and system CPU (from wait4, microseconds) to a log; koshka's own CPU is read from
-# /proc/PID/stat around each request.
+# koshka runs ffmpeg and ffprobe through these wrappers: bash's `time` appends each one's user
+# and system CPU and elapsed time (getrusage RUSAGE_CHILDREN, printed to the millisecond; GNU
+# time prints hundredths, too coarse here) to a log; the tool's own stderr still goes to koshka.
+# koshka's own CPU is read from /proc/PID/stat around each request.
 for tool in ffmpeg ffprobe; do
-    printf '#!/bin/sh\nexec /usr/bin/time -a -o %s -f "%s %%U %%S %%e" %s "$@"\n' \
-        "$work/tool-cpu.log" "$tool" "$(command -v "$tool")" >"$work/timed-$tool"
+    printf '#!/bin/bash\nTIMEFORMAT="%s %%3U %%3S %%3R"\n{ time %s "$@" 2>&3; } 3>&2 2>>%s\n' \
+        "$tool" "$(command -v "$tool")" "$work/tool-cpu.log" >"$work/timed-$tool"
     chmod +x "$work/timed-$tool"
 done
 : >"$work/tool-cpu.log"
@@ -341,8 +355,10 @@ def koshka(endpoint, body):
     assert r.status == 200, reply
     with open(tlog) as f:
         f.seek(mark)
-        tools = sum(float(l.split()[1]) + float(l.split()[2]) for l in f if l.strip())
-    return wall, tools, own
+        lines = [l.split() for l in f if l.strip()]
+    tools = sum(float(l[1]) + float(l[2]) for l in lines)
+    tools_wall = sum(float(l[3]) for l in lines)
+    return wall, tools, own, tools_wall
 
 rows = {}
 for name, (endpoint, src, cmds) in cases.items():
@@ -352,22 +368,27 @@ for name, (endpoint, src, cmds) in cases.items():
         for who in (("bare", "koshka") if i % 2 == 0 else ("koshka", "bare")):
             if who == "bare":
                 wall, cpu = bare(cmds)
-                rows.setdefault((name, "bare"), []).append((wall, cpu, cpu, 0.0))
+                rows.setdefault((name, "bare"), []).append((wall, cpu, cpu, 0.0, wall))
             else:
-                wall, tools, own = koshka(endpoint, body)
-                rows.setdefault((name, "koshka"), []).append((wall, tools + own, tools, own))
-            w, c, t, o = rows[(name, who)][-1]
-            print(f"overhead\t{name}-{who}\t{w:.4f}\t{c:.4f}\t{t:.4f}\t{o:.4f}")
-            print(f"   -> {name} {who}: elapsed {w:.3f} s, cpu {c:.3f} s (tools {t:.3f}, koshka {o:.3f})",
+                wall, tools, own, tools_wall = koshka(endpoint, body)
+                rows.setdefault((name, "koshka"), []).append((wall, tools + own, tools, own, tools_wall))
+            w, c, t, o, tw = rows[(name, who)][-1]
+            print(f"overhead\t{name}-{who}\t{w:.4f}\t{c:.4f}\t{t:.4f}\t{o:.4f}\t{tw:.2f}")
+            print(f"   -> {name} {who}: elapsed {w:.3f} s (tools {tw:.2f}), cpu {c:.3f} s (tools {t:.3f}, koshka {o:.3f})",
                   file=sys.stderr)
 for name in cases:
     med = lambda who, k: statistics.median(r[k] for r in rows[(name, who)])
     mean_own = statistics.mean(r[3] for r in rows[(name, "koshka")])
     bw, bc = med("bare", 0), med("bare", 1)
     kw, kc, kt = med("koshka", 0), med("koshka", 1), med("koshka", 2)
+    # koshka's own latency per request: its elapsed minus the tools' own elapsed in the same
+    # request (robust against how fast ffmpeg happened to run that time; the wrapper's bash
+    # start-up is counted against koshka).
+    added = statistics.median(r[0] - r[4] for r in rows[(name, "koshka")])
     out.write(f"{name}: bare elapsed {bw:.3f} s, cpu {bc:.3f} s | koshka elapsed {kw:.3f} s "
               f"({100 * (kw / bw - 1):+.1f} %), cpu {kc:.3f} s ({100 * (kc / bc - 1):+.1f} %) = "
-              f"tools {kt:.3f} s + koshka's own {mean_own * 1000:.0f} ms (mean)\n")
+              f"tools {kt:.3f} s + koshka's own {mean_own * 1000:.0f} ms (mean); koshka's elapsed "
+              f"minus its tools' elapsed {added * 1000:.0f} ms = {100 * added / bw:.1f} % of bare\n")
 EOF
 )
 stop_media
