@@ -462,17 +462,22 @@ impl Volume {
         }
         let valid_len = scans[auth].valid_len;
         let generation = scans[auth].generation;
+        // A read-only authoritative copy keeps its tail (nothing past the valid prefix is ever
+        // read); the cut happens at the next start with the directory writable.
         if scans[auth].file_len > valid_len {
             tracing::warn!(
                 vol = id,
                 path = %copies[auth].path.display(),
                 offset = valid_len,
                 bytes = scans[auth].file_len - valid_len,
-                "cutting torn tail"
+                "{}",
+                if copies[auth].writable {
+                    "cutting torn tail"
+                } else {
+                    "torn tail in a read-only copy; ignored until a restart can cut it"
+                }
             );
         }
-        // A read-only authoritative copy keeps its tail (nothing past the valid prefix is ever
-        // read); the cut happens at the next start with the directory writable.
         if copies[auth].writable {
             copies[auth].file.set_len(valid_len).map_err(io)?;
         }
