@@ -11,7 +11,7 @@
 #   FILES=10000      files for the read scenario (random bytes, 8-40 KB, seeded)
 #   CONNECTIONS=64   wrk connections (wrk -t2)
 #   PHOTO_RUNS=5     runs of the processing scenario
-#   SCENARIOS="read upload photo"   which scenarios to run
+#   SCENARIOS="read upload photo overhead"   which scenarios to run
 #   MEDIA_ARGS=""    extra arguments for koshka media serve (e.g. --threads 1)
 #   KOSHKA_BIN=target/release/koshka (built if it is the default)
 #
@@ -26,7 +26,15 @@
 #             wrk -t2 -c64 -d${DURATION}s --latency -s upload.lua http://127.0.0.1:PORT
 #   photo:  one 12 MP JPEG (4000x3000, ffmpeg testsrc2): bare ffmpeg making the six sizes with
 #           the same filter graph koshka uses vs POST /photo (sequential, PHOTO_RUNS each);
-#           then 8 concurrent POST /photo with --workers 1 vs --workers 2.
+#           then 8 concurrent POST /photo with --workers 1 vs --workers 2 (PHOTO_RUNS
+#           alternating rounds; the speed-up needs two idle cores, so the load is printed).
+#   overhead: CPU time and elapsed time of the bare ffmpeg commands (run by the script; CPU
+#           from getrusage(RUSAGE_CHILDREN)) vs POST /photo (the same 12 MP JPEG, six sizes)
+#           and POST /video (5 s 640x480 MPEG-4 Part 2 + AAC -> ffprobe, then 360p H.264/AAC
+#           and a poster), PAIRS alternating pairs after one warm-up each. koshka runs ffmpeg
+#           and ffprobe through bash `time` wrappers (--ffmpeg/--ffprobe) for their CPU and
+#           elapsed time (1 ms); koshka's own CPU is utime+stime from /proc/PID/stat around
+#           each request; "koshka's elapsed minus its tools' elapsed" is the latency it adds.
 #
 # Servers on free loopback ports, stopped by PID. nginx:
 #   nginx -c nginx.conf -p PREFIX -g 'daemon off;'  (worker_processes 2, access_log off,
@@ -43,7 +51,7 @@ DURATION=${DURATION:-8}
 FILES=${FILES:-10000}
 CONNECTIONS=${CONNECTIONS:-64}
 PHOTO_RUNS=${PHOTO_RUNS:-5}
-SCENARIOS=${SCENARIOS:-read upload photo}
+SCENARIOS=${SCENARIOS:-read upload photo overhead}
 read -r -a MEDIA_ARGS <<<"${MEDIA_ARGS:-}"
 KOSHKA_BIN=${KOSHKA_BIN:-target/release/koshka}
 if [[ $KOSHKA_BIN == target/release/koshka ]]; then
@@ -90,6 +98,14 @@ start_media() {
 
 stop_media() {
     stop_pid "$MEDIA_PID"
+}
+
+# elapsed_since T LABEL: prints "LABEL<TAB>seconds since T (date +%s.%N)". (An earlier
+# version timed with `python3 -c`, whose start-up, ~0.1 s here, was billed to bare ffmpeg.)
+elapsed_since() {
+    local now
+    now=$(date +%s.%N)
+    awk -v a="$1" -v b="$now" -v l="$2" 'BEGIN { printf "%s\t%.3f\n", l, b - a }'
 }
 
 # nginx
@@ -237,26 +253,145 @@ for i in 0 1 2 3 4 5; do
 done
 start_media "$work/photo" --workers 1
 for ((i = 0; i < PHOTO_RUNS; i++)); do
-    t=$(python3 -c 'import time; print(time.time())')
+    t=$(date +%s.%N)
     ffmpeg "${bare_args[@]}"
-    python3 -c "import time; print('photo\tbare-ffmpeg\t%.3f' % (time.time() - $t))" >>"$results"
+    elapsed_since "$t" "photo\tbare-ffmpeg" >>"$results"
     curl -s -o /dev/null -w "photo\tkoshka-photo\t%{time_total}\n" --data-binary "@$work/12mp.jpg" \
         "http://127.0.0.1:$MEDIA_PORT/photo" >>"$results"
 done
 stop_media
-for workers in 1 2; do
-    rm -rf "$work/photo"
-    start_media "$work/photo" --workers "$workers"
-    t=$(python3 -c 'import time; print(time.time())')
-    cpids=()
-    for ((i = 0; i < 8; i++)); do
-        curl -s -o /dev/null --data-binary "@$work/12mp.jpg" "http://127.0.0.1:$MEDIA_PORT/photo" &
-        cpids+=($!)
+for ((round = 0; round < PHOTO_RUNS; round++)); do
+    for workers in $( ((round % 2 == 0)) && echo "1 2" || echo "2 1"); do
+        rm -rf "$work/photo"
+        start_media "$work/photo" --workers "$workers"
+        t=$(date +%s.%N)
+        cpids=()
+        for ((i = 0; i < 8; i++)); do
+            curl -s -o /dev/null --data-binary "@$work/12mp.jpg" "http://127.0.0.1:$MEDIA_PORT/photo" &
+            cpids+=($!)
+        done
+        wait "${cpids[@]}"
+        elapsed_since "$t" "photo8\tworkers-$workers" >>"$results"
+        tail -1 "$results" | sed "s/^/   -> /; s/\$/  (load $(cut -d' ' -f1 /proc/loadavg))/"
+        stop_media
     done
-    wait "${cpids[@]}"
-    python3 -c "import time; print('photo8\tworkers-$workers\t%.3f' % (time.time() - $t))" >>"$results"
-    stop_media
 done
+fi
+
+overhead_summary=""
+if [[ " $SCENARIOS " == *" overhead "* ]]; then
+echo "== overhead: CPU and elapsed time of POST /photo and POST /video vs the bare ffmpeg commands, $PAIRS alternating pairs"
+ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=4000x3000 -frames:v 1 "$work/12mp.jpg"
+ffmpeg -nostdin -loglevel error -y -f lavfi -i testsrc2=size=640x480:rate=30 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 -c:v mpeg4 -q:v 4 -c:a aac -b:a 128k \
+    -pix_fmt yuv420p "$work/480p.mp4"
+# koshka runs ffmpeg and ffprobe through these wrappers: bash's `time` appends each one's user
+# and system CPU and elapsed time (getrusage RUSAGE_CHILDREN, printed to the millisecond; GNU
+# time prints hundredths, too coarse here) to a log; the tool's own stderr still goes to koshka.
+# koshka's own CPU is read from /proc/PID/stat around each request.
+for tool in ffmpeg ffprobe; do
+    printf '#!/bin/bash\nTIMEFORMAT="%s %%3U %%3S %%3R"\n{ time %s "$@" 2>&3; } 3>&2 2>>%s\n' \
+        "$tool" "$(command -v "$tool")" "$work/tool-cpu.log" >"$work/timed-$tool"
+    chmod +x "$work/timed-$tool"
+done
+: >"$work/tool-cpu.log"
+start_media "$work/overhead" --workers 1 --ffmpeg "$work/timed-ffmpeg" --ffprobe "$work/timed-ffprobe"
+overhead_summary=$(python3 - "$work" "$MEDIA_PORT" "$MEDIA_PID" "$PAIRS" 3>&1 >>"$results" <<'EOF'
+import http.client, os, resource, statistics, subprocess, sys, time
+work, port, pid, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+tlog = f"{work}/tool-cpu.log"
+out = os.fdopen(3, "w")
+tick = os.sysconf("SC_CLK_TCK")
+one = ["-threads", "1", "-filter_threads", "1", "-filter_complex_threads", "1"]
+ff = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"] + one
+dims = [(75, 56), (130, 98), (604, 453), (807, 605), (1080, 810), (2560, 1920)]
+graph = "[0:v]split=6" + "".join(f"[s{i}]" for i in range(6)) + "".join(
+    f";[s{i}]scale={w}:{h}:flags=lanczos[o{i}]" for i, (w, h) in enumerate(dims))
+photo = ff + ["-noautorotate", "-protocol_whitelist", "file,pipe", "-f", "jpeg_pipe",
+              "-i", f"file:{work}/12mp.jpg", "-filter_complex", graph]
+for i in range(6):
+    photo += ["-map", f"[o{i}]", "-map_metadata", "-1", "-frames:v", "1", "-threads", "1",
+              "-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-q:v", "3", "-f", "image2",
+              "-update", "1", f"file:{work}/bare-{i}.jpg"]
+vin = ["-protocol_whitelist", "file,pipe", "-f", "mov", "-i", f"file:{work}/480p.mp4"]
+probe = ["ffprobe", "-hide_banner", "-v", "error", "-print_format", "json", "-show_format",
+         "-show_streams"] + vin
+video = ff + vin + ["-map", "0:v:0", "-map", "0:a:0", "-map_metadata", "-1",
+    "-map_metadata:s", "-1", "-map_chapters", "-1", "-c:a", "aac", "-b:a", "128k",
+    "-vf", "scale=480:360", "-threads", "1", "-c:v", "libx264", "-preset", "veryfast",
+    "-crf", "26", "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4",
+    f"file:{work}/bare-360.mp4", "-map", "0:v:0", "-map_metadata", "-1", "-frames:v", "1",
+    "-vf", "scale=480:360", "-threads", "1", "-c:v", "mjpeg", "-pix_fmt", "yuvj420p",
+    "-f", "image2", "-update", "1", f"file:{work}/bare-poster.jpg"]
+cases = {"photo": ("/photo", f"{work}/12mp.jpg", [photo]),
+         "video": ("/video", f"{work}/480p.mp4", [probe, video])}
+for name, (_, _, cmds) in cases.items():
+    for c in cmds:
+        print(f"   [{name} bare] " + " ".join(c), file=sys.stderr)
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+def own_ticks():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime, stime
+
+def bare(cmds):
+    c0, t0 = children_cpu(), time.perf_counter()
+    for c in cmds:
+        subprocess.run(c, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0, children_cpu() - c0
+
+def koshka(endpoint, body):
+    mark = os.path.getsize(tlog)
+    s0, t0 = own_ticks(), time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", endpoint, body=body)
+    r = conn.getresponse()
+    reply = r.read()
+    wall = time.perf_counter() - t0
+    own = (own_ticks() - s0) / tick
+    assert r.status == 200, reply
+    with open(tlog) as f:
+        f.seek(mark)
+        lines = [l.split() for l in f if l.strip()]
+    tools = sum(float(l[1]) + float(l[2]) for l in lines)
+    tools_wall = sum(float(l[3]) for l in lines)
+    return wall, tools, own, tools_wall
+
+rows = {}
+for name, (endpoint, src, cmds) in cases.items():
+    body = open(src, "rb").read()
+    bare(cmds), koshka(endpoint, body)  # warm-up: page cache, first exec
+    for i in range(pairs):
+        for who in (("bare", "koshka") if i % 2 == 0 else ("koshka", "bare")):
+            if who == "bare":
+                wall, cpu = bare(cmds)
+                rows.setdefault((name, "bare"), []).append((wall, cpu, cpu, 0.0, wall))
+            else:
+                wall, tools, own, tools_wall = koshka(endpoint, body)
+                rows.setdefault((name, "koshka"), []).append((wall, tools + own, tools, own, tools_wall))
+            w, c, t, o, tw = rows[(name, who)][-1]
+            print(f"overhead\t{name}-{who}\t{w:.4f}\t{c:.4f}\t{t:.4f}\t{o:.4f}\t{tw:.2f}")
+            print(f"   -> {name} {who}: elapsed {w:.3f} s (tools {tw:.2f}), cpu {c:.3f} s (tools {t:.3f}, koshka {o:.3f})",
+                  file=sys.stderr)
+for name in cases:
+    med = lambda who, k: statistics.median(r[k] for r in rows[(name, who)])
+    mean_own = statistics.mean(r[3] for r in rows[(name, "koshka")])
+    bw, bc = med("bare", 0), med("bare", 1)
+    kw, kc, kt = med("koshka", 0), med("koshka", 1), med("koshka", 2)
+    # koshka's own latency per request: its elapsed minus the tools' own elapsed in the same
+    # request (robust against how fast ffmpeg happened to run that time; the wrapper's bash
+    # start-up is counted against koshka).
+    added = statistics.median(r[0] - r[4] for r in rows[(name, "koshka")])
+    out.write(f"{name}: bare elapsed {bw:.3f} s, cpu {bc:.3f} s | koshka elapsed {kw:.3f} s "
+              f"({100 * (kw / bw - 1):+.1f} %), cpu {kc:.3f} s ({100 * (kc / bc - 1):+.1f} %) = "
+              f"tools {kt:.3f} s + koshka's own {mean_own * 1000:.0f} ms (mean); koshka's elapsed "
+              f"minus its tools' elapsed {added * 1000:.0f} ms = {100 * added / bw:.1f} % of bare\n")
+EOF
+)
+stop_media
 fi
 
 echo
@@ -286,3 +421,9 @@ w1, w2 = med("photo8", "workers-1", 2), med("photo8", "workers-2", 2)
 print(f"8 photos: 1 worker {w1:.2f} s, 2 workers {w2:.2f} s, speed-up {w1 / w2:.2f}x")
 print(f"koshka media RSS after the read runs: {int(sys.argv[2]) // 1024} MiB for {sys.argv[3]} files")
 EOF
+if [[ -n $overhead_summary ]]; then
+    echo
+    echo "processing overhead, medians of $PAIRS pairs (koshka elapsed includes the upload, queue,"
+    echo "temp files and storing the outputs; cpu = the tools' user+system + koshka's own):"
+    echo "$overhead_summary"
+fi

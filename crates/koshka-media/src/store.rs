@@ -120,6 +120,7 @@ impl Store {
         }
         let last = ids.iter().next_back().copied().unwrap_or(1);
         let mut volumes = BTreeMap::new();
+        let mut stopped = None;
         for id in ids {
             let v = Volume::open(
                 id,
@@ -127,13 +128,19 @@ impl Store {
                 config.volume_size,
                 id != last,
             )?;
+            if let Some(why) = v.unwritable().first() {
+                stopped.get_or_insert_with(|| why.clone());
+            }
             volumes.insert(id, Arc::new(v));
+        }
+        if let Some(why) = &stopped {
+            tracing::error!(%why, "a data directory refuses writes; writes stop, reads go on");
         }
         let store = Arc::new(Store {
             config,
             volumes: RwLock::new(volumes),
             roll: Mutex::new(()),
-            stopped: Mutex::new(None),
+            stopped: Mutex::new(stopped),
             sync: Mutex::new(SyncState::default()),
             sync_wake: Condvar::new(),
             sync_done: Condvar::new(),
@@ -285,11 +292,20 @@ impl Store {
         )
         .map_err(|e| {
             let why = e.to_string();
+            tracing::error!(%why, "cannot create the next volume; writes stop");
             *self.stopped.lock() = Some(why.clone());
             PutError::Stopped(why)
         })?;
         tracing::info!(vol = full, next = id, "volume full; now read-only");
+        let unwritable = v.unwritable().first().cloned();
         self.volumes.write().insert(id, Arc::new(v));
+        if let Some(why) = unwritable {
+            // Created in the writable directory only; a restart with both writable rebuilds
+            // the other copy.
+            tracing::error!(%why, "a data directory refuses writes; writes stop, reads go on");
+            *self.stopped.lock() = Some(why.clone());
+            return Err(PutError::Stopped(why));
+        }
         Ok(())
     }
 
@@ -370,5 +386,50 @@ impl Store {
         }
         st.done = st.done.max(target);
         self.sync_done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::volume::tests::{make_unwritable, make_writable};
+
+    #[test]
+    fn an_unwritable_directory_at_start_stops_writes_and_reads_go_on() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            dirs: vec![a.path().to_owned(), b.path().to_owned()],
+            volume_size: 1 << 20,
+            durability: Durability::Everysec,
+        };
+        let store = Store::open(config.clone()).unwrap();
+        let (vol, lids) = store.put(&[(b"kept", ContentType::Text)], 5).unwrap();
+        assert!(store.stopped().is_none());
+        drop(store);
+        let copy = b.path().join(file_name(vol));
+        if !make_unwritable(&copy) {
+            eprintln!("SKIPPED: cannot make a file unwritable here (chattr +i or chmod)");
+            return;
+        }
+        let store = Store::open(config.clone());
+        let result = store.as_ref().map(|s| {
+            let why = s.stopped().unwrap_or_default();
+            let put = s.put(&[(b"new", ContentType::Text)], 6);
+            let quick = s.try_put(&[(b"new", ContentType::Text)], 6);
+            let read = s.volume(vol).unwrap().read(lids[0], None).unwrap().data;
+            (why, put, quick, read)
+        });
+        make_writable(&copy);
+        let (why, put, quick, read) = result.unwrap();
+        assert!(why.contains(&copy.display().to_string()), "{why}");
+        assert!(matches!(put, Err(PutError::Stopped(_))));
+        assert!(matches!(quick, Some(Err(PutError::Stopped(_)))));
+        assert_eq!(&read[..], b"kept");
+        drop(store);
+        let store = Store::open(config).unwrap();
+        assert!(store.stopped().is_none());
+        store.put(&[(b"new", ContentType::Text)], 6).unwrap();
     }
 }

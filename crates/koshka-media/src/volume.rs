@@ -116,6 +116,19 @@ pub struct Copy {
     /// Its path.
     pub path: PathBuf,
     file: File,
+    /// Opened for writing (false: its directory refused write access at open).
+    writable: bool,
+}
+
+/// Whether an error opening a file for writing means the directory (or file) refuses writes:
+/// a read-only file system, permissions, an immutable file.
+fn refuses_writes(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::ROFS.raw_os_error()
+            || code == rustix::io::Errno::ACCESS.raw_os_error()
+            || code == rustix::io::Errno::PERM.raw_os_error()
+    )
 }
 
 /// Errors of volume operations.
@@ -224,6 +237,7 @@ pub struct Volume {
     append: Mutex<()>,
     compacting: AtomicBool,
     dirty: AtomicBool,
+    unwritable: Vec<String>,
 }
 
 /// A file read: bytes (the whole file or the requested range), its total size and type.
@@ -355,26 +369,64 @@ impl Volume {
         let io = |err| VolumeError::Io { vol: id, err };
         let mut copies = Vec::new();
         let mut scans = Vec::new();
+        // Copies whose directory refuses writes (read-only file system, permissions): opened
+        // read-only if the file exists, so reads go on; the store stops writes.
+        let mut unwritable = Vec::new();
+        let mut last_err = None;
         for (dir, path) in paths {
             let _ = std::fs::remove_file(path.with_extension("compact"));
-            let file = open_rw(path).map_err(io)?;
+            let (file, writable) = match open_rw(path) {
+                Ok(f) => (f, true),
+                Err(e) if refuses_writes(&e) => {
+                    tracing::error!(vol = id, path = %path.display(), %e,
+                        "copy is not writable; reads only, writes stop");
+                    unwritable.push(format!("{} is not writable: {e}", path.display()));
+                    match File::open(path) {
+                        Ok(f) => (f, false),
+                        Err(e2) => {
+                            tracing::error!(vol = id, path = %path.display(), %e2,
+                                "copy cannot be read either; left out until restart");
+                            last_err = Some(e);
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => return Err(io(e)),
+            };
             scans.push(scan(&file, id).map_err(io)?);
             copies.push(Copy {
                 dir: *dir,
                 path: path.clone(),
                 file,
+                writable,
             });
+        }
+        if copies.is_empty() {
+            return Err(io(last_err.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no data directory")
+            })));
         }
         let auth = (0..scans.len())
             .max_by_key(|&i| (scans[i].generation, scans[i].valid_len))
             .unwrap_or(0);
         if scans[auth].valid_len == 0 {
-            // A new volume (or nothing valid anywhere): start every copy with a header.
+            // A new volume (or nothing valid anywhere): start every writable copy with a
+            // header (a read-only one is left out until a restart rebuilds it).
             for (c, s) in copies.iter().zip(&scans) {
                 if s.file_len > 0 {
                     tracing::warn!(vol = id, path = %c.path.display(), bytes = s.file_len,
                         "volume holds no valid record; starting it empty");
                 }
+            }
+            copies.retain(|c| c.writable);
+            if copies.is_empty() {
+                return Err(VolumeError::Io {
+                    vol: id,
+                    err: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        unwritable.join("; "),
+                    ),
+                });
             }
             let header = Header {
                 kind: Kind::VolumeHeader,
@@ -393,7 +445,7 @@ impl Volume {
                 c.file.sync_all().map_err(io)?;
                 sync_dir(&c.path);
             }
-            return Ok(Volume::from_parts(
+            let mut v = Volume::from_parts(
                 id,
                 max_size,
                 copies,
@@ -404,20 +456,32 @@ impl Volume {
                 HEADER_LEN as u64,
                 0,
                 read_only,
-            ));
+            );
+            v.unwritable = unwritable;
+            return Ok(v);
         }
         let valid_len = scans[auth].valid_len;
         let generation = scans[auth].generation;
+        // A read-only authoritative copy keeps its tail (nothing past the valid prefix is ever
+        // read); the cut happens at the next start with the directory writable.
         if scans[auth].file_len > valid_len {
             tracing::warn!(
                 vol = id,
                 path = %copies[auth].path.display(),
                 offset = valid_len,
                 bytes = scans[auth].file_len - valid_len,
-                "cutting torn tail"
+                "{}",
+                if copies[auth].writable {
+                    "cutting torn tail"
+                } else {
+                    "torn tail in a read-only copy; ignored until a restart can cut it"
+                }
             );
         }
-        copies[auth].file.set_len(valid_len).map_err(io)?;
+        if copies[auth].writable {
+            copies[auth].file.set_len(valid_len).map_err(io)?;
+        }
+        let mut keep = vec![true; copies.len()];
         for i in 0..copies.len() {
             if i == auth {
                 continue;
@@ -428,6 +492,15 @@ impl Volume {
             } else {
                 0
             };
+            if !copies[i].writable {
+                if start < valid_len {
+                    // Behind and not repairable now: not read until a restart rebuilds it.
+                    tracing::error!(vol = id, path = %copies[i].path.display(), have = start,
+                        need = valid_len, "read-only copy is behind; reads use the other copy");
+                    keep[i] = false;
+                }
+                continue;
+            }
             if start < valid_len || s.file_len != valid_len {
                 tracing::warn!(
                     vol = id,
@@ -443,9 +516,23 @@ impl Volume {
             }
         }
         let records = std::mem::take(&mut scans[auth].records);
-        Ok(Volume::from_parts(
+        let copies: Vec<Copy> = copies
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect();
+        let mut v = Volume::from_parts(
             id, max_size, copies, &records, valid_len, generation, read_only,
-        ))
+        );
+        v.unwritable = unwritable;
+        Ok(v)
+    }
+
+    /// Why copies of this volume could not be opened for writing at open (empty: all could).
+    /// Appends must not be attempted while this is non-empty: the store stops writes.
+    #[must_use]
+    pub fn unwritable(&self) -> &[String] {
+        &self.unwritable
     }
 
     fn from_parts(
@@ -511,6 +598,7 @@ impl Volume {
             append: Mutex::new(()),
             compacting: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            unwritable: Vec::new(),
         }
     }
 
@@ -763,14 +851,16 @@ impl Volume {
     /// fdatasyncs every copy if anything was written since the last call.
     ///
     /// # Errors
-    /// The first failing sync.
+    /// The first failing sync (its message names the copy).
     pub fn sync(&self) -> std::io::Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
         let copies = self.state.read().copies.clone();
         for c in copies.iter() {
-            c.file.sync_data()?;
+            c.file
+                .sync_data()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", c.path.display())))?;
         }
         Ok(())
     }
@@ -919,6 +1009,7 @@ impl Volume {
                 dir: c.dir,
                 path: c.path.clone(),
                 file,
+                writable: true,
             });
         }
         {
@@ -948,7 +1039,7 @@ fn check_record(buf: &[u8], lid: u32, entry: &Entry) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
@@ -1126,5 +1217,116 @@ mod tests {
         let s = v.stats();
         // After a reopen the index is exactly 16 B per file; while growing, at most 2x that.
         assert_eq!(s.index_bytes / s.lids, 16);
+    }
+
+    /// Makes `path` refuse writes, even to root (`chattr +i`; a mode of 0444 for other users).
+    /// False where neither works (the caller skips its test).
+    pub(crate) fn make_unwritable(path: &Path) -> bool {
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !immutable {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if path.is_dir() { 0o555 } else { 0o444 };
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+        let probe = if path.is_dir() {
+            std::fs::write(path.join(".probe"), b"x").is_err()
+        } else {
+            OpenOptions::new().write(true).open(path).is_err()
+        };
+        if !probe {
+            make_writable(path);
+        }
+        probe
+    }
+
+    /// Undoes [`make_unwritable`].
+    pub(crate) fn make_writable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+
+    #[test]
+    fn an_unwritable_copy_at_open_is_read_and_reported_a_behind_one_left_out() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let p = paths(&[a.path(), b.path()], 7);
+        let v = Volume::open(7, &p, 1 << 30, false).unwrap();
+        v.append(&[(b"one", ContentType::Text)], 1).unwrap();
+        v.append(&[(&[9u8; 3000], ContentType::Octet)], 2).unwrap();
+        let full = v.stats().size;
+        drop(v);
+        if !make_unwritable(&p[1].1) {
+            eprintln!("SKIPPED: cannot make a file unwritable here (chattr +i or chmod)");
+            return;
+        }
+        // Equal copies, one read-only: opened, both read (odd volume: the second copy first).
+        let v = Volume::open(7, &p, 1 << 30, false);
+        make_writable(&p[1].1);
+        let v = v.unwrap();
+        assert_eq!(v.unwritable().len(), 1);
+        assert!(v.unwritable()[0].contains(&p[1].1.display().to_string()));
+        assert_eq!(v.stats().copies, 2);
+        assert_eq!(&v.read(1, None).unwrap().data[..], b"one");
+        assert_eq!(&v.read(2, None).unwrap().data[..], &[9u8; 3000][..]);
+        drop(v);
+        // The read-only copy is behind (its last record never reached the disk): left out,
+        // every file is read from the other copy, nothing is written to either.
+        let f = OpenOptions::new().write(true).open(&p[1].1).unwrap();
+        f.set_len(full - 100).unwrap();
+        drop(f);
+        assert!(make_unwritable(&p[1].1));
+        let v = Volume::open(7, &p, 1 << 30, false);
+        make_writable(&p[1].1);
+        let v = v.unwrap();
+        assert_eq!(v.unwritable().len(), 1);
+        assert_eq!(v.stats().copies, 1);
+        assert_eq!(&v.read(2, None).unwrap().data[..], &[9u8; 3000][..]);
+        assert_eq!(std::fs::metadata(&p[1].1).unwrap().len(), full - 100);
+        drop(v);
+        // Writable again: rebuilt, the copies agree.
+        let v = Volume::open(7, &p, 1 << 30, false).unwrap();
+        assert!(v.unwritable().is_empty());
+        assert_eq!(v.stats().copies, 2);
+        assert_eq!(
+            std::fs::read(&p[0].1).unwrap(),
+            std::fs::read(&p[1].1).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_new_volume_in_an_unwritable_directory_has_one_copy_until_restart() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let p = paths(&[a.path(), b.path()], 8);
+        if !make_unwritable(b.path()) {
+            eprintln!("SKIPPED: cannot make a directory unwritable here (chattr +i or chmod)");
+            return;
+        }
+        let v = Volume::open(8, &p, 1 << 30, false);
+        make_writable(b.path());
+        let v = v.unwrap();
+        assert_eq!(v.unwritable().len(), 1);
+        assert_eq!(v.stats().copies, 1);
+        v.append(&[(b"solo", ContentType::Text)], 3).unwrap();
+        drop(v);
+        assert!(!p[1].1.exists());
+        let v = Volume::open(8, &p, 1 << 30, false).unwrap();
+        assert!(v.unwritable().is_empty());
+        assert_eq!(&v.read(1, None).unwrap().data[..], b"solo");
+        assert_eq!(
+            std::fs::read(&p[0].1).unwrap(),
+            std::fs::read(&p[1].1).unwrap()
+        );
     }
 }

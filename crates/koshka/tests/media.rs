@@ -685,6 +685,155 @@ fn full_directory_stops_writes_cleanly_and_reads_go_on() {
     assert_eq!(a, b);
 }
 
+/// The block device mounted at `mountpoint` in process `pid`'s mount namespace (from
+/// `/proc/PID/mountinfo`: the field after the file system type).
+fn mount_source(pid: u32, mountpoint: &str) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (fields.get(4) == Some(&mountpoint))
+            .then(|| fields.get(dash + 2).map(|s| (*s).to_owned()))?
+    })
+}
+
+/// Uploads `data` expecting the writes-stopped 503: quickly (no hang), naming `dir`.
+fn assert_refused(m: &Media, data: &[u8], dir: &str) {
+    let t = Instant::now();
+    let r = m.req("POST", "/upload", &[], Some(data));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        t.elapsed()
+    );
+    let why = r.text();
+    assert!(why.contains("writes stopped") && why.contains(dir), "{why}");
+}
+
+#[test]
+fn read_only_directory_stops_writes_cleanly_and_reads_go_on() {
+    // The second directory is an ext4 file system on a loop device, mounted only in the
+    // server's private mount namespace (`unshare -m`; needs root, skipped with a note where it
+    // is refused) with errors=remount-ro. We are root, so chmod stops nothing, and a mounted
+    // file system with files open for writing cannot be remounted read-only (EBUSY): the
+    // kernel's own path is used instead, an ext4 error (sysfs `trigger_fs_error`) that turns
+    // the file system read-only under the running server, as a failing disk does.
+    let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ro = dirs[1].path().to_str().unwrap().to_owned();
+    let scratch = tempfile::tempdir().unwrap();
+    let image = scratch.path().join("ext4.img");
+    let image = image.to_str().unwrap().to_owned();
+    let made = std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20));
+    let mkfs = made.is_ok()
+        && std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", &image])
+            .status()
+            .is_ok_and(|s| s.success());
+    let mount = |opts: &str| format!("mount -o {opts} \"$1\" \"$0\" && shift && exec \"$@\"");
+    let rw = mount("loop,errors=remount-ro");
+    let probe = mkfs
+        && std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", &rw, &ro, &image, "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("SKIPPED: cannot mount an ext4 image in a mount namespace here (unshare -m)");
+        return;
+    }
+
+    // 1. Read-only while running.
+    let m = Media::start_wrapped(dirs, &[], &["unshare", "-m", "sh", "-c", &rw, &ro, &image]);
+    let pid = m.child.id();
+    let device = mount_source(pid, &ro).expect("the ext4 mount in the server's namespace");
+    let trigger = format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        device.trim_start_matches("/dev/")
+    );
+    if !std::path::Path::new(&trigger).exists() {
+        eprintln!("SKIPPED: no {trigger} (kernel without ext4 error injection)");
+        return;
+    }
+    let mut acked = Vec::new();
+    for i in 0..10u8 {
+        let data = vec![i; 20_000 + usize::from(i)];
+        let u = url(&m.upload(&data, "application/octet-stream"));
+        acked.push((data, u));
+    }
+    for (data, u) in &acked {
+        assert!(m.get(u).body == *data);
+    }
+    let len_before = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat"))
+        .unwrap()
+        .len();
+    std::fs::write(&trigger, "koshka test: read-only directory").unwrap();
+    // Newer kernels mark it `emergency_ro`, older ones remount it `ro`.
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&format!(" {ro} ")))
+        .unwrap();
+    let super_opts = line.rsplit(' ').next().unwrap_or("");
+    assert!(
+        super_opts.contains("emergency_ro") || super_opts.starts_with("ro"),
+        "the ext4 file system did not turn read-only: {line}"
+    );
+    for i in 0..5u8 {
+        assert_refused(&m, &vec![100 + i; 20_000], &ro);
+    }
+    assert_ne!(m.stats()["writes_stopped"], "0");
+    assert!(m.wait_stderr("writes stop"));
+    // Reads go on (volume 1 is odd: its reads try the read-only copy first).
+    for (data, u) in &acked {
+        let r = m.get(u);
+        assert_eq!(r.status, 200);
+        assert!(r.body == *data);
+    }
+    // The writable copy was cut back; the read-only one never grew.
+    let a = std::fs::metadata(m.dir_paths()[0].join("vol_000001.dat"))
+        .unwrap()
+        .len();
+    let b = std::fs::metadata(format!("/proc/{pid}/root{ro}/vol_000001.dat"))
+        .unwrap()
+        .len();
+    assert_eq!((a, b), (len_before, len_before));
+    let dirs = m.terminate();
+
+    // 2. Read-only at start (the file system checked, then mounted ro): the server starts,
+    // reads go on, uploads get the same 503.
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-y", &image])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(fsck.code().is_some_and(|c| c <= 1), "e2fsck: {fsck}");
+    let m = Media::start_wrapped(
+        dirs,
+        &[],
+        &["unshare", "-m", "sh", "-c", &mount("loop,ro"), &ro, &image],
+    );
+    assert!(m.wait_stderr("refuses writes"));
+    assert_refused(&m, b"at start", &ro);
+    for (data, u) in &acked {
+        assert!(m.get(u).body == *data);
+    }
+    let dirs = m.terminate();
+
+    // 3. Writable again: every acknowledged file, the copies agree, uploads resume.
+    let m = Media::start_wrapped(dirs, &[], &["unshare", "-m", "sh", "-c", &rw, &ro, &image]);
+    assert_eq!(m.stats()["writes_stopped"], "0");
+    for (data, u) in &acked {
+        assert!(m.get(u).body == *data);
+    }
+    let again = m.upload(b"again", "text/plain");
+    assert!(m.get(&url(&again)).body == b"again");
+    let pid = m.child.id();
+    let a = std::fs::read(m.dir_paths()[0].join("vol_000001.dat")).unwrap();
+    let b = std::fs::read(format!("/proc/{pid}/root{ro}/vol_000001.dat")).unwrap();
+    assert!(a == b, "copies differ: {} vs {} bytes", a.len(), b.len());
+    drop(m.terminate());
+}
+
 #[test]
 fn multipart_uploads() {
     let m = Media::start(&[]);
