@@ -721,7 +721,7 @@ impl Conn<'_> {
         });
         match submitted {
             Ok((member, reply)) => {
-                if self.shared.cache.is_some() && !self.cluster.config.cache.is_empty() {
+                if crate::cache::invalidates(self.cluster, &self.shared) {
                     let key = command_key(command);
                     let owners = crate::cache::owners_of_write(self.cluster, &key);
                     return Slot::Task(crate::cache::write_then_invalidate(
