@@ -186,9 +186,9 @@ pub const FEED_CACHE_TTL_MS_MAX: u64 = 60_000;
 /// Default size of the feed cache's friend lists, in ids (plus one per list).
 pub const FEED_CACHE_LIST_IDS_DEFAULT: usize = 1_000_000;
 /// Default size of the feed cache's privacy answers, in answers.
-pub const FEED_CACHE_PRIVACY_DEFAULT: usize = 500_000;
+pub const FEED_CACHE_PRIVACY_DEFAULT: usize = 200_000;
 /// Default size of the feed cache's author heads, in events (plus one per head).
-pub const FEED_CACHE_EVENTS_DEFAULT: usize = 1_000_000;
+pub const FEED_CACHE_EVENTS_DEFAULT: usize = 500_000;
 /// Largest size a configuration may give one feed cache table.
 pub const FEED_CACHE_SIZE_MAX: usize = 100_000_000;
 

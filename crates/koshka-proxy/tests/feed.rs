@@ -860,6 +860,28 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
             reads += s.check(&mut client, v, limit, &mut leaks).await;
         }
     }
+    // A feed read pipelined behind a new event on the same connection sees it (the write is
+    // a barrier), though the viewer's feed was cached just before.
+    let (viewer, f, kind) = (1..=USERS_SMALL)
+        .find_map(|v| {
+            let f = *s.world.friends_of(v).iter().next()?;
+            let a = i32::try_from(f).unwrap();
+            (1..=TYPES)
+                .find(|&k| !s.world.masked(a, k) && s.world.may_see(v, a, k))
+                .map(|k| (v, f, k))
+        })
+        .unwrap();
+    s.check(&mut client, viewer, 5, &mut leaks).await;
+    date += 1;
+    s.clock.set(date);
+    let mut bytes = set(&format!("update{f}"), &format!("{kind},5,0,5,1,7"));
+    bytes.extend_from_slice(format!("get feed{viewer}#5\r\n").as_bytes());
+    let replies = s.news.send_raw_multi(&bytes, 2).await.unwrap();
+    assert_eq!(replies[0], b"STORED\r\n");
+    let text = String::from_utf8_lossy(&replies[1]).into_owned();
+    let id = s.next_id.get(&i32::try_from(f).unwrap()).copied().unwrap_or(0) + 1;
+    let event = format!("{{\"id\":{id},\"date\":{date},\"user\":5,\"group\":0,\"owner\":5,");
+    assert!(text.contains(&event), "{event} not in {text}");
     let stat = |n: &'static str| proxy_stat(news_addr, n);
     let (pages, hits, invalidations) = (
         stat("proxy_feed_cache_pages").await,
