@@ -280,10 +280,7 @@ pub fn invalidates(cluster: &Cluster, shared: &Shared) -> bool {
 fn invalidate_feed(cluster: &Cluster, shared: &Shared, owners: &[i64]) {
     if shared.feed_cache.watches(cluster.family()) {
         shared.feed_cache.invalidate(cluster.family(), owners);
-        crate::stats::add(
-            &cluster.stats.feed_cache_invalidations,
-            owners.len() as u64,
-        );
+        crate::stats::add(&cluster.stats.feed_cache_invalidations, owners.len() as u64);
     }
 }
 

@@ -724,7 +724,7 @@ impl Conn<'_> {
         });
         match submitted {
             Ok((member, reply)) => {
-                if crate::cache::invalidates(self.cluster, &self.shared) {
+                if crate::cache::invalidates(self.cluster, self.shared) {
                     let key = command_key(command);
                     let owners = crate::cache::owners_of_write(self.cluster, &key);
                     return Slot::Task(crate::cache::write_then_invalidate(

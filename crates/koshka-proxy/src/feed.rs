@@ -361,7 +361,8 @@ pub fn start(news: Arc<Cluster>, shared: Arc<Shared>, key: Vec<u8>, affinity: us
         if cache.enabled() {
             let c = &cache.counters;
             let stats = &news.stats;
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             let store = |a: &std::sync::atomic::AtomicU64, v: u64| {
                 a.store(v, std::sync::atomic::Ordering::Relaxed);
             };
@@ -481,7 +482,7 @@ impl Feed<'_> {
         authors.sort_unstable();
         authors.dedup();
         if self.cache.enabled() && self.key.limit < HEAD_EVENTS {
-            if let Some(page) = self.from_heads(&authors, &mut viewer_friends).await? {
+            if let Some(page) = self.page_from_heads(&authors, &mut viewer_friends).await? {
                 bump(&self.news.stats.feed_cache_pages);
                 return Ok(page);
             }
@@ -586,7 +587,7 @@ impl Feed<'_> {
     /// whose head is not all of its events must have its oldest cached event at or below the
     /// page's last event (`limit + 1`-th visible). `None` sends the feed down the
     /// shard-by-shard path.
-    async fn from_heads(
+    async fn page_from_heads(
         &self,
         authors: &[i32],
         viewer_friends: &mut Option<Arc<Vec<u32>>>,
@@ -639,7 +640,8 @@ impl Feed<'_> {
                         complete: events.len() < HEAD_EVENTS as usize,
                         events,
                     });
-                    self.cache.put_head(authors[i], head.clone(), gens[&i], born);
+                    self.cache
+                        .put_head(authors[i], head.clone(), gens[&i], born);
                     heads[i] = Some(head);
                 }
             }
@@ -830,7 +832,8 @@ impl Feed<'_> {
             }
         }
         if unresolved.is_empty() {
-            self.cache.put_privacy(viewer, self.viewer_gen, &learned, born);
+            self.cache
+                .put_privacy(viewer, self.viewer_gen, &learned, born);
             return Ok(());
         }
         add(
@@ -876,7 +879,8 @@ impl Feed<'_> {
                 learned.push((*author, *kind, shown, gens[author]));
             }
         }
-        self.cache.put_privacy(viewer, self.viewer_gen, &learned, born);
+        self.cache
+            .put_privacy(viewer, self.viewer_gen, &learned, born);
         Ok(())
     }
 }

@@ -382,7 +382,12 @@ mod tests {
         cache.put_list(7, Arc::new(vec![1]), gen, Instant::now());
         assert!(cache.list(7).is_none());
         let gen = cache.friends_gen(7);
-        cache.put_list(7, Arc::new(vec![1]), gen, Instant::now() - Duration::from_millis(300));
+        cache.put_list(
+            7,
+            Arc::new(vec![1]),
+            gen,
+            Instant::now() - Duration::from_millis(300),
+        );
         assert!(cache.list(7).is_none(), "past the TTL");
         // A news write leaves friends entries alone.
         cache.put_list(7, Arc::new(vec![3]), gen, Instant::now());

@@ -640,7 +640,9 @@ async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
         date += rng.gen_range(0..300);
         let author = if rng.gen_bool(0.1) {
             -rng.gen_range(1..=5)
-        } else if heavy > 0 && rng.gen_bool(f64::from(heavy * 60) / f64::from(users * 6 + heavy * 60)) {
+        } else if heavy > 0
+            && rng.gen_bool(f64::from(heavy * 60) / f64::from(users * 6 + heavy * 60))
+        {
             i32::try_from(rng.gen_range(1..=heavy)).unwrap()
         } else {
             i32::try_from(rng.gen_range(1..=users)).unwrap()
@@ -730,7 +732,11 @@ impl Small {
                     *leaks += 1;
                 }
             }
-            assert_eq!(got, expected_page(&visible, cursor, limit), "viewer {viewer} key {key}");
+            assert_eq!(
+                got,
+                expected_page(&visible, cursor, limit),
+                "viewer {viewer} key {key}"
+            );
             let Some(next) = got["next"].as_str() else {
                 break;
             };
@@ -747,7 +753,13 @@ impl Small {
 
 impl Small {
     /// The viewer's first page equals the reference (no assertion).
-    async fn check_soft(&self, client: &mut Client, viewer: u32, limit: usize, _n: &mut u64) -> bool {
+    async fn check_soft(
+        &self,
+        client: &mut Client,
+        viewer: u32,
+        limit: usize,
+        _n: &mut u64,
+    ) -> bool {
         let authors: BTreeSet<i32> = self
             .world
             .friends_of(viewer)
@@ -879,14 +891,23 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
     let replies = s.news.send_raw_multi(&bytes, 2).await.unwrap();
     assert_eq!(replies[0], b"STORED\r\n");
     let text = String::from_utf8_lossy(&replies[1]).into_owned();
-    let id = s.next_id.get(&i32::try_from(f).unwrap()).copied().unwrap_or(0) + 1;
+    let id = s
+        .next_id
+        .get(&i32::try_from(f).unwrap())
+        .copied()
+        .unwrap_or(0)
+        + 1;
     let event = format!("{{\"id\":{id},\"date\":{date},\"user\":5,\"group\":0,\"owner\":5,");
     assert!(text.contains(&event), "{event} not in {text}");
     let stat = |n: &'static str| proxy_stat(news_addr, n);
     let (pages, hits, invalidations) = (
         stat("proxy_feed_cache_pages").await,
         stat("proxy_feed_cache_hits").await,
-        proxy_stat(s.proxy.addr("friends").unwrap(), "proxy_feed_cache_invalidations").await
+        proxy_stat(
+            s.proxy.addr("friends").unwrap(),
+            "proxy_feed_cache_invalidations",
+        )
+        .await
             + stat("proxy_feed_cache_invalidations").await,
     );
     eprintln!(
@@ -895,8 +916,14 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
     );
     assert_eq!(leaks, 0);
     assert!(reads >= 4 * WRITES as u64);
-    assert!(pages > reads / 4, "the cache was hardly used: {pages} of {reads}");
-    assert!(pages < reads, "every page came from cached heads: the shard path went untested");
+    assert!(
+        pages > reads / 4,
+        "the cache was hardly used: {pages} of {reads}"
+    );
+    assert!(
+        pages < reads,
+        "every page came from cached heads: the shard path went untested"
+    );
     assert!(hits > reads);
     assert!(invalidations >= WRITES as u64);
     drop(s);
@@ -916,8 +943,7 @@ async fn feed_cache_sees_writes_straight_to_a_node_within_the_ttl() {
     // A viewer with a friend whose events he sees.
     let (viewer, author, kind) = (1..=60u32)
         .find_map(|v| {
-            let authors: BTreeSet<i32> =
-                s.world.friends_of(v).iter().map(|&f| f as i32).collect();
+            let authors: BTreeSet<i32> = s.world.friends_of(v).iter().map(|&f| f as i32).collect();
             let feed = s.world.feed(v, &authors, u32::MAX);
             feed.first().map(|e| (v, e.author, e.kind))
         })
@@ -944,9 +970,10 @@ async fn feed_cache_sees_writes_straight_to_a_node_within_the_ttl() {
             1 => {
                 // The author unfriends the viewer (both halves, straight to their nodes).
                 for (a, b) in [(owner, viewer), (viewer, owner)] {
-                    let mut c = Client::connect(s.nodes[(a % SHARDS) as usize].addr("friends").unwrap())
-                        .await
-                        .unwrap();
+                    let mut c =
+                        Client::connect(s.nodes[(a % SHARDS) as usize].addr("friends").unwrap())
+                            .await
+                            .unwrap();
                     let reply = c
                         .send_raw(format!("delete friend_half{a}_{b}\r\n").as_bytes())
                         .await
@@ -967,7 +994,10 @@ async fn feed_cache_sees_writes_straight_to_a_node_within_the_ttl() {
                     .await
                     .unwrap();
                 let reply = c
-                    .send_raw(&set(&format!("update{f}"), &format!("1,{},0,{f},1,7", date % 1000)))
+                    .send_raw(&set(
+                        &format!("update{f}"),
+                        &format!("1,{},0,{f},1,7", date % 1000),
+                    ))
                     .await
                     .unwrap();
                 assert_eq!(reply, b"STORED\r\n");
@@ -996,6 +1026,9 @@ async fn feed_cache_sees_writes_straight_to_a_node_within_the_ttl() {
         s.check(&mut client, viewer, 5, &mut leaks).await;
     }
     assert_eq!(leaks, 0);
-    assert!(stale > 0, "no read before the TTL was stale: the cache was not exercised");
+    assert!(
+        stale > 0,
+        "no read before the TTL was stale: the cache was not exercised"
+    );
     drop(s);
 }
