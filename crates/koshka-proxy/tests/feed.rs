@@ -899,6 +899,23 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
         + 1;
     let event = format!("{{\"id\":{id},\"date\":{date},\"user\":5,\"group\":0,\"owner\":5,");
     assert!(text.contains(&event), "{event} not in {text}");
+    let a = i32::try_from(f).unwrap();
+    s.next_id.insert(a, id);
+    s.world.events.entry(a).or_default().push(Ev {
+        date,
+        author: a,
+        id,
+        kind,
+        fields: [5, 0, 5, 1, 7],
+    });
+    // Pages of HEAD_EVENTS events or more never come from the heads (and are still right).
+    let before = proxy_stat(news_addr, "proxy_feed_cache_pages").await;
+    let limit = koshka_proxy::feed_cache::HEAD_EVENTS as usize;
+    reads += s.check(&mut client, viewer, limit, &mut leaks).await;
+    assert_eq!(
+        proxy_stat(news_addr, "proxy_feed_cache_pages").await,
+        before
+    );
     let stat = |n: &'static str| proxy_stat(news_addr, n);
     let (pages, hits, invalidations) = (
         stat("proxy_feed_cache_pages").await,

@@ -11,7 +11,8 @@
 //!   WITHSCORES LIMIT 0 21` per friend (score = date · 10⁵ + id) and merges (no privacy rules: Redis has none).
 //!
 //! Run: `cargo test --release -p koshka-proxy --test feed_bench -- --ignored --nocapture`
-//! (`FEED_BENCH_SECONDS`, default 5, per measurement; `FEED_BENCH_CONNECTIONS`, default 8).
+//! (`FEED_BENCH_SECONDS`, default 5, per measurement; `FEED_BENCH_CONNECTIONS`, default 8;
+//! `FEED_BENCH_TTL_MS`, the cached proxy's `[feed] cache_ttl_ms`, default the proxy's own).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -383,6 +384,12 @@ async fn feed_300_friends_8_shards() {
     }
     let mut uncached = config.clone();
     uncached.feed.cache_ttl_ms = 0;
+    if let Some(ttl) = std::env::var("FEED_BENCH_TTL_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        config.feed.cache_ttl_ms = ttl;
+    }
     let proxy = koshka_proxy::start(config).unwrap();
     let news_addr = proxy.addr("news").unwrap();
     let proxy_off = koshka_proxy::start(uncached).unwrap();
