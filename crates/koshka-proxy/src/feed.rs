@@ -34,7 +34,7 @@ use crate::backend::{CallError, Frames};
 use crate::cluster::Cluster;
 use crate::config::Family;
 use crate::conn::{values_part, Part, PartFuture};
-use crate::feed_cache::{FeedCache, Head, HEAD_EVENTS};
+use crate::feed_cache::{heads_serve, FeedCache, Head, HEAD_EVENTS};
 use crate::stats::{add, bump};
 use crate::Shared;
 
@@ -481,7 +481,7 @@ impl Feed<'_> {
         };
         authors.sort_unstable();
         authors.dedup();
-        if self.cache.enabled() && self.key.limit < HEAD_EVENTS {
+        if self.cache.enabled() && heads_serve(self.key.limit, authors.len()) {
             if let Some(page) = self.page_from_heads(&authors, &mut viewer_friends).await? {
                 bump(&self.news.stats.feed_cache_pages);
                 return Ok(page);

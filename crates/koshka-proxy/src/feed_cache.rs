@@ -42,6 +42,17 @@ pub const GENERATIONS: usize = 65_536;
 /// heads alone).
 pub const HEAD_EVENTS: u32 = 32;
 
+/// Most authors of a feed served from heads: a feed of more (a hub's thousands of friends)
+/// goes shard by shard, as its heads would crowd the table out and a cold fill asks one raw
+/// query per author.
+pub const HEADS_AUTHORS_MAX: usize = 1000;
+
+/// Whether a page of `limit` events over `authors` authors may be served from heads.
+#[must_use]
+pub fn heads_serve(limit: u32, authors: usize) -> bool {
+    limit < HEAD_EVENTS && authors <= HEADS_AUTHORS_MAX
+}
+
 /// An author's newest events (newest first).
 #[derive(Debug)]
 pub struct Head {
@@ -407,6 +418,13 @@ mod tests {
         off.put_list(7, Arc::new(vec![1]), 0, Instant::now());
         assert!(off.list(7).is_none());
         assert!(!off.watches(Family::Friends));
+    }
+
+    #[test]
+    fn heads_serve_short_pages_of_not_too_many_authors() {
+        assert!(heads_serve(HEAD_EVENTS - 1, HEADS_AUTHORS_MAX));
+        assert!(!heads_serve(HEAD_EVENTS, 1));
+        assert!(!heads_serve(1, HEADS_AUTHORS_MAX + 1));
     }
 
     #[test]
