@@ -19,6 +19,13 @@
 //! 5. The first `limit` events are grouped: same author, same type, same day (`date / 86400`)
 //!    form one item with the stable id `<author>_<type>_<day>`; items are ordered by their
 //!    newest event. JSON out, with the cursor of the next page.
+//!
+//! With the feed cache on (`[feed] cache_ttl_ms`, [`crate::feed_cache`]) the viewer's friend
+//! list and privacy answers come from the cache when it holds usable ones, and a page of
+//! `limit < HEAD_EVENTS` over at most `HEADS_AUTHORS_MAX` authors is first tried from the
+//! authors' cached heads (newest events): a k-way merge over them, privacy checked only for
+//! the pairs that can still make the page, used only when no event outside the heads could
+//! belong on it; otherwise steps 2–4 run as above.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;

@@ -53,7 +53,7 @@ counters! {
     cache_invalidations: "owners whose cached keys a write invalidated",
     feed_cache_hits: "feed cache lookups answered (friend lists, privacy answers, author heads; on the news cluster)",
     feed_cache_misses: "feed cache lookups not answered (absent, invalidated or past the TTL)",
-    feed_cache_evictions: "feed cache entries removed to stay within the [feed] sizes",
+    feed_cache_evictions: "feed cache entries removed to stay within the feed section's sizes",
     feed_cache_invalidations: "owners whose feed cache entries a write through this cluster invalidated",
     feed_cache_entries: "feed cache entries held after the last feed read (a gauge)",
     feed_cache_pages: "feed pages merged from cached author heads alone",
