@@ -250,18 +250,37 @@ pub fn write_then_invalidate(
             pool.invalidate(&owners);
             bump(&cluster.stats.cache_invalidations);
         }
+        invalidate_feed(&cluster, &shared, &owners);
         Outcome::reply(if silent { Vec::new() } else { reply })
     })
 }
 
 /// Invalidates the owners a multi-step write's outcome names, before its reply goes out.
 pub async fn invalidate_after(cluster: &Cluster, shared: &Shared, outcome: &Outcome) {
-    let Some(pool) = &shared.cache else { return };
     for effect in &outcome.effects {
         if let Effect::Invalidate(owners) = effect {
-            pool.invalidate(owners);
-            bump(&cluster.stats.cache_invalidations);
+            if let Some(pool) = &shared.cache {
+                pool.invalidate(owners);
+                bump(&cluster.stats.cache_invalidations);
+            }
+            invalidate_feed(cluster, shared, owners);
         }
+    }
+}
+
+/// Whether a write to `cluster` must wait for its reply to invalidate cached entries (the
+/// cache tier's families, or the feed cache's friends and news) before the client's reply.
+#[must_use]
+pub fn invalidates(cluster: &Cluster, shared: &Shared) -> bool {
+    (shared.cache.is_some() && !cluster.config.cache.is_empty())
+        || shared.feed_cache.watches(cluster.family())
+}
+
+/// Invalidates the feed cache's entries of `owners` in `cluster`'s family.
+fn invalidate_feed(cluster: &Cluster, shared: &Shared, owners: &[i64]) {
+    if shared.feed_cache.watches(cluster.family()) {
+        shared.feed_cache.invalidate(cluster.family(), owners);
+        crate::stats::add(&cluster.stats.feed_cache_invalidations, owners.len() as u64);
     }
 }
 

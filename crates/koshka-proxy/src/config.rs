@@ -94,6 +94,8 @@ pub struct Config {
     pub cache: CacheSection,
     /// Cross-shard (twin) writes.
     pub twin: TwinSection,
+    /// The feed key's in-proxy cache.
+    pub feed: FeedSection,
     /// The clusters, each on its own listen port.
     #[serde(rename = "cluster")]
     pub clusters: Vec<ClusterConfig>,
@@ -172,6 +174,47 @@ impl Default for CacheSection {
             servers: Vec::new(),
             ttl_seconds: CACHE_TTL_SECONDS_DEFAULT,
             timeout_ms: CACHE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Default time to live of the feed cache's entries (friend lists, privacy answers, author
+/// heads), in milliseconds: the staleness bound for writes that bypass the proxy.
+pub const FEED_CACHE_TTL_MS_DEFAULT: u64 = 1000;
+/// Longest feed cache TTL a configuration may ask for.
+pub const FEED_CACHE_TTL_MS_MAX: u64 = 60_000;
+/// Default size of the feed cache's friend lists, in ids (plus one per list).
+pub const FEED_CACHE_LIST_IDS_DEFAULT: usize = 1_000_000;
+/// Default size of the feed cache's privacy answers, in answers.
+pub const FEED_CACHE_PRIVACY_DEFAULT: usize = 200_000;
+/// Default size of the feed cache's author heads, in events (plus one per head).
+pub const FEED_CACHE_EVENTS_DEFAULT: usize = 500_000;
+/// Largest size a configuration may give one feed cache table.
+pub const FEED_CACHE_SIZE_MAX: usize = 100_000_000;
+
+/// `[feed]`: the feed key's cache of friend lists, privacy answers and authors' newest events
+/// (see `feed_cache.rs` and docs/proxy.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedSection {
+    /// An entry is used for at most this long after its data was read, in milliseconds
+    /// (0 = no feed cache).
+    pub cache_ttl_ms: u64,
+    /// Friend lists held, in ids.
+    pub cache_list_ids_max: usize,
+    /// Privacy answers held.
+    pub cache_privacy_max: usize,
+    /// Author heads held, in events.
+    pub cache_events_max: usize,
+}
+
+impl Default for FeedSection {
+    fn default() -> Self {
+        Self {
+            cache_ttl_ms: FEED_CACHE_TTL_MS_DEFAULT,
+            cache_list_ids_max: FEED_CACHE_LIST_IDS_DEFAULT,
+            cache_privacy_max: FEED_CACHE_PRIVACY_DEFAULT,
+            cache_events_max: FEED_CACHE_EVENTS_DEFAULT,
         }
     }
 }
@@ -420,6 +463,21 @@ impl Config {
                 koshka_limits::VALUE_SIZE_MAX
             ));
         }
+        let f = &self.feed;
+        if f.cache_ttl_ms > FEED_CACHE_TTL_MS_MAX {
+            return bad(format!(
+                "feed.cache_ttl_ms must be 0..={FEED_CACHE_TTL_MS_MAX}"
+            ));
+        }
+        for (name, value) in [
+            ("cache_list_ids_max", f.cache_list_ids_max),
+            ("cache_privacy_max", f.cache_privacy_max),
+            ("cache_events_max", f.cache_events_max),
+        ] {
+            if value == 0 || value > FEED_CACHE_SIZE_MAX {
+                return bad(format!("feed.{name} must be 1..={FEED_CACHE_SIZE_MAX}"));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for cluster in &self.clusters {
             if !names.insert(cluster.name.as_str()) {
@@ -500,6 +558,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.proxy.get_timeout_ms, 300);
+        assert_eq!(config.feed, FeedSection::default());
+        let edge = "[feed]\ncache_ttl_ms=60000\ncache_events_max=100000000\n[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']";
+        assert_eq!(
+            Config::from_toml(edge).unwrap().feed.cache_ttl_ms,
+            FEED_CACHE_TTL_MS_MAX
+        );
         assert_eq!(config.clusters[0].mode(), Mode::Ketama);
         assert_eq!(config.clusters[1].mode(), Mode::Owner);
         assert_eq!(config.clusters[2].engine, Family::Search);
@@ -520,6 +584,9 @@ mod tests {
             "[[cluster]]\nname='a'\nengine='friends'\nlisten='x:0'\nmode='ketama'\nshards=['a:1']",
             "[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']\nbogus=1",
             "[proxy]\nget_timeout_ms=0\n[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']",
+            "[feed]\ncache_ttl_ms=60001\n[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']",
+            "[feed]\ncache_events_max=0\n[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']",
+            "[feed]\ncache_privacy_max=100000001\n[[cluster]]\nname='a'\nengine='kv'\nlisten='x:0'\nshards=['a:1']",
         ] {
             assert!(Config::from_toml(text).is_err(), "{text}");
         }

@@ -374,7 +374,10 @@ impl Conn<'_> {
 
     /// Plans one command; true when it is a barrier.
     fn dispatch(&mut self, command: &Command<'_>, raw: &[u8]) -> (Slot, bool) {
-        let cached = !self.cluster.config.cache.is_empty();
+        // A write is a barrier when a cache (the tier's families, or the feed cache's friends
+        // and news) must be invalidated before later commands read.
+        let cached = !self.cluster.config.cache.is_empty()
+            || self.shared.feed_cache.watches(self.cluster.family());
         match command {
             Command::Get { keys, cas } => {
                 let kind = if *cas {
@@ -721,7 +724,7 @@ impl Conn<'_> {
         });
         match submitted {
             Ok((member, reply)) => {
-                if self.shared.cache.is_some() && !self.cluster.config.cache.is_empty() {
+                if crate::cache::invalidates(self.cluster, self.shared) {
                     let key = command_key(command);
                     let owners = crate::cache::owners_of_write(self.cluster, &key);
                     return Slot::Task(crate::cache::write_then_invalidate(

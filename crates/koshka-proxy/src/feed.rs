@@ -19,8 +19,15 @@
 //! 5. The first `limit` events are grouped: same author, same type, same day (`date / 86400`)
 //!    form one item with the stable id `<author>_<type>_<day>`; items are ordered by their
 //!    newest event. JSON out, with the cursor of the next page.
+//!
+//! With the feed cache on (`[feed] cache_ttl_ms`, [`crate::feed_cache`]) the viewer's friend
+//! list and privacy answers come from the cache when it holds usable ones, and a page of
+//! `limit < HEAD_EVENTS` over at most `HEADS_AUTHORS_MAX` authors is first tried from the
+//! authors' cached heads (newest events): a k-way merge over them, privacy checked only for
+//! the pairs that can still make the page, used only when no event outside the heads could
+//! belong on it; otherwise steps 2–4 run as above.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +41,7 @@ use crate::backend::{CallError, Frames};
 use crate::cluster::Cluster;
 use crate::config::Family;
 use crate::conn::{values_part, Part, PartFuture};
+use crate::feed_cache::{heads_serve, FeedCache, Head, HEAD_EVENTS};
 use crate::stats::{add, bump};
 use crate::Shared;
 
@@ -344,15 +352,33 @@ pub fn start(news: Arc<Cluster>, shared: Arc<Shared>, key: Vec<u8>, affinity: us
                 .find(|c| c.family() == Family::Friends)
         };
         let deadline = Instant::now() + Duration::from_millis(news.settings.get_timeout_ms);
+        let cache: &FeedCache = &shared.feed_cache;
         let feed = Feed {
             news: &news,
             friends: friends.as_deref(),
             shared: &shared,
+            cache,
+            // Read before anything is asked of a node (see feed_cache.rs).
+            viewer_gen: cache.friends_gen(i64::from(parsed.viewer)),
             affinity,
             deadline,
             key: parsed,
         };
-        match feed.run().await {
+        let result = feed.run().await;
+        if cache.enabled() {
+            let c = &cache.counters;
+            let stats = &news.stats;
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let store = |a: &std::sync::atomic::AtomicU64, v: u64| {
+                a.store(v, std::sync::atomic::Ordering::Relaxed);
+            };
+            store(&stats.feed_cache_hits, load(&c.hits));
+            store(&stats.feed_cache_misses, load(&c.misses));
+            store(&stats.feed_cache_evictions, load(&c.evictions));
+            store(&stats.feed_cache_entries, cache.entries());
+        }
+        match result {
             Ok(text) => {
                 let mut out = Vec::new();
                 koshka_proto::reply::value(&mut out, &key, 0, &text, None);
@@ -375,6 +401,9 @@ struct Feed<'a> {
     news: &'a Cluster,
     friends: Option<&'a Cluster>,
     shared: &'a Shared,
+    cache: &'a FeedCache,
+    /// The viewer's friends-family generation when the request started.
+    viewer_gen: u64,
     affinity: usize,
     deadline: Instant,
     key: FeedKey,
@@ -412,6 +441,19 @@ impl Feed<'_> {
             .ok_or_else(|| client_error("the feed needs a friends cluster in the proxy map"))
     }
 
+    /// The viewer's friend list (from the cache when it holds a usable one).
+    async fn viewer_friends(&self) -> Result<Arc<Vec<u32>>, Fail> {
+        let viewer = self.key.viewer;
+        if let Some(list) = self.cache.list(viewer) {
+            return Ok(list);
+        }
+        let born = std::time::Instant::now();
+        let list = Arc::new(self.friends_of(viewer).await?);
+        self.cache
+            .put_list(viewer, list.clone(), self.viewer_gen, born);
+        Ok(list)
+    }
+
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
         let friends = self.friends_cluster()?;
         let mut bytes = Vec::new();
@@ -430,11 +472,11 @@ impl Feed<'_> {
     }
 
     async fn run(self) -> Result<Vec<u8>, Fail> {
-        let mut viewer_friends: Option<Vec<u32>> = None;
+        let mut viewer_friends: Option<Arc<Vec<u32>>> = None;
         let mut authors: Vec<i32> = match &self.key.authors {
             Some(list) => list.clone(),
             None => {
-                let list = self.friends_of(self.key.viewer).await?;
+                let list = self.viewer_friends().await?;
                 let authors = list
                     .iter()
                     .filter_map(|&f| i32::try_from(f).ok())
@@ -446,6 +488,12 @@ impl Feed<'_> {
         };
         authors.sort_unstable();
         authors.dedup();
+        if self.cache.enabled() && heads_serve(self.key.limit, authors.len()) {
+            if let Some(page) = self.page_from_heads(&authors, &mut viewer_friends).await? {
+                bump(&self.news.stats.feed_cache_pages);
+                return Ok(page);
+            }
+        }
         let mut by_shard: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
         for a in authors {
             by_shard
@@ -541,6 +589,143 @@ impl Feed<'_> {
         Ok(render(&page, next))
     }
 
+    /// The page from the authors' cached heads (the missing ones are read, one raw query per
+    /// author, and cached), when the heads are enough to decide it exactly: every author
+    /// whose head is not all of its events must have its oldest cached event at or below the
+    /// page's last event (`limit + 1`-th visible). `None` sends the feed down the
+    /// shard-by-shard path.
+    async fn page_from_heads(
+        &self,
+        authors: &[i32],
+        viewer_friends: &mut Option<Arc<Vec<u32>>>,
+    ) -> Result<Option<Vec<u8>>, Fail> {
+        let mut heads = self.cache.heads(authors);
+        let missing: Vec<usize> = (0..authors.len()).filter(|&i| heads[i].is_none()).collect();
+        if !missing.is_empty() {
+            let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for &i in &missing {
+                by_shard
+                    .entry(self.news.shard_of_owner(i64::from(authors[i])))
+                    .or_default()
+                    .push(i);
+            }
+            // Generations before the nodes are asked (see feed_cache.rs).
+            let born = std::time::Instant::now();
+            let gens: HashMap<usize, u64> = missing
+                .iter()
+                .map(|&i| (i, self.cache.news_gen(i64::from(authors[i]))))
+                .collect();
+            let asks = by_shard.iter().map(|(shard, list)| async move {
+                let mut bytes = Vec::with_capacity(list.len() * 64);
+                for &i in list {
+                    encode::get(
+                        &mut bytes,
+                        [format!(
+                            "raw_updates{ALL_TYPES}_0,{}#{HEAD_EVENTS}:{}",
+                            u32::MAX,
+                            authors[i]
+                        )],
+                    );
+                }
+                let frames = self.call(self.news, *shard, bytes, list.len()).await?;
+                let mut out = Vec::with_capacity(list.len());
+                for frame in &frames {
+                    let events = match one_value(frame)? {
+                        Some(text) => parse_raw(&text).map_err(|e| {
+                            Fail::Reply(Bytes::from(format!("SERVER_ERROR {e}\r\n")))
+                        })?,
+                        None => Vec::new(),
+                    };
+                    out.push(events);
+                }
+                Ok::<_, Fail>(out)
+            });
+            let answers = futures_util::future::join_all(asks).await;
+            for ((_, list), answer) in by_shard.iter().zip(answers) {
+                for (&i, events) in list.iter().zip(answer?) {
+                    let head = Arc::new(Head {
+                        complete: events.len() < HEAD_EVENTS as usize,
+                        events,
+                    });
+                    self.cache
+                        .put_head(authors[i], head.clone(), gens[&i], born);
+                    heads[i] = Some(head);
+                }
+            }
+        }
+        let heads: Vec<Arc<Head>> = heads.into_iter().flatten().collect();
+        let want = self.key.limit as usize + 1;
+        let types = self.key.types;
+        let cursor = self.key.cursor;
+        // The first event at or after `from` of head `h` that the page may show.
+        let next_in = |h: &Head, from: usize| {
+            (from..h.events.len()).find(|&p| {
+                let e = &h.events[p];
+                e.kind <= TYPE_MAX
+                    && types & (1 << e.kind) != 0
+                    && cursor.is_none_or(|c| e.order() < c)
+            })
+        };
+        let mut visible: HashMap<(i32, u32), bool> = HashMap::new();
+        let page = loop {
+            let mut heap: BinaryHeap<((u32, i32, u32), usize, usize)> = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(h, head)| next_in(head, 0).map(|p| (head.events[p].order(), h, p)))
+                .collect();
+            let mut page: Vec<Event> = Vec::with_capacity(want);
+            let mut unknown: Vec<Event> = Vec::new();
+            let mut scanned = 0usize;
+            while page.len() + unknown.len() < want {
+                let Some((_, h, p)) = heap.pop() else {
+                    break;
+                };
+                scanned += 1;
+                if scanned >= FEED_SCAN_MAX {
+                    return Ok(None);
+                }
+                let e = heads[h].events[p];
+                if let Some(q) = next_in(&heads[h], p + 1) {
+                    heap.push((heads[h].events[q].order(), h, q));
+                }
+                if e.author < 0 {
+                    page.push(e);
+                } else {
+                    match visible.get(&(e.author, e.kind)) {
+                        Some(true) => page.push(e),
+                        Some(false) => {}
+                        None => unknown.push(e),
+                    }
+                }
+            }
+            if unknown.is_empty() {
+                break page;
+            }
+            self.check_privacy(&unknown, &mut visible, viewer_friends)
+                .await?;
+        };
+        // Exact only if no uncached event could belong on the page.
+        let boundary = (page.len() == want).then(|| page[want - 1].order());
+        for head in &heads {
+            if head.complete {
+                continue;
+            }
+            let oldest = head.events.last().map(Event::order);
+            match (boundary, oldest) {
+                (Some(b), Some(o)) if o <= b => {}
+                _ => return Ok(None),
+            }
+        }
+        let mut page = page;
+        let next = if page.len() == want {
+            page.pop();
+            page.last().map(Event::order)
+        } else {
+            None
+        };
+        Ok(Some(render(&page, next)))
+    }
+
     /// The next batch of stream `s`.
     async fn fetch(&self, s: &Stream) -> Result<Vec<Event>, Fail> {
         let tag = self.shared.next_tag();
@@ -574,22 +759,36 @@ impl Feed<'_> {
         &self,
         events: &[Event],
         visible: &mut HashMap<(i32, u32), bool>,
-        viewer_friends: &mut Option<Vec<u32>>,
+        viewer_friends: &mut Option<Arc<Vec<u32>>>,
     ) -> Result<(), Fail> {
+        let mut pairs: Vec<(i32, u32)> = events
+            .iter()
+            .filter(|e| {
+                e.author > 0 && e.kind <= TYPE_MAX && !visible.contains_key(&(e.author, e.kind))
+            })
+            .map(|e| (e.author, e.kind))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let viewer = self.key.viewer;
+        self.cache.privacy(viewer, self.viewer_gen, &pairs, visible);
         let mut pending: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
-        for e in events {
-            if e.author > 0 && e.kind <= TYPE_MAX && !visible.contains_key(&(e.author, e.kind)) {
-                let kinds = pending.entry(e.author).or_default();
-                if !kinds.contains(&e.kind) {
-                    kinds.push(e.kind);
-                }
+        for (author, kind) in pairs {
+            if !visible.contains_key(&(author, kind)) {
+                pending.entry(author).or_default().push(kind);
             }
         }
         if pending.is_empty() {
             return Ok(());
         }
         let friends = self.friends_cluster()?;
-        let viewer = self.key.viewer;
+        // Generations before the nodes are asked (see feed_cache.rs).
+        let born = std::time::Instant::now();
+        let gens: HashMap<i32, u64> = pending
+            .keys()
+            .map(|&a| (a, self.cache.friends_gen(i64::from(a))))
+            .collect();
+        let mut learned: Vec<(i32, u32, bool, u64)> = Vec::new();
         let mut by_shard: BTreeMap<u32, Vec<(i32, Vec<u32>)>> = BTreeMap::new();
         for (author, kinds) in pending {
             by_shard
@@ -625,6 +824,7 @@ impl Feed<'_> {
                     match c {
                         b'3' | b'?' => {
                             visible.insert((*author, *kind), true);
+                            learned.push((*author, *kind, true, gens[author]));
                         }
                         b'1' | b'2' => unresolved
                             .entry(*shard)
@@ -632,12 +832,15 @@ impl Feed<'_> {
                             .push((*author, *kind, c)),
                         _ => {
                             visible.insert((*author, *kind), false);
+                            learned.push((*author, *kind, false, gens[author]));
                         }
                     }
                 }
             }
         }
         if unresolved.is_empty() {
+            self.cache
+                .put_privacy(viewer, self.viewer_gen, &learned, born);
             return Ok(());
         }
         add(
@@ -645,9 +848,9 @@ impl Feed<'_> {
             unresolved.values().map(|l| l.len() as u64).sum(),
         );
         if viewer_friends.is_none() {
-            *viewer_friends = Some(self.friends_of(viewer).await?);
+            *viewer_friends = Some(self.viewer_friends().await?);
         }
-        let mine: &[u32] = viewer_friends.as_deref().unwrap_or(&[]);
+        let mine: &[u32] = viewer_friends.as_deref().map_or(&[][..], Vec::as_slice);
         let asks = unresolved.iter().map(|(shard, list)| async move {
             let mut authors: Vec<i32> = list.iter().map(|(a, _, _)| *a).collect();
             authors.dedup();
@@ -678,9 +881,13 @@ impl Feed<'_> {
             let common: HashMap<i32, bool> = answer?.into_iter().collect();
             for (author, kind, c) in list {
                 let fof = common.get(author).copied().unwrap_or(false);
-                visible.insert((*author, *kind), (*c == b'1') == fof);
+                let shown = (*c == b'1') == fof;
+                visible.insert((*author, *kind), shown);
+                learned.push((*author, *kind, shown, gens[author]));
             }
         }
+        self.cache
+            .put_privacy(viewer, self.viewer_gen, &learned, born);
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 //!   handshake) and the durable queue of second halves;
 //! * `scatter` — merges over several shards (common friends, counts, privacy checks);
 //! * `cache` — the read-through memcached tier and its invalidation;
+//! * [`feed`], [`feed_cache`] — the feed key and its in-proxy cache;
 //! * `admin` — admin keys and `stats`;
 //! * [`stats`] — per-cluster counters;
 //! * this file — [`run`] (blocking, the binary) and [`start`] (in the background, tests),
@@ -38,6 +39,7 @@ pub mod config;
 mod conn;
 pub mod etcd;
 pub mod feed;
+pub mod feed_cache;
 pub mod ring;
 pub mod route;
 mod scatter;
@@ -123,6 +125,8 @@ pub struct Shared {
     pub cache: Option<Arc<cache::Pool>>,
     /// The twin queue.
     pub twin: Arc<twin::Queue>,
+    /// The feed key's cache (friend lists, privacy answers, author heads).
+    pub feed_cache: Arc<feed_cache::FeedCache>,
     /// Counter for the tags the proxy uses in backend session state.
     pub tags: AtomicU64,
     /// Clusters by name (the twin retry worker finds its cluster here).
@@ -313,6 +317,7 @@ async fn serve(
         started: Instant::now(),
         cache,
         twin: Arc::new(twin::Queue::open(&config.twin).map_err(Error::Queue)?),
+        feed_cache: Arc::new(feed_cache::FeedCache::new(&config.feed)),
         tags: AtomicU64::new(0),
         clusters: RwLock::new(HashMap::new()),
         config_loaded: Mutex::new(fingerprint(&config)),

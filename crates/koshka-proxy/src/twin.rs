@@ -366,7 +366,18 @@ pub fn spawn_worker(shared: Arc<Shared>) {
                     shared: &shared,
                     affinity: usize::try_from(id).unwrap_or(0),
                 };
-                match steps.land(&half, true).await {
+                let landed = steps.land(&half, true).await;
+                if let Half::Befriend { owner, friend, .. } | Half::Unfriend { owner, friend, .. } =
+                    &half
+                {
+                    // The feed cache's friend lists and privacy answers of both (whatever the
+                    // outcome: a late half may still have landed).
+                    if shared.feed_cache.watches(cluster.family()) {
+                        let owners = [i64::from(*owner), i64::from(*friend)];
+                        shared.feed_cache.invalidate(cluster.family(), &owners);
+                    }
+                }
+                match landed {
                     Landed::Yes => {
                         bump(&cluster.stats.twin_landed);
                         shared.twin.done(id);

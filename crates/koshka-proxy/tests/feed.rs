@@ -558,3 +558,494 @@ async fn feed_refuses_bad_keys_and_news_keys_route() {
     drop(proxy);
     drop(nodes);
 }
+
+/// Everything a small world needs: nodes, a proxy, the reference and its clients.
+struct Small {
+    clock: Arc<ManualClock>,
+    proxy: koshka_proxy::Running,
+    nodes: Vec<koshka_node::Running>,
+    _dirs: Vec<tempfile::TempDir>,
+    world: World,
+    next_id: HashMap<i32, u32>,
+    friends: Client,
+    news: Client,
+}
+
+/// A small random world (`users` users, 8 shards), written through the proxy with the feed
+/// cache TTL `ttl_ms`. Users `1..=heavy` write more events than an author head holds (so
+/// feeds are also assembled shard by shard, and from heads that are not whole).
+async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let clock = Arc::new(ManualClock::new(NOW - 20 * DAY));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let registry = koshka_node::registry::builtin();
+    let dirs: Vec<_> = (0..SHARDS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<_> = (0..SHARDS)
+        .zip(&dirs)
+        .map(|(i, dir)| {
+            koshka_node::start_with_clock(node_config(dir.path(), i), &registry, dyn_clock.clone())
+                .unwrap()
+        })
+        .collect();
+    let mut config = Config::default();
+    config.proxy.get_timeout_ms = 5000;
+    config.proxy.set_timeout_ms = 5000;
+    config.feed.cache_ttl_ms = ttl_ms;
+    for family in [Family::Friends, Family::News] {
+        config.clusters.push(common::cluster(
+            family,
+            nodes
+                .iter()
+                .map(|n| n.addr(family.name()).unwrap().to_string())
+                .collect(),
+        ));
+    }
+    let proxy = koshka_proxy::start(config).unwrap();
+    let mut friends = Client::connect(proxy.addr("friends").unwrap())
+        .await
+        .unwrap();
+    let news = Client::connect(proxy.addr("news").unwrap()).await.unwrap();
+    let mut world = World::default();
+    let mut writes = Vec::new();
+    for u in 1..=users {
+        for _ in 0..rng.gen_range(2..8) {
+            let f = rng.gen_range(1..=users);
+            if f != u && world.friends.entry(u).or_default().insert(f) {
+                world.friends.entry(f).or_default().insert(u);
+                writes.push(set(&format!("friend{u}_{f}"), "1"));
+            }
+        }
+    }
+    pipeline(&mut friends, &writes, b"STORED\r\n").await;
+    let mut small = Small {
+        clock,
+        proxy,
+        nodes,
+        _dirs: dirs,
+        world,
+        next_id: HashMap::new(),
+        friends,
+        news,
+    };
+    for u in 1..=users {
+        for kind in 1..=TYPES {
+            if rng.gen_bool(0.3) {
+                let rules = random_rules(&mut rng, &small.world, u, users);
+                small.rule(u, kind, &rules).await;
+            }
+        }
+    }
+    let mut date = NOW - 5 * DAY;
+    for _ in 0..users * 6 + heavy * 60 {
+        date += rng.gen_range(0..300);
+        let author = if rng.gen_bool(0.1) {
+            -rng.gen_range(1..=5)
+        } else if heavy > 0
+            && rng.gen_bool(f64::from(heavy * 60) / f64::from(users * 6 + heavy * 60))
+        {
+            i32::try_from(rng.gen_range(1..=heavy)).unwrap()
+        } else {
+            i32::try_from(rng.gen_range(1..=users)).unwrap()
+        };
+        small.event(author, rng.gen_range(1..=TYPES), date).await;
+    }
+    small.clock.set(date + 1);
+    small
+}
+
+fn random_rules(rng: &mut StdRng, world: &World, u: u32, users: u32) -> String {
+    let friends: Vec<u32> = world.friends_of(u).iter().copied().collect();
+    let someone = friends.choose(rng).copied().unwrap_or(users + 1);
+    match rng.gen_range(0..8) {
+        0 => "*A".to_string(),
+        1 => "*0".to_string(),
+        2 => "/0*A".to_string(),
+        3 => "*G".to_string(),
+        4 => "/G*A".to_string(),
+        5 => format!("+{someone}"),
+        6 => format!("-{someone}*0"),
+        _ => String::new(),
+    }
+}
+
+impl Small {
+    async fn rule(&mut self, u: u32, kind: u32, rules: &str) {
+        let reply = self
+            .friends
+            .send_raw(&set(&format!("privacy{u}_news{kind}"), rules))
+            .await
+            .unwrap();
+        assert_eq!(reply, b"STORED\r\n");
+        self.world.rules.insert((u, kind), rules.to_string());
+    }
+
+    async fn event(&mut self, author: i32, kind: u32, date: u32) {
+        self.clock.set(date);
+        let fields = [i64::from(date % 1000), 0, i64::from(author), 1, 7];
+        let reply = self
+            .news
+            .send_raw(&set(
+                &format!("update{author}"),
+                &format!("{kind},{},0,{author},1,7", fields[0]),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(reply, b"STORED\r\n");
+        let id = self.next_id.entry(author).or_insert(0);
+        *id += 1;
+        self.world.events.entry(author).or_default().push(Ev {
+            date,
+            author,
+            id: *id,
+            kind,
+            fields,
+        });
+    }
+
+    /// Reads `viewer`'s first 4 pages (his friends' feed, `limit` per page) through the proxy
+    /// and checks them against the reference; returns the number of feed reads.
+    async fn check(&self, client: &mut Client, viewer: u32, limit: usize, leaks: &mut u64) -> u64 {
+        let authors: BTreeSet<i32> = self
+            .world
+            .friends_of(viewer)
+            .iter()
+            .map(|&f| i32::try_from(f).unwrap())
+            .collect();
+        let visible = self.world.feed(viewer, &authors, u32::MAX);
+        let mut cursor: Option<(u32, i32, u32)> = None;
+        let mut reads = 0;
+        for _ in 0..4 {
+            let mut key = format!("feed{viewer}#{limit}");
+            if let Some((d, a, id)) = cursor {
+                key.push_str(&format!(",{d},{a},{id}"));
+            }
+            let item = client.get(&key).await.unwrap().expect(&key);
+            reads += 1;
+            let got: Value = serde_json::from_slice(&item.data).unwrap();
+            for it in got["items"].as_array().unwrap() {
+                let author = i32::try_from(it["author"].as_i64().unwrap()).unwrap();
+                let kind = u32::try_from(it["type"].as_u64().unwrap()).unwrap();
+                if !authors.contains(&author)
+                    || self.world.masked(author, kind)
+                    || !self.world.may_see(viewer, author, kind)
+                {
+                    *leaks += 1;
+                }
+            }
+            assert_eq!(
+                got,
+                expected_page(&visible, cursor, limit),
+                "viewer {viewer} key {key}"
+            );
+            let Some(next) = got["next"].as_str() else {
+                break;
+            };
+            let p: Vec<&str> = next.split(',').collect();
+            cursor = Some((
+                p[0].parse().unwrap(),
+                p[1].parse().unwrap(),
+                p[2].parse().unwrap(),
+            ));
+        }
+        reads
+    }
+}
+
+impl Small {
+    /// The viewer's first page equals the reference (no assertion).
+    async fn check_soft(
+        &self,
+        client: &mut Client,
+        viewer: u32,
+        limit: usize,
+        _n: &mut u64,
+    ) -> bool {
+        let authors: BTreeSet<i32> = self
+            .world
+            .friends_of(viewer)
+            .iter()
+            .map(|&f| i32::try_from(f).unwrap())
+            .collect();
+        let visible = self.world.feed(viewer, &authors, u32::MAX);
+        let key = format!("feed{viewer}#{limit}");
+        let item = client.get(&key).await.unwrap().expect(&key);
+        let got: Value = serde_json::from_slice(&item.data).unwrap();
+        got == expected_page(&visible, None, limit)
+    }
+}
+
+async fn proxy_stat(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let mut c = Client::connect(addr).await.unwrap();
+    let stats = c.stats(Some("proxy")).await.unwrap();
+    stats
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+/// With the feed cache on (a TTL far longer than the test), privacy rule changes,
+/// unfriendings, befriendings, new events and type masks written through the proxy are
+/// interleaved with feed reads: after every write the feeds of the viewers it concerns
+/// (read before the write too, so their entries are cached) equal the reference, and nothing
+/// is shown that may not be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_cache_follows_every_write_through_the_proxy() {
+    const USERS_SMALL: u32 = 300;
+    const WRITES: usize = 600;
+    let mut s = small_world(USERS_SMALL, 15, 60_000, 0xCAC4E).await;
+    let news_addr = s.proxy.addr("news").unwrap();
+    let mut client = Client::connect(news_addr).await.unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut reads, mut leaks) = (0u64, 0u64);
+    let mut date = s.clock.now();
+    for _ in 0..WRITES {
+        // Whom the write concerns: an author (often a heavy one) and a few viewers who read
+        // his events.
+        let author = if rng.gen_bool(0.3) {
+            rng.gen_range(1..=15)
+        } else {
+            rng.gen_range(1..=USERS_SMALL)
+        };
+        let mut viewers: Vec<u32> = s.world.friends_of(author).iter().copied().collect();
+        viewers.shuffle(&mut rng);
+        viewers.truncate(3);
+        viewers.push(rng.gen_range(1..=USERS_SMALL));
+        let limit = rng.gen_range(1..=12);
+        for &v in &viewers {
+            reads += s.check(&mut client, v, limit, &mut leaks).await;
+        }
+        match rng.gen_range(0..6) {
+            0 | 1 => {
+                let kind = rng.gen_range(1..=TYPES);
+                let rules = random_rules(&mut rng, &s.world, author, USERS_SMALL);
+                s.rule(author, kind, &rules).await;
+            }
+            2 => {
+                let friends: Vec<u32> = s.world.friends_of(author).iter().copied().collect();
+                if let Some(&f) = friends.choose(&mut rng) {
+                    let reply = s
+                        .friends
+                        .send_raw(format!("delete friend{author}_{f}\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                    assert_eq!(reply, b"DELETED\r\n");
+                    s.world.friends.get_mut(&author).unwrap().remove(&f);
+                    s.world.friends.get_mut(&f).unwrap().remove(&author);
+                    viewers.push(f);
+                }
+            }
+            3 => {
+                let f = rng.gen_range(1..=USERS_SMALL);
+                if f != author && !s.world.friends_of(author).contains(&f) {
+                    let reply = s
+                        .friends
+                        .send_raw(&set(&format!("friend{author}_{f}"), "1"))
+                        .await
+                        .unwrap();
+                    assert_eq!(reply, b"STORED\r\n");
+                    s.world.friends.entry(author).or_default().insert(f);
+                    s.world.friends.entry(f).or_default().insert(author);
+                    viewers.push(f);
+                }
+            }
+            4 => {
+                date += 1;
+                let kind = rng.gen_range(1..=TYPES);
+                s.event(i32::try_from(author).unwrap(), kind, date).await;
+            }
+            _ => {
+                let a = i32::try_from(author).unwrap();
+                let mask = 1 | (1u32 << rng.gen_range(1..=TYPES));
+                let reply = s
+                    .news
+                    .send_raw(&set(&format!("mask{a}"), &mask.to_string()))
+                    .await
+                    .unwrap();
+                assert_eq!(reply, b"STORED\r\n");
+                s.world.masks.insert(a, mask);
+            }
+        }
+        for &v in &viewers {
+            reads += s.check(&mut client, v, limit, &mut leaks).await;
+        }
+    }
+    // A feed read pipelined behind a new event on the same connection sees it (the write is
+    // a barrier), though the viewer's feed was cached just before.
+    let (viewer, f, kind) = (1..=USERS_SMALL)
+        .find_map(|v| {
+            let f = *s.world.friends_of(v).iter().next()?;
+            let a = i32::try_from(f).unwrap();
+            (1..=TYPES)
+                .find(|&k| !s.world.masked(a, k) && s.world.may_see(v, a, k))
+                .map(|k| (v, f, k))
+        })
+        .unwrap();
+    s.check(&mut client, viewer, 5, &mut leaks).await;
+    date += 1;
+    s.clock.set(date);
+    let mut bytes = set(&format!("update{f}"), &format!("{kind},5,0,5,1,7"));
+    bytes.extend_from_slice(format!("get feed{viewer}#5\r\n").as_bytes());
+    let replies = s.news.send_raw_multi(&bytes, 2).await.unwrap();
+    assert_eq!(replies[0], b"STORED\r\n");
+    let text = String::from_utf8_lossy(&replies[1]).into_owned();
+    let id = s
+        .next_id
+        .get(&i32::try_from(f).unwrap())
+        .copied()
+        .unwrap_or(0)
+        + 1;
+    let event = format!("{{\"id\":{id},\"date\":{date},\"user\":5,\"group\":0,\"owner\":5,");
+    assert!(text.contains(&event), "{event} not in {text}");
+    let a = i32::try_from(f).unwrap();
+    s.next_id.insert(a, id);
+    s.world.events.entry(a).or_default().push(Ev {
+        date,
+        author: a,
+        id,
+        kind,
+        fields: [5, 0, 5, 1, 7],
+    });
+    // Pages of HEAD_EVENTS events or more never come from the heads (and are still right).
+    let before = proxy_stat(news_addr, "proxy_feed_cache_pages").await;
+    let limit = koshka_proxy::feed_cache::HEAD_EVENTS as usize;
+    reads += s.check(&mut client, viewer, limit, &mut leaks).await;
+    assert_eq!(
+        proxy_stat(news_addr, "proxy_feed_cache_pages").await,
+        before
+    );
+    let stat = |n: &'static str| proxy_stat(news_addr, n);
+    let (pages, hits, invalidations) = (
+        stat("proxy_feed_cache_pages").await,
+        stat("proxy_feed_cache_hits").await,
+        proxy_stat(
+            s.proxy.addr("friends").unwrap(),
+            "proxy_feed_cache_invalidations",
+        )
+        .await
+            + stat("proxy_feed_cache_invalidations").await,
+    );
+    eprintln!(
+        "feed cache test: {WRITES} writes, {reads} feed reads, {leaks} leaks, {pages} pages from \
+         cached heads, {hits} cache hits, {invalidations} owners invalidated"
+    );
+    assert_eq!(leaks, 0);
+    assert!(reads >= 4 * WRITES as u64);
+    assert!(
+        pages > reads / 4,
+        "the cache was hardly used: {pages} of {reads}"
+    );
+    assert!(
+        pages < reads,
+        "every page came from cached heads: the shard path went untested"
+    );
+    assert!(hits > reads);
+    assert!(invalidations >= WRITES as u64);
+    drop(s);
+}
+
+/// Writes straight to a node bypass the proxy: the feed shows them at the latest once the
+/// entries read before them are older than `cache_ttl_ms` (here 400 ms) — a hidden type, an
+/// unfriending and a new event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_cache_sees_writes_straight_to_a_node_within_the_ttl() {
+    const TTL_MS: u64 = 400;
+    let mut s = small_world(60, 0, TTL_MS, 0x77_11).await;
+    let news_addr = s.proxy.addr("news").unwrap();
+    let mut client = Client::connect(news_addr).await.unwrap();
+    let mut leaks = 0;
+    let mut stale = 0;
+    // A viewer with a friend whose events he sees.
+    let (viewer, author, kind) = (1..=60u32)
+        .find_map(|v| {
+            let authors: BTreeSet<i32> = s.world.friends_of(v).iter().map(|&f| f as i32).collect();
+            let feed = s.world.feed(v, &authors, u32::MAX);
+            feed.first().map(|e| (v, e.author, e.kind))
+        })
+        .unwrap();
+    let owner = u32::try_from(author).unwrap();
+    let shard = (owner % SHARDS) as usize;
+    let mut node_friends = Client::connect(s.nodes[shard].addr("friends").unwrap())
+        .await
+        .unwrap();
+    // Each bypassing write, after the feed was read (and cached).
+    for step in 0..3 {
+        s.check(&mut client, viewer, 5, &mut leaks).await;
+        let written = std::time::Instant::now();
+        match step {
+            0 => {
+                // Only the owner may see `kind` now.
+                let reply = node_friends
+                    .send_raw(&set(&format!("privacy{owner}_news{kind}"), ""))
+                    .await
+                    .unwrap();
+                assert_eq!(reply, b"STORED\r\n");
+                s.world.rules.insert((owner, kind), String::new());
+            }
+            1 => {
+                // The author unfriends the viewer (both halves, straight to their nodes).
+                for (a, b) in [(owner, viewer), (viewer, owner)] {
+                    let mut c =
+                        Client::connect(s.nodes[(a % SHARDS) as usize].addr("friends").unwrap())
+                            .await
+                            .unwrap();
+                    let reply = c
+                        .send_raw(format!("delete friend_half{a}_{b}\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                    assert_eq!(reply, b"DELETED\r\n");
+                }
+                s.world.friends.get_mut(&owner).unwrap().remove(&viewer);
+                s.world.friends.get_mut(&viewer).unwrap().remove(&owner);
+            }
+            _ => {
+                // A new event of another friend, straight to his news node.
+                let Some(&f) = s.world.friends_of(viewer).iter().next() else {
+                    break;
+                };
+                let date = s.clock.now() + 100;
+                s.clock.set(date);
+                let mut c = Client::connect(s.nodes[(f % SHARDS) as usize].addr("news").unwrap())
+                    .await
+                    .unwrap();
+                let reply = c
+                    .send_raw(&set(
+                        &format!("update{f}"),
+                        &format!("1,{},0,{f},1,7", date % 1000),
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(reply, b"STORED\r\n");
+                let a = i32::try_from(f).unwrap();
+                let id = s.next_id.entry(a).or_insert(0);
+                *id += 1;
+                s.world.events.entry(a).or_default().push(Ev {
+                    date,
+                    author: a,
+                    id: *id,
+                    kind: 1,
+                    fields: [i64::from(date % 1000), 0, i64::from(f), 1, 7],
+                });
+            }
+        }
+        // Before the TTL the old page may still be served (and is, unless this machine
+        // stalled); past it (measured from the write: every entry was read before it) the
+        // reference holds.
+        let mut peek = 0;
+        let early = s.check_soft(&mut client, viewer, 5, &mut peek).await;
+        if !early && written.elapsed() < std::time::Duration::from_millis(TTL_MS / 2) {
+            stale += 1;
+        }
+        let wait = std::time::Duration::from_millis(TTL_MS + 20).saturating_sub(written.elapsed());
+        tokio::time::sleep(wait).await;
+        s.check(&mut client, viewer, 5, &mut leaks).await;
+    }
+    assert_eq!(leaks, 0);
+    assert!(
+        stale > 0,
+        "no read before the TTL was stale: the cache was not exercised"
+    );
+    drop(s);
+}

@@ -1,7 +1,8 @@
 //! Feed benchmark (not run by default): a viewer with 300 friends over 8 news shards, 50
 //! events per author, 20 events per page. Three ways to the same page:
 //!
-//! * **proxy**: `get feed1#20` on the proxy's news port (one round trip);
+//! * **proxy**: `get feed1#20` on the proxy's news port (one round trip), with the feed cache
+//!   on (the default `[feed] cache_ttl_ms`) and off (`cache_ttl_ms = 0`, a second proxy);
 //! * **client**: the client assembles it from the nodes itself, as the proxy does (friends
 //!   list; `set temp` + `raw_updates` on the 8 news shards in parallel; privacy checks on the
 //!   8 friends shards in parallel; merge, grouping);
@@ -10,7 +11,8 @@
 //!   WITHSCORES LIMIT 0 21` per friend (score = date · 10⁵ + id) and merges (no privacy rules: Redis has none).
 //!
 //! Run: `cargo test --release -p koshka-proxy --test feed_bench -- --ignored --nocapture`
-//! (`FEED_BENCH_SECONDS`, default 5, per measurement; `FEED_BENCH_CONNECTIONS`, default 8).
+//! (`FEED_BENCH_SECONDS`, default 5, per measurement; `FEED_BENCH_CONNECTIONS`, default 8;
+//! `FEED_BENCH_TTL_MS`, the cached proxy's `[feed] cache_ttl_ms`, default the proxy's own).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -380,8 +382,18 @@ async fn feed_300_friends_8_shards() {
                 .collect(),
         ));
     }
+    let mut uncached = config.clone();
+    uncached.feed.cache_ttl_ms = 0;
+    if let Some(ttl) = std::env::var("FEED_BENCH_TTL_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        config.feed.cache_ttl_ms = ttl;
+    }
     let proxy = koshka_proxy::start(config).unwrap();
     let news_addr = proxy.addr("news").unwrap();
+    let proxy_off = koshka_proxy::start(uncached).unwrap();
+    let news_off = proxy_off.addr("news").unwrap();
     let friends = friend_ids();
     let mut redis = RedisServer::start();
     let mut redis_load = Vec::new();
@@ -468,30 +480,39 @@ async fn feed_300_friends_8_shards() {
         page,
         "the client-side assembly differs"
     );
+    let mut off = Client::connect(news_off).await.unwrap();
+    let key = format!("feed{VIEWER}#{LIMIT}");
+    assert_eq!(off.get(&key).await.unwrap().unwrap().data, page);
+    assert_eq!(client.get(&key).await.unwrap().unwrap().data, page);
     let mut rows = Vec::new();
     let deadline = move || Instant::now() + Duration::from_secs_f64(seconds);
     for (name, n) in [("1 connection", 1), ("many", conns)] {
-        let proxies = futures_util::future::join_all((0..n).map(|_| Client::connect(news_addr)))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        let key = format!("feed{VIEWER}#{LIMIT}");
-        let r = measure(proxies, seconds, move |mut c: Client| {
+        for (path, addr) in [
+            ("proxy, feed cache on", news_addr),
+            ("proxy, feed cache off", news_off),
+        ] {
+            let proxies = futures_util::future::join_all((0..n).map(|_| Client::connect(addr)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
             let key = key.clone();
-            let end = deadline();
-            async move {
-                let mut lat = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    c.get(&key).await.unwrap().unwrap();
-                    lat.push(t.elapsed());
+            let r = measure(proxies, seconds, move |mut c: Client| {
+                let key = key.clone();
+                let end = deadline();
+                async move {
+                    let mut lat = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        c.get(&key).await.unwrap().unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
                 }
-                lat
-            }
-        })
-        .await;
-        rows.push(("proxy", name, n, r));
+            })
+            .await;
+            rows.push((path, name, n, r));
+        }
         let clients: Vec<Direct> = direct.drain(..n).collect();
         let r = measure(clients, seconds, move |mut d: Direct| {
             let end = deadline();
@@ -567,10 +588,29 @@ async fn feed_300_friends_8_shards() {
     for (path, _, n, (rate, p50, p99)) in &rows {
         println!("| {path} | {n} | {rate:.0} | {p50:.0} | {p99:.0} |");
     }
+    for (_, name, n, _) in rows.iter().filter(|r| r.0 == "client over the nodes") {
+        let rate = |path: &str| {
+            rows.iter()
+                .find(|r| r.0 == path && r.1 == *name)
+                .map_or(0.0, |r| r.3 .0)
+        };
+        let client = rate("client over the nodes");
+        println!(
+            "{n} connection(s): proxy/client throughput: cache on {:.2}x, cache off {:.2}x",
+            rate("proxy, feed cache on") / client,
+            rate("proxy, feed cache off") / client
+        );
+    }
+    let mut stats = Client::connect(news_addr).await.unwrap();
+    let text = String::from_utf8_lossy(&stats.send_raw(b"stats\r\n").await.unwrap()).into_owned();
+    for line in text.lines().filter(|l| l.contains("feed_cache")) {
+        println!("{line}");
+    }
     if redis.is_none() {
         println!("(redis-server not found: Redis rows skipped)");
     }
     redis.take();
     drop(proxy);
+    drop(proxy_off);
     drop(nodes);
 }
