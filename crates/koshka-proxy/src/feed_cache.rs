@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,10 @@ impl<K: Hash + Eq + Copy, V: Clone> Table<K, V> {
 /// The cache (one per proxy).
 pub struct FeedCache {
     ttl: Duration,
+    /// Set once a news cluster is in the map (never cleared, so entries filled while it was
+    /// there cannot outlive a write made while it was not): until then no feed is served and
+    /// writes need not invalidate anything.
+    serving: AtomicBool,
     friends_gen: Box<[AtomicU64]>,
     news_gen: Box<[AtomicU64]>,
     lists: Mutex<Table<u32, Arc<Vec<u32>>>>,
@@ -191,6 +195,7 @@ impl FeedCache {
         let ttl = Duration::from_millis(settings.cache_ttl_ms);
         FeedCache {
             ttl,
+            serving: AtomicBool::new(false),
             friends_gen: counters(),
             news_gen: counters(),
             lists: Mutex::new(Table::new(settings.cache_list_ids_max, ttl)),
@@ -206,10 +211,18 @@ impl FeedCache {
         !self.ttl.is_zero()
     }
 
-    /// Whether writes to a cluster of `family` must invalidate entries.
+    /// Called when the map has a news cluster: feeds may be served from now on.
+    pub fn serve(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Whether writes to a cluster of `family` must invalidate entries (the cache is on and a
+    /// news cluster serves feeds: a proxy without one does not make friends writes wait).
     #[must_use]
     pub fn watches(&self, family: Family) -> bool {
-        self.enabled() && matches!(family, Family::Friends | Family::News)
+        self.enabled()
+            && self.serving.load(Ordering::Acquire)
+            && matches!(family, Family::Friends | Family::News)
     }
 
     /// Makes every entry depending on `owners` (in `family`) unusable.
@@ -418,6 +431,17 @@ mod tests {
         off.put_list(7, Arc::new(vec![1]), 0, Instant::now());
         assert!(off.list(7).is_none());
         assert!(!off.watches(Family::Friends));
+        off.serve();
+        assert!(
+            !off.watches(Family::Friends),
+            "a cache that is off never watches"
+        );
+        // On, but no news cluster yet: friends writes need not wait for invalidation.
+        let idle = FeedCache::new(&settings(200, 100));
+        assert!(!idle.watches(Family::Friends));
+        idle.serve();
+        assert!(idle.watches(Family::Friends) && idle.watches(Family::News));
+        assert!(!idle.watches(Family::Kv));
     }
 
     #[test]

@@ -367,6 +367,13 @@ async fn apply(
     shared: &Arc<Shared>,
     listening: &mut BTreeMap<String, Listening>,
 ) -> Result<()> {
+    if config
+        .clusters
+        .iter()
+        .any(|c| c.engine == crate::config::Family::News)
+    {
+        shared.feed_cache.serve();
+    }
     let old_members: HashMap<String, Arc<Member>> = listening
         .values()
         .flat_map(|l| {
