@@ -42,6 +42,7 @@ use crate::cluster::Cluster;
 use crate::config::Family;
 use crate::conn::{values_part, Part, PartFuture};
 use crate::feed_cache::{heads_serve, FeedCache, Head, HEAD_EVENTS};
+use crate::scatter::Fail;
 use crate::stats::{add, bump};
 use crate::Shared;
 
@@ -288,17 +289,6 @@ pub fn render(events: &[Event], next: Option<(u32, i32, u32)>) -> Vec<u8> {
     }
     out.push(b'}');
     out
-}
-
-enum Fail {
-    Reply(Bytes),
-    Call(CallError),
-}
-
-impl From<CallError> for Fail {
-    fn from(e: CallError) -> Self {
-        Fail::Call(e)
-    }
 }
 
 fn client_error(text: &str) -> Fail {

@@ -120,7 +120,8 @@ fn resolve_temp(get: GetKey<'static>, session: &Session) -> Result<GetKey<'stati
     })
 }
 
-enum Fail {
+/// Why a gathered answer failed (also the feed's).
+pub(crate) enum Fail {
     /// A shard's error line: the client's reply.
     Reply(Bytes),
     /// A shard did not answer.
