@@ -63,7 +63,11 @@ fn admin_text(cluster: &Cluster, session: &Session, key: &[u8]) -> Option<String
 
 fn calc(cluster: &Cluster, key: &[u8]) -> String {
     let shard = match route::read(cluster, key) {
-        ReadPlan::Shard(shard) | ReadPlan::Pinned { shard, .. } => shard,
+        ReadPlan::Shard(shard)
+        | ReadPlan::Pinned { shard, .. }
+        | ReadPlan::Lists {
+            shard: Some(shard), ..
+        } => shard,
         _ => match route::write(cluster, koshka_keys::Verb::Set, key, b"") {
             route::WritePlan::Shard(shard) => shard,
             _ => cluster.shard_of_plain(key),

@@ -133,7 +133,9 @@ fn read_owner(cluster: &Cluster, key: &[u8]) -> i64 {
         Family::Search => koshka_keys::search::Query::parse(key)
             .ok()
             .and_then(|q| Route::owners(&q).primary()),
-        Family::Kv | Family::News => None,
+        // A lists cluster takes no cache tier (config.rs): `delete object…` changes lists it
+        // does not name.
+        Family::Kv | Family::News | Family::Lists => None,
     };
     owner.or_else(|| first_int(key)).unwrap_or(0)
 }
@@ -224,6 +226,14 @@ pub fn owners_of_write(cluster: &Cluster, key: &[u8]) -> Vec<i64> {
             .or_else(|_| DeleteKey::parse(key).map(|k| Route::owners(&k).to_vec()))
             .or_else(|_| IncrKey::parse(key).map(|k| Route::owners(&k).to_vec()))
             .ok(),
+        Family::Lists => {
+            use koshka_keys::lists;
+            lists::SetKey::parse(key)
+                .map(|k| Route::owners(&k).to_vec())
+                .or_else(|_| lists::DeleteKey::parse(key).map(|k| Route::owners(&k).to_vec()))
+                .or_else(|_| lists::IncrKey::parse(key).map(|k| Route::owners(&k).to_vec()))
+                .ok()
+        }
         _ => None,
     };
     owners.unwrap_or_else(|| first_int(key).into_iter().collect())

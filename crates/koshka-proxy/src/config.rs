@@ -261,6 +261,8 @@ pub enum Family {
     Search,
     /// The news grammar, and the proxy's feed key.
     News,
+    /// The lists grammar: lists by their id, `object_lists`/`delete object` on every shard.
+    Lists,
 }
 
 impl Family {
@@ -274,6 +276,7 @@ impl Family {
             Self::Friends => "friends",
             Self::Search => "search",
             Self::News => "news",
+            Self::Lists => "lists",
         }
     }
 }
@@ -501,6 +504,13 @@ impl Config {
             if !cluster.cache.is_empty() && cluster.engine == Family::Kv {
                 return bad(format!(
                     "cluster {:?}: the cache tier fronts compiled-key engines, not kv",
+                    cluster.name
+                ));
+            }
+            if !cluster.cache.is_empty() && cluster.engine == Family::Lists {
+                return bad(format!(
+                    "cluster {:?}: the cache tier does not front lists (`delete object…` changes \
+                     lists it does not name)",
                     cluster.name
                 ));
             }

@@ -60,7 +60,7 @@ const READ_CHUNK_SIZE: usize = 16 * 1024;
 pub struct Session {
     /// Connection number (backend affinity).
     pub id: usize,
-    temps: VecDeque<(String, Vec<u32>)>,
+    temps: VecDeque<(String, TempIds)>,
     new_ids: VecDeque<((i64, Vec<u8>), u32)>,
     /// Sub-requests completed by the last retrieval.
     pub last_complete: u32,
@@ -69,16 +69,25 @@ pub struct Session {
 }
 
 impl Session {
-    /// The temp list `tag`, if stored.
+    /// The friends temp list `tag` (user ids), if stored.
     #[must_use]
     pub fn temp(&self, tag: &str) -> Option<&Vec<u32>> {
-        self.temps
-            .iter()
-            .find(|(t, _)| t == tag)
-            .map(|(_, ids)| ids)
+        match self.temps.iter().find(|(t, _)| t == tag) {
+            Some((_, TempIds::Users(ids))) => Some(ids),
+            _ => None,
+        }
     }
 
-    fn put_temp(&mut self, tag: String, ids: Vec<u32>) {
+    /// The lists temp list `tag` (object ids, groups negative), if stored.
+    #[must_use]
+    pub fn object_temp(&self, tag: &str) -> Option<&Vec<i32>> {
+        match self.temps.iter().find(|(t, _)| t == tag) {
+            Some((_, TempIds::Objects(ids))) => Some(ids),
+            _ => None,
+        }
+    }
+
+    fn put_temp(&mut self, tag: String, ids: TempIds) {
         self.temps.retain(|(t, _)| *t != tag);
         if self.temps.len() == TEMP_LISTS_MAX {
             self.temps.pop_front();
@@ -113,6 +122,15 @@ impl Session {
             Effect::Invalidate(_) => {}
         }
     }
+}
+
+/// A temp list the proxy keeps for its client: one connection speaks one family's grammar.
+#[derive(Debug)]
+enum TempIds {
+    /// The friends grammar's user ids.
+    Users(Vec<u32>),
+    /// The lists grammar's object ids.
+    Objects(Vec<i32>),
 }
 
 /// A change to the session a reply carries (applied when the reply's turn comes).
@@ -555,6 +573,14 @@ impl Conn<'_> {
                         self.session.id,
                     ));
                 }
+                ReadPlan::Lists { get, shard } => parts.push(crate::lists::read(
+                    self.cluster.clone(),
+                    self.shared,
+                    key.to_vec(),
+                    get,
+                    shard,
+                    self.session,
+                )),
                 ReadPlan::Feed => parts.push(crate::feed::start(
                     self.cluster.clone(),
                     self.shared.clone(),
@@ -671,7 +697,12 @@ impl Conn<'_> {
                 let Command::Store { data, .. } = command else {
                     return (Slot::Static(koshka_proto::reply::ERROR), false);
                 };
-                let reply: Vec<u8> = match koshka_keys::friends::parse_id_list(data) {
+                let parsed = if self.cluster.family() == Family::Lists {
+                    koshka_keys::lists::parse_ids(data).map(TempIds::Objects)
+                } else {
+                    koshka_keys::friends::parse_id_list(data).map(TempIds::Users)
+                };
+                let reply: Vec<u8> = match parsed {
                     Ok(ids) => {
                         self.session.put_temp(tag, ids);
                         koshka_proto::reply::STORED.to_vec()
@@ -686,6 +717,21 @@ impl Conn<'_> {
                     },
                     false,
                 )
+            }
+            WritePlan::ObjectDelete => {
+                let task = tokio::spawn(crate::lists::delete_object(
+                    self.cluster.clone(),
+                    self.shared.clone(),
+                    replying(command).into(),
+                    self.session.id,
+                    self.deadline_set(),
+                ));
+                let slot = if noreply {
+                    Slot::Task(silence(task))
+                } else {
+                    Slot::Task(task)
+                };
+                (slot, true)
             }
             plan => {
                 let task = crate::twin::start(
@@ -1124,7 +1170,7 @@ mod tests {
     fn sessions_bound_their_lists() {
         let mut session = Session::default();
         for i in 0..40 {
-            session.put_temp(format!("t{i}"), vec![i]);
+            session.put_temp(format!("t{i}"), TempIds::Users(vec![i]));
         }
         assert_eq!(session.temps.len(), TEMP_LISTS_MAX);
         assert_eq!(session.temp("t39"), Some(&vec![39]));

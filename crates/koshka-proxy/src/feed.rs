@@ -3,7 +3,9 @@
 //! `feed<viewer>[_<types>][#<limit>][,<date>,<author>,<id>][:<id,id,…>]`
 //!
 //! 1. The authors: the listed ids, else the viewer's friends (`friends<viewer>` from the
-//!    friends cluster).
+//!    friends cluster) and, when the map has a lists cluster, whom the viewer follows (the
+//!    objects of `list<viewer>` there: groups, and people who are not friends), both asked
+//!    in parallel; at most [`FEED_AUTHORS_MAX`], lowest ids first.
 //! 2. Every news shard holding some of them gets `set temp<tag>` of only its authors and
 //!    `get raw_updates<types>_0,<to>[,<author>,<id>]#<batch>:-<tag>` (one call per shard, all
 //!    shards in parallel); `batch` is `limit + 1` (one event more to know whether a next page
@@ -334,22 +336,27 @@ pub fn start(news: Arc<Cluster>, shared: Arc<Shared>, key: Vec<u8>, affinity: us
     };
     Box::pin(async move {
         bump(&news.stats.scatter_gathers);
-        let friends = {
+        let (friends, lists) = {
             let clusters = shared.clusters.read();
-            clusters
-                .values()
-                .map(|cell| cell.load())
-                .find(|c| c.family() == Family::Friends)
+            let find = |family| {
+                clusters
+                    .values()
+                    .map(|cell| cell.load())
+                    .find(|c| c.family() == family)
+            };
+            (find(Family::Friends), find(Family::Lists))
         };
         let deadline = Instant::now() + Duration::from_millis(news.settings.get_timeout_ms);
         let cache: &FeedCache = &shared.feed_cache;
         let feed = Feed {
             news: &news,
             friends: friends.as_deref(),
+            lists: lists.as_deref(),
             shared: &shared,
             cache,
             // Read before anything is asked of a node (see feed_cache.rs).
             viewer_gen: cache.friends_gen(i64::from(parsed.viewer)),
+            follows_gen: cache.follows_gen(parsed.viewer),
             affinity,
             deadline,
             key: parsed,
@@ -390,10 +397,14 @@ pub fn start(news: Arc<Cluster>, shared: Arc<Shared>, key: Vec<u8>, affinity: us
 struct Feed<'a> {
     news: &'a Cluster,
     friends: Option<&'a Cluster>,
+    /// The lists cluster, whose `list<viewer>` names whom the viewer follows.
+    lists: Option<&'a Cluster>,
     shared: &'a Shared,
     cache: &'a FeedCache,
     /// The viewer's friends-family generation when the request started.
     viewer_gen: u64,
+    /// The viewer's follow-list stamp when the request started.
+    follows_gen: [u64; 2],
     affinity: usize,
     deadline: Instant,
     key: FeedKey,
@@ -444,6 +455,37 @@ impl Feed<'_> {
         Ok(list)
     }
 
+    /// Whom the viewer follows: the objects of `list<viewer>` on the lists cluster (none
+    /// without one), from the cache when it holds a usable list.
+    async fn viewer_follows(&self) -> Result<Arc<Vec<i32>>, Fail> {
+        let Some(lists) = self.lists else {
+            return Ok(Arc::new(Vec::new()));
+        };
+        let viewer = self.key.viewer;
+        if let Some(list) = self.cache.follows(viewer) {
+            return Ok(list);
+        }
+        let born = std::time::Instant::now();
+        let mut bytes = Vec::new();
+        encode::get(&mut bytes, [format!("list{viewer}")]);
+        let shard = lists.shard_of_owner(i64::from(viewer));
+        let frames = self.call(lists, shard, bytes, 1).await?;
+        let list: Vec<i32> = one_value(&frames[0])?
+            .and_then(|v| CountedList::parse(&v).ok())
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter_map(|i| i32::try_from(i).ok())
+                    .filter(|&i| i != 0 && i != i32::MIN)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let list = Arc::new(list);
+        self.cache
+            .put_follows(viewer, list.clone(), self.follows_gen, born);
+        Ok(list)
+    }
+
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
         let friends = self.friends_cluster()?;
         let mut bytes = Vec::new();
@@ -466,11 +508,12 @@ impl Feed<'_> {
         let mut authors: Vec<i32> = match &self.key.authors {
             Some(list) => list.clone(),
             None => {
-                let list = self.viewer_friends().await?;
+                let (list, follows) = tokio::join!(self.viewer_friends(), self.viewer_follows());
+                let (list, follows) = (list?, follows?);
                 let authors = list
                     .iter()
                     .filter_map(|&f| i32::try_from(f).ok())
-                    .take(FEED_AUTHORS_MAX)
+                    .chain(follows.iter().copied())
                     .collect();
                 viewer_friends = Some(list);
                 authors
@@ -478,6 +521,7 @@ impl Feed<'_> {
         };
         authors.sort_unstable();
         authors.dedup();
+        authors.truncate(FEED_AUTHORS_MAX);
         if self.cache.enabled() && heads_serve(self.key.limit, authors.len()) {
             if let Some(page) = self.page_from_heads(&authors, &mut viewer_friends).await? {
                 bump(&self.news.stats.feed_cache_pages);

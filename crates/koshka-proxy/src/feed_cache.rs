@@ -3,7 +3,8 @@
 //!
 //! Three bounded tables (`[feed]` settings, sizes counted in ids, answers and events):
 //!
-//! * **friend lists**: `friends<viewer>` from the friends cluster;
+//! * **friend lists**: `friends<viewer>` from the friends cluster, and **follow lists**:
+//!   `list<viewer>` from the lists cluster (the groups and people the viewer follows);
 //! * **privacy answers**: whether `viewer` may see `author`'s events of type `t` (the friends
 //!   engine's check, friend-of-a-friend step resolved);
 //! * **author heads**: an author's newest [`HEAD_EVENTS`] events of every type (the news
@@ -11,13 +12,14 @@
 //!   them.
 //!
 //! **Invalidation** is by generation, as in the cache tier (`cache.rs`): every owner id has a
-//! counter per family (friends, news; one of [`GENERATIONS`] each, chosen by the id; a
-//! collision only invalidates more). A write through this proxy to a friends or news cluster
+//! counter per family (friends, news, lists; one of [`GENERATIONS`] each, chosen by the id; a
+//! collision only invalidates more), and the lists family has one more counter for writes that
+//! change lists they do not name (`delete object<obj>`), which every follow list depends on. A write through this proxy to a friends or news cluster
 //! bumps the counters of every owner it changes *after* the shard acknowledged it and
 //! *before* the client gets the reply. An entry remembers the counters of everything it
 //! depends on as they were *before* its data was asked of the nodes (a friend list: the
-//! viewer; a privacy answer: viewer and author in the friends family; a head: the author in
-//! the news family), and is used only while they are unchanged. So a feed read that starts
+//! viewer; a follow list: the viewer and that counter in the lists family; a privacy answer:
+//! viewer and author in the friends family; a head: the author in the news family), and is used only while they are unchanged. So a feed read that starts
 //! after a write's reply never uses an entry filled from data older than that write.
 //!
 //! **TTL.** Writes that do not pass through this proxy (straight to a node, through another
@@ -167,7 +169,11 @@ pub struct FeedCache {
     serving: AtomicBool,
     friends_gen: Box<[AtomicU64]>,
     news_gen: Box<[AtomicU64]>,
+    lists_gen: Box<[AtomicU64]>,
+    /// Bumped by lists writes that name no list (`delete object…`).
+    lists_epoch: AtomicU64,
     lists: Mutex<Table<u32, Arc<Vec<u32>>>>,
+    follows: Mutex<Table<u32, Arc<Vec<i32>>>>,
     privacy: Mutex<Table<(u32, i32, u32), bool>>,
     heads: Mutex<Table<i32, Arc<Head>>>,
     /// Hits, misses, evictions, invalidations.
@@ -198,7 +204,10 @@ impl FeedCache {
             serving: AtomicBool::new(false),
             friends_gen: counters(),
             news_gen: counters(),
+            lists_gen: counters(),
+            lists_epoch: AtomicU64::new(0),
             lists: Mutex::new(Table::new(settings.cache_list_ids_max, ttl)),
+            follows: Mutex::new(Table::new(settings.cache_list_ids_max, ttl)),
             privacy: Mutex::new(Table::new(settings.cache_privacy_max, ttl)),
             heads: Mutex::new(Table::new(settings.cache_events_max, ttl)),
             counters: CacheCounters::default(),
@@ -222,7 +231,7 @@ impl FeedCache {
     pub fn watches(&self, family: Family) -> bool {
         self.enabled()
             && self.serving.load(Ordering::Acquire)
-            && matches!(family, Family::Friends | Family::News)
+            && matches!(family, Family::Friends | Family::News | Family::Lists)
     }
 
     /// Makes every entry depending on `owners` (in `family`) unusable.
@@ -230,6 +239,7 @@ impl FeedCache {
         let table = match family {
             Family::Friends => &self.friends_gen,
             Family::News => &self.news_gen,
+            Family::Lists => &self.lists_gen,
             _ => return,
         };
         for owner in owners {
@@ -238,6 +248,25 @@ impl FeedCache {
         self.counters
             .invalidations
             .fetch_add(owners.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes every entry depending on any owner of `family` unusable (a write that changes
+    /// owners it does not name: `delete object<obj>` of the lists grammar).
+    pub fn invalidate_every(&self, family: Family) {
+        if family == Family::Lists {
+            self.lists_epoch.fetch_add(1, Ordering::AcqRel);
+            self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The lists-family stamp of `viewer`'s follow list: its generation and the epoch (read
+    /// before asking a node).
+    #[must_use]
+    pub fn follows_gen(&self, viewer: u32) -> [u64; 2] {
+        [
+            self.lists_gen[slot(i64::from(viewer))].load(Ordering::Acquire),
+            self.lists_epoch.load(Ordering::Acquire),
+        ]
     }
 
     /// The friends-family generation of `id` (read before asking a node).
@@ -289,6 +318,32 @@ impl FeedCache {
         }
         let weight = list.len() + 1;
         let n = self.lists.lock().put(viewer, list, [gen, 0], born, weight);
+        self.evicted(n);
+    }
+
+    /// The cached follow list of `viewer` (`list<viewer>` of the lists cluster).
+    #[must_use]
+    pub fn follows(&self, viewer: u32) -> Option<Arc<Vec<i32>>> {
+        if !self.enabled() {
+            return None;
+        }
+        let stamp = self.follows_gen(viewer);
+        let got = self
+            .follows
+            .lock()
+            .get(&viewer, stamp, Instant::now(), self.ttl);
+        self.count(got.is_some());
+        got
+    }
+
+    /// Stores `viewer`'s follow list, asked for at `born` with the stamp `gen`
+    /// ([`FeedCache::follows_gen`] read before asking).
+    pub fn put_follows(&self, viewer: u32, list: Arc<Vec<i32>>, gen: [u64; 2], born: Instant) {
+        if !self.enabled() {
+            return;
+        }
+        let weight = list.len() + 1;
+        let n = self.follows.lock().put(viewer, list, gen, born, weight);
         self.evicted(n);
     }
 
@@ -373,11 +428,13 @@ impl FeedCache {
         self.evicted(n);
     }
 
-    /// Entries held (friend lists, privacy answers, heads).
+    /// Entries held (friend and follow lists, privacy answers, heads).
     #[must_use]
     pub fn entries(&self) -> u64 {
-        (self.lists.lock().map.len() + self.privacy.lock().map.len() + self.heads.lock().map.len())
-            as u64
+        (self.lists.lock().map.len()
+            + self.follows.lock().map.len()
+            + self.privacy.lock().map.len()
+            + self.heads.lock().map.len()) as u64
     }
 }
 
@@ -441,7 +498,32 @@ mod tests {
         assert!(!idle.watches(Family::Friends));
         idle.serve();
         assert!(idle.watches(Family::Friends) && idle.watches(Family::News));
+        assert!(idle.watches(Family::Lists));
         assert!(!idle.watches(Family::Kv));
+    }
+
+    #[test]
+    fn follow_lists_die_on_their_list_and_on_object_deletes() {
+        let cache = FeedCache::new(&settings(10_000, 100));
+        let gen = cache.follows_gen(7);
+        cache.put_follows(7, Arc::new(vec![-5, 9]), gen, Instant::now());
+        assert_eq!(cache.follows(7).as_deref(), Some(&vec![-5, 9]));
+        // Friends and news writes leave it; a write to another list too.
+        cache.invalidate(Family::Friends, &[7]);
+        cache.invalidate(Family::News, &[7]);
+        cache.invalidate(Family::Lists, &[8]);
+        assert!(cache.follows(7).is_some());
+        cache.invalidate(Family::Lists, &[7]);
+        assert!(cache.follows(7).is_none());
+        // Filled with the stamp read before the write: never used.
+        cache.put_follows(7, Arc::new(vec![-5]), gen, Instant::now());
+        assert!(cache.follows(7).is_none());
+        let gen = cache.follows_gen(7);
+        cache.put_follows(7, Arc::new(vec![-5]), gen, Instant::now());
+        assert!(cache.follows(7).is_some());
+        // `delete object…` names no list: every follow list goes.
+        cache.invalidate_every(Family::Lists);
+        assert!(cache.follows(7).is_none());
     }
 
     #[test]

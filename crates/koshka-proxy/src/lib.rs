@@ -40,6 +40,7 @@ mod conn;
 pub mod etcd;
 pub mod feed;
 pub mod feed_cache;
+mod lists;
 pub mod ring;
 pub mod route;
 mod scatter;
@@ -60,6 +61,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
 pub use conn::{NEW_IDS_MAX, TEMP_LISTS_MAX};
+pub use lists::OBJECT_LISTS_WINDOW_MAX;
 
 use crate::backend::Member;
 use crate::cluster::Cluster;

@@ -39,6 +39,15 @@ pub enum ReadPlan {
     Admin,
     /// `feed<viewer>…` on a news cluster: the proxy assembles the feed (`crate::feed`).
     Feed,
+    /// A lists key the proxy answers itself (`crate::lists`): `object_lists<obj>` asked of
+    /// every shard and united (`shard` is `None`), or a key naming a temp list the proxy holds
+    /// for this client connection, sent with the list to `shard`.
+    Lists {
+        /// The key.
+        get: koshka_keys::lists::GetKey,
+        /// The one shard that answers, `None` for every shard.
+        shard: Option<u32>,
+    },
 }
 
 /// How an update is carried out.
@@ -73,6 +82,9 @@ pub enum WritePlan {
         /// The tag.
         tag: String,
     },
+    /// `delete object<obj>` of the lists grammar: every shard removes the object from its
+    /// lists; `DELETED` when any did.
+    ObjectDelete,
 }
 
 /// The plan for a retrieval key.
@@ -104,6 +116,32 @@ pub fn read(cluster: &Cluster, key: &[u8]) -> ReadPlan {
         },
         Family::Search => search_read(cluster, key, prefix.is_some()),
         Family::News => news_read(cluster, key, prefix.is_some()),
+        Family::Lists => lists_read(cluster, key, prefix.is_some()),
+    }
+}
+
+/// A lists key: by its list's shard; `object_lists` on every shard; a temp list reference
+/// resolved by the proxy. An `N@` prefix sends the key to shard `N` (with the client's temp
+/// list, when it names one); a key the grammar refuses goes by its first integer.
+fn lists_read(cluster: &Cluster, key: &[u8], prefixed: bool) -> ReadPlan {
+    use koshka_keys::lists::{GetKey as ListsKey, ListRef as Ids};
+    let Ok(get) = ListsKey::parse(key) else {
+        return ReadPlan::Shard(cluster.shard_of_plain(key));
+    };
+    let shard = match (prefixed, Route::owners(&get).primary()) {
+        (true, _) => Some(cluster.shard_of_plain(key)),
+        (false, Some(owner)) => Some(cluster.shard_of_owner(owner)),
+        (false, None) => None,
+    };
+    match (&get, shard) {
+        (
+            ListsKey::Intersect {
+                ids: Ids::Temp(_), ..
+            },
+            _,
+        )
+        | (_, None) => ReadPlan::Lists { get, shard },
+        (_, Some(shard)) => ReadPlan::Shard(shard),
     }
 }
 
@@ -208,10 +246,13 @@ pub fn write(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> WritePl
         | WritePlan::UserDelete { user } => Some(cluster.shard_of_owner(i64::from(*user))),
         // The proxy keeps temp lists whatever the prefix.
         WritePlan::Temp { .. } => None,
+        // Every shard's: a prefix names one.
+        WritePlan::ObjectDelete => None,
     };
-    match primary {
-        Some(shard) if shard != pinned => WritePlan::Shard(pinned),
-        _ => plan,
+    match (primary, plan) {
+        (None, WritePlan::ObjectDelete) => WritePlan::Shard(pinned),
+        (Some(shard), _) if shard != pinned => WritePlan::Shard(pinned),
+        (_, plan) => plan,
     }
 }
 
@@ -296,6 +337,28 @@ fn write_by_owner(cluster: &Cluster, verb: Verb, key: &[u8], value: &[u8]) -> Wr
                 _ => plain(),
             }
         }
+        Family::Lists => lists_write(cluster, verb, key),
+    }
+}
+
+/// A lists update: by its list's shard; `set temp…` kept by the proxy; `delete object…` on
+/// every shard.
+fn lists_write(cluster: &Cluster, verb: Verb, key: &[u8]) -> WritePlan {
+    use koshka_keys::lists::{DeleteKey, IncrKey, SetKey};
+    let owner = match verb {
+        Verb::Set => match SetKey::parse(key) {
+            Ok(SetKey::Temp { tag }) => return WritePlan::Temp { tag },
+            parsed => parsed.map(|k| Route::owners(&k).primary()),
+        },
+        Verb::Delete => match DeleteKey::parse(key) {
+            Ok(DeleteKey::Object { .. }) => return WritePlan::ObjectDelete,
+            parsed => parsed.map(|k| Route::owners(&k).primary()),
+        },
+        _ => IncrKey::parse(key).map(|k| Route::owners(&k).primary()),
+    };
+    match owner {
+        Ok(Some(owner)) => WritePlan::Shard(cluster.shard_of_owner(owner)),
+        _ => WritePlan::Shard(cluster.shard_of_plain(key)),
     }
 }
 

@@ -336,7 +336,7 @@ pub fn start(
             WritePlan::FriendAdd { user, friend } => steps.befriend(user, friend, &value).await,
             WritePlan::FriendDelete { user, friend } => steps.unfriend(user, friend).await,
             WritePlan::UserDelete { user } => steps.delete_user(user).await,
-            WritePlan::Shard(_) | WritePlan::Temp { .. } => {
+            WritePlan::Shard(_) | WritePlan::Temp { .. } | WritePlan::ObjectDelete => {
                 Outcome::reply(b"SERVER_ERROR internal: not a multi-step write\r\n".to_vec())
             }
         };

@@ -1,5 +1,6 @@
-//! The feed key through the proxy: a random social graph (skewed degrees), random events,
-//! type masks and privacy rules over 8 friends shards and 8 news shards; every feed page
+//! The feed key through the proxy: a random social graph (skewed degrees), follow lists
+//! (groups and people, on 8 lists shards), random events, type masks and privacy rules over 8
+//! friends shards and 8 news shards; every feed page
 //! through the proxy equals a brute-force reference computed from all the data written, and no
 //! event is ever shown to a viewer who may not see it.
 //!
@@ -47,12 +48,23 @@ struct World {
     rules: HashMap<(u32, u32), String>,
     masks: HashMap<i32, u32>,
     events: HashMap<i32, Vec<Ev>>,
+    /// Whom each user follows (`list<user>` of the lists cluster).
+    follows: HashMap<u32, BTreeSet<i32>>,
 }
 
 impl World {
     fn friends_of(&self, u: u32) -> &BTreeSet<u32> {
         static EMPTY: BTreeSet<u32> = BTreeSet::new();
         self.friends.get(&u).unwrap_or(&EMPTY)
+    }
+
+    /// The authors of `viewer`'s feed when the key lists none: friends and follows.
+    fn authors_of(&self, viewer: u32) -> BTreeSet<i32> {
+        self.friends_of(viewer)
+            .iter()
+            .map(|&f| i32::try_from(f).unwrap())
+            .chain(self.follows.get(&viewer).into_iter().flatten().copied())
+            .collect()
     }
 
     fn common(&self, a: u32, b: u32) -> bool {
@@ -165,7 +177,7 @@ fn expected_page(visible: &[Ev], cursor: Option<(u32, i32, u32)>, limit: usize) 
 
 fn node_config(dir: &std::path::Path, index: u32) -> koshka_node::config::Config {
     let mut config = common::node_config(dir, index, SHARDS);
-    config.engines.enabled = vec!["friends".into(), "news".into()];
+    config.engines.enabled = vec!["friends".into(), "news".into(), "lists".into()];
     config
 }
 
@@ -202,7 +214,7 @@ async fn feed_pages_match_the_reference_and_never_leak() {
     let mut config = Config::default();
     config.proxy.get_timeout_ms = 5000;
     config.proxy.set_timeout_ms = 5000;
-    for family in [Family::Friends, Family::News] {
+    for family in [Family::Friends, Family::News, Family::Lists] {
         config.clusters.push(common::cluster(
             family,
             nodes
@@ -272,6 +284,22 @@ async fn feed_pages_match_the_reference_and_never_leak() {
         pipeline(&mut c, writes, b"STORED\r\n").await;
     }
     pipeline(&mut friends_client, &rule_writes, b"STORED\r\n").await;
+    // Follows: most users follow a few groups, some also people who are not their friends.
+    let mut follow_writes = Vec::new();
+    for u in 1..=USERS {
+        for _ in 0..rng.gen_range(0..4) {
+            let object = if rng.gen_bool(0.7) {
+                -rng.gen_range(1..=GROUPS)
+            } else {
+                i32::try_from(rng.gen_range(1..=USERS)).unwrap()
+            };
+            if world.follows.entry(u).or_default().insert(object) {
+                follow_writes.push(set(&format!("entry{u}_{object}"), "0"));
+            }
+        }
+    }
+    let mut lists_client = Client::connect(proxy.addr("lists").unwrap()).await.unwrap();
+    pipeline(&mut lists_client, &follow_writes, b"STORED\r\n").await;
 
     // Events, written through the proxy's news port with the clock at their dates.
     let mut planned: Vec<(u32, i32, u32, [i64; 5])> = Vec::new();
@@ -375,11 +403,7 @@ async fn feed_pages_match_the_reference_and_never_leak() {
                         })
                         .collect()
                 } else {
-                    world
-                        .friends_of(viewer)
-                        .iter()
-                        .map(|&f| i32::try_from(f).unwrap())
-                        .collect()
+                    world.authors_of(viewer)
                 };
                 let types = if rng.gen_bool(0.2) {
                     (1u32 << rng.gen_range(1..=TYPES)) | (1u32 << rng.gen_range(1..=TYPES))
@@ -569,6 +593,16 @@ struct Small {
     next_id: HashMap<i32, u32>,
     friends: Client,
     news: Client,
+    lists: Client,
+}
+
+/// A group (often) or a person to follow.
+fn random_followed(rng: &mut StdRng, users: u32) -> i32 {
+    if rng.gen_bool(0.7) {
+        -rng.gen_range(1..=5)
+    } else {
+        i32::try_from(rng.gen_range(1..=users)).unwrap()
+    }
 }
 
 /// A small random world (`users` users, 8 shards), written through the proxy with the feed
@@ -591,7 +625,7 @@ async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
     config.proxy.get_timeout_ms = 5000;
     config.proxy.set_timeout_ms = 5000;
     config.feed.cache_ttl_ms = ttl_ms;
-    for family in [Family::Friends, Family::News] {
+    for family in [Family::Friends, Family::News, Family::Lists] {
         config.clusters.push(common::cluster(
             family,
             nodes
@@ -605,6 +639,7 @@ async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
         .await
         .unwrap();
     let news = Client::connect(proxy.addr("news").unwrap()).await.unwrap();
+    let mut lists = Client::connect(proxy.addr("lists").unwrap()).await.unwrap();
     let mut world = World::default();
     let mut writes = Vec::new();
     for u in 1..=users {
@@ -617,6 +652,16 @@ async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
         }
     }
     pipeline(&mut friends, &writes, b"STORED\r\n").await;
+    let mut follows = Vec::new();
+    for u in 1..=users {
+        if rng.gen_bool(0.5) {
+            let object = random_followed(&mut rng, users);
+            if world.follows.entry(u).or_default().insert(object) {
+                follows.push(set(&format!("entry{u}_{object}"), "0"));
+            }
+        }
+    }
+    pipeline(&mut lists, &follows, b"STORED\r\n").await;
     let mut small = Small {
         clock,
         proxy,
@@ -626,6 +671,7 @@ async fn small_world(users: u32, heavy: u32, ttl_ms: u64, seed: u64) -> Small {
         next_id: HashMap::new(),
         friends,
         news,
+        lists,
     };
     for u in 1..=users {
         for kind in 1..=TYPES {
@@ -702,15 +748,29 @@ impl Small {
         });
     }
 
-    /// Reads `viewer`'s first 4 pages (his friends' feed, `limit` per page) through the proxy
+    /// Follows (or, `follow` false, unfollows) `object` for `viewer` through the proxy.
+    async fn follow(&mut self, viewer: u32, object: i32, follow: bool) {
+        let (request, expect): (Vec<u8>, &[u8]) = if follow {
+            (set(&format!("entry{viewer}_{object}"), "0"), b"STORED\r\n")
+        } else {
+            (
+                format!("delete entry{viewer}_{object}\r\n").into_bytes(),
+                b"DELETED\r\n",
+            )
+        };
+        assert_eq!(self.lists.send_raw(&request).await.unwrap(), expect);
+        let list = self.world.follows.entry(viewer).or_default();
+        if follow {
+            list.insert(object);
+        } else {
+            list.remove(&object);
+        }
+    }
+
+    /// Reads `viewer`'s first 4 pages (his friends' and follows' feed, `limit` per page) through the proxy
     /// and checks them against the reference; returns the number of feed reads.
     async fn check(&self, client: &mut Client, viewer: u32, limit: usize, leaks: &mut u64) -> u64 {
-        let authors: BTreeSet<i32> = self
-            .world
-            .friends_of(viewer)
-            .iter()
-            .map(|&f| i32::try_from(f).unwrap())
-            .collect();
+        let authors = self.world.authors_of(viewer);
         let visible = self.world.feed(viewer, &authors, u32::MAX);
         let mut cursor: Option<(u32, i32, u32)> = None;
         let mut reads = 0;
@@ -760,12 +820,7 @@ impl Small {
         limit: usize,
         _n: &mut u64,
     ) -> bool {
-        let authors: BTreeSet<i32> = self
-            .world
-            .friends_of(viewer)
-            .iter()
-            .map(|&f| i32::try_from(f).unwrap())
-            .collect();
+        let authors = self.world.authors_of(viewer);
         let visible = self.world.feed(viewer, &authors, u32::MAX);
         let key = format!("feed{viewer}#{limit}");
         let item = client.get(&key).await.unwrap().expect(&key);
@@ -817,7 +872,52 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
         for &v in &viewers {
             reads += s.check(&mut client, v, limit, &mut leaks).await;
         }
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..8) {
+            6 => {
+                // The viewer follows someone, or stops following.
+                let v = viewers[0];
+                let followed: Vec<i32> = s
+                    .world
+                    .follows
+                    .get(&v)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                match followed.choose(&mut rng) {
+                    Some(&o) if rng.gen_bool(0.5) => s.follow(v, o, false).await,
+                    _ => {
+                        let o = random_followed(&mut rng, USERS_SMALL);
+                        s.follow(v, o, true).await;
+                    }
+                }
+            }
+            7 if rng.gen_bool(0.1) => {
+                // A group is gone: `delete object…` on every lists shard.
+                let group = -rng.gen_range(1..=5);
+                let followers: Vec<u32> = s
+                    .world
+                    .follows
+                    .iter()
+                    .filter(|(_, l)| l.contains(&group))
+                    .map(|(&v, _)| v)
+                    .collect();
+                let reply = s
+                    .lists
+                    .send_raw(format!("delete object{group}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let expect: &[u8] = if followers.is_empty() {
+                    b"NOT_FOUND\r\n"
+                } else {
+                    b"DELETED\r\n"
+                };
+                assert_eq!(reply, expect);
+                for list in s.world.follows.values_mut() {
+                    list.remove(&group);
+                }
+                viewers.extend(followers.into_iter().take(3));
+            }
             0 | 1 => {
                 let kind = rng.gen_range(1..=TYPES);
                 let rules = random_rules(&mut rng, &s.world, author, USERS_SMALL);
@@ -925,6 +1025,11 @@ async fn feed_cache_follows_every_write_through_the_proxy() {
             "proxy_feed_cache_invalidations",
         )
         .await
+            + proxy_stat(
+                s.proxy.addr("lists").unwrap(),
+                "proxy_feed_cache_invalidations",
+            )
+            .await
             + stat("proxy_feed_cache_invalidations").await,
     );
     eprintln!(

@@ -226,7 +226,8 @@ struct ClusterUpArgs {
     /// exit.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The proxy's first port (kv, then messages, wall, friends); 0 = ephemeral ports.
+    /// The proxy's first port (kv, then messages, wall, friends, news, lists, search: 11211 to
+    /// 11217 by default); 0 = ephemeral ports.
     #[arg(long, default_value_t = 11211)]
     base_port: u16,
 }
@@ -561,7 +562,16 @@ fn cluster_up(args: &ClusterUpArgs) -> anyhow::Result<()> {
         }
     };
     let registry = koshka_node::registry::builtin();
-    let families = [Family::Kv, Family::Messages, Family::Wall, Family::Friends];
+    // In port order: 11211 kv … 11217 search, as a single node's defaults.
+    let families = [
+        Family::Kv,
+        Family::Messages,
+        Family::Wall,
+        Family::Friends,
+        Family::News,
+        Family::Lists,
+        Family::Search,
+    ];
     let mut nodes = Vec::new();
     for index in 0..args.shards {
         let mut config = Config::default();
@@ -571,6 +581,7 @@ fn cluster_up(args: &ClusterUpArgs) -> anyhow::Result<()> {
         config.storage.memory_limit = Size(256 * 1024 * 1024);
         config.engines.shard_index = index;
         config.engines.shard_count = args.shards;
+        config.engines.enabled = families.iter().map(|f| f.name().to_string()).collect();
         nodes.push(koshka_node::start(config, &registry)?);
     }
     let mut caches = Vec::new();
