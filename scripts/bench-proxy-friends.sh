@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Common friends across shards: koshka proxy over SHARDS friends nodes vs Redis 7 (ZINTER of
-# two sorted sets on one server) and one koshka node holding everything, in one run.
+# Common friends across shards: koshka proxy over SHARDS friends nodes vs Redis 7 on one server
+# (two rows: ZINTER of two sorted sets, and SINTER of two plain sets, the issue's model) and
+# one koshka node holding everything, in one run.
 # A benchmark, not a test: it asserts nothing.
 #
 #   scripts/bench-proxy-friends.sh                 # 5 alternating rounds, 5 s runs
@@ -23,7 +24,9 @@
 # the proxy: every friendship is written to both users' shards); the common1k pairs are users
 # given BIG_DEGREE friends each, so most pairs live on different shards.
 # Load: koshka bench --workload friends --mix common1k --connections C --pipeline 1
-#   (`get common_friends<a>,<b>` vs `ZINTER 2 f:<a> f:<b>`).
+#   (`get common_friends<a>,<b>` vs `ZINTER 2 f:<a> f:<b>` as target `redis`, and vs
+#   `SINTER s:<a> s:<b>` as target `rsets`: the Redis preload runs with --redis-friend-sets, so
+#   every user has both a sorted set and a plain set; `rsets` runs with the flag too).
 # CPU: user + system time of the target's processes (the proxy and its nodes summed) over
 # each run; 'per CPU-s' = common-friends answers per second of that CPU.
 set -euo pipefail
@@ -102,24 +105,28 @@ redis-server --port "${port_of[redis]}" --bind 127.0.0.1 --dir "$workdir/redis" 
     --appendfsync everysec --save '' >"$workdir/redis.log" 2>&1 &
 pids+=($!)
 procs_of[redis]=$!
+port_of[rsets]=${port_of[redis]}
+procs_of[rsets]=${procs_of[redis]}
 sleep 0.5
 
-names=(proxy node redis)
+names=(proxy node redis rsets)
 bench() {
     local name=$1
     shift
-    local protocol=memcache
-    [[ $name == redis ]] && protocol=redis
+    local protocol=memcache extra=()
+    [[ $name == redis || $name == rsets ]] && protocol=redis
+    [[ $name == rsets ]] && extra=(--redis-friend-sets)
     timeout 3600 "$KOSHKA_BIN" bench --workload friends --protocol "$protocol" \
         --server "127.0.0.1:${port_of[$name]}" --users "$USERS" --edges "$EDGES" \
-        --big-degree "$BIG_DEGREE" --distribution zipf --threads 2 --json "$@"
+        --big-degree "$BIG_DEGREE" --distribution zipf --threads 2 --json "${extra[@]}" "$@"
 }
 cpu_ticks() {
     local total=0 pid
     for pid in $1; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
     echo "$total"
 }
-for name in "${names[@]}"; do
+# `rsets` preloads the Redis server once for both Redis targets (sorted and plain sets).
+for name in proxy node rsets; do
     echo "== preloading $name (127.0.0.1:${port_of[$name]})" >&2
     bench "$name" --connections 8 --preload-only >"$workdir/preload-$name.json"
 done
@@ -170,17 +177,19 @@ for line in open(sys.argv[1]):
         conns_seen.append(conns)
     rows[(name, conns)].append((float(ops), float(p50), float(p99), int(errors), float(util)))
 med = lambda xs: statistics.median(xs) if xs else 0.0
-print("| conns | target | answers/s | p50 / p99 µs | CPU (cores) | per CPU-s | proxy / Redis | proxy / Redis per CPU-s |")
+print("| conns | target | answers/s | p50 / p99 µs | CPU (cores) | per CPU-s | proxy / this | proxy / this per CPU-s |")
 print("|---:|---|---:|---:|---:|---:|---:|---:|")
+targets = ("proxy", "node", "redis", "rsets")
+labels = {"proxy": "proxy + shards", "node": "one node", "redis": "Redis ZINTER", "rsets": "Redis SINTER"}
 for conns in conns_seen:
-    ops = {n: med([r[0] for r in rows[(n, conns)]]) for n in ("proxy", "node", "redis")}
-    per = {n: med([r[0] / r[4] for r in rows[(n, conns)] if r[4] > 0]) for n in ("proxy", "node", "redis")}
-    for n in ("proxy", "node", "redis"):
+    ops = {n: med([r[0] for r in rows[(n, conns)]]) for n in targets}
+    per = {n: med([r[0] / r[4] for r in rows[(n, conns)] if r[4] > 0]) for n in targets}
+    for n in targets:
         rs = rows[(n, conns)]
         if not rs:
             continue
-        ratio = f"**{ops['proxy'] / ops['redis']:.2f}×**" if n == "proxy" and ops["redis"] else ""
-        ratio_cpu = f"{per['proxy'] / per['redis']:.2f}×" if n == "proxy" and per["redis"] else ""
-        print(f"| {conns} | {n} | {ops[n]:,.0f} | {med([r[1] for r in rs]):,.0f} / {med([r[2] for r in rs]):,.0f} | "
+        ratio = f"**{ops['proxy'] / ops[n]:.2f}×**" if n in ("redis", "rsets") and ops[n] else ""
+        ratio_cpu = f"{per['proxy'] / per[n]:.2f}×" if n in ("redis", "rsets") and per[n] else ""
+        print(f"| {conns} | {labels[n]} | {ops[n]:,.0f} | {med([r[1] for r in rs]):,.0f} / {med([r[2] for r in rs]):,.0f} | "
               f"{med([r[4] for r in rs]):.2f} | {per[n]:,.0f} | {ratio} | {ratio_cpu} |")
 PY

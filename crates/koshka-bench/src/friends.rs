@@ -15,11 +15,15 @@
 //! | kind | koshka (compiled keys) | Redis 7 (idiomatic model) |
 //! |---|---|---|
 //! | `page` | `get recent_friends<u>#1,20` (or `#21,40`) | `ZREVRANGE f:<u> 0 19 WITHSCORES` (sorted set per user, score = date added) |
-//! | `common` | `get common_friends<a>,<b>` (two Zipf users) | `ZINTER 2 f:<a> f:<b>` |
+//! | `common` | `get common_friends<a>,<b>` (two Zipf users) | `ZINTER 2 f:<a> f:<b>`; with `--redis-friend-sets`, `SINTER s:<a> s:<b>` |
 //! | `common1k` | as `common`, for a pair with 1 000 friends each | as `common` |
 //! | `add` | `set friend<a>_<b>` (both halves, one binlog record) | `MULTI` `ZADD f:<a> <now> <b>` `ZADD f:<b> <now> <a>` `EXEC` |
 //! | `remove` | `delete friend<a>_<b>` (an edge this connection added) | `MULTI` 2×`ZREM` `EXEC` |
 //! | `privacy` | `get <viewer>~<owner>:album1,…,album20` | `HMGET p:<owner> album1 … album20` + `ZSCORE f:<owner> <viewer>`; then, if the viewer is no friend and a rule names `G`, `ZINTERCARD 2 f:<owner> f:<viewer> LIMIT 1`; rules evaluated in the application |
+//!
+//! `--redis-friend-sets` also keeps every user's friends in a plain set `s:<u>` (preload, adds
+//! and removes write both), so common friends can be the issue's `SINTER` of two sets (hash
+//! lookups, unordered reply) instead of `ZINTER` of two sorted sets.
 
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,6 +77,8 @@ pub(crate) struct FriendsConfig {
     pub(crate) chooser: KeyChooser,
     pub(crate) weights: Vec<u32>,
     pub(crate) seed: u64,
+    /// The Redis model also keeps plain sets, and common friends are `SINTER`.
+    pub(crate) redis_sets: bool,
 }
 
 /// The plan of the friends workload.
@@ -90,6 +96,8 @@ pub(crate) struct Friends {
     edges: Vec<(u32, u32)>,
     /// The privacy keys `album1`…`album<PRIVACY_KEYS>`.
     album_keys: Vec<String>,
+    /// `--redis-friend-sets`.
+    redis_sets: bool,
 }
 
 /// One in-flight operation.
@@ -169,6 +177,7 @@ impl Friends {
             seed: config.seed,
             edges,
             album_keys: (1..=PRIVACY_KEYS).map(|k| format!("album{k}")).collect(),
+            redis_sets: config.redis_sets,
         })
     }
 
@@ -230,6 +239,13 @@ impl Friends {
                 with_key(&common, |key| mc::get(out, &[Part::S(key)]));
                 Step::new(Frame::McGet, 1)
             }
+            Protocol::Redis if self.redis_sets => {
+                resp::command(out, 3);
+                resp::arg(out, b"SINTER");
+                resp::parts(out, &[Part::S(b"s:"), Part::N(a)]);
+                resp::parts(out, &[Part::S(b"s:"), Part::N(b)]);
+                Step::new(Frame::Resp, 1)
+            }
             Protocol::Redis => {
                 resp::command(out, 4);
                 resp::arg(out, b"ZINTER");
@@ -279,10 +295,16 @@ impl Friends {
                         resp::parts(out, &[Part::S(b"f:"), Part::N(owner)]);
                     }
                     resp::num(out, friend);
+                    if self.redis_sets {
+                        resp::command(out, 3);
+                        resp::arg(out, if add { &b"SADD"[..] } else { &b"SREM"[..] });
+                        resp::parts(out, &[Part::S(b"s:"), Part::N(owner)]);
+                        resp::num(out, friend);
+                    }
                 }
                 resp::command(out, 1);
                 resp::arg(out, b"EXEC");
-                Step::new(Frame::Resp, 4)
+                Step::new(Frame::Resp, if self.redis_sets { 6 } else { 4 })
             }
         }
     }
@@ -326,8 +348,14 @@ impl Social for Friends {
                         resp::parts(out, &[Part::S(b"f:"), Part::N(owner)]);
                         resp::num(out, DATE_BASE + item);
                         resp::num(out, friend);
+                        if self.redis_sets {
+                            resp::command(out, 3);
+                            resp::arg(out, b"SADD");
+                            resp::parts(out, &[Part::S(b"s:"), Part::N(owner)]);
+                            resp::num(out, friend);
+                        }
                     }
-                    Step::new(Frame::Resp, 2)
+                    Step::new(Frame::Resp, if self.redis_sets { 4 } else { 2 })
                 }
             };
         }
@@ -519,6 +547,7 @@ mod tests {
             chooser: KeyChooser::new(Distribution::Zipf, 10_000, 0.99)?,
             weights: vec![1; KINDS.len()],
             seed: 1,
+            redis_sets: false,
         })
     }
 
@@ -577,6 +606,27 @@ mod tests {
         let (_, step) = redis.start(ADD, &mut rng, &mut churn, &mut out);
         assert_eq!(step, Step::new(Frame::Resp, 4));
         assert_eq!(churn.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn redis_sets_model_writes_both_and_asks_sinter() -> anyhow::Result<()> {
+        let mut sets = plan(Protocol::Redis)?;
+        sets.redis_sets = true;
+        let mut out = Vec::new();
+        assert_eq!(sets.push_preload(0, &mut out), Step::new(Frame::Resp, 4));
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(text.matches("ZADD").count(), 2);
+        assert_eq!(text.matches("SADD").count(), 2);
+        out.clear();
+        assert_eq!(sets.common(&mut out, 3, 4), Step::new(Frame::Resp, 1));
+        assert_eq!(out, b"*3\r\n$6\r\nSINTER\r\n$3\r\ns:3\r\n$3\r\ns:4\r\n");
+        out.clear();
+        assert_eq!(
+            sets.change(&mut out, 3, 4, false),
+            Step::new(Frame::Resp, 6)
+        );
+        assert_eq!(String::from_utf8_lossy(&out).matches("SREM").count(), 2);
         Ok(())
     }
 }

@@ -188,6 +188,10 @@ pub struct BenchArgs {
     /// friends: the hottest users that store 20 privacy rules each.
     #[arg(long, default_value_t = 1000)]
     pub privacy_users: u64,
+    /// friends: the Redis model also keeps each user's friends in a plain set, and common
+    /// friends are `SINTER` of two sets (default: `ZINTER` of the sorted sets by date).
+    #[arg(long)]
+    pub redis_friend_sets: bool,
     /// lists: number of lists (list sizes are Zipf with `--degree-exponent`; `--edges`
     /// memberships in all, objects uniform over `--users`).
     #[arg(long, default_value_t = 1000)]
@@ -476,6 +480,7 @@ async fn run_social(args: BenchArgs, threads: usize) -> anyhow::Result<Report> {
                 chooser,
                 weights,
                 seed: args.seed,
+                redis_sets: args.redis_friend_sets,
             })?);
             let info = SocialReport {
                 users: args.users,
