@@ -558,8 +558,8 @@ impl PostingIndex {
     /// Sets `out` to the ascending, deduplicated ids indexed under every stem of `stems`
     /// (stale ones included; no stems: none): the ids of [`PostingIndex::ids`] of the stem
     /// with the fewest postings, kept while every other stem's list has them. The other
-    /// lists are decoded in step with those ids, never into memory, and only as far as the
-    /// largest of them.
+    /// lists are decoded in step with those ids, never into memory, and only up to the
+    /// largest id still kept.
     pub fn intersect_into(&self, stems: &[u32], out: &mut Vec<u32>) {
         out.clear();
         let mut lists: smallvec::SmallVec<[Postings<'_>; 4]> = smallvec::SmallVec::new();
