@@ -2,8 +2,8 @@
 # Global search through the proxy: 8 search nodes (`koshka serve --engines search`, one
 # process each, shard i of 8), `koshka proxy` in front with one `engine = "search"` cluster,
 # ITEMS items in all (real sentences) written through the proxy, then two-word searches for a
-# top 20 sent to the proxy, which asks every shard for its split estimate, merges and re-asks
-# when unsure. Reports the throughput and latency percentiles of ROUNDS runs per connection
+# top 20 sent to the proxy, which asks every shard for the top 20 (a window this small is asked
+# whole; larger ones get the split estimate and re-asks when unsure) and merges. Reports the throughput and latency percentiles of ROUNDS runs per connection
 # count, and the proxy's fan-out counters. A benchmark, not a test: it asserts nothing.
 #
 #   scripts/bench-search-proxy.sh                       # 1 M items, 3 rounds of 10 s

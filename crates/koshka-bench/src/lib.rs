@@ -206,8 +206,8 @@ pub struct BenchArgs {
     /// search: the shard this node holds.
     #[arg(long, default_value_t = 0)]
     pub search_shard: u32,
-    /// search: hits the client wants from the whole cluster; each shard is asked for the
-    /// split estimate of it.
+    /// search: hits the client wants from the whole cluster; each shard is asked for what a
+    /// proxy asks (`shard_limit`: all of them up to 32, else the split estimate).
     #[arg(long, default_value_t = 20)]
     pub search_limit: u32,
     /// search: the server is a proxy over `--search-shards` shards; items go to every shard

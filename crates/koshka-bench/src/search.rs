@@ -17,11 +17,11 @@
 //!
 //! | kind | request |
 //! |---|---|
-//! | `search2` | `get search#R<k>(<w1>+<w2>)`: two words that occur together in one pool text, best rating first; `k` is the per-shard limit a proxy asks for a top `--search-limit` over `--search-shards` shards (`split_limit`) |
+//! | `search2` | `get search#R<k>(<w1>+<w2>)`: two words that occur together in one pool text, best rating first; `k` is the per-shard limit a proxy asks for a top `--search-limit` over `--search-shards` shards (`shard_limit`: the whole limit up to 32, else `split_limit`) |
 //! | `date2` | the same ordered by date, newest first |
 //! | `index` | `set item…` of a new item (ids above the preloaded ones) |
 
-use koshka_keys::search::{split_limit, By, Filter, Order, Query, Search};
+use koshka_keys::search::{shard_limit, By, Filter, Order, Query, Search};
 use rand::rngs::SmallRng;
 
 use crate::keys::with_key;
@@ -94,7 +94,7 @@ impl SearchPlan {
         let per_shard = if config.whole {
             config.limit
         } else {
-            split_limit(config.limit, config.shards)
+            shard_limit(config.limit, config.shards)
         };
         Ok(SearchPlan { config, per_shard })
     }
@@ -237,7 +237,7 @@ mod tests {
             weights: vec![1, 1, 1],
             seed: 1,
         })?;
-        assert_eq!(plan.per_shard_limit(), split_limit(20, 8));
+        assert_eq!(plan.per_shard_limit(), shard_limit(20, 8));
         for item in [0, 1, 999] {
             let mut out = Vec::new();
             plan.push_preload(item, &mut out);

@@ -2,9 +2,10 @@
 //! every shard of a `search` cluster and the answers are merged, so the client gets in one
 //! round trip the reply one node holding every item would give.
 //!
-//! 1. Every shard gets the per-shard key (`Search::per_shard`): offset 0 and VK's split
-//!    estimate of the window (`split_limit(offset + limit, N)`), all in parallel under the
-//!    retrieval deadline (`get_timeout_ms`).
+//! 1. Every shard gets the per-shard key (`Search::per_shard`): offset 0 and the whole
+//!    window when it is small (`SEARCH_WHOLE_WINDOW_MAX`), else VK's split estimate of it
+//!    (`split_limit(offset + limit, N)`), all in parallel under the retrieval deadline
+//!    (`get_timeout_ms`).
 //! 2. The answers are merged by `koshka_keys::search::merge`: a heap by the order, the best
 //!    hit of each content hash kept, totals summed, the offset skipped, the limit kept.
 //! 3. Every shard the merge calls *unsure* (it sent all it was asked for and its last hit
@@ -208,6 +209,9 @@ mod tests {
         let search = parse("search#R20,40(кот)".as_bytes());
         let per_shard = search.per_shard(8);
         assert_eq!(per_shard.limit, 27);
+        // A top 20 is asked whole.
+        let small = parse("search#R20(кот)".as_bytes()).per_shard(8);
+        assert_eq!(small.limit, 20);
         assert_eq!(
             Query::Search(per_shard).to_bytes(),
             b"search#R27(%D0%BA%D0%BE%D1%82)"

@@ -1,6 +1,6 @@
 //! [`SearchEngine`]: requests, the one commit path, searches, snapshots and stats.
 
-use std::collections::HashSet;
+use hashbrown::HashSet;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -225,15 +225,17 @@ impl SearchEngine {
             return Ok(Found::default());
         };
         let mut hits = Vec::new();
+        let mut slots = Vec::new();
         let mut total = 0;
-        if let Some(owner) = search.filter.owner {
+        let (filter, by) = (&search.filter, search.order.by);
+        if let Some(owner) = filter.owner {
             self.shard.check(owner)?;
             let part = self.partitions.lock(self.partition_of(owner));
-            total += part.gather(&stems, &search.filter, search.order.by, &mut hits);
+            total += part.gather(&stems, filter, by, &mut hits, &mut slots);
         } else {
             for part in self.partitions.iter() {
                 let part = part.lock();
-                total += part.gather(&stems, &search.filter, search.order.by, &mut hits);
+                total += part.gather(&stems, filter, by, &mut hits, &mut slots);
             }
         }
         Ok(Found {

@@ -295,8 +295,16 @@ impl Partition {
     }
 
     /// Adds the hits of live items that have every stem of `stems` (ascending; empty: every
-    /// item) and pass `filter` to `hits`, valued `by`; returns how many there were.
-    pub fn gather(&self, stems: &[u32], filter: &Filter, by: By, hits: &mut Vec<Hit>) -> u64 {
+    /// item) and pass `filter` to `hits`, valued `by`; returns how many there were. `slots`
+    /// is working space (a search reuses it across partitions).
+    pub fn gather(
+        &self,
+        stems: &[u32],
+        filter: &Filter,
+        by: By,
+        hits: &mut Vec<Hit>,
+        slots: &mut Vec<u32>,
+    ) -> u64 {
         let mut total = 0u64;
         let mut visit = |item: &Item| {
             if item.live() && item.admits(filter) {
@@ -312,11 +320,10 @@ impl Partition {
         if stems.is_empty() {
             self.items.iter().for_each(visit);
         } else {
-            let lists = stems.iter().map(|&stem| self.index.ids(stem)).collect();
-            koshka_text::intersect(lists, |slot| {
+            self.index.intersect_into(stems, slots);
+            for &slot in slots.iter() {
                 visit(&self.items[slot as usize]);
-                true
-            });
+            }
         }
         total
     }
@@ -369,14 +376,20 @@ mod tests {
         assert_eq!(part.len(), 200);
         let even = lexicon.find_stems(["even"].into_iter()).unwrap();
         let mut hits = Vec::new();
-        assert_eq!(part.gather(&even, &filter, By::Date, &mut hits), 100);
+        assert_eq!(
+            part.gather(&even, &filter, By::Date, &mut hits, &mut Vec::new()),
+            100
+        );
         assert!(hits.iter().all(|h| h.value == 2 && h.id % 2 == 0));
         for id in 1..=150 {
             assert!(part.remove(1, id, &lexicon));
         }
         assert!(!part.remove(1, 1, &lexicon));
         hits.clear();
-        assert_eq!(part.gather(&even, &filter, By::Rating, &mut hits), 25);
+        assert_eq!(
+            part.gather(&even, &filter, By::Rating, &mut hits, &mut Vec::new()),
+            25
+        );
         assert!(part.items.len() < 600, "compacted");
         part.clear(&lexicon);
         assert!(lexicon.is_empty());

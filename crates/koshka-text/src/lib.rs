@@ -12,8 +12,10 @@
 //!   forgotten (its id reused) when the last such holder goes, so the dictionary shrinks with
 //!   the data. Ids are in memory only.
 //! * [`PostingIndex`]: an inverted index, stem → ascending document ids, delta-encoded
-//!   variable-length integers in one byte array with a skip table, plus a small unsorted tail
-//!   of recent postings merged in when it grows. Removed and edited documents leave stale
+//!   variable-length integers in one byte array with a skip table, plus a small sorted tail
+//!   of recent postings (fed in batches from a few unsorted newest ones) merged in when it
+//!   grows; [`PostingIndex::intersect_into`] intersects the lists of several stems without
+//!   decoding the longer ones into memory. Removed and edited documents leave stale
 //!   postings behind, which the owner filters out (the messages engine checks a hit against
 //!   the message's own stem ids; the search engine never reuses a document id before a
 //!   rebuild); the index asks to be rebuilt once a quarter of it is stale.
@@ -378,6 +380,10 @@ const SKIP: usize = 16;
 /// short runs, as in most mailboxes, blocks are cut by [`SKIP`] alone).
 const BLOCK_BYTES: usize = 256;
 
+/// Newest postings a [`PostingIndex`] keeps unsorted before sorting them into its tail: a
+/// lookup scans at most this many, an add moves the tail once per this many.
+const RECENT_MAX: usize = 64;
+
 /// The inverted index of a large mailbox; see the module docs.
 ///
 /// ```text
@@ -391,8 +397,11 @@ pub struct PostingIndex {
     skips: Vec<(u32, u32)>,
     /// Postings in `data`.
     postings: usize,
-    /// Recent postings `(stem, lid)`, unsorted.
+    /// Recent postings `(stem, lid)`, sorted (a stem's are found by binary search).
     tail: Vec<(u32, u32)>,
+    /// The newest postings `(stem, lid)`, unsorted, fewer than [`RECENT_MAX`]: sorted into
+    /// `tail` in one batch when they reach it.
+    recent: Vec<(u32, u32)>,
     /// Postings of removed or edited messages still in `data` or `tail`.
     stale: usize,
     /// Ascending ids of messages edited since the index was built: their postings may name
@@ -480,12 +489,11 @@ impl PostingIndex {
         out
     }
 
-    /// Appends the ascending ids of stem `stem` in `data` to `out`.
-    fn ids_in_data(&self, stem: u32, out: &mut Vec<u32>) {
+    /// Where stem `stem`'s ids are in `data`: the offset of its first id and how many there
+    /// are.
+    fn run(&self, stem: u32) -> Option<(usize, u64)> {
         let block = self.skips.partition_point(|&(first, _)| first <= stem);
-        let Some(&(first, offset)) = block.checked_sub(1).map(|b| &self.skips[b]) else {
-            return;
-        };
+        let &(first, offset) = block.checked_sub(1).map(|b| &self.skips[b])?;
         let end = self
             .skips
             .get(block)
@@ -503,23 +511,33 @@ impl PostingIndex {
             let (count, used) = get_var(&self.data[at..]);
             at += used;
             if current == u64::from(stem) {
-                let mut lid = 0u64;
-                for _ in 0..count {
-                    let (delta, used) = get_var(&self.data[at..]);
-                    at += used;
-                    lid += delta;
-                    // NOTE: written from u32 values.
-                    out.push(lid as u32);
-                }
-                return;
+                return Some((at, count));
             }
             if current > u64::from(stem) {
-                return;
+                return None;
             }
-            for _ in 0..count {
-                at += get_var(&self.data[at..]).1;
+            // Skip `count` ids: each ends with the first byte below 0x80.
+            let mut left = count;
+            while left > 0 && at < end {
+                left -= u64::from(self.data[at] < 0x80);
+                at += 1;
             }
         }
+        None
+    }
+
+    /// Appends the ascending ids of stem `stem` in `data` to `out`.
+    fn ids_in_data(&self, stem: u32, out: &mut Vec<u32>) {
+        if let Some((at, count)) = self.run(stem) {
+            out.extend(Run::new(&self.data, at, count));
+        }
+    }
+
+    /// Stem `stem`'s postings in the sorted tail.
+    fn tail_of(&self, stem: u32) -> &[(u32, u32)] {
+        let from = self.tail.partition_point(|p| p.0 < stem);
+        let len = self.tail[from..].partition_point(|p| p.0 == stem);
+        &self.tail[from..from + len]
     }
 
     /// The ascending, deduplicated ids indexed under `stem` (stale ones included).
@@ -528,7 +546,8 @@ impl PostingIndex {
         let mut out = Vec::new();
         self.ids_in_data(stem, &mut out);
         let before = out.len();
-        out.extend(self.tail.iter().filter(|p| p.0 == stem).map(|p| p.1));
+        out.extend(self.tail_of(stem).iter().map(|p| p.1));
+        out.extend(self.recent.iter().filter(|p| p.0 == stem).map(|p| p.1));
         if out.len() > before {
             out.sort_unstable();
             out.dedup();
@@ -536,19 +555,120 @@ impl PostingIndex {
         out
     }
 
+    /// Sets `out` to the ascending, deduplicated ids indexed under every stem of `stems`
+    /// (stale ones included; no stems: none): the ids of [`PostingIndex::ids`] of the stem
+    /// with the fewest postings, kept while every other stem's list has them. The other
+    /// lists are decoded in step with those ids, never into memory, and only up to the
+    /// largest id still kept.
+    pub fn intersect_into(&self, stems: &[u32], out: &mut Vec<u32>) {
+        out.clear();
+        let mut lists: smallvec::SmallVec<[Postings<'_>; 4]> = smallvec::SmallVec::new();
+        for &stem in stems {
+            let list = self.postings_of(stem);
+            if list.len() == 0 {
+                return;
+            }
+            lists.push(list);
+        }
+        lists.sort_by_key(Postings::len);
+        let Some((first, rest)) = lists.split_first() else {
+            return;
+        };
+        if let Some((at, count)) = first.run {
+            out.extend(Run::new(&self.data, at, count));
+        }
+        if !first.tail.is_empty() || !first.recent.is_empty() {
+            out.extend(first.tail.iter().map(|p| p.1));
+            out.extend_from_slice(&first.recent);
+            out.sort_unstable();
+            out.dedup();
+        }
+        for list in rest {
+            if out.is_empty() {
+                return;
+            }
+            let mut run = list.run.map(|(at, count)| Run::new(&self.data, at, count));
+            let mut run_next = run.as_mut().and_then(Iterator::next);
+            let (mut t, mut r) = (0, 0);
+            out.retain(|&id| {
+                let mut found = false;
+                if let Some(run) = run.as_mut() {
+                    while run_next.is_some_and(|next| next < id) {
+                        run_next = run.next();
+                    }
+                    found = run_next == Some(id);
+                }
+                if !found && !list.tail.is_empty() {
+                    while list.tail.get(t).is_some_and(|p| p.1 < id) {
+                        t += 1;
+                    }
+                    found = list.tail.get(t).is_some_and(|p| p.1 == id);
+                }
+                if !found && !list.recent.is_empty() {
+                    while list.recent.get(r).is_some_and(|&lid| lid < id) {
+                        r += 1;
+                    }
+                    found = list.recent.get(r) == Some(&id);
+                }
+                found
+            });
+        }
+    }
+
+    /// Where stem `stem`'s postings are: its run in `data`, its tail and its newest ids.
+    fn postings_of(&self, stem: u32) -> Postings<'_> {
+        let mut recent: smallvec::SmallVec<[u32; 8]> = self
+            .recent
+            .iter()
+            .filter(|p| p.0 == stem)
+            .map(|p| p.1)
+            .collect();
+        recent.sort_unstable();
+        Postings {
+            run: self.run(stem),
+            tail: self.tail_of(stem),
+            recent,
+        }
+    }
+
     /// Indexes message `lid` under `stems`.
     pub fn add(&mut self, lid: u32, stems: impl Iterator<Item = u32>) {
-        self.tail.extend(stems.map(|stem| (stem, lid)));
+        self.recent.extend(stems.map(|stem| (stem, lid)));
+        if self.recent.len() >= RECENT_MAX {
+            self.sort_recent();
+        }
         let limit = (self.postings / 8).clamp(256, 4096);
-        if self.tail.len() >= limit {
+        if self.tail.len() + self.recent.len() >= limit {
             self.merge();
         }
     }
 
-    /// Folds the tail into `data` (stale postings stay).
+    /// Sorts the newest postings into the tail (a merge from the back, in place).
+    fn sort_recent(&mut self) {
+        let mut recent = std::mem::take(&mut self.recent);
+        recent.sort_unstable();
+        let old = self.tail.len();
+        self.tail.extend_from_slice(&recent);
+        let (mut i, mut j) = (old, recent.len());
+        let mut k = self.tail.len();
+        while j > 0 {
+            k -= 1;
+            if i > 0 && self.tail[i - 1] > recent[j - 1] {
+                self.tail[k] = self.tail[i - 1];
+                i -= 1;
+            } else {
+                self.tail[k] = recent[j - 1];
+                j -= 1;
+            }
+        }
+        recent.clear();
+        self.recent = recent;
+    }
+
+    /// Folds the tail and the newest postings into `data` (stale postings stay).
     fn merge(&mut self) {
-        let mut tail = std::mem::take(&mut self.tail);
-        tail.sort_unstable();
+        self.sort_recent();
+        let tail = std::mem::take(&mut self.tail);
         let main = self.decode();
         let mut merged = Vec::with_capacity(main.len() + tail.len());
         let (mut a, mut b) = (main.into_iter().peekable(), tail.into_iter().peekable());
@@ -589,14 +709,14 @@ impl PostingIndex {
     /// True when a quarter of the postings are stale: time to rebuild from the texts.
     #[must_use]
     pub fn needs_rebuild(&self) -> bool {
-        let all = self.postings + self.tail.len();
+        let all = self.len();
         self.stale > 64 && self.stale * 4 > all
     }
 
     /// Postings held (stale ones included).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.postings + self.tail.len()
+        self.postings + self.tail.len() + self.recent.len()
     }
 
     /// True when nothing is indexed.
@@ -612,7 +732,62 @@ impl PostingIndex {
         vec(self.data.capacity())
             + vec(self.skips.capacity() * 8)
             + vec(self.tail.capacity() * 8)
+            + vec(self.recent.capacity() * 8)
             + vec(self.edited.capacity() * 4)
+    }
+}
+
+/// One stem's postings in a [`PostingIndex`] (see [`PostingIndex::intersect_into`]).
+struct Postings<'a> {
+    /// Offset and length of its run in `data`.
+    run: Option<(usize, u64)>,
+    /// Its postings in the sorted tail.
+    tail: &'a [(u32, u32)],
+    /// Its newest ids, ascending.
+    recent: smallvec::SmallVec<[u32; 8]>,
+}
+
+impl Postings<'_> {
+    /// Postings in all (an id may be counted twice).
+    fn len(&self) -> u64 {
+        self.run.map_or(0, |r| r.1) + self.tail.len() as u64 + self.recent.len() as u64
+    }
+}
+
+/// The ascending ids of one run of `data`, decoded as they are read.
+struct Run<'a> {
+    data: &'a [u8],
+    at: usize,
+    left: u64,
+    id: u64,
+}
+
+impl<'a> Run<'a> {
+    fn new(data: &'a [u8], at: usize, count: u64) -> Self {
+        Self {
+            data,
+            at,
+            left: count,
+            id: 0,
+        }
+    }
+}
+
+impl Iterator for Run<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        if self.left == 0 || self.at >= self.data.len() {
+            return None;
+        }
+        self.left -= 1;
+        let (delta, used) = get_var(&self.data[self.at..]);
+        self.at += used;
+        self.id += delta;
+        // NOTE: written from u32 values.
+        #[expect(clippy::cast_possible_truncation)]
+        Some(self.id as u32)
     }
 }
 
@@ -736,6 +911,60 @@ mod tests {
         assert_eq!(index.decode(), postings);
     }
 
+    fn intersected(index: &PostingIndex, stems: &[u32]) -> Vec<u32> {
+        let mut out = vec![12345];
+        index.intersect_into(stems, &mut out);
+        out
+    }
+
+    fn naive_intersection(index: &PostingIndex, stems: &[u32]) -> Vec<u32> {
+        let Some((first, rest)) = stems.split_first() else {
+            return Vec::new();
+        };
+        let rest: Vec<Vec<u32>> = rest.iter().map(|&s| index.ids(s)).collect();
+        index
+            .ids(*first)
+            .into_iter()
+            .filter(|id| rest.iter().all(|list| list.binary_search(id).is_ok()))
+            .collect()
+    }
+
+    /// Intersections read ids from the data, the sorted tail and the newest postings alike,
+    /// once each even when a document was indexed again (an edit), in any order of adds.
+    #[test]
+    fn intersections_cover_data_tail_and_newest_postings() {
+        let mut postings = Vec::new();
+        for lid in 0..3000u32 {
+            postings.push((1, lid));
+            if lid % 3 == 0 {
+                postings.push((2, lid));
+            }
+            if lid % 500 == 7 {
+                postings.push((3, lid));
+            }
+        }
+        let mut index = PostingIndex::build(postings);
+        assert_eq!(
+            intersected(&index, &[1, 3]),
+            [7, 507, 1007, 1507, 2007, 2507]
+        );
+        assert_eq!(intersected(&index, &[3, 2, 1]), [507, 2007]);
+        assert_eq!(intersected(&index, &[1, 4]), Vec::<u32>::new());
+        // Re-index old documents (an edit) and add new ones: some go to the sorted tail,
+        // the last few stay among the newest.
+        for lid in (0..RECENT_MAX as u32 * 2 + 5).map(|i| i * 13) {
+            index.add(lid, [1, 2, 3].into_iter());
+        }
+        index.add(5000, [3, 1].into_iter());
+        assert!(!index.tail.is_empty() && !index.recent.is_empty());
+        for stems in [&[1, 3][..], &[3, 2], &[2, 3, 1], &[3], &[2, 1]] {
+            let got = intersected(&index, stems);
+            assert_eq!(got, naive_intersection(&index, stems), "{stems:?}");
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "ascending, once each");
+        }
+        assert!(intersected(&index, &[3]).contains(&5000));
+    }
+
     /// Random adds, merges and rebuilds against a naive model.
     #[test]
     fn postings_match_a_model() {
@@ -762,6 +991,14 @@ mod tests {
                     let want: Vec<u32> =
                         model.iter().filter(|p| p.0 == stem).map(|p| p.1).collect();
                     assert_eq!(index.ids(stem), want, "stem {stem} after lid {lid}");
+                }
+                let query = [rand(400) as u32, rand(40) as u32, rand(400) as u32];
+                for stems in [&query[..1], &query[..2], &query[..], &[]] {
+                    assert_eq!(
+                        intersected(&index, stems),
+                        naive_intersection(&index, stems),
+                        "{stems:?} after lid {lid}"
+                    );
                 }
                 assert_eq!(index.len(), model.len());
             }

@@ -13,7 +13,14 @@ pub fn put_var(out: &mut Vec<u8>, mut value: u64) {
 /// Reads a LEB128 value: `(value, bytes used)`. A truncated or overlong value reads as what
 /// its bytes hold (the blobs and rings it reads are written by [`put_var`]).
 #[must_use]
+#[inline]
 pub fn get_var(bytes: &[u8]) -> (u64, usize) {
+    // Most postings and counts are below 128: one byte.
+    if let Some(&byte) = bytes.first() {
+        if byte < 0x80 {
+            return (u64::from(byte), 1);
+        }
+    }
     let mut value = 0u64;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7F) << (7 * i);
