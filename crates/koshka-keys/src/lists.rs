@@ -291,6 +291,16 @@ fn select(c: &mut Cursor<'_>, list: i32) -> Result<Select> {
     })
 }
 
+/// Appends `id,id,…` (the form [`parse_ids`] reads: an inline list, a temp list's value).
+pub fn encode_ids(out: &mut Vec<u8>, ids: &[i32]) {
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_int(out, i64::from(*id));
+    }
+}
+
 /// Parses `id,id,…` (signed ids, empty allowed), at most [`TEMP_LIST_MAX`].
 ///
 /// # Errors
@@ -541,14 +551,7 @@ impl Encode for GetKey {
                 push_select_head(out, name, select);
                 out.push(b':');
                 match ids {
-                    ListRef::Inline(ids) => {
-                        for (i, id) in ids.iter().enumerate() {
-                            if i > 0 {
-                                out.push(b',');
-                            }
-                            push_int(out, i64::from(*id));
-                        }
-                    }
+                    ListRef::Inline(ids) => encode_ids(out, ids),
                     ListRef::Temp(tag) => {
                         out.push(b'-');
                         out.extend_from_slice(tag.as_bytes());

@@ -726,12 +726,7 @@ impl Conn<'_> {
                     self.session.id,
                     self.deadline_set(),
                 ));
-                let slot = if noreply {
-                    Slot::Task(silence(task))
-                } else {
-                    Slot::Task(task)
-                };
-                (slot, true)
+                (task_slot(task, noreply), true)
             }
             plan => {
                 let task = crate::twin::start(
@@ -742,14 +737,7 @@ impl Conn<'_> {
                     command_flags(command),
                     self.session.id,
                 );
-                (
-                    if noreply {
-                        Slot::Task(silence(task))
-                    } else {
-                        Slot::Task(task)
-                    },
-                    true,
-                )
+                (task_slot(task, noreply), true)
             }
         }
     }
@@ -870,11 +858,7 @@ impl Conn<'_> {
             }
             Outcome::reply(first_error.unwrap_or_else(|| koshka_proto::reply::OK.to_vec()))
         });
-        if noreply {
-            Slot::Task(silence(task))
-        } else {
-            Slot::Task(task)
-        }
+        task_slot(task, noreply)
     }
 
     /// `stats [group]`: every shard's numbers summed (the proxy's own `pid`, `uptime`, `time`,
@@ -888,6 +872,15 @@ impl Conn<'_> {
         Slot::Task(tokio::spawn(async move {
             Outcome::reply(admin::stats(&cluster, &shared, &group, deadline, affinity).await)
         }))
+    }
+}
+
+/// The slot of a write carried out by `task`, its reply dropped for `noreply`.
+fn task_slot(task: JoinHandle<Outcome>, noreply: bool) -> Slot {
+    if noreply {
+        Slot::Task(silence(task))
+    } else {
+        Slot::Task(task)
     }
 }
 

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use koshka_keys::idiom::{push_int, push_uint, CountedList};
-use koshka_keys::lists::{GetKey, ListRef, REPLY_ITEMS_MAX};
+use koshka_keys::lists::{encode_ids, GetKey, ListRef, REPLY_ITEMS_MAX};
 use koshka_keys::Encode;
 use koshka_proto::encode;
 use tokio::time::Instant;
 
-use crate::backend::CallError;
+use crate::backend::{CallError, Frames};
 use crate::cluster::Cluster;
 use crate::conn::{server_error, Outcome, Part, PartFuture, Session};
 use crate::scatter::first_value;
@@ -65,12 +65,7 @@ pub fn read(
             };
             let ours = shared.next_tag();
             let mut value = Vec::with_capacity(ids.len() * 8);
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    value.push(b',');
-                }
-                push_int(&mut value, i64::from(*id));
-            }
+            encode_ids(&mut value, ids);
             let mut bytes = Vec::with_capacity(value.len() + 128);
             encode::set(&mut bytes, format!("temp{ours}").as_bytes(), &value);
             let get = GetKey::Intersect {
@@ -152,15 +147,16 @@ async fn on_shard(
     affinity: usize,
     deadline: Instant,
 ) -> Result<Bytes, Part> {
-    let result = match cluster.reader(shard) {
-        Ok(member) => {
-            member
-                .call(Bytes::from(bytes), frames_wanted, affinity, deadline)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match result {
+    match ask(
+        cluster,
+        shard,
+        Bytes::from(bytes),
+        frames_wanted,
+        affinity,
+        deadline,
+    )
+    .await
+    {
         Ok(frames) => {
             if let Some(bad) = frames[..frames.len() - 1]
                 .iter()
@@ -172,6 +168,19 @@ async fn on_shard(
         }
         Err(e) => Err(missed(cluster, &e)),
     }
+}
+
+/// `bytes` (`frames` commands) to a member of `shard` that serves reads.
+async fn ask(
+    cluster: &Cluster,
+    shard: u32,
+    bytes: Bytes,
+    frames: usize,
+    affinity: usize,
+    deadline: Instant,
+) -> Result<Frames, CallError> {
+    let member = cluster.reader(shard)?;
+    member.call(bytes, frames, affinity, deadline).await
 }
 
 fn missed(cluster: &Cluster, e: &CallError) -> Part {
@@ -194,16 +203,7 @@ async fn object_lists(
     bump(&cluster.stats.scatter_gathers);
     bump(&cluster.stats.fanout_requests);
     let shards = cluster.count();
-    let calls = (0..shards).map(|shard| {
-        let bytes = bytes.clone();
-        let cluster = &cluster;
-        async move {
-            match cluster.reader(shard) {
-                Ok(member) => member.call(bytes, 1, affinity, deadline).await,
-                Err(e) => Err(e),
-            }
-        }
-    });
+    let calls = (0..shards).map(|shard| ask(&cluster, shard, bytes.clone(), 1, affinity, deadline));
     let answers = futures_util::future::join_all(calls).await;
     let mut total: u64 = 0;
     let mut lists: Vec<i64> = Vec::new();
