@@ -265,12 +265,13 @@ impl FriendsEngine {
     fn get_friends(&self, out: &mut Vec<u8>, user: u32, folder: u8, mode: Mode, slice: Slice) {
         let locked = self.lock(&[user]);
         let Some(u) = self.user(&locked, user) else {
-            format_friends(out, 0, |_| unreachable_friend(), mode, slice);
+            format_friends(out, 0, |_| unreachable_friend(), |_| 0, mode, slice);
             return;
         };
         let all = u.friends;
         if folder == 0 {
-            format_friends(out, all.len(), |i| all.at(i), mode, slice);
+            let ids = all.ids();
+            format_friends(out, all.len(), |i| all.at(i), |i| ids[i], mode, slice);
         } else {
             let bit = crate::mask_bit(folder);
             scratch::with(|scratch| {
@@ -281,7 +282,7 @@ impl FriendsEngine {
                         .filter(|m| m.1 & bit != 0)
                         .filter_map(|m| all.get(m.0)),
                 );
-                format_friends(out, list.len(), |i| list[i], mode, slice);
+                format_friends(out, list.len(), |i| list[i], |i| list[i].id, mode, slice);
             });
         }
     }
@@ -778,16 +779,29 @@ fn format_friends(
     out: &mut Vec<u8>,
     len: usize,
     at: impl Fn(usize) -> Friend,
+    id_at: impl Fn(usize) -> u32,
     mode: Mode,
     slice: Slice,
 ) {
-    push_u32(out, u32::try_from(len).unwrap_or(u32::MAX));
+    let total = u32::try_from(len).unwrap_or(u32::MAX);
+    if mode == Mode::Packed {
+        let positions = slice.indexes(len);
+        out.reserve(4 + 4 * positions.len());
+        out.extend_from_slice(&total.to_le_bytes());
+        for i in positions {
+            out.extend_from_slice(&id_at(i).to_le_bytes());
+        }
+        return;
+    }
+    push_u32(out, total);
     for i in slice.indexes(len) {
+        if mode == Mode::Ids {
+            push_item(out, id_at(i));
+            continue;
+        }
         let f = at(i);
         push_item(out, f.id);
-        if mode != Mode::Ids {
-            push_item(out, f.mask);
-        }
+        push_item(out, f.mask);
         if mode == Mode::Full {
             push_item(out, f.date);
         }

@@ -1,19 +1,8 @@
 //! Reply formatting: comma-separated decimal lists without allocation per number.
 
 /// Appends the decimal form of `n`.
-pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
-    let mut buf = [0u8; 10];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        let digit = (n % 10) as u8;
-        buf[at] = b'0' + digit;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[at..]);
+pub fn push_u32(out: &mut Vec<u8>, n: u32) {
+    koshka_keys::idiom::push_uint(out, u64::from(n));
 }
 
 /// Appends `,` and the decimal form of `n`.

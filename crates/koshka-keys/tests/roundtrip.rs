@@ -345,7 +345,12 @@ fn list_ref() -> impl Strategy<Value = ListRef> {
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
-    prop_oneof![Just(Mode::Ids), Just(Mode::Masks), Just(Mode::Full)]
+    prop_oneof![
+        Just(Mode::Ids),
+        Just(Mode::Masks),
+        Just(Mode::Full),
+        Just(Mode::Packed)
+    ]
 }
 
 fn get_key() -> impl Strategy<Value = GetKey<'static>> {

@@ -178,29 +178,30 @@ fn ids(value: Option<Vec<u8>>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The intersection of two `total,id,…` lists of ascending ids, as `count,id,…`, computed on
-/// the text: ids without leading zeros order by length, then byte by byte, so thousands of
-/// ids are compared without being parsed. `None` when a list is not of that form (the caller
-/// parses it instead).
-fn intersect_text(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
-    fn id_fields(list: &[u8]) -> Option<Vec<&[u8]>> {
-        let mut fields = list.split(|c| *c == b',');
-        fields.next().filter(|total| canonical(total))?;
-        let ids: Vec<&[u8]> = fields.collect();
-        ids.iter().all(|id| canonical(id)).then_some(ids)
+/// The ids of a `friends_packed…` value: the total, then each id, 4-byte little-endian
+/// unsigned integers. A miss is no ids; a value of another length is the shard's error.
+fn packed_ids(value: Option<Vec<u8>>) -> Result<Vec<u32>, Fail> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    if value.len() < 4 || value.len() % 4 != 0 {
+        return Err(Fail::Reply(Bytes::from(format!(
+            "SERVER_ERROR a shard answered a packed friend list of {} bytes\r\n",
+            value.len()
+        ))));
     }
-    fn canonical(n: &[u8]) -> bool {
-        !n.is_empty()
-            && n.len() <= 10
-            && n.iter().all(u8::is_ascii_digit)
-            && (n[0] != b'0' || n.len() == 1)
-    }
-    let order = |x: &[u8], y: &[u8]| x.len().cmp(&y.len()).then_with(|| x.cmp(y));
-    let (a, b) = (id_fields(a)?, id_fields(b)?);
-    let mut common: Vec<&[u8]> = Vec::new();
+    Ok(value[4..]
+        .chunks_exact(4)
+        .map(|id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+        .collect())
+}
+
+/// The ids both ascending lists hold, ascending.
+fn intersection(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut common = Vec::with_capacity(a.len().min(b.len()));
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
-        match order(a[i], b[j]) {
+        match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
@@ -210,12 +211,7 @@ fn intersect_text(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
             }
         }
     }
-    let mut out = common.len().to_string().into_bytes();
-    for id in common {
-        out.push(b',');
-        out.extend_from_slice(id);
-    }
-    Some(out)
+    common
 }
 
 impl Gather<'_> {
@@ -275,14 +271,22 @@ impl Gather<'_> {
         }
     }
 
+    /// The ids of `user`'s friends, ascending: `friends_packed<user>` from its shard (nothing
+    /// to format or parse), or `friends<user>` from a node that does not know that key yet
+    /// (answering `CLIENT_ERROR`), so a proxy can be upgraded before its nodes.
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
-        Ok(ids(self.friends_text(user).await?))
+        match self.one_get(user, format!("friends_packed{user}")).await {
+            Err(Fail::Reply(line)) if line.starts_with(b"CLIENT_ERROR") => {
+                Ok(ids(self.one_get(user, format!("friends{user}")).await?))
+            }
+            answer => packed_ids(answer?),
+        }
     }
 
-    /// `friends<user>` as its shard wrote it (`total,id,…`), `None` for a miss.
-    async fn friends_text(&self, user: u32) -> Result<Option<Vec<u8>>, Fail> {
+    /// `get <key>` of `user`'s shard; `None` for a miss.
+    async fn one_get(&self, user: u32, key: String) -> Result<Option<Vec<u8>>, Fail> {
         let mut bytes = Vec::new();
-        encode::get(&mut bytes, [format!("friends{user}")]);
+        encode::get(&mut bytes, [key]);
         let frames = self.call(self.shard(user), bytes, 1).await?;
         one_value(&frames[0])
     }
@@ -290,33 +294,14 @@ impl Gather<'_> {
     /// `common_friends<user>,<other>` over two shards.
     async fn intersect(&self, user: u32, other: u32) -> Result<Option<Vec<u8>>, Fail> {
         bump(&self.cluster.stats.fanout_requests);
-        let (a, b) = tokio::join!(self.friends_text(user), self.friends_text(other));
-        let (a, b) = (a?, b?);
-        if let Some(out) =
-            intersect_text(a.as_deref().unwrap_or(b"0"), b.as_deref().unwrap_or(b"0"))
-        {
-            return Ok(Some(out));
+        let (a, b) = tokio::join!(self.friends_of(user), self.friends_of(other));
+        let common = intersection(&a?, &b?);
+        let mut out = Vec::with_capacity(11 * (common.len() + 1));
+        koshka_keys::idiom::push_uint(&mut out, common.len() as u64);
+        for id in common {
+            out.push(b',');
+            koshka_keys::idiom::push_uint(&mut out, u64::from(id));
         }
-        let (a, b) = (ids(a), ids(b));
-        let mut common = Vec::new();
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].cmp(&b[j]) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    common.push(i64::from(a[i]));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        let list = CountedList {
-            total: common.len() as u64,
-            items: common,
-        };
-        let mut out = Vec::new();
-        list.encode(&mut out);
         Ok(Some(out))
     }
 
@@ -439,49 +424,40 @@ impl Gather<'_> {
 mod tests {
     use super::*;
 
-    fn list(ids: &[u32]) -> Vec<u8> {
-        let mut out = ids.len().to_string().into_bytes();
-        for id in ids {
-            out.extend_from_slice(format!(",{id}").as_bytes());
+    #[test]
+    fn packed_lists_read_as_ids() {
+        let packed = |ids: &[u32]| -> Vec<u8> {
+            let mut out = u32::try_from(ids.len()).unwrap().to_le_bytes().to_vec();
+            for id in ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            out
+        };
+        for ids in [&[][..], &[7], &[1, 255, 256, 65_536, u32::MAX]] {
+            assert_eq!(packed_ids(Some(packed(ids))).ok(), Some(ids.to_vec()));
         }
-        out
+        assert_eq!(packed_ids(None).ok(), Some(Vec::new()));
+        for odd in [&b""[..], b"\0\0\0", b"\x01\0\0\0\x07\0\0"] {
+            let Err(Fail::Reply(line)) = packed_ids(Some(odd.to_vec())) else {
+                panic!("{odd:?} read as ids");
+            };
+            assert!(line.starts_with(b"SERVER_ERROR "), "{line:?}");
+        }
     }
 
     #[test]
-    fn text_intersection_equals_the_numeric_one() {
+    fn intersections_keep_common_ids_ascending() {
         for round in 0..500 {
-            // Ids of mixed lengths, so that text order and numeric order differ.
             let max = [10u32, 1000, 100_000, u32::MAX][round % 4];
             let pick = |n: usize| {
-                let mut v: Vec<u32> = (0..n)
-                    .map(|_| rand::random::<u32>() % max + u32::from(max < u32::MAX))
-                    .collect();
+                let mut v: Vec<u32> = (0..n).map(|_| rand::random::<u32>() % max).collect();
                 v.sort_unstable();
                 v.dedup();
                 v
             };
             let (a, b) = (pick(round % 50), pick(round % 70));
             let common: Vec<u32> = a.iter().copied().filter(|x| b.contains(x)).collect();
-            assert_eq!(
-                intersect_text(&list(&a), &list(&b)),
-                Some(list(&common)),
-                "{a:?} {b:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn odd_lists_fall_back_to_parsing() {
-        assert_eq!(intersect_text(b"0", b"0"), Some(b"0".to_vec()));
-        for odd in [
-            &b"2,01,5"[..],
-            b"2,1,,5",
-            b"x",
-            b"",
-            b"1,-5",
-            b"1,12345678901",
-        ] {
-            assert_eq!(intersect_text(odd, b"1,5"), None, "{odd:?}");
+            assert_eq!(intersection(&a, &b), common, "{a:?} {b:?}");
         }
     }
 }

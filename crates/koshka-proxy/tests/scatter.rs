@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::Shards;
+use common::{cluster, Relay, Shards};
 use koshka_client::Client;
+use koshka_proxy::config::{Config, Family};
 
 async fn both(proxy: &mut Client, one: &mut Client, request: &[u8]) -> (String, String) {
     let a = String::from_utf8(proxy.send_raw(request).await.unwrap()).unwrap();
@@ -115,4 +116,62 @@ async fn merges_match_one_node() {
     };
     assert!(stat("proxy_scatter_gathers") > 100);
     assert!(stat("proxy_privacy_resolved") > 0);
+}
+
+/// A node older than the proxy does not know `friends_packed…` and answers `CLIENT_ERROR`:
+/// common friends across shards then ask it `friends<u>` instead, with the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_friends_ask_older_nodes_for_text_lists() {
+    let shards = Shards::start(2);
+    let relay = Relay::start(shards.addr(1, Family::Friends)).await;
+    relay.set_rewrite(b"friends_packed", b"friends_pucked");
+    let mut config = Config::default();
+    config.clusters.push(cluster(
+        Family::Friends,
+        vec![
+            shards.addr(0, Family::Friends).to_string(),
+            relay.addr.to_string(),
+        ],
+    ));
+    let proxy = tokio::task::spawn_blocking(move || koshka_proxy::start(config).unwrap())
+        .await
+        .unwrap();
+    let mut via = Client::connect(proxy.addr("friends").unwrap())
+        .await
+        .unwrap();
+    // Users 1 (shard 1, behind the relay) and 2 (shard 0) share friends 10 and 13.
+    for (u, f) in [(1, 10), (1, 12), (1, 13), (2, 10), (2, 13), (2, 14)] {
+        let request = format!("set friend{u}_{f} 0 0 1\r\n0\r\n");
+        assert_eq!(
+            via.send_raw(request.as_bytes()).await.unwrap(),
+            b"STORED\r\n"
+        );
+    }
+    // The relay's node really is "older": it refuses the packed key.
+    let mut old = Client::connect(relay.addr).await.unwrap();
+    let refused = old.send_raw(b"get friends_packed1\r\n").await.unwrap();
+    assert!(refused.starts_with(b"CLIENT_ERROR"), "{refused:?}");
+    for (key, value) in [
+        ("common_friends1,2", "2,10,13"),
+        ("common_friends2,1", "2,10,13"),
+        ("common_friends2,4", "0"),
+    ] {
+        let reply = via
+            .send_raw(format!("get {key}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let expected = format!("VALUE {key} 0 {}\r\n{value}\r\nEND\r\n", value.len());
+        assert_eq!(String::from_utf8_lossy(&reply), expected);
+    }
+    // Shard 0 answers the packed key: two ids, 4 bytes each after the total.
+    let mut node = Client::connect(shards.addr(0, Family::Friends))
+        .await
+        .unwrap();
+    let reply = node.send_raw(b"get friends_packed2\r\n").await.unwrap();
+    let mut expected = b"VALUE friends_packed2 0 16\r\n".to_vec();
+    for n in [3u32, 10, 13, 14] {
+        expected.extend_from_slice(&n.to_le_bytes());
+    }
+    expected.extend_from_slice(b"\r\nEND\r\n");
+    assert_eq!(reply, expected);
 }

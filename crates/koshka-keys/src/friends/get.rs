@@ -14,7 +14,8 @@ use crate::{Encode, KeyError, Result};
 /// parsed key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetKey<'a> {
-    /// `friends<uid>[_<folder>][#slice]`, `friends_masks…`, `friends_full…`.
+    /// `friends<uid>[_<folder>][#slice]`, `friends_masks…`, `friends_full…`,
+    /// `friends_packed…`.
     Friends {
         /// Owner.
         user: u32,
@@ -235,12 +236,13 @@ impl<'a> GetKey<'a> {
         }
         let user = user(&mut c, "user id")?;
         let parsed = match name {
-            b"friends" | b"friends_masks" | b"friends_full" => Self::Friends {
+            b"friends" | b"friends_masks" | b"friends_full" | b"friends_packed" => Self::Friends {
                 user,
                 folder: folder_suffix(&mut c)?,
                 mode: match name {
                     b"friends" => Mode::Ids,
                     b"friends_masks" => Mode::Masks,
+                    b"friends_packed" => Mode::Packed,
                     _ => Mode::Full,
                 },
                 slice: c.slice(Slice::All)?,
@@ -351,6 +353,7 @@ impl Encode for GetKey<'_> {
                     Mode::Ids => b"friends",
                     Mode::Masks => b"friends_masks",
                     Mode::Full => b"friends_full",
+                    Mode::Packed => b"friends_packed",
                 };
                 push_name(out, name, *user);
                 push_folder(out, *folder);
@@ -544,6 +547,7 @@ mod tests {
             (b"common_friends5: 6,7 ", b"common_friends5:6,7"),
             (b"friends_masks5_2#0", b"friends_masks5_2#0"),
             (b"friends_full5#0,0", b"friends_full5#0,0"),
+            (b"friends_packed5_2#3", b"friends_packed5_2#3"),
             (b"0~5:album1,priv_x_1", b"0~5:album1,priv_x_1"),
         ] {
             let parsed = GetKey::parse(key).unwrap();

@@ -60,6 +60,10 @@ pub enum Mode {
     Masks,
     /// `id,mask,date` (`friends_full…`)
     Full,
+    /// The ids in binary (`friends_packed…`): the total and then each id as a 4-byte
+    /// little-endian unsigned integer, no separators. The form for programs that read whole
+    /// lists (the proxy intersecting two users' friends): nothing to format or parse.
+    Packed,
 }
 
 /// A list of user ids given in a key: inline or the name of a temp list.

@@ -127,15 +127,19 @@ pub fn single_node_with(
     start_node(node_config(dir, 0, 1), clock)
 }
 
-/// A TCP relay in front of a server: can add a delay to every chunk it forwards, or be cut
-/// (every connection closed, new ones refused by closing them at once).
+/// A TCP relay in front of a server: can add a delay to every chunk it forwards, be cut
+/// (every connection closed, new ones refused by closing them at once), or rewrite requests.
 pub struct Relay {
     pub addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    rewrite: Rewrite,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Bytes replaced in what clients send (the same length, so requests keep their framing).
+type Rewrite = Arc<std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>>;
 
 impl Relay {
     pub async fn start(target: SocketAddr) -> Relay {
@@ -144,7 +148,13 @@ impl Relay {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
-        let (d, dn, g) = (delay_ms.clone(), down.clone(), generation.clone());
+        let rewrite: Rewrite = Arc::default();
+        let (d, dn, g, rw) = (
+            delay_ms.clone(),
+            down.clone(),
+            generation.clone(),
+            rewrite.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -154,7 +164,7 @@ impl Relay {
                     drop(client);
                     continue;
                 }
-                let (d, dn, g) = (d.clone(), dn.clone(), g.clone());
+                let (d, dn, g, rw) = (d.clone(), dn.clone(), g.clone(), rw.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -162,8 +172,16 @@ impl Relay {
                     let born = g.load(Ordering::SeqCst);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let a = tokio::spawn(pipe(cr, sw, d.clone(), dn.clone(), g.clone(), born));
-                    let b = tokio::spawn(pipe(sr, cw, d, dn, g, born));
+                    let a = tokio::spawn(pipe(
+                        cr,
+                        sw,
+                        d.clone(),
+                        dn.clone(),
+                        g.clone(),
+                        born,
+                        Some(rw),
+                    ));
+                    let b = tokio::spawn(pipe(sr, cw, d, dn, g, born, None));
                     let _ = tokio::join!(a, b);
                 });
             }
@@ -173,8 +191,15 @@ impl Relay {
             delay_ms,
             down,
             generation,
+            rewrite,
             task,
         }
+    }
+
+    /// Replaces `from` with `to` (as long) in every chunk a client sends from now on.
+    pub fn set_rewrite(&self, from: &[u8], to: &[u8]) {
+        assert_eq!(from.len(), to.len(), "a rewrite keeps the length");
+        *self.rewrite.lock().unwrap() = Some((from.to_vec(), to.to_vec()));
     }
 
     pub fn set_delay(&self, ms: u64) {
@@ -203,6 +228,7 @@ async fn pipe(
     down: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
     born: u64,
+    rewrite: Option<Rewrite>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -226,6 +252,15 @@ async fn pipe(
         }
         if down.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
             return;
+        }
+        if let Some(rewrite) = &rewrite {
+            if let Some((from, to)) = rewrite.lock().unwrap().as_ref() {
+                let mut at = 0;
+                while let Some(i) = buf[at..n].windows(from.len()).position(|w| w == from) {
+                    buf[at + i..at + i + from.len()].copy_from_slice(to);
+                    at += i + from.len();
+                }
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
