@@ -7,6 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use koshka_client::Client;
 use koshka_node::config::Config;
@@ -66,14 +67,14 @@ fn merge(replies: &[Vec<Event>], limit: usize) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_shard_replies_heap_merge_to_the_single_node_reply() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let reference = koshka_node::start(config(dirs[0].path(), 0, 1), &registry::builtin()).unwrap();
+    // One manual clock for the three nodes: an event written to the reference and to its
+    // shard gets the same date even when a second would have ticked between the two writes.
+    let manual = Arc::new(koshka_engine::ManualClock::new(1_796_000_000));
+    let clock: Arc<dyn koshka_engine::Clock> = manual.clone();
+    let start = |config| koshka_node::start_with_clock(config, &registry::builtin(), clock.clone());
+    let reference = start(config(dirs[0].path(), 0, 1)).unwrap();
     let shards: Vec<_> = (0..2)
-        .map(|i| {
-            koshka_node::start(
-                config(dirs[i + 1].path(), i as u32, 2),
-                &registry::builtin(),
-            )
-        })
+        .map(|i| start(config(dirs[i + 1].path(), i as u32, 2)))
         .collect::<Result<_, _>>()
         .unwrap();
     let mut one = Client::connect(reference.addr("news").unwrap())
@@ -101,9 +102,7 @@ async fn per_shard_replies_heap_merge_to_the_single_node_reply() {
             let shard = (author.unsigned_abs() % 2) as usize;
             parts[shard].set(&key, &value, 0, 0).await.unwrap();
         }
-        if round < 3 {
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        }
+        manual.advance(1);
     }
     let mut compared = 0;
     for _ in 0..200 {
