@@ -87,7 +87,7 @@ async fn per_shard_replies_heap_merge_to_the_single_node_reply() {
     let mut rng = StdRng::seed_from_u64(11);
     let authors: Vec<i32> = (1..=12).chain((1..=6).map(|g| -g)).collect();
     // Writes spread over a few seconds, so dates differ and also tie.
-    for round in 0..4 {
+    for _ in 0..4 {
         for _ in 0..60 {
             let author = authors[rng.gen_range(0..authors.len())];
             let value = format!(

@@ -488,19 +488,12 @@ impl Feed<'_> {
 
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
         let friends = self.friends_cluster()?;
-        let mut bytes = Vec::new();
-        encode::get(&mut bytes, [format!("friends{user}")]);
         let shard = friends.shard_of_owner(i64::from(user));
-        let frames = self.call(friends, shard, bytes, 1).await?;
-        Ok(one_value(&frames[0])?
-            .and_then(|v| CountedList::parse(&v).ok())
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|i| u32::try_from(i).ok())
-                    .collect()
-            })
-            .unwrap_or_default())
+        crate::scatter::friend_ids(user, |bytes| async move {
+            let frames = self.call(friends, shard, bytes, 1).await?;
+            one_value(&frames[0])
+        })
+        .await
     }
 
     async fn run(self) -> Result<Vec<u8>, Fail> {

@@ -196,6 +196,28 @@ fn packed_ids(value: Option<Vec<u8>>) -> Result<Vec<u32>, Fail> {
         .collect())
 }
 
+/// The ids of `user`'s friends, ascending, where `get` sends a one-key `get` request to the
+/// user's shard and returns its value (`None` for a miss): `friends_packed<user>` (nothing to
+/// format or parse), or `friends<user>` from a node that does not know that key yet
+/// (answering `CLIENT_ERROR`), so a proxy can be upgraded before its nodes.
+pub(crate) async fn friend_ids<F, Fut>(user: u32, mut get: F) -> Result<Vec<u32>, Fail>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, Fail>>,
+{
+    let request = |key: String| {
+        let mut bytes = Vec::new();
+        encode::get(&mut bytes, [key]);
+        bytes
+    };
+    match get(request(format!("friends_packed{user}"))).await {
+        Err(Fail::Reply(line)) if line.starts_with(b"CLIENT_ERROR") => {
+            Ok(ids(get(request(format!("friends{user}"))).await?))
+        }
+        answer => packed_ids(answer?),
+    }
+}
+
 /// The ids both ascending lists hold, ascending.
 fn intersection(a: &[u32], b: &[u32]) -> Vec<u32> {
     let mut common = Vec::with_capacity(a.len().min(b.len()));
@@ -271,24 +293,12 @@ impl Gather<'_> {
         }
     }
 
-    /// The ids of `user`'s friends, ascending: `friends_packed<user>` from its shard (nothing
-    /// to format or parse), or `friends<user>` from a node that does not know that key yet
-    /// (answering `CLIENT_ERROR`), so a proxy can be upgraded before its nodes.
     async fn friends_of(&self, user: u32) -> Result<Vec<u32>, Fail> {
-        match self.one_get(user, format!("friends_packed{user}")).await {
-            Err(Fail::Reply(line)) if line.starts_with(b"CLIENT_ERROR") => {
-                Ok(ids(self.one_get(user, format!("friends{user}")).await?))
-            }
-            answer => packed_ids(answer?),
-        }
-    }
-
-    /// `get <key>` of `user`'s shard; `None` for a miss.
-    async fn one_get(&self, user: u32, key: String) -> Result<Option<Vec<u8>>, Fail> {
-        let mut bytes = Vec::new();
-        encode::get(&mut bytes, [key]);
-        let frames = self.call(self.shard(user), bytes, 1).await?;
-        one_value(&frames[0])
+        friend_ids(user, |bytes| async move {
+            let frames = self.call(self.shard(user), bytes, 1).await?;
+            one_value(&frames[0])
+        })
+        .await
     }
 
     /// `common_friends<user>,<other>` over two shards.
