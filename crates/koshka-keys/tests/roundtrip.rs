@@ -268,18 +268,20 @@ fn update() -> impl Strategy<Value = Update> {
             owner(),
             user_flags(),
             owner(),
-            lid()
+            lid(),
+            proptest::option::of(text(true))
         )
-            .prop_map(
-                |(owner, tag, author, flags, orig_owner, orig_id)| Update::Repost {
+            .prop_map(|(owner, tag, author, flags, orig_owner, orig_id, text)| {
+                Update::Repost {
                     owner,
                     tag,
                     author,
                     flags,
                     orig_owner,
                     orig_id,
+                    text,
                 }
-            ),
+            }),
         (owner(), handshake_tag(), text(false)).prop_map(|(owner, tag, text)| Update::Status {
             owner,
             tag,

@@ -9,6 +9,11 @@
 //!   `set newmsg<from>` (`2,<to>`) → id A; (2) a queue record *deliver (from, to, A, flags,
 //!   text)* appended and fsynced; (3) the recipient's inbox copy, `set newmsg<to>`
 //!   (`1,<from>,A`) → id B; (4) `set peer_msg_id<from>_<A> B`; (5) a *done* record.
+//! * **Cross-shard repost** `set repost<owner>` of a post on another shard's wall: (1) the
+//!   original, `get post<orig>_<id>#2` on its shard (missing or deleted: `NOT_FOUND`, as on one
+//!   node); (2) the copy, `set repost_half<owner>` with the original's text → id; (3) a record
+//!   *copied (orig, id)*; (4) `incr flags<orig>_<id> 256` (COPIED) on the original's shard;
+//!   (5) *done*.
 //! * **Cross-shard friendship** `set friend<u>_<f> mask`: (1) `set friend_half<u>_<f> mask`;
 //!   (2) a record *befriend (f, u)*; (3) on f's shard `get friend<f>_<u>` and, when absent,
 //!   `set friend_half<f>_<u> 1` (a friend already there keeps its mask, as on one node);
@@ -82,6 +87,15 @@ pub enum Half {
         flags: u32,
         /// The text value (`[subject\t]body`, kludges first).
         text: String,
+    },
+    /// The COPIED flag on a reposted original (`incr flags<owner>_<id> 256`).
+    Copied {
+        /// The wall cluster.
+        cluster: String,
+        /// The original's wall.
+        owner: i64,
+        /// The original.
+        id: u32,
     },
     /// `friend` in `owner`'s list (mask 1 unless already there).
     Befriend {
@@ -353,6 +367,7 @@ pub fn spawn_worker(shared: Arc<Shared>) {
             for (id, half, attempts) in shared.twin.due() {
                 let name = match &half {
                     Half::Deliver { cluster, .. }
+                    | Half::Copied { cluster, .. }
                     | Half::Befriend { cluster, .. }
                     | Half::Unfriend { cluster, .. } => cluster.clone(),
                 };
@@ -485,6 +500,17 @@ impl Steps<'_> {
         if let Update::Send { from, to, .. } = &update {
             if cluster.shard_of_owner(*from) != cluster.shard_of_owner(*to) {
                 return self.split_send(update).await;
+            }
+        }
+        if let Update::Repost {
+            owner,
+            orig_owner,
+            text: None,
+            ..
+        } = &update
+        {
+            if cluster.shard_of_owner(*owner) != cluster.shard_of_owner(*orig_owner) {
+                return self.split_repost(update).await;
             }
         }
         let tag = self.shared.next_tag().into_bytes();
@@ -626,9 +652,141 @@ impl Steps<'_> {
         outcome
     }
 
+    /// `repost` of a post on another shard's wall: the original's text, the copy, the queue
+    /// record, the COPIED flag.
+    async fn split_repost(&self, update: Update) -> Outcome {
+        let Update::Repost {
+            owner,
+            tag: client_tag,
+            author,
+            flags,
+            orig_owner,
+            orig_id,
+            text: None,
+        } = update
+        else {
+            return Outcome::reply(b"SERVER_ERROR internal: not a repost\r\n".to_vec());
+        };
+        let cluster = self.cluster;
+        bump(&cluster.stats.twin_writes);
+        if self.shared.twin.len() >= QUEUE_ENTRIES_MAX {
+            return Outcome::reply(b"SERVER_ERROR twin queue full\r\n".to_vec());
+        }
+        let text = match self.original_text(orig_owner, orig_id).await {
+            Ok(Some(text)) => text,
+            Ok(None) => return Outcome::reply(koshka_proto::reply::NOT_FOUND.to_vec()),
+            Err(reply) => return Outcome::reply(reply),
+        };
+        let tag = self.shared.next_tag().into_bytes();
+        let copy = Update::Repost {
+            owner,
+            tag: tag.clone(),
+            author,
+            flags,
+            orig_owner,
+            orig_id,
+            text: Some(text),
+        };
+        let mut bytes = Vec::new();
+        set(&mut bytes, &copy.to_bytes(), &copy.value_bytes());
+        get(&mut bytes, &newid_key(owner, &tag));
+        let frames = match self
+            .call(cluster, cluster.shard_of_owner(owner), bytes, 2)
+            .await
+        {
+            Ok(frames) => frames,
+            Err(e) => return Outcome::reply(server_error(&e)),
+        };
+        let (Some(lid), true) = (lid_of(&frames[1]), stored(&frames[0])) else {
+            return Outcome::reply(frames[0].to_vec());
+        };
+        let half = Half::Copied {
+            cluster: cluster.config.name.clone(),
+            owner: orig_owner,
+            id: orig_id,
+        };
+        let mut outcome = Outcome::reply(koshka_proto::reply::STORED.to_vec());
+        outcome
+            .effects
+            .push(Effect::Invalidate(vec![owner, orig_owner]));
+        outcome.effects.push(Effect::NewId {
+            owner,
+            tag: client_tag,
+            lid,
+        });
+        self.queue_and_land(half, &mut outcome).await;
+        outcome
+    }
+
+    /// The text of `owner`'s post `id` as its shard stores it (kludges, subject, body);
+    /// `None` when it is missing or deleted; `Err` with the client's reply when the shard
+    /// cannot say.
+    async fn original_text(
+        &self,
+        owner: i64,
+        id: u32,
+    ) -> Result<Option<koshka_keys::messages::Text>, Vec<u8>> {
+        /// The DELETED flag: a deleted original is not reposted.
+        const DELETED: u64 = 128;
+        let cluster = self.cluster;
+        let mut bytes = Vec::new();
+        // Mode 2: the kludges too.
+        get(&mut bytes, format!("post{owner}_{id}#2").as_bytes());
+        let frames = self
+            .call(cluster, cluster.shard_of_owner(owner), bytes, 1)
+            .await
+            .map_err(|e| server_error(&e))?;
+        if client_error(&frames[0]) || frames[0].starts_with(b"SERVER_ERROR") {
+            return Err(frames[0].to_vec());
+        }
+        let Some(json) = value_of(&frames[0]) else {
+            return Ok(None);
+        };
+        let post: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
+            format!("SERVER_ERROR the original's shard answered unreadable JSON: {e}\r\n")
+                .into_bytes()
+        })?;
+        if post["flags"].as_u64().unwrap_or(DELETED) & DELETED != 0 {
+            return Ok(None);
+        }
+        let part = |name: &str| post[name].as_str().unwrap_or_default().as_bytes().to_vec();
+        Ok(Some(koshka_keys::messages::Text {
+            kludges: part("kludges"),
+            subject: part("subject"),
+            body: part("text"),
+        }))
+    }
+
+    /// COPIED on a reposted original. `NOT_FOUND`: the original is gone; nothing to mark.
+    async fn mark_copied(&self, owner: i64, id: u32) -> Landed {
+        /// The COPIED flag (someone reposted the post).
+        const COPIED: u32 = 256;
+        let cluster = self.cluster;
+        let mut bytes = Vec::new();
+        let key = format!("flags{owner}_{id}");
+        encode::arith(&mut bytes, key.as_bytes(), true, COPIED.into(), false);
+        match self
+            .call(cluster, cluster.shard_of_owner(owner), bytes, 1)
+            .await
+        {
+            Err(e) => Landed::Later(e.to_string()),
+            Ok(frames) if client_error(&frames[0]) => {
+                Landed::Refused(String::from_utf8_lossy(&frames[0]).into_owned())
+            }
+            Ok(frames)
+                if frames[0].as_ref() == b"NOT_FOUND\r\n"
+                    || frames[0].first().is_some_and(u8::is_ascii_digit) =>
+            {
+                Landed::Yes
+            }
+            Ok(frames) => Landed::Later(String::from_utf8_lossy(&frames[0]).into_owned()),
+        }
+    }
+
     /// Lands a queued half.
     async fn land(&self, half: &Half, retry: bool) -> Landed {
         match half {
+            Half::Copied { owner, id, .. } => self.mark_copied(*owner, *id).await,
             Half::Deliver { .. } => match self.deliver(half, retry).await {
                 Ok(_) => Landed::Yes,
                 Err(landed) => landed,

@@ -401,3 +401,104 @@ async fn a_half_that_landed_unseen_is_not_written_twice() {
         Some("1,1")
     );
 }
+
+/// A repost of a post on another shard's wall: the copy (with the original's kludges, subject
+/// and text) on the reposting wall and COPIED on the original, as on one node; a deleted or
+/// missing original is `NOT_FOUND` with nothing written. A COPIED flag still in the durable
+/// queue (the proxy died between the halves) lands when a proxy starts on the queue file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_reposts_look_like_one_node() {
+    let clock: std::sync::Arc<dyn koshka_engine::Clock> =
+        std::sync::Arc::new(koshka_engine::ManualClock::new(1_800_000_000));
+    let shards = Shards::start_with(4, Some(&clock));
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = common::single_node_with(single_dir.path(), Some(&clock));
+    let wall_map = |queue: Option<std::path::PathBuf>| {
+        let mut config = Config::default();
+        config.twin.queue = queue;
+        config.twin.retry_min_ms = 50;
+        config.clusters.push(cluster(
+            Family::Wall,
+            (0..4)
+                .map(|i| shards.addr(i, Family::Wall).to_string())
+                .collect(),
+        ));
+        config
+    };
+    let proxy = start(wall_map(None)).await;
+    let mut via = Client::connect(proxy.addr("wall").unwrap()).await.unwrap();
+    let mut one = Client::connect(single.addr("wall").unwrap()).await.unwrap();
+    // Walls 1001 and 1005 on shard 1, 1002 on shard 2, 1003 on shard 3.
+    for request in [
+        &b"set newpost1001 0 0 38\r\n0,1001\n\x01src web\tGreetings\tthe original\r\n"[..],
+        b"set newpost1001 0 0 13\r\n0,1001\ndoomed\r\n",
+        b"incr flags1001_2 128\r\n",
+        b"set repost1002#r 0 0 11\r\n1001,1,1002\r\n",
+        b"set repost1003 0 0 13\r\n1001,1,1003,4\r\n",
+        b"set repost1002 0 0 11\r\n1001,2,1002\r\n",
+        b"set repost1002 0 0 12\r\n1001,99,1002\r\n",
+        b"set repost1005 0 0 11\r\n1002,1,1005\r\n",
+        b"set repost1005 0 0 11\r\n1001,1,1005\r\n",
+        b"get newpostid1002#r\r\n",
+        b"get post1001_1#2\r\n",
+        b"get post1002_1#2\r\n",
+        b"get post1003_1#2\r\n",
+        b"get post1005_1#2\r\n",
+        b"get post1005_2#2\r\n",
+        b"get sublist1002_130:2\r\n",
+        b"get sublist1001_129:0\r\n",
+        b"get post1001_2\r\n",
+    ] {
+        let a = via.send_raw(request).await.unwrap();
+        let b = one.send_raw(request).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b),
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(
+            !a.starts_with(b"SERVER_ERROR") && !a.starts_with(b"CLIENT_ERROR"),
+            "{}: {}",
+            String::from_utf8_lossy(request),
+            String::from_utf8_lossy(&a)
+        );
+    }
+    // The copies really are there, with the original's parts and their origin.
+    let copy = value(&mut via, "post1002_1#2").await.unwrap();
+    assert!(copy.contains(r#""kludges":"\u0001src web\t""#), "{copy}");
+    assert!(copy.contains(r#""origin":{"id":1,"owner":1001}"#), "{copy}");
+    assert!(copy.contains(r#""subject":"Greetings""#), "{copy}");
+    let original = value(&mut via, "post1001_1").await.unwrap();
+    assert!(original.contains(r#""flags":256"#), "{original}");
+    drop(proxy);
+
+    // A COPIED flag left in the queue file by a proxy that died after the copy: post 3 on
+    // wall 1001, written on its shard directly, not yet marked.
+    let mut node = Client::connect(shards.addr(1, Family::Wall)).await.unwrap();
+    let third = b"set newpost1001 0 0 12\r\n0,1001\nthird\r\n";
+    assert_eq!(node.send_raw(third).await.unwrap(), b"STORED\r\n");
+    // `repost_half` of an original that lives on the node itself is refused (`repost` is
+    // the key for that).
+    let local = node
+        .send_raw(b"set repost_half1005 0 0 13\r\n1001,1,1005\nx\r\n")
+        .await
+        .unwrap();
+    assert!(local.starts_with(b"CLIENT_ERROR repost_half"), "{local:?}");
+    let unmarked = value(&mut node, "post1001_3").await.unwrap();
+    assert!(unmarked.contains(r#""flags":0"#), "{unmarked}");
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("twin.queue");
+    std::fs::write(
+        &queue,
+        "{\"add\":{\"id\":1,\"half\":{\"copied\":{\"cluster\":\"wall\",\"owner\":1001,\"id\":3}}}}\n",
+    )
+    .unwrap();
+    let _proxy = start(wall_map(Some(queue))).await;
+    eventually("the queued COPIED flag", async || {
+        value(&mut node, "post1001_3")
+            .await
+            .is_some_and(|post| post.contains(r#""flags":256"#))
+    })
+    .await;
+}

@@ -125,7 +125,9 @@ pub enum Update {
         /// Text.
         text: Text,
     },
-    /// Wall: `set repost<uid>[#<tag>]` = `orig_owner,orig_id,author[,flags]`.
+    /// Wall: `set repost<uid>[#<tag>]` = `orig_owner,orig_id,author[,flags]`, or the one-sided
+    /// `set repost_half<uid>[#<tag>]` = `orig_owner,orig_id,author[,flags]\n<text>` (the copy
+    /// alone, its text given: the original lives on another node).
     Repost {
         /// Wall receiving the copy.
         owner: i64,
@@ -139,6 +141,8 @@ pub enum Update {
         orig_owner: i64,
         /// Original post.
         orig_id: u32,
+        /// `repost_half`: the original's text, copied by the caller; `None` for `repost`.
+        text: Option<Text>,
     },
     /// Wall: `set status<uid>[#<tag>]` = text: a new current status.
     Status {
@@ -301,7 +305,7 @@ impl Update {
                     value: number(value)?,
                 }
             }
-            b"repost" => parse_repost(&mut c, value)?,
+            b"repost" | b"repost_half" => parse_repost(&mut c, value, name == b"repost_half")?,
             b"status" => Self::Status {
                 owner: c.id("owner id")?,
                 tag: c.tag(TAG_BYTES_MAX)?,
@@ -496,6 +500,7 @@ impl Update {
                 orig_id,
                 author,
                 flags,
+                text,
                 ..
             } => {
                 push_int(out, *orig_owner);
@@ -506,6 +511,10 @@ impl Update {
                 if *flags != 0 {
                     out.push(b',');
                     push_uint(out, u64::from(*flags));
+                }
+                if let Some(text) = text {
+                    out.push(b'\n');
+                    encode_text(out, text, true);
                 }
             }
             Self::Status { text, .. } => encode_text(out, text, false),
@@ -528,8 +537,11 @@ impl Update {
         match *self {
             Self::Send { from, to, .. } => (from, Some(to)),
             Self::Repost {
-                owner, orig_owner, ..
-            } => (owner, Some(orig_owner)),
+                owner,
+                orig_owner,
+                ref text,
+                ..
+            } => (owner, text.is_none().then_some(orig_owner)),
             Self::NewMessage { owner, .. }
             | Self::Flags { owner, .. }
             | Self::ReadUpto { owner, .. }
@@ -545,10 +557,10 @@ impl Update {
     }
 }
 
-fn parse_repost(c: &mut crate::idiom::Cursor<'_>, value: &[u8]) -> Result<Update> {
+fn parse_repost(c: &mut crate::idiom::Cursor<'_>, value: &[u8], half: bool) -> Result<Update> {
     let owner = c.id("owner id")?;
     let tag = c.tag(TAG_BYTES_MAX)?;
-    let (h, _) = header(value, 3, 4)?;
+    let (h, text) = header(value, 3, 4)?;
     let orig_id = positive_lid(h[1], "original post id must be a positive local id")?;
     Ok(Update::Repost {
         owner,
@@ -557,6 +569,11 @@ fn parse_repost(c: &mut crate::idiom::Cursor<'_>, value: &[u8]) -> Result<Update
         orig_id,
         author: check_id(h[2], "author id")?,
         flags: user_flags(h.get(3).copied().unwrap_or(0))?,
+        text: if half {
+            Some(parse_text(text, true)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -594,8 +611,15 @@ impl Encode for Update {
                 push_name(out, b"newpost", *owner);
                 idiom::encode_tag(out, tag);
             }
-            Self::Repost { owner, tag, .. } => {
-                push_name(out, b"repost", *owner);
+            Self::Repost {
+                owner, tag, text, ..
+            } => {
+                let name: &[u8] = if text.is_some() {
+                    b"repost_half"
+                } else {
+                    b"repost"
+                };
+                push_name(out, name, *owner);
                 idiom::encode_tag(out, tag);
             }
             Self::Status { owner, tag, .. } => {
