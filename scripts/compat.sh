@@ -22,7 +22,7 @@
 # ports (the engines suite with `--shards PROXY_SHARDS`), checks that every node's kv served
 # reads and writes (`proxy-spread`), and stops the proxy, then the nodes, by PID. The suites
 # see one server: the proxy splits multi-gets, sums `stats` over the shards, writes
-# cross-shard sends and friendships. Its final line is `compat-proxy: N passed, M failed`.
+# cross-shard sends, friendships and reposts. Its final line is `compat-proxy: N passed, M failed`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
