@@ -406,55 +406,40 @@ impl MessagesEngine {
                 flags,
                 orig_owner,
                 orig_id,
-                text: Some(text),
+                text,
                 ..
             } => {
-                // `repost_half`: the original lives on another node, which marks it COPIED.
-                // One whose original is here would leave it unmarked (and replay would mark
-                // it): refused, as `repost` does that.
-                if self.shard.check(*orig_owner).is_ok() {
-                    return Err(Error::client(format!(
-                        "repost_half: wall {orig_owner} lives on this node: use repost"
-                    )));
-                }
-                let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, text)?;
-                Record::Repost {
-                    owner: *owner,
-                    lid,
-                    author: *author,
-                    flags: (flags | WALL_COPY) & !WALL_REPLY,
-                    orig_owner: *orig_owner,
-                    orig_id: *orig_id,
-                    text: text.clone(),
-                }
-            }
-            Update::Repost {
-                owner,
-                author,
-                flags,
-                orig_owner,
-                orig_id,
-                text: None,
-                ..
-            } => {
-                let p = part(locked, self.partition_of(*orig_owner));
-                let Some(orig) = p.mailboxes.get(orig_owner) else {
-                    return Ok(None);
-                };
-                let Some(m) = orig
-                    .get(*orig_id)
-                    .filter(|m| m.flags() & crate::flags::DELETED == 0)
-                else {
-                    return Ok(None);
-                };
-                let Some(blob) = &m.blob else {
-                    return Ok(None);
-                };
-                let [kludges, subject, body] = blob.to_parts();
-                let text = Text {
-                    kludges,
-                    subject,
-                    body,
+                let text = match text {
+                    // `repost_half`: the original lives on another node, which marks it
+                    // COPIED. One whose original is here would leave it unmarked (and replay
+                    // would mark it): refused, as `repost` does that.
+                    Some(_) if self.shard.check(*orig_owner).is_ok() => {
+                        return Err(Error::client(format!(
+                            "repost_half: wall {orig_owner} lives on this node: use repost"
+                        )));
+                    }
+                    Some(text) => text.clone(),
+                    None => {
+                        let p = part(locked, self.partition_of(*orig_owner));
+                        let Some(orig) = p.mailboxes.get(orig_owner) else {
+                            return Ok(None);
+                        };
+                        let Some(m) = orig
+                            .get(*orig_id)
+                            .filter(|m| m.flags() & crate::flags::DELETED == 0)
+                        else {
+                            return Ok(None);
+                        };
+                        let Some(blob) = &m.blob else {
+                            return Ok(None);
+                        };
+                        let [kludges, subject, body] = blob.to_parts();
+                        Text {
+                            kludges,
+                            subject,
+                            body,
+                        }
+                    }
                 };
                 let lid = next_lid(part(locked, self.partition_of(*owner)), *owner, &text)?;
                 Record::Repost {

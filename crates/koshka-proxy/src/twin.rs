@@ -585,27 +585,17 @@ impl Steps<'_> {
         if self.shared.twin.len() >= QUEUE_ENTRIES_MAX {
             return Outcome::reply(b"SERVER_ERROR twin queue full\r\n".to_vec());
         }
-        let tag = self.shared.next_tag().into_bytes();
-        let outbox = Update::NewMessage {
+        let outbox = |tag| Update::NewMessage {
             owner: from,
-            tag: tag.clone(),
+            tag,
             flags: (flags & !UNREAD) | OUTBOX,
             peer: to,
             peer_lid: 0,
             text: text.clone(),
         };
-        let mut bytes = Vec::new();
-        set(&mut bytes, &outbox.to_bytes(), &outbox.value_bytes());
-        get(&mut bytes, &newid_key(from, &tag));
-        let frames = match self
-            .call(cluster, cluster.shard_of_owner(from), bytes, 2)
-            .await
-        {
-            Ok(frames) => frames,
-            Err(e) => return Outcome::reply(server_error(&e)),
-        };
-        let (Some(from_lid), true) = (lid_of(&frames[1]), stored(&frames[0])) else {
-            return Outcome::reply(frames[0].to_vec());
+        let from_lid = match self.first_half(from, outbox).await {
+            Ok(lid) => lid,
+            Err(reply) => return reply,
         };
         let mut text_value = Vec::new();
         koshka_keys::messages::encode_text(&mut text_value, &text, true);
@@ -652,6 +642,29 @@ impl Steps<'_> {
         outcome
     }
 
+    /// The first half of a twin write: `update` (built with a proxy-unique tag) on `owner`'s
+    /// shard with the new-id handshake; the new id, or the client's reply when it failed.
+    async fn first_half(
+        &self,
+        owner: i64,
+        update: impl FnOnce(Vec<u8>) -> Update,
+    ) -> Result<u32, Outcome> {
+        let tag = self.shared.next_tag().into_bytes();
+        let update = update(tag.clone());
+        let mut bytes = Vec::new();
+        set(&mut bytes, &update.to_bytes(), &update.value_bytes());
+        get(&mut bytes, &newid_key(owner, &tag));
+        let cluster = self.cluster;
+        let frames = self
+            .call(cluster, cluster.shard_of_owner(owner), bytes, 2)
+            .await
+            .map_err(|e| Outcome::reply(server_error(&e)))?;
+        match (lid_of(&frames[1]), stored(&frames[0])) {
+            (Some(lid), true) => Ok(lid),
+            _ => Err(Outcome::reply(frames[0].to_vec())),
+        }
+    }
+
     /// `repost` of a post on another shard's wall: the original's text, the copy, the queue
     /// record, the COPIED flag.
     async fn split_repost(&self, update: Update) -> Outcome {
@@ -677,28 +690,18 @@ impl Steps<'_> {
             Ok(None) => return Outcome::reply(koshka_proto::reply::NOT_FOUND.to_vec()),
             Err(reply) => return Outcome::reply(reply),
         };
-        let tag = self.shared.next_tag().into_bytes();
-        let copy = Update::Repost {
+        let copy = |tag| Update::Repost {
             owner,
-            tag: tag.clone(),
+            tag,
             author,
             flags,
             orig_owner,
             orig_id,
             text: Some(text),
         };
-        let mut bytes = Vec::new();
-        set(&mut bytes, &copy.to_bytes(), &copy.value_bytes());
-        get(&mut bytes, &newid_key(owner, &tag));
-        let frames = match self
-            .call(cluster, cluster.shard_of_owner(owner), bytes, 2)
-            .await
-        {
-            Ok(frames) => frames,
-            Err(e) => return Outcome::reply(server_error(&e)),
-        };
-        let (Some(lid), true) = (lid_of(&frames[1]), stored(&frames[0])) else {
-            return Outcome::reply(frames[0].to_vec());
+        let lid = match self.first_half(owner, copy).await {
+            Ok(lid) => lid,
+            Err(reply) => return reply,
         };
         let half = Half::Copied {
             cluster: cluster.config.name.clone(),
